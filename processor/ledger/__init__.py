@@ -1,1 +1,38 @@
+"""The account store: cardholders, accounts, cards, holds, a double-entry journal and the auth records.
 
+    store = await Store.open("sqlite+aiosqlite:///processor.db")   # or postgresql+asyncpg://...
+    outcome = await store.submit(ops.PlaceHold(...))               # durable before it returns
+    await store.close()
+"""
+
+from processor.ledger import ops
+from processor.ledger.ops import AuthOutcome
+from processor.ledger.records import (
+    AccountView,
+    CardRecord,
+    HoldView,
+    MerchantRecord,
+    NewCard,
+    StoreBusy,
+    StoreClosed,
+    StoreError,
+    StoreNotFound,
+    TerminalRecord,
+)
+from processor.ledger.store import Store
+
+__all__ = [
+    "AccountView",
+    "AuthOutcome",
+    "CardRecord",
+    "HoldView",
+    "MerchantRecord",
+    "NewCard",
+    "Store",
+    "StoreBusy",
+    "StoreClosed",
+    "StoreError",
+    "StoreNotFound",
+    "TerminalRecord",
+    "ops",
+]

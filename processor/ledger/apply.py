@@ -1,0 +1,585 @@
+"""Applying a batch of hot-path operations inside one open transaction (Core statements only).
+
+The functions here are synchronous over a SQLAlchemy `Connection`: on SQLite they run in the store's writer
+thread on a pysqlite connection, on PostgreSQL through `AsyncConnection.run_sync` on asyncpg. One code path,
+two databases. The caller owns the transaction: it begins (SQLite: BEGIN IMMEDIATE), calls `apply_batch`,
+commits, and only then hands out the outcomes.
+
+Funds are checked and taken in one conditional UPDATE, so no interleaving of connections or processes can
+overdraw an account: `... SET held_minor = held_minor + :amt WHERE ... AND ledger_minor - held_minor >= :amt`.
+Internal accounts (funding, clearing) are touched by every posting; their balance changes are summed over
+the batch and written once at its end, in account-id order, which keeps their row locks short on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from processor.ledger import ops as o
+from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings
+
+UNKNOWN_ACCOUNT = "14"
+
+a = accounts.c
+h = holds.c
+au = auths.c
+
+
+class LedgerBug(AssertionError):
+    """An internal consistency check failed before writing (for example postings that do not balance)."""
+
+
+class Conflict(Exception):
+    """A row changed under the transaction between two of its statements; the batch is retried."""
+
+
+@dataclass(slots=True)
+class BatchState:
+    """What one transaction accumulates while it applies its operations."""
+
+    now: dt.datetime
+    internal_ids: dict[tuple[str, str], int]  # committed internal accounts, shared by the store (read only here)
+    new_internal_ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    internal_delta_minor: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    hold_auth: list[dict[str, int]] = field(default_factory=list)
+    entry_auth: list[dict[str, int]] = field(default_factory=list)
+    pin_tries: dict[int, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ statements, built once
+
+_NOT_INTERNAL = a.kind != "internal"
+
+
+def _take_stmt(*, hold: bool, checked: bool) -> Any:
+    """Reserve (hold) or debit :amt from account :aid; when checked, only if open and :amt is available."""
+    values = {"held_minor": a.held_minor + bindparam("amt")} if hold else {"ledger_minor": a.ledger_minor - bindparam("amt")}
+    where = [a.id == bindparam("aid"), a.currency == bindparam("cur"), _NOT_INTERNAL]
+    if checked:
+        where += [a.status == "open", a.ledger_minor - a.held_minor >= bindparam("amt")]
+    else:
+        where.append(a.status != "closed")
+    return update(accounts).where(*where).values(values).returning(a.ledger_minor, a.held_minor)
+
+
+_TAKE = {(hold, checked): _take_stmt(hold=hold, checked=checked) for hold in (True, False) for checked in (True, False)}
+_ACCOUNT = select(a.kind, a.currency, a.status, a.ledger_minor, a.held_minor).where(a.id == bindparam("aid"))
+_CREDIT = (
+    update(accounts)
+    .where(a.id == bindparam("aid"), a.currency == bindparam("cur"), _NOT_INTERNAL, a.status != "closed")
+    .values(ledger_minor=a.ledger_minor + bindparam("amt"))
+    .returning(a.ledger_minor, a.held_minor)
+)
+_ADJUST = (
+    update(accounts)
+    .where(a.id == bindparam("aid"))
+    .values(ledger_minor=a.ledger_minor + bindparam("d_ledger"), held_minor=a.held_minor + bindparam("d_held"))
+    .returning(a.ledger_minor, a.held_minor, a.currency)
+)
+_INTERNAL_DELTA = update(accounts).where(a.id == bindparam("aid")).values(ledger_minor=a.ledger_minor + bindparam("d"))
+_INS_HOLD = insert(holds).returning(h.id)
+_INS_ENTRY = insert(journal_entries).returning(journal_entries.c.id)
+_INS_POSTINGS = insert(postings)
+_INS_AUTH = insert(auths).returning(au.id)
+_AUTH_COLS = (
+    au.id, au.idem_key, au.op, au.rc, au.approved_minor, au.auth_code, au.hold_id, au.entry_id, au.card_id,
+    au.account_id, au.ledger_minor, au.available_minor, au.currency, au.reason, au.reversed,
+)
+_AUTH_BY_KEY = select(*_AUTH_COLS).where(au.idem_key == bindparam("k"))
+_AUTHS_BY_KEYS = select(*_AUTH_COLS).where(au.idem_key.in_(bindparam("keys", expanding=True)))
+_CLAIM_REVERSAL = update(auths).where(au.id == bindparam("oid"), au.reversed.is_(False)).values(reversed=True).returning(au.id)
+_HOLD = select(h.id, h.account_id, h.card_id, h.amount_minor, h.currency, h.status, h.expires_at, h.created_at).where(
+    h.id == bindparam("hid")
+)
+_CLOSE_HOLD = (
+    update(holds)
+    .where(h.id == bindparam("hid"), h.status == "active")
+    .values(status=bindparam("st"), closed_at=bindparam("at"), captured_minor=bindparam("cap"))
+    .returning(h.account_id, h.card_id, h.amount_minor, h.currency)
+)
+_RESIZE_HOLD = (
+    update(holds)
+    .where(h.id == bindparam("hid"), h.status == "active")
+    .values(amount_minor=h.amount_minor + bindparam("d"), expires_at=bindparam("exp"))
+    .returning(h.amount_minor)
+)
+_SET_HOLD_AUTH = update(holds).where(h.id == bindparam("hid")).values(auth_id=bindparam("aid"))
+_SET_ENTRY_AUTH = (
+    update(journal_entries).where(journal_entries.c.id == bindparam("eid")).values(auth_id=bindparam("aid"))
+)
+_SET_PIN_TRIES = (
+    update(cards).where(cards.c.id == bindparam("cid")).values(pin_tries=bindparam("t"), updated_at=bindparam("at"))
+)
+_INTERNAL = select(a.id).where(a.kind == "internal", a.purpose == bindparam("p"), a.currency == bindparam("cur"))
+
+
+# ------------------------------------------------------------------ the batch
+
+
+def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -> list[o.AuthOutcome]:
+    """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
+    keys = list({op.idem_key for op in batch})
+    stored = {row.idem_key: row for row in conn.execute(_AUTHS_BY_KEYS, {"keys": keys})}
+    answered: dict[str, o.AuthOutcome] = {}
+    outcomes: list[o.AuthOutcome] = []
+    for op in batch:
+        first = answered.get(op.idem_key)
+        if first is not None:
+            outcomes.append(dataclasses.replace(first, duplicate=True))
+            continue
+        row = stored.get(op.idem_key)
+        if row is not None:
+            outcomes.append(outcome_from_row(row, duplicate=True))
+            continue
+        outcome = _HANDLERS[type(op)](conn, state, op)
+        answered[op.idem_key] = outcome
+        outcomes.append(outcome)
+    _finish(conn, state)
+    return outcomes
+
+
+def _finish(conn: Connection, st: BatchState) -> None:
+    if st.internal_delta_minor:
+        params = [{"aid": aid, "d": d} for aid, d in sorted(st.internal_delta_minor.items()) if d]
+        if params:
+            conn.execute(_INTERNAL_DELTA, params)
+    if st.hold_auth:
+        conn.execute(_SET_HOLD_AUTH, st.hold_auth)
+    if st.entry_auth:
+        conn.execute(_SET_ENTRY_AUTH, st.entry_auth)
+    if st.pin_tries:
+        conn.execute(_SET_PIN_TRIES, [{"cid": c, "t": t, "at": st.now} for c, t in sorted(st.pin_tries.items())])
+
+
+def outcome_from_row(row: Any, *, duplicate: bool) -> o.AuthOutcome:
+    return o.AuthOutcome(
+        idem_key=row.idem_key,
+        rc=row.rc,
+        approved_minor=row.approved_minor,
+        auth_code=row.auth_code,
+        hold_id=row.hold_id,
+        card_id=row.card_id,
+        account_id=row.account_id,
+        ledger_minor=row.ledger_minor,
+        available_minor=row.available_minor,
+        currency=row.currency,
+        reason=row.reason,
+        duplicate=duplicate,
+    )
+
+
+# ------------------------------------------------------------------ building blocks
+
+
+def _record(
+    conn: Connection,
+    st: BatchState,
+    op: o.AnyOp,
+    rc: str,
+    reason: str,
+    *,
+    approved_minor: int = 0,
+    balances: tuple[int, int] | None = None,
+    hold_id: int | None = None,
+    new_hold: bool = False,
+    entry_id: int | None = None,
+    original_auth_id: int | None = None,
+    account_id: int | None = None,
+    card_id: int | None = None,
+    currency: str | None = None,
+) -> o.AuthOutcome:
+    """Write the auths row (the first answer) and return it as the outcome."""
+    approved = rc in (o.APPROVED, o.PARTIAL)
+    ledger_minor, available_minor = (balances[0], balances[0] - balances[1]) if balances else (None, None)
+    account_id = account_id if account_id is not None else op.account_id
+    card_id = card_id if card_id is not None else op.card_id
+    currency = currency or op.currency
+    auth_code = op.auth_code if approved else None
+    auth_id = conn.execute(
+        _INS_AUTH,
+        {
+            "idem_key": op.idem_key,
+            "op": o.OP_NAMES[type(op)],
+            "mti": op.mti,
+            "terminal_id": op.terminal_id,
+            "stan": op.stan,
+            "rrn": op.rrn,
+            "card_id": card_id,
+            "account_id": account_id,
+            "amount_minor": op.amount_minor,
+            "currency": currency,
+            "rc": rc,
+            "approved_minor": approved_minor,
+            "auth_code": auth_code,
+            "reason": reason,
+            "hold_id": hold_id,
+            "entry_id": entry_id,
+            "original_auth_id": original_auth_id,
+            "reversed": False,
+            "ledger_minor": ledger_minor,
+            "available_minor": available_minor,
+            "created_at": st.now,
+        },
+    ).scalar_one()
+    if new_hold and hold_id is not None:
+        st.hold_auth.append({"hid": hold_id, "aid": auth_id})
+    if entry_id is not None:
+        st.entry_auth.append({"eid": entry_id, "aid": auth_id})
+    if op.pin_tries is not None and op.card_id is not None:
+        st.pin_tries[op.card_id] = op.pin_tries
+    return o.AuthOutcome(
+        idem_key=op.idem_key,
+        rc=rc,
+        approved_minor=approved_minor,
+        auth_code=auth_code,
+        hold_id=hold_id,
+        card_id=card_id,
+        account_id=account_id,
+        ledger_minor=ledger_minor,
+        available_minor=available_minor,
+        currency=currency,
+        reason=reason,
+    )
+
+
+def internal_account(conn: Connection, st: BatchState, purpose: str, currency: str) -> int:
+    """The internal account of `purpose` in `currency`, created in this transaction when missing."""
+    key = (purpose, currency)
+    found = st.internal_ids.get(key) or st.new_internal_ids.get(key)
+    if found is not None:
+        return found
+    found = conn.execute(_INTERNAL, {"p": purpose, "cur": currency}).scalar()
+    if found is None:
+        found = conn.execute(
+            insert(accounts).returning(a.id),
+            {
+                "cardholder_id": None,
+                "kind": "internal",
+                "purpose": purpose,
+                "currency": currency,
+                "status": "open",
+                "ledger_minor": 0,
+                "held_minor": 0,
+                "created_at": st.now,
+            },
+        ).scalar_one()
+    st.new_internal_ids[key] = found
+    return found
+
+
+def post_entry(
+    conn: Connection,
+    st: BatchState,
+    kind: str,
+    reference: str,
+    lines: Sequence[tuple[int, int]],
+    currency: str,
+    *,
+    forced: bool = False,
+) -> int:
+    """Insert one balanced journal entry; balances of the accounts are the caller's job."""
+    if sum(amount for _, amount in lines) != 0:
+        raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
+    entry_id = conn.execute(
+        _INS_ENTRY, {"kind": kind, "reference": reference[:200], "auth_id": None, "forced": forced, "created_at": st.now}
+    ).scalar_one()
+    conn.execute(
+        _INS_POSTINGS,
+        [{"entry_id": entry_id, "account_id": acc, "amount_minor": amt, "currency": currency} for acc, amt in lines],
+    )
+    return entry_id
+
+
+@dataclass(slots=True)
+class Take:
+    rc: str
+    reason: str
+    approved_minor: int = 0
+    balances: tuple[int, int] | None = None  # (ledger_minor, held_minor) after the operation
+
+
+def _why_not(conn: Connection, account_id: int, currency: str) -> tuple[Take | None, Any]:
+    """Explain a failed conditional update: a decline, or None with the row when only funds were short."""
+    row = conn.execute(_ACCOUNT, {"aid": account_id}).first()
+    if row is None:
+        return Take(UNKNOWN_ACCOUNT, f"account {account_id} does not exist"), None
+    if row.kind == "internal":
+        return Take(o.INVALID_TRANSACTION, f"account {account_id} is internal"), row
+    if row.currency != currency:
+        return Take(o.INVALID_TRANSACTION, f"currency {currency} differs from account currency {row.currency}"), row
+    if row.status != "open":
+        return Take(o.RESTRICTED, f"account {row.status}", balances=(row.ledger_minor, row.held_minor)), row
+    return None, row
+
+
+def take_funds(
+    conn: Connection, account_id: int, amount_minor: int, currency: str, *, hold: bool, partial_ok: bool, force: bool
+) -> Take:
+    """Hold (or debit) `amount_minor` if available, else what is available when partial_ok; force skips the check."""
+    params = {"aid": account_id, "cur": currency, "amt": amount_minor}
+    row = conn.execute(_TAKE[(hold, not force)], params).first()
+    if row is not None:
+        return Take(o.APPROVED, "advice" if force else "approved", amount_minor, (row.ledger_minor, row.held_minor))
+    for _ in range(3):  # the available amount can move between our statements on PostgreSQL
+        decline, acct = _why_not(conn, account_id, currency)
+        if decline is not None:
+            return decline
+        available = acct.ledger_minor - acct.held_minor
+        if force or not partial_ok or available <= 0:
+            return Take(o.INSUFFICIENT_FUNDS, "insufficient funds", 0, (acct.ledger_minor, acct.held_minor))
+        params["amt"] = min(available, amount_minor)
+        row = conn.execute(_TAKE[(hold, True)], params).first()
+        if row is not None:
+            return Take(o.PARTIAL, "partial approval", params["amt"], (row.ledger_minor, row.held_minor))
+    return Take(o.INSUFFICIENT_FUNDS, "insufficient funds (balance changing)", 0, None)
+
+
+def _bad_amount(conn: Connection, st: BatchState, op: o.AnyOp, *, zero_ok: bool = False) -> o.AuthOutcome | None:
+    if op.amount_minor < 0 or (op.amount_minor == 0 and not zero_ok):
+        return _record(conn, st, op, o.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
+    if op.account_id is None and not isinstance(op, (o.Capture, o.Reverse)):
+        return _record(conn, st, op, UNKNOWN_ACCOUNT, "no account for this card")
+    return None
+
+
+def _find_original(conn: Connection, key: str) -> Any:
+    return conn.execute(_AUTH_BY_KEY, {"k": key}).first()
+
+
+# ------------------------------------------------------------------ operations
+
+
+def _place_hold(conn: Connection, st: BatchState, op: o.PlaceHold) -> o.AuthOutcome:
+    if (bad := _bad_amount(conn, st, op)) is not None:
+        return bad
+    assert op.account_id is not None
+    take = take_funds(
+        conn, op.account_id, op.amount_minor, op.currency, hold=True, partial_ok=op.partial_ok, force=op.force
+    )
+    hold_id = None
+    if take.rc in (o.APPROVED, o.PARTIAL):
+        hold_id = conn.execute(
+            _INS_HOLD,
+            {
+                "account_id": op.account_id,
+                "card_id": op.card_id,
+                "auth_id": None,
+                "amount_minor": take.approved_minor,
+                "currency": op.currency,
+                "status": "active",
+                "forced": op.force,
+                "expires_at": op.expires_at,
+                "created_at": st.now,
+                "closed_at": None,
+                "captured_minor": None,
+            },
+        ).scalar_one()
+    return _record(
+        conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
+        hold_id=hold_id, new_hold=True,
+    )
+
+
+def _debit(conn: Connection, st: BatchState, op: o.Debit) -> o.AuthOutcome:
+    if (bad := _bad_amount(conn, st, op)) is not None:
+        return bad
+    assert op.account_id is not None
+    take = take_funds(
+        conn, op.account_id, op.amount_minor, op.currency, hold=False, partial_ok=op.partial_ok, force=op.force
+    )
+    entry_id = None
+    if take.rc in (o.APPROVED, o.PARTIAL):
+        clearing = internal_account(conn, st, "clearing", op.currency)
+        entry_id = post_entry(
+            conn, st, op.kind, op.idem_key, [(op.account_id, -take.approved_minor), (clearing, take.approved_minor)],
+            op.currency, forced=op.force,
+        )
+        st.internal_delta_minor[clearing] += take.approved_minor
+    return _record(
+        conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
+        entry_id=entry_id,
+    )
+
+
+def _credit(conn: Connection, st: BatchState, op: o.Credit) -> o.AuthOutcome:
+    if (bad := _bad_amount(conn, st, op)) is not None:
+        return bad
+    assert op.account_id is not None
+    row = conn.execute(_CREDIT, {"aid": op.account_id, "cur": op.currency, "amt": op.amount_minor}).first()
+    if row is None:
+        decline, _ = _why_not(conn, op.account_id, op.currency)
+        decline = decline or Take(o.RESTRICTED, "account closed")
+        return _record(conn, st, op, decline.rc, decline.reason, balances=decline.balances)
+    clearing = internal_account(conn, st, "clearing", op.currency)
+    entry_id = post_entry(
+        conn, st, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
+    )
+    st.internal_delta_minor[clearing] -= op.amount_minor
+    return _record(
+        conn, st, op, o.APPROVED, "refund", approved_minor=op.amount_minor,
+        balances=(row.ledger_minor, row.held_minor), entry_id=entry_id,
+    )
+
+
+def _approved_original(conn: Connection, st: BatchState, op: o.Capture | o.Increment) -> tuple[Any, o.AuthOutcome | None]:
+    orig = _find_original(conn, op.original_key)
+    if orig is None or orig.hold_id is None or orig.rc not in (o.APPROVED, o.PARTIAL):
+        return None, _record(conn, st, op, o.UNKNOWN_ORIGINAL, "no approved authorization with a hold for the original")
+    return orig, None
+
+
+def _capture(conn: Connection, st: BatchState, op: o.Capture) -> o.AuthOutcome:
+    if op.amount_minor < 0:
+        return _record(conn, st, op, o.INVALID_AMOUNT, f"amount {op.amount_minor} must not be negative")
+    orig, declined = _approved_original(conn, st, op)
+    if declined is not None:
+        return declined
+    hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
+    if op.currency != hold.currency:
+        return _record(conn, st, op, o.INVALID_TRANSACTION, f"currency {op.currency} differs from the hold's {hold.currency}")
+    extra = op.amount_minor - hold.amount_minor
+    if extra > 0 and hold.status == "active":
+        # A completion above the authorized amount: the hold grows to it first (the network guarantees the
+        # completion, so no funds check), which keeps captured_minor <= amount_minor for every hold.
+        if conn.execute(_RESIZE_HOLD, {"hid": hold.id, "d": extra, "exp": hold.expires_at}).first() is not None:
+            conn.execute(_ADJUST, {"aid": hold.account_id, "d_ledger": 0, "d_held": extra})
+    closed = conn.execute(
+        _CLOSE_HOLD,
+        {"hid": hold.id, "st": "captured" if op.amount_minor else "released", "at": st.now, "cap": op.amount_minor},
+    ).first()
+    if closed is None:
+        return _record(
+            conn, st, op, o.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}",
+            original_auth_id=orig.id, hold_id=hold.id, account_id=hold.account_id,
+        )
+    acct = conn.execute(
+        _ADJUST, {"aid": closed.account_id, "d_ledger": -op.amount_minor, "d_held": -closed.amount_minor}
+    ).one()
+    entry_id = None
+    if op.amount_minor:
+        clearing = internal_account(conn, st, "clearing", closed.currency)
+        entry_id = post_entry(
+            conn, st, "capture", op.idem_key, [(closed.account_id, -op.amount_minor), (clearing, op.amount_minor)],
+            closed.currency, forced=acct.ledger_minor - acct.held_minor < 0,
+        )
+        st.internal_delta_minor[clearing] += op.amount_minor
+    return _record(
+        conn, st, op, o.APPROVED, "completion posted" if op.amount_minor else "completion of zero: hold released",
+        approved_minor=op.amount_minor, balances=(acct.ledger_minor, acct.held_minor), hold_id=hold.id,
+        entry_id=entry_id, original_auth_id=orig.id, account_id=closed.account_id,
+        card_id=op.card_id if op.card_id is not None else closed.card_id,
+    )
+
+
+def _increment(conn: Connection, st: BatchState, op: o.Increment) -> o.AuthOutcome:
+    if op.amount_minor <= 0:
+        return _record(conn, st, op, o.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
+    orig, declined = _approved_original(conn, st, op)
+    if declined is not None:
+        return declined
+    hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
+    common = {"original_auth_id": orig.id, "hold_id": hold.id, "account_id": hold.account_id}
+    if hold.status != "active":
+        return _record(conn, st, op, o.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}", **common)
+    if op.currency != hold.currency:
+        return _record(conn, st, op, o.INVALID_TRANSACTION, f"currency {op.currency} differs from the hold's {hold.currency}", **common)
+    take = take_funds(
+        conn, hold.account_id, op.amount_minor, hold.currency, hold=True, partial_ok=op.partial_ok, force=False
+    )
+    if take.rc in (o.APPROVED, o.PARTIAL):
+        expires_at = op.expires_at or st.now + (hold.expires_at - hold.created_at)
+        expires_at = max(expires_at, hold.expires_at)
+        if conn.execute(_RESIZE_HOLD, {"hid": hold.id, "d": take.approved_minor, "exp": expires_at}).first() is None:
+            raise Conflict(f"hold {hold.id} closed while it was being incremented")
+    return _record(
+        conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances, **common
+    )
+
+
+def _reverse(conn: Connection, st: BatchState, op: o.Reverse) -> o.AuthOutcome:
+    orig = _find_original(conn, op.original_key)
+    if orig is None:
+        return _record(conn, st, op, o.UNKNOWN_ORIGINAL, "original not found")
+    common: dict[str, Any] = {"original_auth_id": orig.id, "account_id": orig.account_id, "currency": orig.currency}
+    if orig.op in ("reverse", "inquiry", "decline") or orig.rc not in (o.APPROVED, o.PARTIAL):
+        return _record(conn, st, op, o.APPROVED, f"original {orig.op} rc {orig.rc}: nothing to reverse", **common)
+    if conn.execute(_CLAIM_REVERSAL, {"oid": orig.id}).first() is None:
+        return _record(conn, st, op, o.APPROVED, "already reversed", **common)
+    remaining = max(0, op.remaining_minor or 0)
+    if orig.op in ("hold", "increment"):
+        return _reverse_hold(conn, st, op, orig, remaining, common)
+    undo = max(0, orig.approved_minor - remaining)
+    if not undo or orig.entry_id is None:
+        return _record(conn, st, op, o.APPROVED, "nothing left to reverse", **common)
+    sign = -1 if orig.op == "credit" else 1  # reversing a refund takes the money back
+    acct = conn.execute(_ADJUST, {"aid": orig.account_id, "d_ledger": sign * undo, "d_held": 0}).one()
+    clearing = internal_account(conn, st, "clearing", acct.currency)
+    entry_id = post_entry(
+        conn, st, "reversal", op.idem_key, [(orig.account_id, sign * undo), (clearing, -sign * undo)], acct.currency,
+        forced=acct.ledger_minor - acct.held_minor < 0,
+    )
+    st.internal_delta_minor[clearing] -= sign * undo
+    return _record(
+        conn, st, op, o.APPROVED, "reversed", approved_minor=undo, balances=(acct.ledger_minor, acct.held_minor),
+        entry_id=entry_id, **common,
+    )
+
+
+def _reverse_hold(
+    conn: Connection, st: BatchState, op: o.Reverse, orig: Any, remaining: int, common: dict[str, Any]
+) -> o.AuthOutcome:
+    hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
+    common["hold_id"] = hold.id
+    if hold.status != "active":
+        return _record(conn, st, op, o.APPROVED, f"hold {hold.id} already {hold.status}: nothing to release", **common)
+    if orig.op == "hold":
+        release = max(0, hold.amount_minor - remaining)
+    else:
+        release = min(hold.amount_minor, max(0, orig.approved_minor - remaining))
+    if release == 0:
+        return _record(conn, st, op, o.APPROVED, "nothing to release", **common)
+    if release == hold.amount_minor:
+        done = conn.execute(_CLOSE_HOLD, {"hid": hold.id, "st": "released", "at": st.now, "cap": None}).first()
+    else:
+        done = conn.execute(_RESIZE_HOLD, {"hid": hold.id, "d": -release, "exp": hold.expires_at}).first()
+    if done is None:
+        raise Conflict(f"hold {hold.id} closed while it was being reversed")
+    acct = conn.execute(_ADJUST, {"aid": hold.account_id, "d_ledger": 0, "d_held": -release}).one()
+    return _record(
+        conn, st, op, o.APPROVED, "hold released" if release == hold.amount_minor else "hold reduced",
+        approved_minor=release, balances=(acct.ledger_minor, acct.held_minor), **common,
+    )
+
+
+def _inquiry(conn: Connection, st: BatchState, op: o.Inquiry) -> o.AuthOutcome:
+    if op.account_id is None:
+        return _record(conn, st, op, UNKNOWN_ACCOUNT, "no account for this card")
+    decline, acct = _why_not(conn, op.account_id, op.currency)
+    if decline is not None:
+        return _record(conn, st, op, decline.rc, decline.reason, balances=decline.balances)
+    return _record(conn, st, op, o.APPROVED, "balance inquiry", balances=(acct.ledger_minor, acct.held_minor))
+
+
+def _decline(conn: Connection, st: BatchState, op: o.Decline) -> o.AuthOutcome:
+    return _record(conn, st, op, op.rc, op.reason or f"declined {op.rc}")
+
+
+_HANDLERS: dict[type, Any] = {
+    o.PlaceHold: _place_hold,
+    o.Debit: _debit,
+    o.Credit: _credit,
+    o.Capture: _capture,
+    o.Increment: _increment,
+    o.Reverse: _reverse,
+    o.Inquiry: _inquiry,
+    o.Decline: _decline,
+}
+
+__all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "internal_account", "post_entry"]

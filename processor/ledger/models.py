@@ -1,0 +1,250 @@
+"""Tables of the account store, as SQLAlchemy 2 typed declarative models.
+
+The hot path never loads these as objects: it uses their `__table__` in Core statements. The models are
+the single description of the schema that the Alembic migrations reproduce.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps are stored in UTC and come back timezone-aware on both databases.
+
+    SQLite keeps text without an offset, so values are converted to UTC before writing, which also keeps
+    string comparison in SQL (`expires_at < :now`) correct.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        if getattr(dialect, "name", "") == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Cardholder(Base):
+    __tablename__ = "cardholders"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    handle: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("kind IN ('checking', 'savings', 'internal')", name="kind"),
+        CheckConstraint("status IN ('open', 'frozen', 'closed')", name="status"),
+        CheckConstraint("held_minor >= 0", name="held_not_negative"),
+        CheckConstraint(
+            "(kind = 'internal') = (cardholder_id IS NULL)", name="internal_has_no_cardholder"
+        ),
+        # One funding and one clearing account per currency; NULL purposes (customer accounts) never collide.
+        UniqueConstraint("purpose", "currency"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    cardholder_id: Mapped[int | None] = mapped_column(ForeignKey("cardholders.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    purpose: Mapped[str | None] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    ledger_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    held_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Card(Base):
+    __tablename__ = "cards"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('inactive', 'active', 'frozen', 'lost', 'stolen', 'closed', 'expired')", name="status"
+        ),
+        CheckConstraint("pin_method IS NULL OR pin_method IN ('pvv', 'ibm3624')", name="pin_method"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    product: Mapped[str] = mapped_column(String(32), default="debit")
+    token: Mapped[str] = mapped_column(String(19), unique=True)
+    last4: Mapped[str] = mapped_column(String(4))
+    pan_fingerprint: Mapped[str] = mapped_column(String(128), unique=True)
+    fingerprint_version: Mapped[int] = mapped_column(Integer, default=1)
+    sealed_pan: Mapped[str] = mapped_column(Text)
+    data_key_version: Mapped[int] = mapped_column(Integer, default=1)
+    expiry: Mapped[str] = mapped_column(String(4))
+    service_code: Mapped[str] = mapped_column(String(3))
+    psn: Mapped[str] = mapped_column(String(3), default="00")
+    pin_method: Mapped[str | None] = mapped_column(String(8))
+    pin_value: Mapped[str | None] = mapped_column(String(32))
+    pin_tries: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    replaced_by_card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"))
+
+
+class Merchant(Base):
+    __tablename__ = "merchants"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(String(15), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    location: Mapped[str] = mapped_column(String(200), default="")
+    mcc: Mapped[str] = mapped_column(String(4))
+
+
+class Terminal(Base):
+    __tablename__ = "terminals"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    terminal_id: Mapped[str] = mapped_column(String(8), unique=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("merchants.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    key_scheme: Mapped[str | None] = mapped_column(String(32))
+    bdk_kcv: Mapped[str | None] = mapped_column(String(16))
+    initial_ksn: Mapped[str | None] = mapped_column(String(24))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Hold(Base):
+    __tablename__ = "holds"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'captured', 'released', 'expired')", name="status"),
+        CheckConstraint("amount_minor >= 0", name="amount_not_negative"),
+        Index("ix_holds_status_expires_at", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"))
+    # Set at the end of the batch that created the hold (the auth row is written after the hold).
+    auth_id: Mapped[int | None] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    captured_minor: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JournalEntry(Base):
+    __tablename__ = "journal_entries"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    auth_id: Mapped[int | None] = mapped_column(BigInteger)
+    # An advice or completion the network guaranteed: it may take an account below zero.
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Posting(Base):
+    __tablename__ = "postings"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+
+
+class Auth(Base):
+    __tablename__ = "auths"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    idem_key: Mapped[str] = mapped_column(String(128), unique=True)
+    op: Mapped[str] = mapped_column(String(16))
+    mti: Mapped[str] = mapped_column(String(4))
+    terminal_id: Mapped[str] = mapped_column(String(8), default="")
+    stan: Mapped[str] = mapped_column(String(6), default="")
+    rrn: Mapped[str] = mapped_column(String(12), default="")
+    card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    rc: Mapped[str] = mapped_column(String(2))
+    approved_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    auth_code: Mapped[str | None] = mapped_column(String(6))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    hold_id: Mapped[int | None] = mapped_column(ForeignKey("holds.id"), index=True)
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("journal_entries.id"))
+    original_auth_id: Mapped[int | None] = mapped_column(ForeignKey("auths.id"))
+    reversed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Balances as answered, so a repeated request gets exactly the first answer back.
+    ledger_minor: Mapped[int | None] = mapped_column(BigInteger)
+    available_minor: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Config(Base):
+    __tablename__ = "config"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+cardholders = Cardholder.__table__
+accounts = Account.__table__
+cards = Card.__table__
+merchants = Merchant.__table__
+terminals = Terminal.__table__
+holds = Hold.__table__
+journal_entries = JournalEntry.__table__
+postings = Posting.__table__
+auths = Auth.__table__
+config = Config.__table__

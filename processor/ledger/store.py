@@ -1,0 +1,527 @@
+"""The account store: one object over SQLite or PostgreSQL, with group commit on the hot path.
+
+`submit(op)` puts the operation on a bounded queue. A writer takes what is waiting (up to `max_batch`),
+applies it in ONE transaction, commits, and only then resolves the futures: an approval is durable before
+its answer. When a batch fails as a whole, its operations are retried one transaction each, so one bad
+operation cannot take its neighbours down.
+
+- SQLite: one writer thread holding a pysqlite connection (WAL, synchronous=FULL, BEGIN IMMEDIATE). A batch
+  costs one thread hop instead of one per statement (aiosqlite's model); several processes on one file
+  serialize on the database write lock (busy_timeout).
+- PostgreSQL: several writer tasks, each on its own asyncpg connection, running the same synchronous batch
+  code through `AsyncConnection.run_sync`. Row locks serialize conflicting batches; deadlocks and
+  serialization failures are retried a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, bindparam, create_engine, event, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from processor.ledger import admin, invariants
+from processor.ledger import ops as o
+from processor.ledger.apply import BatchState, Conflict, LedgerBug, apply_batch, outcome_from_row
+from processor.ledger.migrate import upgrade
+from processor.ledger.models import auths, cards, utcnow
+from processor.ledger.records import (
+    AccountView,
+    CardRecord,
+    MerchantRecord,
+    NewCard,
+    StoreBusy,
+    StoreClosed,
+    StoreError,
+    TerminalRecord,
+)
+
+log = logging.getLogger("processor.ledger")
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+TXN_ATTEMPTS = 6
+PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+_FIND_CARD = admin.CARD_SELECT.where(cards.c.pan_fingerprint.in_(bindparam("fps", expanding=True))).limit(1)
+_FIND_AUTH = select(*auths.c).where(auths.c.idem_key == bindparam("k"))
+
+_STOP = object()
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, Conflict):
+        return True
+    if isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower():
+        return True  # SQLite: the write lock stayed with another process beyond busy_timeout
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        cause = getattr(orig, "__cause__", None)
+        code = code or getattr(cause, "sqlstate", None)
+        return code in PG_RETRY_SQLSTATES
+    return False
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # the commit is on disk before an approval is answered
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_writer_engine(url: str) -> Engine:
+    """A sync engine whose transactions start with BEGIN IMMEDIATE (take the write lock up front).
+
+    Taking the lock at BEGIN means a transaction never has to upgrade a read lock, which SQLite would refuse
+    with SQLITE_BUSY at once instead of waiting busy_timeout.
+    """
+    engine = create_engine(url, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, decides where transactions begin
+        _sqlite_pragmas(dbapi_conn, record)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _sqlite_reader_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=4, max_overflow=4, pool_timeout=5)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        _sqlite_pragmas(dbapi_conn, record)
+        dbapi_conn.cursor().execute("PRAGMA query_only=ON")
+
+    return engine
+
+
+class _SqliteWriter:
+    """Runs transactions on one pysqlite connection in one dedicated thread."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = _sqlite_writer_engine(url)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
+        self.conn: Connection | None = None
+
+    async def transact(self, body: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._transact, body, args)
+
+    def _transact(self, body: Callable[..., T], args: Sequence[Any]) -> T:
+        for attempt in range(TXN_ATTEMPTS):
+            if self.conn is None:
+                self.conn = self.engine.connect()
+            try:
+                with self.conn.begin():
+                    return body(self.conn, *args)
+            except Exception as exc:
+                if attempt + 1 == TXN_ATTEMPTS or not _retryable(exc):
+                    raise
+                time.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+        self.pool.submit(_close).result(timeout=30)
+        self.pool.shutdown(wait=True)
+        self.engine.dispose()
+
+
+async def _pg_transact(conn: AsyncConnection, body: Callable[..., T], *args: Any) -> T:
+    for attempt in range(TXN_ATTEMPTS):
+        try:
+            async with conn.begin():
+                return await conn.run_sync(body, *args)
+        except Exception as exc:
+            if attempt + 1 == TXN_ATTEMPTS or not _retryable(exc):
+                raise
+            await asyncio.sleep(0.002 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Store:
+    """The account store. Open with `await Store.open(url)`, close with `await store.close()`."""
+
+    def __init__(
+        self,
+        url: str,
+        read_engine: AsyncEngine,
+        *,
+        sqlite_writer: _SqliteWriter | None,
+        pg_writers: int,
+        max_batch: int,
+        queue_max: int,
+        linger_s: float,
+        submit_timeout_s: float,
+    ) -> None:
+        self.url = url
+        self.dialect = read_engine.dialect.name
+        self._read = read_engine
+        self._sqlite = sqlite_writer
+        self._pg_writers = pg_writers
+        self.max_batch = max_batch
+        self.linger_s = linger_s
+        self.submit_timeout_s = submit_timeout_s
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_max)
+        self._internal_ids: dict[tuple[str, str], int] = {}
+        self._writers: list[asyncio.Task[None]] = []
+        self._pg_conns: list[AsyncConnection] = []
+        self._closing = False
+        self.batches = 0
+        self.batched_ops = 0
+        self.fallbacks = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        max_batch: int = 256,
+        queue_max: int = 4096,
+        linger_ms: float = 1.0,
+        submit_timeout_s: float = 5.0,
+        pg_writers: int = 4,
+    ) -> "Store":
+        """Open (and migrate to the newest schema) the database at `url`."""
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise StoreError("SQLite store needs a file path (several connections share it), not :memory:")
+            async_url = parsed.set(drivername="sqlite+aiosqlite")
+            writer = _SqliteWriter(parsed.set(drivername="sqlite+pysqlite").render_as_string(hide_password=False))
+            try:
+                await writer.transact(upgrade)
+            except BaseException:
+                writer.close()
+                raise
+            read = _sqlite_reader_engine(async_url.render_as_string(hide_password=False))
+            store = cls(
+                url, read, sqlite_writer=writer, pg_writers=1, max_batch=max_batch, queue_max=queue_max,
+                linger_s=linger_ms / 1000, submit_timeout_s=submit_timeout_s,
+            )
+        elif backend == "postgresql":
+            async_url = parsed.set(drivername="postgresql+asyncpg")
+            read = create_async_engine(
+                async_url, pool_size=max(4, pg_writers), max_overflow=8, pool_timeout=5, pool_pre_ping=False
+            )
+            try:
+                async with read.begin() as conn:
+                    await conn.run_sync(upgrade)
+            except BaseException:
+                await read.dispose()
+                raise
+            store = cls(
+                url, read, sqlite_writer=None, pg_writers=pg_writers, max_batch=max_batch, queue_max=queue_max,
+                linger_s=linger_ms / 1000, submit_timeout_s=submit_timeout_s,
+            )
+        else:
+            raise StoreError(f"unsupported database {backend!r}: use sqlite+aiosqlite:///FILE or postgresql+asyncpg://...")
+        await store._start()
+        return store
+
+    async def _start(self) -> None:
+        if self._sqlite is not None:
+            self._writers.append(asyncio.create_task(self._writer_loop(self._sqlite.transact), name="ledger-writer"))
+            return
+        for i in range(self._pg_writers):
+            conn = await self._read.connect()
+            self._pg_conns.append(conn)
+
+            async def transact(body: Callable[..., T], *args: Any, _conn: AsyncConnection = conn) -> T:
+                return await _pg_transact(_conn, body, *args)
+
+            self._writers.append(asyncio.create_task(self._writer_loop(transact), name=f"ledger-writer-{i}"))
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Finish the queued operations (within `timeout_s`), then release the database."""
+        if self._closing:
+            return
+        self._closing = True
+        for _ in self._writers:
+            try:
+                self._queue.put_nowait(_STOP)
+            except asyncio.QueueFull:
+                break
+        if self._writers:
+            _, pending = await asyncio.wait(self._writers, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._writers, return_exceptions=True)
+        self._fail_queued(StoreClosed("store closed before the operation was committed"))
+        for conn in self._pg_conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        if self._sqlite is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._sqlite.close)
+        await self._read.dispose()
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _fail_queued(self, exc: StoreError) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if item is not _STOP and not item[1].done():
+                item[1].set_exception(exc)
+
+    # ------------------------------------------------------------------ hot path
+
+    async def submit(self, op: o.AnyOp) -> o.AuthOutcome:
+        """Apply `op` with its neighbours in one transaction; returns once it is committed."""
+        if self._closing:
+            raise StoreClosed("store is closed")
+        fut: asyncio.Future[o.AuthOutcome] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((op, fut))
+        except asyncio.QueueFull:
+            try:
+                async with asyncio.timeout(self.submit_timeout_s):
+                    await self._queue.put((op, fut))
+            except TimeoutError:
+                raise StoreBusy(
+                    f"write queue full ({self._queue.maxsize} operations) for {self.submit_timeout_s}s"
+                ) from None
+        try:
+            async with asyncio.timeout(self.submit_timeout_s * 2):
+                return await fut
+        except TimeoutError:
+            raise StoreBusy(
+                f"no commit within {self.submit_timeout_s * 2}s; the operation may still complete, "
+                "retry with the same idempotency key"
+            ) from None
+
+    async def _writer_loop(self, transact: Callable[..., Any]) -> None:
+        last_size = 0
+        batch: list[tuple[o.AnyOp, asyncio.Future[o.AuthOutcome]]] = []
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                stop = self._drain(batch)
+                if not stop and last_size > 1 and len(batch) < self.max_batch and self.linger_s > 0:
+                    # Under load, a short wait gathers a fuller batch: one commit for more answers.
+                    await asyncio.sleep(self.linger_s)
+                    stop = self._drain(batch)
+                last_size = len(batch)
+                await self._run_batch(batch, transact)
+                batch = []
+                if stop:
+                    return
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreClosed("store writer stopped before the commit was confirmed"))
+            raise
+
+    def _drain(self, batch: list[Any]) -> bool:
+        """Move waiting operations into `batch` up to max_batch; True when a stop marker was met."""
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return False
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
+
+    def _batch_body(self, conn: Connection, batch: Sequence[o.AnyOp]) -> tuple[list[o.AuthOutcome], dict[Any, int]]:
+        state = BatchState(now=utcnow(), internal_ids=self._internal_ids)
+        outcomes = apply_batch(conn, batch, state)
+        return outcomes, state.new_internal_ids
+
+    async def _run_batch(self, batch: list[Any], transact: Callable[..., Any]) -> None:
+        live = [(op, fut) for op, fut in batch if not fut.done()]
+        if not live:
+            return
+        ops = [op for op, _ in live]
+        results: list[o.AuthOutcome | BaseException]
+        try:
+            outcomes, new_ids = await transact(self._batch_body, ops)
+            self._internal_ids.update(new_ids)
+            results = list(outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(ops) > 1:
+                log.warning("batch of %d failed (%s); applying its operations one by one", len(ops), _describe(exc))
+            self.fallbacks += 1
+            results = []
+            for op in ops:
+                try:
+                    outcomes, new_ids = await transact(self._batch_body, [op])
+                    self._internal_ids.update(new_ids)
+                    results.append(outcomes[0])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as one:
+                    log.error("operation %s %s failed: %s", type(op).__name__, op.idem_key, _describe(one))
+                    results.append(StoreError(f"{type(op).__name__} {op.idem_key} could not be applied: {_describe(one)}"))
+        self.batches += 1
+        self.batched_ops += len(ops)
+        for (_, fut), result in zip(live, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def find_card(self, fingerprints: list[str]) -> CardRecord | None:
+        """The card whose PAN fingerprint is one of `fingerprints` (one per key version), or None."""
+        if not fingerprints:
+            return None
+        async with self._read.connect() as conn:
+            row = (await conn.execute(_FIND_CARD, {"fps": list(fingerprints)})).first()
+        return admin.card_record(row) if row is not None else None
+
+    async def find_auth(self, idem_key: str) -> o.AuthOutcome | None:
+        """The stored first answer to `idem_key` (duplicate=True), or None."""
+        async with self._read.connect() as conn:
+            row = (await conn.execute(_FIND_AUTH, {"k": idem_key})).first()
+        return outcome_from_row(row, duplicate=True) if row is not None else None
+
+    # ------------------------------------------------------------------ admin
+
+    async def _write(self, body: Callable[..., T], *args: Any) -> T:
+        """A short admin transaction, serialized with the hot path's batches on SQLite."""
+        if self._closing:
+            raise StoreClosed("store is closed")
+        try:
+            if self._sqlite is not None:
+                return await self._sqlite.transact(body, *args)
+            async with self._read.connect() as conn:
+                return await _pg_transact(conn, body, *args)
+        except IntegrityError as exc:
+            raise StoreError(f"refused by the database: {_describe(exc)}") from None
+
+    async def _snapshot(self, body: Callable[..., T], *args: Any) -> T:
+        """Run read-only `body` on one consistent snapshot (SQLite: under the write lock; PostgreSQL: REPEATABLE READ)."""
+        if self._sqlite is not None:
+            return await self._sqlite.transact(body, *args)
+        async with self._read.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                return await conn.run_sync(body, *args)
+
+    async def _query(self, body: Callable[..., T], *args: Any) -> T:
+        async with self._read.connect() as conn:
+            return await conn.run_sync(body, *args)
+
+    async def create_cardholder(self, name: str, handle: str) -> int:
+        return await self._write(admin.create_cardholder, name, handle)
+
+    async def open_account(self, cardholder_id: int, kind: str, currency: str) -> int:
+        """A customer account; the funding and clearing accounts of `currency` are created when missing."""
+        account_id = await self._write(admin.open_account, cardholder_id, kind, currency)
+        return account_id
+
+    async def deposit(self, account_id: int, amount_minor: int, *, reference: str) -> int:
+        """Move `amount_minor` from the currency's funding account to the account; returns the journal entry id."""
+        return await self._write(admin.deposit, account_id, amount_minor, reference)
+
+    async def set_account_status(self, account_id: int, status: str) -> None:
+        await self._write(admin.set_account_status, account_id, status)
+
+    async def create_card(self, new: NewCard) -> int:
+        return await self._write(admin.create_card, new)
+
+    async def set_card_status(self, card_id: int, status: str) -> None:
+        """Move a card through its lifecycle; refuses transitions such as lost -> active."""
+        await self._write(admin.set_card_status, card_id, status)
+
+    async def reset_pin_tries(self, card_id: int) -> None:
+        await self._write(admin.reset_pin_tries, card_id)
+
+    async def get_card(self, card_id: int) -> CardRecord:
+        return await self._query(admin.get_card, card_id)
+
+    async def list_cards(self, account_id: int) -> list[CardRecord]:
+        return await self._query(admin.list_cards, account_id)
+
+    async def add_merchant(self, *, merchant_id: str, name: str, location: str = "", mcc: str) -> int:
+        return await self._write(admin.add_merchant, merchant_id, name, location, mcc)
+
+    async def get_merchant(self, merchant_id: str) -> MerchantRecord | None:
+        return await self._query(admin.get_merchant, merchant_id)
+
+    async def add_terminal(
+        self,
+        *,
+        terminal_id: str,
+        merchant_id: str,
+        key_scheme: str | None = None,
+        bdk_kcv: str | None = None,
+        initial_ksn: str | None = None,
+        status: str = "active",
+    ) -> int:
+        """Register a terminal (DE 41) of an existing merchant (DE 42)."""
+        return await self._write(admin.add_terminal, terminal_id, merchant_id, key_scheme, bdk_kcv, initial_ksn, status)
+
+    async def set_terminal_status(self, terminal_id: str, status: str) -> None:
+        await self._write(admin.set_terminal_status, terminal_id, status)
+
+    async def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
+        return await self._query(admin.get_terminal, terminal_id)
+
+    async def account_view(self, account_id: int) -> AccountView:
+        """Balances and active holds of an account."""
+        return await self._query(admin.account_view, account_id)
+
+    async def expire_holds(self, now: Any) -> int:
+        """Release active holds whose expires_at <= now; returns how many."""
+        return await self._write(admin.expire_holds, now)
+
+    async def check_invariants(self) -> list[str]:
+        """Violations of the ledger invariants (empty when healthy), from one consistent snapshot."""
+        failures, _ = await self._snapshot(invariants.check)
+        return failures
+
+    async def ledger_report(self) -> dict[str, Any]:
+        """Totals per currency, counts, failures and warnings (forced overdrafts)."""
+        return await self._snapshot(invariants.report)
+
+    async def get_config(self, key: str) -> str | None:
+        return await self._query(admin.get_config, key)
+
+    async def set_config(self, key: str, value: str) -> None:
+        await self._write(admin.set_config, key, value)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LedgerBug):
+        return f"ledger check failed: {exc}"
+    if isinstance(exc, DBAPIError):
+        return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {exc}"
