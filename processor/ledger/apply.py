@@ -117,6 +117,7 @@ _SET_ENTRY_AUTH = (
 _SET_PIN_TRIES = (
     update(cards).where(cards.c.id == bindparam("cid")).values(pin_tries=bindparam("t"), updated_at=bindparam("at"))
 )
+_LOCK_ACCOUNTS = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
 _INTERNAL = select(a.id).where(a.kind == "internal", a.purpose == bindparam("p"), a.currency == bindparam("cur"))
 
 
@@ -125,6 +126,11 @@ _INTERNAL = select(a.id).where(a.kind == "internal", a.purpose == bindparam("p")
 
 def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -> list[o.AuthOutcome]:
     """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
+    if len(batch) > 1 and conn.dialect.name == "postgresql":
+        # Lock the batch's accounts up front in id order: parallel writers then queue instead of deadlocking.
+        ids = sorted({op.account_id for op in batch if op.account_id is not None})
+        if ids:
+            conn.execute(_LOCK_ACCOUNTS, {"ids": ids})
     keys = list({op.idem_key for op in batch})
     stored = {row.idem_key: row for row in conn.execute(_AUTHS_BY_KEYS, {"keys": keys})}
     answered: dict[str, o.AuthOutcome] = {}
