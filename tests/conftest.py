@@ -1,0 +1,135 @@
+"""Database fixtures shared by every test folder.
+
+- `db_url`: parametrized over "sqlite" (a file in tmp_path) and "postgres" (a fresh database on the real
+  server, cloned from a migrated template, dropped after the test). Tests using it run once per database.
+- `sqlite_url` / `pg_url`: one database only.
+- `store`: an open `processor.ledger.Store` on `db_url`, closed afterwards.
+
+PostgreSQL is reached through PROCESSOR_TEST_PG_URL (default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres,
+used as the admin connection). When it is unreachable the postgres variants are skipped, except under
+CI=true, where they fail: CI must not pass by skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("PROCESSOR_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
+
+
+def run_in_fresh_loop(factory: Callable[[], Coroutine[Any, Any, T]], timeout_s: float = 120) -> T:
+    """Run a coroutine to completion on its own loop in another thread (safe from sync fixtures)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result(timeout=timeout_s)
+
+
+class PgServer:
+    """The test PostgreSQL server: creates and drops throwaway databases."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.admin_url = make_url(admin_url).set(drivername="postgresql+asyncpg")
+        self.template: str | None = None
+
+    def url_for(self, database: str) -> str:
+        return self.admin_url.set(database=database).render_as_string(hide_password=False)
+
+    def _dsn(self) -> str:
+        return self.admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def _admin(self, *statements: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn(), timeout=5)
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def ping(self) -> None:
+        run_in_fresh_loop(lambda: self._admin("SELECT 1"), timeout_s=15)
+
+    def create_database(self, prefix: str = "processor_test") -> str:
+        """A new database (a copy of the migrated template when there is one); returns its name."""
+        name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+        template = f' TEMPLATE "{self.template}"' if self.template else ""
+        run_in_fresh_loop(lambda: self._admin(f'CREATE DATABASE "{name}"{template}'))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        run_in_fresh_loop(lambda: self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The reachable test server with a migrated template database, or a skip (a failure under CI=true)."""
+    server = PgServer(PG_ADMIN_URL)
+    try:
+        server.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means the same thing here
+        message = f"PostgreSQL at {server.admin_url.render_as_string()} is unreachable ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI=true requires it (set PROCESSOR_TEST_PG_URL)", pytrace=False)
+        pytest.skip(f"{message}; set PROCESSOR_TEST_PG_URL to run the PostgreSQL variants")
+    template = server.create_database("processor_template")
+
+    async def migrate() -> None:
+        from processor.ledger import Store
+
+        store = await Store.open(server.url_for(template))
+        await store.close()
+
+    try:
+        run_in_fresh_loop(migrate)
+        server.template = template
+        yield server
+    finally:
+        server.template = None
+        server.drop_database(template)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database file of its own for one test."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'processor.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The test runs once on SQLite and once on PostgreSQL, each time on a database of its own."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Any]:
+    """An open account store on `db_url`."""
+    from processor.ledger import Store
+
+    opened = await Store.open(db_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
