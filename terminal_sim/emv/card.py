@@ -87,8 +87,8 @@ APPROVING_ARCS = frozenset({b"00", b"08", b"10", b"11", b"Y1", b"Y3"})
 
 DEFAULT_PDOL = "9F66049F02069F03069F1A0295055F2A029A039C019F3704"
 DEFAULT_CDOL1 = "9F02069F03069F1A0295055F2A029A039C019F3704"
-# Contact answer-to-reset: T=1, historical bytes "EMV".
-DEFAULT_ATR = "3B8880014D56010000000000D1"
+# Answer to reset: T=1 only (TD1 = 01), historical bytes "VCARD", TCK.
+DEFAULT_ATR = "3B85015643415244C6"
 _MAX_ATC = 0xFFFF
 _ISSUER_AUTH_LEN = {10: 10, 18: 8}
 
@@ -862,10 +862,11 @@ class GarbageCard:
             return body[: len(body) // 2] + SW_OK
         if m is GarbageMode.NO_CRYPTOGRAM and ins in (0xA8, 0xAE):
             objs = tlv.parse(body)
-            kept = [tlv.encode(o.tag, o.value) for o in objs[0].children if o.tag != "9F26"]
-            if objs[0].tag == "80":
-                return tlv.encode("80", body[2:3]) + SW_OK
-            return tlv.encode(objs[0].tag, kept) + SW_OK
+            if objs[0].tag == "77":
+                kept = [tlv.encode(o.tag, o.value) for o in objs[0].children if o.tag != "9F26"]
+                return tlv.encode("77", kept) + SW_OK
+            if ins == 0xAE:  # format 1: CID and ATC only
+                return tlv.encode("80", objs[0].value[:3]) + SW_OK
         if m is GarbageMode.WRONG_AID and ins == 0xA4 and apdu[5:5 + apdu[4]] not in (PSE_NAME, PPSE_NAME):
             return SW_FILE_NOT_FOUND
         return resp
