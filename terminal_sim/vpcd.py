@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -247,15 +248,16 @@ def serve_card(
         transport_key = bytes.fromhex(hex_key)
     profile = CardProfile.load(Path(profile_path), transport_key)
     if contactless is not None and contactless != profile.contactless:
-        from dataclasses import replace
-
         profile = replace(profile, contactless=contactless)
     server = VpcdCardServer(VirtualCard(profile, state_path), host, port)
 
     def _on_signal(signum: int, frame: object) -> None:
         server.request_stop()
 
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Signal handlers can only be installed from the main thread.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    log.info("serving card %r to vpcd at %s:%d", profile, host, port)
     try:
         server.run_forever()
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyemv import ac as pyemv_ac
 from pyemv import kd as pyemv_kd
 
@@ -303,3 +305,31 @@ def test_garbage_card_raises_card_error_naming_the_command(emv, mode, contactles
     with pytest.raises(CardError) as e:
         _read(emv, card, contactless)
     assert str(e.value).startswith(message)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    cvn=st.sampled_from([10, 18]),
+    contactless=st.booleans(),
+    amount_minor=st.integers(0, 999_999_999_999),
+    un=st.binary(min_size=4, max_size=4),
+    tvr=st.binary(min_size=5, max_size=5),
+    atc_start=st.integers(0, 65_000),
+)
+def test_any_transaction_verifies_at_the_issuer_and_completes_with_its_arpc(
+    emv, cvn, contactless, amount_minor, un, tvr, atc_start
+):
+    card = VirtualCard(emv.build_profile(cvn, contactless=contactless, atc_start=atc_start))
+    result = _read(emv, card, contactless, amount_minor=amount_minor, unpredictable_number=un, tvr=tvr)
+    tags = tlv.flatten(tlv.parse(result.de55()))
+    assert int(tags["9F02"].hex()) == amount_minor
+    assert int.from_bytes(tags["9F36"], "big") == atc_start + 1
+    assert tags["9F26"] == _issuer_arqc(emv, cvn, tags)
+    assert complete(card.process_apdu, {"91": _issuer_91(emv, cvn, tags)}, True, read_result=result) == "TC"
+
+
+def test_exhausted_atc_refuses_further_transactions(emv, tmp_path):
+    card = VirtualCard(emv.build_profile(18, atc_start=65_534), tmp_path / "s.json")
+    assert _read(emv, card, False).icc_tags["9F36"] == b"\xff\xff"
+    with pytest.raises(CardError, match="GENERATE AC \\(first\\): card answered SW 6985"):
+        _read(emv, card, False)
