@@ -2,7 +2,8 @@
 
 - `db_url`: parametrized over "sqlite" (a file in tmp_path) and "postgres" (a fresh database on the real
   server, cloned from a migrated template, dropped after the test). Tests using it run once per database.
-- `sqlite_url` / `pg_url`: one database only.
+- `sqlite_url` / `pg_url`: one database only; `empty_pg_url`: a PostgreSQL database without schema;
+  `pg_server`: the server itself (create_database / drop_database / url_for).
 - `store`: an open `processor.ledger.Store` on `db_url`, closed afterwards.
 
 PostgreSQL is reached through PROCESSOR_TEST_PG_URL (default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres,
@@ -60,10 +61,10 @@ class PgServer:
     def ping(self) -> None:
         run_in_fresh_loop(lambda: self._admin("SELECT 1"), timeout_s=15)
 
-    def create_database(self, prefix: str = "processor_test") -> str:
-        """A new database (a copy of the migrated template when there is one); returns its name."""
+    def create_database(self, prefix: str = "processor_test", *, migrated: bool = True) -> str:
+        """A new database (a copy of the migrated template unless migrated=False); returns its name."""
         name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-        template = f' TEMPLATE "{self.template}"' if self.template else ""
+        template = f' TEMPLATE "{self.template}"' if self.template and migrated else ""
         run_in_fresh_loop(lambda: self._admin(f'CREATE DATABASE "{name}"{template}'))
         return name
 
@@ -103,6 +104,16 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
     name = pg_server.create_database()
+    try:
+        yield pg_server.url_for(name)
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def empty_pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh PostgreSQL database without any schema, dropped afterwards."""
+    name = pg_server.create_database(migrated=False)
     try:
         yield pg_server.url_for(name)
     finally:

@@ -18,3 +18,9 @@ def funded(store: Store) -> Any:
         return await open_funded(store, deposit_minor, **kw)
 
     return make
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest) -> str:
+    """A database without any schema yet, once on each backend."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "empty_pg_url")

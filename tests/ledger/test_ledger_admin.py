@@ -1,0 +1,131 @@
+"""Operator-side store functions, back-pressure, and the invariant checker catching real damage."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from ledger_helpers import healthy, op, open_funded
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from processor.ledger import NewCard, Store, StoreBusy, StoreClosed, StoreError, StoreNotFound, ops
+
+
+async def test_cardholders_and_accounts_are_validated(store: Store) -> None:
+    holder = await store.create_cardholder("Ada Lovelace", "ada")
+    with pytest.raises(StoreError, match="handle 'ada' is already taken"):
+        await store.create_cardholder("Someone Else", "ada")
+    with pytest.raises(StoreNotFound, match="cardholder 999 does not exist"):
+        await store.open_account(999, "checking", "EUR")
+    with pytest.raises(StoreError, match="kind"):
+        await store.open_account(holder, "internal", "EUR")
+    with pytest.raises(StoreError, match="ISO 4217"):
+        await store.open_account(holder, "savings", "eur")
+    account = await store.open_account(holder, "savings", "JPY")
+    with pytest.raises(StoreError, match="positive"):
+        await store.deposit(account, 0, reference="nothing")
+    with pytest.raises(StoreNotFound, match="account 4242"):
+        await store.deposit(4242, 100, reference="nowhere")
+    await store.deposit(account, 5_000, reference="salary")
+    view = await store.account_view(account)
+    assert (view.kind, view.currency, view.ledger_minor, view.available_minor) == ("savings", "JPY", 5_000, 5_000)
+    report = await healthy(store)
+    assert report["currencies"]["JPY"]["funding_minor"] == -5_000
+
+
+async def test_card_lifecycle_and_lookup_by_fingerprint(store: Store) -> None:
+    who = await open_funded(store, 0, status="inactive")
+    card = await store.get_card(who.card_id)
+    assert (card.status, card.account_status, card.currency, card.pin_tries) == ("inactive", "open", "EUR", 0)
+    assert (await store.find_card(["other-version", card.pan_fingerprint])).card_id == who.card_id
+    assert await store.find_card(["unknown"]) is None
+    assert await store.find_card([]) is None
+    with pytest.raises(StoreError, match="already exists"):
+        await store.create_card(
+            NewCard(account_id=who.account_id, token="1", last4="0010", pan_fingerprint=card.pan_fingerprint,
+                    sealed_pan="x", expiry="3012", service_code="201")
+        )
+    for status in ("active", "frozen", "active", "active", "lost"):
+        await store.set_card_status(who.card_id, status)
+    with pytest.raises(StoreError, match="is lost and cannot become active"):
+        await store.set_card_status(who.card_id, "active")
+    with pytest.raises(StoreNotFound):
+        await store.set_card_status(31337, "active")
+    await store.set_card_status(who.card_id, "closed")
+    assert [c.status for c in await store.list_cards(who.account_id)] == ["closed"]
+
+
+async def test_merchants_terminals_and_config(store: Store) -> None:
+    assert await store.get_merchant("MERCHANT0000001") is None
+    await store.add_merchant(merchant_id="MERCHANT0000001", name="Corner Shop", location="Berlin DE", mcc="5411")
+    with pytest.raises(StoreError, match="already exists"):
+        await store.add_merchant(merchant_id="MERCHANT0000001", name="Again", mcc="5411")
+    with pytest.raises(StoreNotFound, match="merchant 'NOPE'"):
+        await store.add_terminal(terminal_id="T0000001", merchant_id="NOPE")
+    await store.add_terminal(
+        terminal_id="T0000001", merchant_id="MERCHANT0000001", key_scheme="dukpt-tdes", bdk_kcv="ABC123",
+        initial_ksn="FFFF9876543210E00000",
+    )
+    terminal = await store.get_terminal("T0000001")
+    assert (terminal.merchant_id, terminal.mcc, terminal.status, terminal.bdk_kcv) == (
+        "MERCHANT0000001", "5411", "active", "ABC123",
+    )
+    await store.set_terminal_status("T0000001", "blocked")
+    assert (await store.get_terminal("T0000001")).status == "blocked"
+    assert await store.get_terminal("T9999999") is None
+    assert await store.get_config("issuer.bin") is None
+    await store.set_config("issuer.bin", "476173")
+    await store.set_config("issuer.bin", "999999")
+    assert await store.get_config("issuer.bin") == "999999"
+
+
+async def test_submit_after_close_is_refused(db_url: str) -> None:
+    store = await Store.open(db_url)
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await store.submit(op(ops.Inquiry, None, 0))
+
+
+async def test_full_queue_raises_store_busy(sqlite_url: str) -> None:
+    store = await Store.open(sqlite_url, queue_max=4, submit_timeout_s=0.2)
+    who = await open_funded(store, 1_000)
+    blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the writer waits
+    try:
+        pending = [asyncio.create_task(store.submit(op(ops.PlaceHold, who, 1))) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreBusy, match="write queue full"):
+            await store.submit(op(ops.PlaceHold, who, 1))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(getattr(r, "rc", None) == "00" or isinstance(r, StoreBusy) for r in results)
+    await healthy(store)
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("UPDATE accounts SET ledger_minor = ledger_minor + 1 WHERE id = {account}", "postings sum to"),
+        ("UPDATE postings SET amount_minor = amount_minor + 5 WHERE account_id = {account}", "does not balance"),
+        ("UPDATE accounts SET held_minor = held_minor + 3 WHERE id = {account}", "active holds sum to"),
+        ("UPDATE holds SET status = 'captured', captured_minor = amount_minor + 1, closed_at = created_at", "hold"),
+        ("UPDATE accounts SET ledger_minor = -1 WHERE id = {account}", "below zero"),
+    ],
+)
+async def test_invariant_check_reports_damage(store: Store, db_url: str, damage: str, expected: str) -> None:
+    who = await open_funded(store, 1_000)
+    await store.submit(op(ops.PlaceHold, who, 100))
+    await healthy(store)
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(damage.format(account=who.account_id)))
+    finally:
+        await engine.dispose()
+    failures = await store.check_invariants()
+    assert any(expected in f for f in failures), failures
