@@ -22,9 +22,11 @@ DE 55, so the issuer rebuilds the same bytes from the request.
 Keys: the profile holds the ICC master key for AC (``icc_mk_ac``), derived by the issuer
 from its IMK-AC with pyemv (``VisaCVN10`` option A, ``VisaCVN18`` option B) for the PAN
 the card presents (the token PAN for a device token) and PSN. CVN 10 MACs with the ICC
-master key itself and verifies ARPC method 1 (91 = ARPC(8) ‖ ARC(2)). CVN 18 MACs with
-the EMV common session key (R = ATC ‖ 00..00) and verifies ARPC method 2
-(91 = ARPC(4) ‖ CSU(4); CSU byte 2 bit 8 = issuer approves).
+master key itself, CVN 18 with the EMV common session key (R = ATC ‖ 00..00); the ARPC
+is checked with the same key. ARPC method 1 (``arpc_method=1``, the default, CVN 10 and
+18): 91 = ARPC(8) ‖ ARC(2), ARPC = DES3(key, ARQC ⊕ ARC‖00..00), the ARC must approve.
+ARPC method 2 (``arpc_method=2``, CVN 18 only, as ``pyemv.cvn.VisaCVN18``): 91 =
+ARPC(4) ‖ CSU(4), CSU byte 2 bit 8 = issuer approves.
 
 The ATC is incremented once per transaction (at the first GENERATE AC on contact, at
 GET PROCESSING OPTIONS on contactless) and written to the state file before the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import hmac
 import json
 import os
 import tempfile
@@ -57,6 +60,7 @@ __all__ = [
     "VirtualCard",
     "GarbageCard",
     "GarbageMode",
+    "SealError",
     "make_track2",
     "mask_pan",
 ]
@@ -90,7 +94,7 @@ DEFAULT_CDOL1 = "9F02069F03069F1A0295055F2A029A039C019F3704"
 # Answer to reset: T=1 only (TD1 = 01), historical bytes "VCARD", TCK.
 DEFAULT_ATR = "3B85015643415244C6"
 _MAX_ATC = 0xFFFF
-_ISSUER_AUTH_LEN = {10: 10, 18: 8}
+_ISSUER_AUTH_LEN = {1: 10, 2: 8}  # tag 91 length by ARPC method
 
 
 def mask_pan(pan: str) -> str:
@@ -171,6 +175,7 @@ class CardProfile:
     token_requestor_id: str | None = None
     payment_account_reference: str | None = None
     gen_ac_format1: bool = False
+    arpc_method: int = 1
     atr: str = DEFAULT_ATR
 
     def __post_init__(self) -> None:
@@ -199,6 +204,8 @@ class CardProfile:
                 raise bad(f"{name} must be YYMM")
         if self.cvn not in (10, 18):
             raise bad(f"cvn {self.cvn} is not supported, expecting 10 or 18")
+        if self.arpc_method not in (1, 2) or (self.cvn == 10 and self.arpc_method != 1):
+            raise bad("arpc_method must be 1, or 2 with CVN 18")
         if len(self.icc_mk_ac) != 16:
             raise bad(f"icc_mk_ac is {len(self.icc_mk_ac)} bytes, expecting 16")
         if not self.track2.startswith(self.card_pan + "D"):
@@ -223,8 +230,10 @@ class CardProfile:
             raise bad("pin_try_limit must be 1-15")
         if not 0 <= self.atc_start < _MAX_ATC:
             raise bad("atc_start must be 0-65534")
-        if len(self.label.encode("ascii", "strict")) > 16:
+        if not (self.label.isascii() and len(self.label) <= 16):
             raise bad("label must be at most 16 ASCII characters")
+        if not self.cardholder_name.isascii():
+            raise bad("cardholder_name must be ASCII")
 
     def __repr__(self) -> str:
         return (
@@ -246,7 +255,7 @@ class CardProfile:
     @property
     def cdol2(self) -> str:
         """CDOL2: issuer authentication data, ARC, TVR, unpredictable number."""
-        return f"91{_ISSUER_AUTH_LEN[self.cvn]:02X}8A0295059F3704"
+        return f"91{_ISSUER_AUTH_LEN[self.arpc_method]:02X}8A0295059F3704"
 
     def _aad(self, name: str) -> bytes:
         return f"card-profile|{name}|{self.aid}|{self.pan}|{self.psn}".encode()
@@ -274,6 +283,9 @@ class CardProfile:
         aead = AESGCM(transport_key)
         plain = {k: v for k, v in sealed.items() if not k.endswith("_sealed")}
         known = {f.name for f in fields(cls)}
+        clear_secrets = set(plain) & set(_SECRET_FIELDS)
+        if clear_secrets:
+            raise ValueError(f"card profile: {sorted(clear_secrets)} must be sealed, not in clear")
         unknown = set(plain) - known
         if unknown:
             raise ValueError(f"card profile: unknown fields {sorted(unknown)}")
@@ -723,14 +735,14 @@ class VirtualCard:
         p = self.profile
         assert self._first_ac is not None
         arqc = self._first_ac["9F26"]
-        if p.cvn == 10:
+        key = p.icc_mk_ac if p.cvn == 10 else self._session_key(self._first_ac["9F36"])
+        if p.arpc_method == 1:
             arpc, arpc_rc = issuer_auth[:8], issuer_auth[8:10]
-            expected = _ac.generate_arpc_1(p.icc_mk_ac, arqc, arpc_rc)
-            return expected == arpc and arpc_rc in APPROVING_ARCS and arc in APPROVING_ARCS
+            expected = _ac.generate_arpc_1(key, arqc, arpc_rc)
+            return hmac.compare_digest(expected, arpc) and arpc_rc in APPROVING_ARCS and arc in APPROVING_ARCS
         arpc, csu = issuer_auth[:4], issuer_auth[4:8]
-        sk = self._session_key(self._first_ac["9F36"])
-        expected = _ac.generate_arpc_2(sk, arqc, csu)
-        return expected == arpc and bool(csu[1] & 0x80) and arc in APPROVING_ARCS
+        expected = _ac.generate_arpc_2(key, arqc, csu)
+        return hmac.compare_digest(expected, arpc) and bool(csu[1] & 0x80) and arc in APPROVING_ARCS
 
     def _second_generate_ac(self, cmd: _Apdu, requested: int) -> bytes:
         p = self.profile

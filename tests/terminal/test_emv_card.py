@@ -43,13 +43,17 @@ def _issuer_arqc(emv, cvn: int, t: dict[str, bytes], pan: str | None = None) -> 
     return c.generate_ac(**kw, tag_9f10=t["9F10"])
 
 
-def _issuer_91(emv, cvn: int, t: dict[str, bytes], *, approve: bool = True, pan: str | None = None) -> bytes:
+def _issuer_91(emv, cvn: int, t: dict[str, bytes], *, approve: bool = True, pan: str | None = None, method: int = 1) -> bytes:
+    """Issuer authentication data: ARPC method 1 (ARPC ‖ ARC) or, for CVN 18, method 2 (ARPC ‖ CSU)."""
     c = emv.issuer_cvn(cvn, pan or emv.PAN)
+    if method == 2:
+        csu = bytes.fromhex("00800000" if approve else "00000000")
+        return c.generate_arpc(t["9F26"], t["9F36"], csu) + csu
+    arc = b"00" if approve else b"05"
     if cvn == 10:
-        arc = b"00" if approve else b"05"
         return c.generate_arpc(t["9F26"], arc) + arc
-    csu = bytes.fromhex("00800000" if approve else "00000000")
-    return c.generate_arpc(t["9F26"], t["9F36"], csu) + csu
+    sk = pyemv_kd.derive_common_sk(c.icc_mk_ac, t["9F36"] + bytes(6))
+    return pyemv_ac.generate_arpc_1(sk, t["9F26"], arc) + arc
 
 
 @pytest.mark.parametrize("cvn", [10, 18])
@@ -105,6 +109,18 @@ def test_issuer_decline_gives_aac_even_with_a_valid_arpc(emv, cvn):
     result = _read(emv, card, False)
     approved = _issuer_91(emv, cvn, result.icc_tags)
     assert complete(card.process_apdu, {"91": approved}, False, read_result=result) == "AAC"
+
+
+@pytest.mark.parametrize("approve, outcome", [(True, "TC"), (False, "AAC")])
+def test_cvn18_card_with_arpc_method_2_checks_the_card_status_update(emv, approve, outcome):
+    card = VirtualCard(emv.build_profile(18, arpc_method=2))
+    result = _read(emv, card, False)
+    assert result.cdol2.hex().upper().startswith("9108")
+    good = _issuer_91(emv, 18, result.icc_tags, approve=approve, method=2)
+    assert complete(card.process_apdu, {"91": good}, True, read_result=result) == outcome
+    result = _read(emv, card, False)
+    method1 = _issuer_91(emv, 18, result.icc_tags)  # the wrong method never verifies
+    assert complete(card.process_apdu, {"91": method1}, True, read_result=result) == "AAC"
 
 
 def test_missing_issuer_authentication_data_gives_aac(emv):
@@ -278,6 +294,9 @@ def test_sealed_profile_round_trips_and_keeps_the_key_out_of_the_file(emv, tmp_p
     tampered["pan"] = "4761739001010028"
     with pytest.raises(SealError):
         CardProfile.open(tampered, emv.TRANSPORT_KEY)
+    in_clear = json.loads(text) | {"icc_mk_ac": profile.icc_mk_ac.hex()}
+    with pytest.raises(ValueError, match=r"\['icc_mk_ac'\] must be sealed"):
+        CardProfile.open(in_clear, emv.TRANSPORT_KEY)
 
 
 def test_profile_repr_and_errors_mask_the_pan(emv):

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from pyemv.ac import generate_arpc_1
+from pyemv.kd import derive_common_sk
 
 from terminal_sim.emv import tlv
 from terminal_sim.emv.card import VirtualCard
@@ -57,12 +59,12 @@ def _read(emv, transmit, contactless: bool):
 
 
 def _issuer(emv, t: dict[str, bytes]) -> tuple[bytes, bytes]:
-    """ARQC and issuer authentication data (91) as the issuer computes them for CVN 18."""
+    """ARQC and issuer authentication data (91, ARPC method 1) as the issuer computes them for CVN 18."""
     c = emv.issuer_cvn(18)
     kw = {f"tag_{k.lower()}": t[k] for k in ("9F02", "9F03", "9F1A", "95", "5F2A", "9A", "9C", "9F37", "82", "9F36")}
     arqc = c.generate_ac(**kw, tag_9f10=t["9F10"])
-    csu = bytes.fromhex("00800000")
-    return arqc, c.generate_arpc(t["9F26"], t["9F36"], csu) + csu
+    sk = derive_common_sk(c.icc_mk_ac, t["9F36"] + bytes(6))
+    return arqc, generate_arpc_1(sk, t["9F26"], b"00") + b"00"
 
 
 @pytest.mark.pcsc
