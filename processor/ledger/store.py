@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +59,16 @@ _FIND_AUTH = select(*auths.c).where(auths.c.idem_key == bindparam("k"))
 _STOP = object()
 
 
+def _find_card(conn: Connection, fingerprints: list[str]) -> CardRecord | None:
+    row = conn.execute(_FIND_CARD, {"fps": fingerprints}).first()
+    return admin.card_record(row) if row is not None else None
+
+
+def _find_auth(conn: Connection, idem_key: str) -> o.AuthOutcome | None:
+    row = conn.execute(_FIND_AUTH, {"k": idem_key}).first()
+    return outcome_from_row(row, duplicate=True) if row is not None else None
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, Conflict):
         return True
@@ -73,9 +85,17 @@ def _retryable(exc: BaseException) -> bool:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: switching to WAL may wait for a lock
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            # The switch needs the file to itself and does not wait through busy_timeout: retry briefly.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     cur.execute("PRAGMA synchronous=FULL")  # the commit is on disk before an approval is answered
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -100,16 +120,46 @@ def _sqlite_writer_engine(url: str) -> Engine:
     return engine
 
 
-def _sqlite_reader_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=4, max_overflow=4, pool_timeout=5)
+class _SqliteReaders:
+    """Read-only pysqlite connections, one per reader thread: a look-up costs one thread hop.
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_conn: Any, record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        _sqlite_pragmas(dbapi_conn, record)
-        dbapi_conn.cursor().execute("PRAGMA query_only=ON")
+    (aiosqlite would cost a hop for the checkout, the statement, the fetch and the rollback each.)
+    """
 
-    return engine
+    def __init__(self, url: str, threads: int) -> None:
+        # Each connection is used by its own thread only; close() runs after those threads have stopped.
+        self.engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False})
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ledger-reader")
+        self._local = threading.local()
+        self._conns: list[Connection] = []
+        self._lock = threading.Lock()
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn: Any, record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            _sqlite_pragmas(dbapi_conn, record)
+            dbapi_conn.execute("PRAGMA query_only=ON")
+
+    async def query(self, body: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._query, body, args)
+
+    def _query(self, body: Callable[..., T], args: Sequence[Any]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.engine.connect()
+            with self._lock:
+                self._conns.append(conn)
+        try:
+            return body(conn, *args)
+        finally:
+            conn.rollback()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self.engine.dispose()
 
 
 class _SqliteWriter:
@@ -165,8 +215,10 @@ class Store:
     def __init__(
         self,
         url: str,
-        read_engine: AsyncEngine,
+        dialect: str,
+        read_engine: AsyncEngine | None,
         *,
+        sqlite_readers: _SqliteReaders | None = None,
         sqlite_writer: _SqliteWriter | None,
         pg_writers: int,
         max_batch: int,
@@ -175,8 +227,9 @@ class Store:
         submit_timeout_s: float,
     ) -> None:
         self.url = url
-        self.dialect = read_engine.dialect.name
+        self.dialect = dialect
         self._read = read_engine
+        self._readers = sqlite_readers
         self._sqlite = sqlite_writer
         self._pg_writers = pg_writers
         self.max_batch = max_batch
@@ -203,6 +256,7 @@ class Store:
         linger_ms: float = 1.0,
         submit_timeout_s: float = 5.0,
         pg_writers: int = 4,
+        reader_threads: int = 2,
     ) -> "Store":
         """Open (and migrate to the newest schema) the database at `url`."""
         parsed = make_url(url)
@@ -210,16 +264,15 @@ class Store:
         if backend == "sqlite":
             if parsed.database in (None, "", ":memory:"):
                 raise StoreError("SQLite store needs a file path (several connections share it), not :memory:")
-            async_url = parsed.set(drivername="sqlite+aiosqlite")
-            writer = _SqliteWriter(parsed.set(drivername="sqlite+pysqlite").render_as_string(hide_password=False))
+            sync_url = parsed.set(drivername="sqlite+pysqlite").render_as_string(hide_password=False)
+            writer = _SqliteWriter(sync_url)
             try:
                 await writer.transact(upgrade)
             except BaseException:
                 writer.close()
                 raise
-            read = _sqlite_reader_engine(async_url.render_as_string(hide_password=False))
             store = cls(
-                url, read, sqlite_writer=writer, pg_writers=1, max_batch=max_batch, queue_max=queue_max,
+                url, "sqlite", None, sqlite_readers=_SqliteReaders(sync_url, reader_threads), sqlite_writer=writer, pg_writers=1, max_batch=max_batch, queue_max=queue_max,
                 linger_s=linger_ms / 1000, submit_timeout_s=submit_timeout_s,
             )
         elif backend == "postgresql":
@@ -234,7 +287,7 @@ class Store:
                 await read.dispose()
                 raise
             store = cls(
-                url, read, sqlite_writer=None, pg_writers=pg_writers, max_batch=max_batch, queue_max=queue_max,
+                url, "postgresql", read, sqlite_writer=None, pg_writers=pg_writers, max_batch=max_batch, queue_max=queue_max,
                 linger_s=linger_ms / 1000, submit_timeout_s=submit_timeout_s,
             )
         else:
@@ -246,6 +299,7 @@ class Store:
         if self._sqlite is not None:
             self._writers.append(asyncio.create_task(self._writer_loop(self._sqlite.transact), name="ledger-writer"))
             return
+        assert self._read is not None
         for i in range(self._pg_writers):
             conn = await self._read.connect()
             self._pg_conns.append(conn)
@@ -276,7 +330,10 @@ class Store:
                 await conn.close()
         if self._sqlite is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._sqlite.close)
-        await self._read.dispose()
+        if self._readers is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._readers.close)
+        if self._read is not None:
+            await self._read.dispose()
 
     async def __aenter__(self) -> "Store":
         return self
@@ -402,15 +459,11 @@ class Store:
         """The card whose PAN fingerprint is one of `fingerprints` (one per key version), or None."""
         if not fingerprints:
             return None
-        async with self._read.connect() as conn:
-            row = (await conn.execute(_FIND_CARD, {"fps": list(fingerprints)})).first()
-        return admin.card_record(row) if row is not None else None
+        return await self._query(_find_card, list(fingerprints))
 
     async def find_auth(self, idem_key: str) -> o.AuthOutcome | None:
         """The stored first answer to `idem_key` (duplicate=True), or None."""
-        async with self._read.connect() as conn:
-            row = (await conn.execute(_FIND_AUTH, {"k": idem_key})).first()
-        return outcome_from_row(row, duplicate=True) if row is not None else None
+        return await self._query(_find_auth, idem_key)
 
     # ------------------------------------------------------------------ admin
 
@@ -421,6 +474,7 @@ class Store:
         try:
             if self._sqlite is not None:
                 return await self._sqlite.transact(body, *args)
+            assert self._read is not None
             async with self._read.connect() as conn:
                 return await _pg_transact(conn, body, *args)
         except IntegrityError as exc:
@@ -430,12 +484,17 @@ class Store:
         """Run read-only `body` on one consistent snapshot (SQLite: under the write lock; PostgreSQL: REPEATABLE READ)."""
         if self._sqlite is not None:
             return await self._sqlite.transact(body, *args)
+        assert self._read is not None
         async with self._read.connect() as conn:
             conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 return await conn.run_sync(body, *args)
 
     async def _query(self, body: Callable[..., T], *args: Any) -> T:
+        """A read outside the write path (one statement or a few; no snapshot across them)."""
+        if self._readers is not None:
+            return await self._readers.query(body, *args)
+        assert self._read is not None
         async with self._read.connect() as conn:
             return await conn.run_sync(body, *args)
 
