@@ -311,13 +311,16 @@ def expire_holds(conn: Connection, now: dt.datetime) -> int:
     """Close active holds whose expiry has passed and release their amounts (in chunks, one transaction)."""
     total = 0
     while True:
-        ids = list(
-            conn.execute(
-                select(h.id).where(h.status == "active", h.expires_at <= now).order_by(h.id).limit(EXPIRE_CHUNK)
-            ).scalars()
-        )
-        if not ids:
+        due = conn.execute(
+            select(h.id, h.account_id).where(h.status == "active", h.expires_at <= now).order_by(h.id).limit(EXPIRE_CHUNK)
+        ).all()
+        if not due:
             return total
+        ids = [r.id for r in due]
+        if conn.dialect.name == "postgresql":
+            # Accounts before holds, in id order, as the hot path locks them: no deadlock with its batches.
+            account_ids = sorted({r.account_id for r in due})
+            conn.execute(select(a.id).where(a.id.in_(account_ids)).order_by(a.id).with_for_update())
         released: defaultdict[int, int] = defaultdict(int)
         for r in conn.execute(
             update(holds)

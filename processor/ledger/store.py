@@ -239,7 +239,8 @@ class Store:
         self._internal_ids: dict[tuple[str, str], int] = {}
         self._writers: list[asyncio.Task[None]] = []
         self._pg_conns: list[AsyncConnection] = []
-        self._closing = False
+        self._closing = False  # no new operations
+        self._closed = False  # resources released
         self.batches = 0
         self.batched_ops = 0
         self.fallbacks = 0
@@ -259,6 +260,27 @@ class Store:
         reader_threads: int = 2,
     ) -> "Store":
         """Open (and migrate to the newest schema) the database at `url`."""
+        try:
+            return await cls._open(
+                url, max_batch=max_batch, queue_max=queue_max, linger_ms=linger_ms,
+                submit_timeout_s=submit_timeout_s, pg_writers=pg_writers, reader_threads=reader_threads,
+            )
+        except (DBAPIError, OSError) as exc:
+            safe = make_url(url).render_as_string(hide_password=True)
+            raise StoreError(f"cannot open the database {safe}: {_describe(exc)}") from exc
+
+    @classmethod
+    async def _open(
+        cls,
+        url: str,
+        *,
+        max_batch: int,
+        queue_max: int,
+        linger_ms: float,
+        submit_timeout_s: float,
+        pg_writers: int,
+        reader_threads: int,
+    ) -> "Store":
         parsed = make_url(url)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
@@ -298,9 +320,8 @@ class Store:
     async def _start(self) -> None:
         if self._sqlite is not None:
             self._writers.append(asyncio.create_task(self._writer_loop(self._sqlite.transact), name="ledger-writer"))
-            return
-        assert self._read is not None
-        for i in range(self._pg_writers):
+        for i in range(self._pg_writers if self._sqlite is None else 0):
+            assert self._read is not None
             conn = await self._read.connect()
             self._pg_conns.append(conn)
 
@@ -308,12 +329,21 @@ class Store:
                 return await _pg_transact(_conn, body, *args)
 
             self._writers.append(asyncio.create_task(self._writer_loop(transact), name=f"ledger-writer-{i}"))
+        for task in self._writers:
+            task.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A writer must never die silently: later submits would only time out.
+            log.error("ledger writer %s stopped", task.get_name(), exc_info=task.exception())
+            self._closing = True
+            self._fail_queued(StoreClosed(f"store writer stopped: {_describe(task.exception())}"))
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Finish the queued operations (within `timeout_s`), then release the database."""
-        if self._closing:
+        if self._closed:
             return
-        self._closing = True
+        self._closed = self._closing = True
         for _ in self._writers:
             try:
                 self._queue.put_nowait(_STOP)

@@ -140,3 +140,19 @@ async def test_cancelled_writer_loses_no_acknowledged_operation(db_url: str) -> 
         await healthy(reopened)
     finally:
         await reopened.close()
+
+
+async def test_same_request_through_several_stores_at_once_is_applied_once(db_url: str) -> None:
+    stores = [await Store.open(db_url) for _ in range(3)]
+    try:
+        ada = await open_funded(stores[0], 1_000)
+        results = await asyncio.gather(
+            *(stores[i % 3].submit(op(ops.PlaceHold, ada, 400, idem_key="retransmitted")) for i in range(9))
+        )
+        assert sum(not r.duplicate for r in results) == 1
+        assert {(r.rc, r.hold_id) for r in results} == {("00", results[0].hold_id)}
+        assert (await stores[1].account_view(ada.account_id)).available_minor == 600
+        await healthy(stores[2])
+    finally:
+        for store in stores:
+            await store.close()
