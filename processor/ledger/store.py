@@ -344,14 +344,17 @@ class Store:
         if self._closed:
             return
         self._closed = self._closing = True
-        for _ in self._writers:
-            try:
-                self._queue.put_nowait(_STOP)
-            except asyncio.QueueFull:
-                break
+        live = [task for task in self._writers if not task.done()]
         if self._writers:
-            _, pending = await asyncio.wait(self._writers, timeout=timeout_s)
-            for task in pending:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    for _ in live:  # one stop marker each, behind the operations already queued
+                        await self._queue.put(_STOP)
+                    if live:
+                        await asyncio.wait(live)
+            except TimeoutError:
+                log.warning("store writers did not finish within %.1fs; stopping them", timeout_s)
+            for task in self._writers:
                 task.cancel()
             await asyncio.gather(*self._writers, return_exceptions=True)
         self._fail_queued(StoreClosed("store closed before the operation was committed"))
