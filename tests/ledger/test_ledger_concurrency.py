@@ -156,3 +156,18 @@ async def test_same_request_through_several_stores_at_once_is_applied_once(db_ur
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_close_finishes_the_queued_operations(db_url: str) -> None:
+    store = await Store.open(db_url)
+    ada = await open_funded(store, 10_000)
+    tasks = [asyncio.create_task(store.submit(op(ops.PlaceHold, ada, 10, idem_key=f"q-{i}"))) for i in range(500)]
+    await asyncio.sleep(0)  # every submit is queued
+    await store.close()
+    assert [t.result().rc for t in tasks] == ["00"] * 500
+    reopened = await Store.open(db_url)
+    try:
+        assert (await reopened.account_view(ada.account_id)).available_minor == 5_000
+        await healthy(reopened)
+    finally:
+        await reopened.close()
