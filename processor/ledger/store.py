@@ -294,13 +294,14 @@ class Store:
                 writer.close()
                 raise
             store = cls(
-                url, "sqlite", None, sqlite_readers=_SqliteReaders(sync_url, reader_threads), sqlite_writer=writer, pg_writers=1, max_batch=max_batch, queue_max=queue_max,
+                url, "sqlite", None, sqlite_readers=_SqliteReaders(sync_url, reader_threads), sqlite_writer=writer,
+                pg_writers=1, max_batch=max_batch, queue_max=queue_max,
                 linger_s=linger_ms / 1000, submit_timeout_s=submit_timeout_s,
             )
         elif backend == "postgresql":
             async_url = parsed.set(drivername="postgresql+asyncpg")
             read = create_async_engine(
-                async_url, pool_size=max(4, pg_writers), max_overflow=8, pool_timeout=5, pool_pre_ping=False
+                async_url, pool_size=pg_writers + 4, max_overflow=8, pool_timeout=5
             )
             try:
                 async with read.begin() as conn:

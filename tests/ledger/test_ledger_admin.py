@@ -129,3 +129,13 @@ async def test_invariant_check_reports_damage(store: Store, db_url: str, damage:
         await engine.dispose()
     failures = await store.check_invariants()
     assert any(expected in f for f in failures), failures
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite+aiosqlite:////nonexistent-folder/processor.db", "postgresql+asyncpg://postgres:secret@127.0.0.1:1/none"],
+)
+async def test_unreachable_database_is_a_clear_store_error(url: str) -> None:
+    with pytest.raises(StoreError, match="cannot open the database") as raised:
+        await Store.open(url)
+    assert "secret" not in str(raised.value)
