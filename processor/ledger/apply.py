@@ -224,7 +224,7 @@ def _record(
             "rc": rc,
             "approved_minor": approved_minor,
             "auth_code": auth_code,
-            "reason": reason,
+            "reason": reason[:200],
             "hold_id": hold_id,
             "entry_id": entry_id,
             "original_auth_id": original_auth_id,
@@ -251,7 +251,7 @@ def _record(
         ledger_minor=ledger_minor,
         available_minor=available_minor,
         currency=currency,
-        reason=reason,
+        reason=reason[:200],
     )
 
 

@@ -72,6 +72,8 @@ def _find_auth(conn: Connection, idem_key: str) -> o.AuthOutcome | None:
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, Conflict):
         return True
+    if isinstance(exc, IntegrityError) and "idem_key" in str(exc.orig):
+        return True  # another connection committed the same request first: the retry finds its answer
     if isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower():
         return True  # SQLite: the write lock stayed with another process beyond busy_timeout
     if isinstance(exc, DBAPIError):

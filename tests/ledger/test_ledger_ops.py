@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -220,3 +221,10 @@ async def test_one_failing_operation_does_not_lose_its_batch(store: Store, funde
     assert store.fallbacks == 1
     assert await balances(store, ada.account_id) == (1_000, 600)
     await healthy(store)
+
+
+async def test_malformed_request_fields_are_recorded_not_refused(store: Store) -> None:
+    odd = op(ops.Decline, None, 0, rc="30", reason="format error: " + "x" * 400, idem_key="k" * 200)
+    out = await store.submit(dataclasses.replace(odd, terminal_id="TERMINAL-0001", stan="1234567"))
+    assert (out.rc, len(out.reason)) == ("30", 200)
+    assert (await store.find_auth("k" * 200)).rc == "30"
