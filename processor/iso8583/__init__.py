@@ -1,1 +1,15 @@
+"""The host interface: ISO 8583:1987 messages (`SPEC`), framing, typed views, response codes, DE 55 TLV."""
 
+from . import response_codes as rc
+from .codec import MessageFormatError, decode, encode, encode_de48, parse_de48
+from .framing import FrameDecoder, FrameError, FrameTimeout, FrameTooLarge, IncompleteFrame, encode_frame, read_frame
+from .messages import Balance, OriginalData, Request, Track2, build_response, build_track2, parse_track2, response_mti
+from .spec import SPEC
+from .tlv import TlvError, decode_tlv, encode_tlv
+
+__all__ = [
+    "SPEC", "Balance", "FrameDecoder", "FrameError", "FrameTimeout", "FrameTooLarge", "IncompleteFrame",
+    "MessageFormatError", "OriginalData", "Request", "TlvError", "Track2", "build_response", "build_track2",
+    "decode", "decode_tlv", "encode", "encode_de48", "encode_frame", "encode_tlv", "parse_de48",
+    "parse_track2", "rc", "read_frame", "response_mti",
+]

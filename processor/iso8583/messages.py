@@ -1,0 +1,238 @@
+"""Typed, read-only views of decoded requests, and the answer built from a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import MessageFormatError, parse_de48
+from .tlv import decode_tlv
+
+TRANSACTION_TYPES = {"00": "purchase", "01": "cash", "09": "cashback", "20": "refund", "31": "balance"}
+ECHOED_FIELDS = ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49")
+
+
+@dataclass(frozen=True, slots=True)
+class Track2:
+    """Track 2 (or its chip equivalent): PAN=YYMM, service code, then PVKI(1) PVV(4) CVV(3) and padding."""
+
+    pan: str
+    expiry: str
+    service_code: str
+    discretionary: str
+
+    @property
+    def pvki(self) -> str | None:
+        return self.discretionary[0:1] or None
+
+    @property
+    def pvv(self) -> str | None:
+        return self.discretionary[1:5] if len(self.discretionary) >= 5 else None
+
+    @property
+    def cvv(self) -> str | None:
+        return self.discretionary[5:8] if len(self.discretionary) >= 8 else None
+
+
+def parse_track2(text: str) -> Track2:
+    """'PAN=YYMMSSSdiscretionary' (or 'D' as separator, as chips write it)."""
+    text = text.upper().rstrip("F")
+    sep = "=" if "=" in text else "D"
+    pan, _, rest = text.partition(sep)
+    if not (pan.isdigit() and 12 <= len(pan) <= 19) or len(rest) < 7 or not rest[:7].isdigit():
+        raise MessageFormatError("track 2 is not PAN=YYMM plus service code: field 35", "35")
+    return Track2(pan=pan, expiry=rest[:4], service_code=rest[4:7], discretionary=rest[7:])
+
+
+def build_track2(pan: str, expiry: str, service_code: str, cvv: str, *, discretionary: str = "") -> str:
+    """Track 2 of our cards: PAN=YYMM SSS, then `discretionary` (PVKI+PVV) and the CVV, zero-padded."""
+    data = f"{pan}={expiry}{service_code}{discretionary}{cvv}"
+    return data.ljust(min(37, max(len(data), len(pan) + 21)), "0")
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalData:
+    """DE 90: which earlier request a reversal or completion refers to."""
+
+    mti: str
+    stan: str
+    transmission_time: str
+    acquirer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """One DE 54 amount: account type, amount type (01 ledger, 02 available, 57 original), currency, signed amount."""
+
+    account_type: str
+    amount_type: str
+    currency_numeric: str
+    amount_minor: int
+
+    def encode(self) -> str:
+        sign = "C" if self.amount_minor >= 0 else "D"
+        return f"{self.account_type:0>2}{self.amount_type:0>2}{self.currency_numeric:0>3}{sign}{abs(self.amount_minor):012d}"
+
+    @classmethod
+    def parse_all(cls, text: str) -> list["Balance"]:
+        if len(text) % 20:
+            raise MessageFormatError("additional amounts are not a multiple of 20 characters: field 54", "54")
+        out = []
+        for i in range(0, len(text), 20):
+            chunk = text[i : i + 20]
+            sign, amount = chunk[7], chunk[8:]
+            if sign not in "CD" or not amount.isdigit():
+                raise MessageFormatError("additional amount malformed: field 54", "54")
+            out.append(cls(chunk[0:2], chunk[2:4], chunk[4:7], int(amount) * (1 if sign == "C" else -1)))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded request with named, typed attributes; built by `Request.from_fields`."""
+
+    fields: dict[str, Any] = field(repr=False)
+    mti: str
+    pan: str | None
+    processing_code: str | None
+    transaction_type: str | None
+    from_account: str | None
+    amount_minor: int | None
+    currency_numeric: str | None
+    stan: str | None
+    rrn: str | None
+    transmission_time: str | None
+    expiry: str | None
+    mcc: str | None
+    entry_mode: str | None
+    pin_capable: bool
+    psn: str | None
+    acquirer_id: str
+    track2: Track2 | None
+    terminal_id: str | None
+    merchant_id: str | None
+    de48: dict[str, Any]
+    pin_block: str | None
+    ksn: str | None
+    aes_pin_block: str | None
+    icc: dict[str, bytes] | None
+    network_code: str | None
+    original: OriginalData | None
+    replacement_amount_minor: int | None
+
+    def __repr__(self) -> str:
+        return f"Request(mti={self.mti}, stan={self.stan}, terminal={self.terminal_id})"
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> "Request":
+        """Typed view of a decoded message; MessageFormatError names the field that does not parse."""
+        pc = fields.get("3")
+        pos = fields.get("22")
+        track2 = parse_track2(fields["35"]) if fields.get("35") else None
+        raw48 = parse_de48(fields["48"]) if fields.get("48") else {}
+        de48: dict[str, Any] = {
+            "cvv2": raw48.get("C2"),
+            "partial_ok": raw48.get("PA") == "1",
+            "incremental": raw48.get("IA") == "1",
+            "token_requestor": raw48.get("TR"),
+            "wallet_id": raw48.get("WI"),
+        }
+        de48 = {k: v for k, v in de48.items() if v not in (None, False)}
+        icc = decode_tlv(bytes.fromhex(fields["55"])) if fields.get("55") else None
+        original = None
+        if fields.get("90"):
+            de90 = fields["90"]
+            if len(de90) != 42 or not de90.isdigit():
+                raise MessageFormatError("original data elements must be 42 digits: field 90", "90")
+            original = OriginalData(de90[0:4], de90[4:10], de90[10:20], de90[20:31].lstrip("0") or "0")
+        replacement = None
+        if fields.get("95"):
+            head = fields["95"][:12]
+            if not head.isdigit():
+                raise MessageFormatError("replacement amount must be numeric: field 95", "95")
+            replacement = int(head)
+        amount = fields.get("4")
+        return cls(
+            fields=fields,
+            mti=fields["t"],
+            pan=fields.get("2"),
+            processing_code=pc,
+            transaction_type=TRANSACTION_TYPES.get(pc[:2], "unknown") if pc else None,
+            from_account=pc[2:4] if pc else None,
+            amount_minor=int(amount) if amount is not None else None,
+            currency_numeric=fields.get("49"),
+            stan=fields.get("11"),
+            rrn=fields.get("37"),
+            transmission_time=fields.get("7"),
+            expiry=fields.get("14"),
+            mcc=fields.get("18"),
+            entry_mode=pos[:2] if pos else None,
+            pin_capable=bool(pos) and pos[2:3] == "1",
+            psn=fields.get("23"),
+            acquirer_id=(fields.get("32") or "0").lstrip("0") or "0",
+            track2=track2,
+            terminal_id=fields["41"].strip() if fields.get("41") else None,
+            merchant_id=fields["42"].strip() if fields.get("42") else None,
+            de48=de48,
+            pin_block=fields.get("52"),
+            ksn=fields.get("53"),
+            aes_pin_block=fields.get("110"),
+            icc=icc,
+            network_code=fields.get("70"),
+            original=original,
+            replacement_amount_minor=replacement,
+        )
+
+    @staticmethod
+    def mti_class(mti: str) -> str:
+        """0100 and 0120 are one class ("01"): an advice repeats the request it stands in for."""
+        return mti[:2]
+
+    def idempotency_key(self) -> str:
+        """acquirer:terminal:stan:transmission time:MTI class: equal for a retransmission, unique otherwise."""
+        return f"{self.acquirer_id}:{self.terminal_id or ''}:{self.stan or ''}:{self.transmission_time or ''}:{self.mti_class(self.mti)}"
+
+    def original_key(self) -> str:
+        """The idempotency key of the request DE 90 points at (same terminal)."""
+        if self.original is None:
+            raise MessageFormatError("no original data elements: field 90", "90")
+        o = self.original
+        return f"{o.acquirer_id}:{self.terminal_id or ''}:{o.stan}:{o.transmission_time}:{self.mti_class(o.mti)}"
+
+
+def response_mti(mti: str) -> str:
+    """0100 -> 0110, 0420 -> 0430."""
+    return f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}"
+
+
+def build_response(
+    request_fields: dict[str, Any],
+    rc: str,
+    *,
+    approval_code: str | None = None,
+    amount_minor: int | None = None,
+    balances: list[Balance] | None = None,
+    icc_response: dict[str, bytes] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The answer to a request: echoed matching fields, DE 39, and 38/4/54/55 when given."""
+    from .tlv import encode_tlv
+
+    answer: dict[str, Any] = {"t": response_mti(request_fields["t"])}
+    for de in ECHOED_FIELDS:
+        if de in request_fields:
+            answer[de] = request_fields[de]
+    if request_fields.get("70"):
+        answer["70"] = request_fields["70"]
+    answer["39"] = rc
+    if approval_code:
+        answer["38"] = approval_code
+    if amount_minor is not None:
+        answer["4"] = f"{amount_minor:012d}"
+    if balances:
+        answer["54"] = "".join(b.encode() for b in balances)
+    if icc_response:
+        answer["55"] = encode_tlv(icc_response).hex().upper()
+    if extra:
+        answer.update(extra)
+    return answer
