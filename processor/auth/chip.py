@@ -1,0 +1,78 @@
+"""Chip (EMV) checks: the ARQC in DE 55 verified by the HSM, ATC replay, and the ARPC for the card."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from processor.auth.cryptogram import arqc_transaction_data
+from processor.iso8583 import rc
+
+if TYPE_CHECKING:
+    from processor.auth.engine import AuthContext, Engine
+
+ARC_APPROVED = "3030"  # "00" in ASCII, as the card expects it in tag 8A / 91
+ARC_DECLINED = "3035"  # "05"
+SUPPORTED_CVNS = frozenset({10, 18})
+
+
+def cryptogram_version(iad: bytes) -> int:
+    """The CVN from Visa issuer application data (9F10): byte 2 of a format-0/1/3 IAD."""
+    if len(iad) < 3:
+        raise ValueError("issuer application data (9F10) too short to carry a CVN")
+    return iad[2]
+
+
+async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[str, bytes]:
+    """Raise Declined(82) unless the ARQC verifies and its ATC is new; return the tag 91 to send back."""
+    from processor.auth.engine import Declined
+
+    icc: dict[str, bytes] = ctx.request.icc or {}
+    missing = [tag for tag in ("9F26", "9F36", "9F10", "9F37") if tag not in icc]
+    if missing:
+        raise Declined(rc.FORMAT_ERROR, f"DE 55 lacks {', '.join(missing)}")
+    try:
+        cvn = cryptogram_version(icc["9F10"])
+        data = arqc_transaction_data(icc, cvn)
+    except ValueError as exc:
+        raise Declined(rc.FORMAT_ERROR, f"DE 55: {exc}") from exc
+    if cvn not in SUPPORTED_CVNS:
+        raise Declined(rc.CVV_FAILURE, f"cryptogram version {cvn} not supported")
+    atc = int.from_bytes(icc["9F36"], "big")
+    card = ctx.card
+    psn = ctx.request.psn or card.psn
+    ok, arpc = await engine.hsm.verify_arqc(
+        engine.keys.imk_ac,
+        ctx.pan,
+        f"{int(psn):02d}",
+        icc["9F36"].hex().upper(),
+        icc["9F26"].hex().upper(),
+        data.hex().upper(),
+        cvn=cvn,
+        arc=ARC_APPROVED,
+    )
+    if not ok:
+        raise Declined(rc.CVV_FAILURE, "ARQC does not verify")
+    last_atc = getattr(card, "last_atc", None)
+    if last_atc is not None and atc <= last_atc:
+        raise Declined(rc.CVV_FAILURE, f"ATC {atc} replayed (last seen {last_atc})")
+    ctx.extra["atc"] = str(atc)
+    return {"91": bytes.fromhex(arpc) + bytes.fromhex(ARC_APPROVED)} if arpc else {}
+
+
+async def declined_arpc(engine: "Engine", ctx: "AuthContext") -> dict[str, Any] | None:
+    """For a verified ARQC whose request was declined later (funds), the ARPC over the decline ARC."""
+    icc: dict[str, bytes] = ctx.request.icc or {}
+    if ctx.icc_response is None or "9F26" not in icc:
+        return None
+    cvn = cryptogram_version(icc["9F10"])
+    ok, arpc = await engine.hsm.verify_arqc(
+        engine.keys.imk_ac,
+        ctx.pan,
+        f"{int(ctx.request.psn or ctx.card.psn):02d}",
+        icc["9F36"].hex().upper(),
+        icc["9F26"].hex().upper(),
+        arqc_transaction_data(icc, cvn).hex().upper(),
+        cvn=cvn,
+        arc=ARC_DECLINED,
+    )
+    return {"91": bytes.fromhex(arpc) + bytes.fromhex(ARC_DECLINED)} if ok and arpc else None

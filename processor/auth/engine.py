@@ -1,0 +1,526 @@
+"""The authorization engine: one ISO 8583 request in, one answer out.
+
+`Engine.handle(payload)` owns the control flow of every message. For card requests it runs an ordered
+list of small checks (the order is the order of the response-code table in the README); the first
+check that fails names the response code and the reason, and the request ends as one store operation
+(a hold, a posting or a recorded decline), group-committed with its neighbours and durable before the
+answer is written. A retransmitted request reaches the store with the same idempotency key and gets
+the first answer back without a second hold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import string
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hsm_sim import HsmError
+from processor.auth.policy import Policy
+from processor.issuing.cards import CVV2_SERVICE_CODE, ICVV_SERVICE_CODE, PVKI, pin_validation_data
+from processor.issuing.keys import IssuerKeys
+from processor.issuing.pan import mask_pan
+from processor.iso8583 import (
+    Balance,
+    MessageFormatError,
+    Request,
+    build_response,
+    decode,
+    encode,
+    rc,
+)
+from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
+from processor.ledger import ops
+
+log = logging.getLogger("processor.auth")
+
+_APPROVAL_ALPHABET = string.ascii_uppercase + string.digits
+ENTRY_MANUAL = "01"
+ENTRY_MAGSTRIPE = frozenset({"02", "90", "80"})
+ENTRY_CHIP = frozenset({"05", "07"})
+ENTRY_CONTACTLESS_MAGSTRIPE = "91"
+CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
+
+
+class Declined(Exception):
+    """A check stopped the authorization with this response code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Terminal:
+    """What the engine needs of a terminal: who it is and which keys protect its PIN blocks."""
+
+    terminal_id: str
+    merchant_id: str
+    mcc: str | None
+    status: str
+    bdk_kcv: str | None
+    initial_ksn: str | None
+
+
+@dataclass(slots=True)
+class AuthContext:
+    """Everything known about one request while the checks run."""
+
+    fields: dict[str, Any]
+    request: Request
+    now: dt.datetime
+    terminal: Terminal | None = None
+    card: Any = None  # processor.ledger.CardRecord once found
+    pan: str | None = None
+    pin_tries: int | None = None
+    icc_response: dict[str, bytes] | None = None
+    reason: str = "approved"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+Check = Callable[["Engine", AuthContext], Awaitable[None]]
+
+
+def approval_code() -> str:
+    """Six random characters, the code a merchant writes on a voice-referral slip."""
+    return "".join(secrets.choice(_APPROVAL_ALPHABET) for _ in range(6))
+
+
+def same_key_serial(ksn: str, initial_ksn: str) -> bool:
+    """True when a TDES DUKPT KSN comes from the device whose initial KSN is given.
+
+    The last 21 bits of a KSN are the transaction counter; everything before them names the key set and
+    the device.
+    """
+    try:
+        return int(ksn, 16) >> 21 == int(initial_ksn, 16) >> 21 and len(ksn) == len(initial_ksn) == 20
+    except ValueError:
+        return False
+
+
+def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
+    """A card is valid through the last day of its expiry month."""
+    return (int(expiry_yymm[:2]), int(expiry_yymm[2:])) < (now.year % 100, now.month)
+
+
+# ---------------------------------------------------------------- checks, in the order they run
+
+
+async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
+    terminal = await engine.terminal(ctx.request.terminal_id)
+    if terminal is None:
+        raise Declined(rc.INVALID_MERCHANT, "unknown terminal")
+    if terminal.status != "active":
+        raise Declined(rc.INVALID_MERCHANT, f"terminal {terminal.status}")
+    ctx.terminal = terminal
+
+
+async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
+    pan = ctx.request.pan or (ctx.request.track2.pan if ctx.request.track2 else None)
+    if not pan:
+        raise Declined(rc.FORMAT_ERROR, "no PAN in DE 2 or DE 35")
+    ctx.pan = pan
+    fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+    card = await engine.store.find_card(fingerprints)
+    if card is None:
+        raise Declined(rc.UNKNOWN_CARD, "card not issued here")
+    ctx.card = card
+
+
+_STATUS_CODES = {
+    "lost": (rc.LOST_CARD, "card reported lost"),
+    "stolen": (rc.STOLEN_CARD, "card reported stolen"),
+    "frozen": (rc.RESTRICTED_CARD, "card frozen"),
+    "inactive": (rc.RESTRICTED_CARD, "card not yet activated"),
+    "closed": (rc.RESTRICTED_CARD, "card closed"),
+    "expired": (rc.EXPIRED_CARD, "card expired"),
+}
+
+
+async def check_card_status(engine: "Engine", ctx: AuthContext) -> None:
+    card = ctx.card
+    if card.status != "active":
+        code, reason = _STATUS_CODES.get(card.status, (rc.RESTRICTED_CARD, f"card {card.status}"))
+        raise Declined(code, reason)
+    if card.account_status != "open":
+        raise Declined(rc.RESTRICTED_CARD, f"account {card.account_status}")
+    if is_expired(card.expiry, ctx.now):
+        raise Declined(rc.EXPIRED_CARD, "card past its expiry date")
+    presented = ctx.request.expiry or (ctx.request.track2.expiry if ctx.request.track2 else None)
+    if presented is not None and presented != card.expiry:
+        raise Declined(rc.EXPIRED_CARD, "expiry date does not match the card")
+
+
+async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
+    req, card = ctx.request, ctx.card
+    if req.pin_block is None:
+        return
+    if card.pin_method is None:
+        raise Declined(rc.WRONG_PIN, "card has no PIN set")
+    if card.pin_tries >= engine.policy.pin_try_limit:
+        raise Declined(rc.PIN_TRIES_EXCEEDED, "PIN try limit already reached")
+    terminal = ctx.terminal
+    if req.ksn is None or terminal is None or terminal.bdk_kcv is None:
+        raise Declined(rc.FORMAT_ERROR, "PIN block without a KSN (DE 53) from a DUKPT terminal")
+    if terminal.initial_ksn and not same_key_serial(req.ksn, terminal.initial_ksn):
+        raise Declined(rc.WRONG_PIN, "KSN does not belong to this terminal")
+    try:
+        ok = await engine.hsm.verify_pin(
+            req.pin_block,
+            ctx.pan,
+            terminal.bdk_kcv,
+            0,
+            engine.keys.pvk,
+            method=card.pin_method,
+            verification_value=card.pin_value,
+            ksn=req.ksn,
+            pvki=PVKI,
+            validation_data=pin_validation_data(ctx.pan) if card.pin_method == "ibm3624" else None,
+        )
+    except HsmError as exc:
+        # A block that does not decipher under the terminal's key is a key problem, not a wrong guess:
+        # the cardholder's try counter is left alone.
+        raise Declined(rc.WRONG_PIN, f"PIN block rejected by the HSM ({exc.code})") from exc
+    if not ok:
+        tries = card.pin_tries + 1
+        ctx.pin_tries = tries
+        if tries >= engine.policy.pin_try_limit:
+            raise Declined(rc.PIN_TRIES_EXCEEDED, "wrong PIN, try limit reached")
+        raise Declined(rc.WRONG_PIN, "wrong PIN")
+    if card.pin_tries:
+        ctx.pin_tries = 0
+
+
+async def check_card_verification(engine: "Engine", ctx: AuthContext) -> None:
+    """CVV1 on a swiped stripe, iCVV on chip track 2 equivalent, CVV2 on a keyed entry, ARQC on chip."""
+    req, card, keys = ctx.request, ctx.card, engine.keys
+    entry = req.entry_mode
+    if entry in ENTRY_MAGSTRIPE and req.track2 is not None:
+        if req.track2.service_code != card.service_code:
+            raise Declined(rc.CVV_FAILURE, "service code does not match the card")
+        if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, card.service_code, req.track2.cvv or ""):
+            raise Declined(rc.CVV_FAILURE, "CVV on the magnetic stripe does not verify")
+    elif entry in ENTRY_CHIP and req.icc is not None:
+        await engine.verify_chip(ctx)
+    elif entry in ENTRY_CHIP and req.track2 is not None:
+        if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, ICVV_SERVICE_CODE, req.track2.cvv or ""):
+            raise Declined(rc.CVV_FAILURE, "iCVV on the chip's track 2 does not verify")
+    cvv2 = req.de48.get("cvv2") if req.de48 else None
+    if entry == ENTRY_MANUAL and cvv2 is None and engine.require_cvv2_on_manual:
+        raise Declined(rc.CVV2_FAILURE, "manual entry without CVV2")
+    if cvv2 is not None:
+        if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, CVV2_SERVICE_CODE, cvv2):
+            raise Declined(rc.CVV2_FAILURE, "CVV2 does not verify")
+
+
+async def check_amount(engine: "Engine", ctx: AuthContext) -> None:
+    req, card = ctx.request, ctx.card
+    if req.transaction_type == "balance":
+        return
+    if req.amount_minor is None or req.amount_minor <= 0:
+        raise Declined(rc.INVALID_AMOUNT, "amount missing or zero")
+    if req.amount_minor > engine.policy.amount_max_minor:
+        raise Declined(rc.INVALID_AMOUNT, "amount above the single-transaction limit")
+    if req.currency_numeric is None or alpha_for_numeric(req.currency_numeric) != card.currency:
+        raise Declined(rc.INVALID_AMOUNT, "currency is not the account's currency")
+
+
+CARD_CHECKS: tuple[Check, ...] = (
+    check_terminal,
+    check_card_known,
+    check_card_status,
+    check_pin,
+    check_card_verification,
+    check_amount,
+)
+# A stand-in advice was approved by the network already: only what is needed to find the card runs.
+ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_card_known)
+# An increment tops up a hold the cardholder already authorized: the card must still be usable.
+INCREMENTAL_CHECKS: tuple[Check, ...] = (check_terminal, check_card_known, check_card_status, check_amount)
+
+
+class Engine:
+    """Decode, check, hold or post, answer. Stateless between requests apart from bounded caches."""
+
+    def __init__(
+        self,
+        store: Any,
+        hsm: Any,
+        keys: IssuerKeys,
+        *,
+        policy: Policy | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        terminal_cache_s: float = 5.0,
+        require_cvv2_on_manual: bool = True,
+    ) -> None:
+        self.store = store
+        self.hsm = hsm
+        self.keys = keys
+        self.policy = policy or Policy()
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.require_cvv2_on_manual = require_cvv2_on_manual
+        self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
+        self._terminal_cache_s = terminal_cache_s
+        self._terminal_cache_max = 10_000
+        self.signed_on: set[str] = set()
+
+    # ------------------------------------------------------------ entry point
+
+    async def handle(self, payload: bytes) -> bytes | None:
+        """Answer one framed payload; None means there is nothing sensible to answer (close quietly)."""
+        started = time.perf_counter()
+        try:
+            fields = decode(payload)
+            request = Request.from_fields(fields)
+        except MessageFormatError as exc:
+            return self._format_error(payload, exc, started)
+        try:
+            return await self._dispatch(fields, request, started)
+        except Exception:
+            # Nothing was committed for this request (a committed outcome is answered from the store), so
+            # a system error is a safe answer: the terminal may retry with the same STAN.
+            log.exception("request %s stan=%s failed", request.mti, request.stan)
+            self._log(request, rc.SYSTEM_ERROR, "system error", started)
+            return encode(build_response(fields, rc.SYSTEM_ERROR))
+
+    async def _dispatch(self, fields: dict[str, Any], request: Request, started: float) -> bytes:
+        mti = request.mti
+        if mti == "0800":
+            return self._network_management(fields, request, started)
+        if mti in CARD_REQUEST_MTIS:
+            answer, outcome_rc = await self._card_request(fields, request)
+        elif mti == "0220":
+            answer, outcome_rc = await self._completion(fields, request)
+        elif mti in ("0400", "0420"):
+            answer, outcome_rc = await self._reversal(fields, request)
+        else:
+            answer = build_response(fields, rc.INVALID_TRANSACTION)
+            outcome_rc = rc.INVALID_TRANSACTION
+            self._log(request, outcome_rc, f"MTI {mti} is not a request", started)
+            return encode(answer)
+        self._log(request, outcome_rc, answer.pop("_reason", ""), started)
+        return encode(answer)
+
+    # ------------------------------------------------------------ message kinds
+
+    async def _card_request(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+        advice = req.mti == "0120"
+        incremental = req.mti == "0100" and bool(req.de48.get("incremental")) and req.original is not None
+        checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else CARD_CHECKS
+        try:
+            for check in checks:
+                await check(self, ctx)
+            if incremental:
+                op = self._increment_op(ctx)
+            else:
+                op = self._approval_op(ctx, force=advice)
+        except Declined as declined:
+            ctx.reason = declined.reason
+            op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
+        outcome = await self.store.submit(op)
+        if advice and outcome.rc not in (rc.APPROVED, rc.PARTIAL_APPROVAL):
+            # The network approved in stand-in: the advice is acknowledged whatever we would have said.
+            ctx.reason = f"advice acknowledged ({outcome.reason or outcome.rc})"
+            answer = build_response(fields, rc.APPROVED)
+            answer["_reason"] = ctx.reason
+            return answer, rc.APPROVED
+        return self._answer(ctx, outcome), outcome.rc
+
+    async def _completion(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+        try:
+            await check_terminal(self, ctx)
+            if req.original is None:
+                raise Declined(rc.FORMAT_ERROR, "completion without original data elements (DE 90)")
+            if req.amount_minor is None or req.amount_minor < 0:
+                raise Declined(rc.INVALID_AMOUNT, "completion amount missing")
+            op = ops.Capture(**self._op_common(ctx, amount_minor=req.amount_minor), original_key=req.original_key())
+        except Declined as declined:
+            ctx.reason = declined.reason
+            op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
+        outcome = await self.store.submit(op)
+        return self._answer(ctx, outcome), outcome.rc
+
+    async def _reversal(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+        try:
+            if req.original is None:
+                raise Declined(rc.FORMAT_ERROR, "reversal without original data elements (DE 90)")
+            op = ops.Reverse(
+                **self._op_common(ctx, amount_minor=req.amount_minor or 0),
+                original_key=req.original_key(),
+                remaining_minor=req.replacement_amount_minor,
+            )
+        except Declined as declined:
+            ctx.reason = declined.reason
+            op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
+        outcome = await self.store.submit(op)
+        return self._answer(ctx, outcome), outcome.rc
+
+    def _network_management(self, fields: dict[str, Any], req: Request, started: float) -> bytes:
+        code = req.network_code or "301"
+        terminal_id = req.terminal_id or "-"
+        if code == "001":
+            self.signed_on.add(terminal_id)
+        elif code == "002":
+            self.signed_on.discard(terminal_id)
+        elif code != "301":
+            answer = build_response(fields, rc.INVALID_TRANSACTION)
+            self._log(req, rc.INVALID_TRANSACTION, f"unknown network management code {code}", started)
+            return encode(answer)
+        answer = build_response(fields, rc.APPROVED)
+        self._log(req, rc.APPROVED, {"001": "sign-on", "002": "sign-off"}.get(code, "echo"), started)
+        return encode(answer)
+
+    # ------------------------------------------------------------ building store operations
+
+    def _op_common(self, ctx: AuthContext, *, amount_minor: int) -> dict[str, Any]:
+        req, card = ctx.request, ctx.card
+        currency = card.currency if card is not None else (alpha_for_numeric(req.currency_numeric) or "XXX")
+        return dict(
+            idem_key=req.idempotency_key(),
+            mti=req.mti,
+            terminal_id=req.terminal_id or "",
+            stan=req.stan or "",
+            rrn=req.rrn or "",
+            card_id=card.card_id if card is not None else None,
+            account_id=card.account_id if card is not None else None,
+            amount_minor=amount_minor,
+            currency=currency,
+            auth_code=approval_code(),
+            reason=ctx.reason,
+            pin_tries=ctx.pin_tries,
+        )
+
+    def _approval_op(self, ctx: AuthContext, *, force: bool) -> Any:
+        req = ctx.request
+        common = self._op_common(ctx, amount_minor=req.amount_minor or 0)
+        partial_ok = bool(req.de48.get("partial_ok"))
+        kind = req.transaction_type
+        if kind == "balance":
+            return ops.Inquiry(**common)
+        if kind == "refund":
+            return ops.Credit(**common)
+        if req.mti in ("0100", "0120"):
+            mcc = req.mcc or (ctx.terminal.mcc if ctx.terminal else None)
+            return ops.PlaceHold(
+                **common,
+                expires_at=self.policy.hold_expires_at(mcc, ctx.now),
+                partial_ok=partial_ok,
+                force=force,
+            )
+        return ops.Debit(**common, partial_ok=partial_ok, force=force, kind="cash" if kind == "cash" else "purchase")
+
+    def _increment_op(self, ctx: AuthContext) -> Any:
+        req = ctx.request
+        return ops.Increment(
+            **self._op_common(ctx, amount_minor=req.amount_minor or 0),
+            original_key=req.original_key(),
+            partial_ok=bool(req.de48.get("partial_ok")),
+        )
+
+    # ------------------------------------------------------------ chip
+
+    async def verify_chip(self, ctx: AuthContext) -> None:
+        """Verify the ARQC in DE 55 through the HSM and prepare the ARPC for the card."""
+        from processor.auth.chip import verify_chip_cryptogram
+
+        ctx.icc_response = await verify_chip_cryptogram(self, ctx)
+
+    # ------------------------------------------------------------ answers and logs
+
+    def _answer(self, ctx: AuthContext, outcome: Any) -> dict[str, Any]:
+        req = ctx.request
+        approved = outcome.rc in (rc.APPROVED, rc.PARTIAL_APPROVAL)
+        balances: list[Balance] | None = None
+        if outcome.ledger_minor is not None and outcome.currency and (
+            req.transaction_type == "balance" or outcome.rc == rc.PARTIAL_APPROVAL
+        ):
+            numeric = numeric_for_alpha(outcome.currency)
+            account_type = req.from_account or "00"
+            balances = [
+                Balance(account_type, "01", numeric, outcome.ledger_minor),
+                Balance(account_type, "02", numeric, outcome.available_minor),
+            ]
+            if outcome.rc == rc.PARTIAL_APPROVAL:
+                balances.append(Balance(account_type, "57", numeric, req.amount_minor or 0))
+        answer = build_response(
+            ctx.fields,
+            outcome.rc,
+            approval_code=outcome.auth_code if approved else None,
+            amount_minor=outcome.approved_minor if outcome.rc == rc.PARTIAL_APPROVAL else None,
+            balances=balances,
+            icc_response=ctx.icc_response,
+        )
+        answer["_reason"] = ("duplicate: " if outcome.duplicate else "") + (outcome.reason or ctx.reason)
+        return answer
+
+    def _format_error(self, payload: bytes, exc: MessageFormatError, started: float) -> bytes | None:
+        partial = getattr(exc, "partial", None) or {}
+        mti = payload[:4].decode("ascii", "replace")
+        if not (len(mti) == 4 and mti.isdigit() and mti[2] in "02468"):
+            log.warning("format error: %s; unreadable MTI, no answer", exc)
+            return None
+        answer: dict[str, Any] = {"t": f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}", "39": rc.FORMAT_ERROR}
+        for de in ("3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49"):
+            value = partial.get(de)
+            if isinstance(value, str):
+                answer[de] = value
+        log.info(
+            "mti=%s stan=%s terminal=%s pan=- rc=30 reason=%r latency_ms=%.2f",
+            mti,
+            answer.get("11", "-"),
+            answer.get("41", "-"),
+            f"format error: {exc}",
+            (time.perf_counter() - started) * 1000,
+        )
+        try:
+            return encode(answer)
+        except MessageFormatError:
+            return encode({"t": answer["t"], "39": rc.FORMAT_ERROR})
+
+    def _log(self, req: Request, code: str, reason: str, started: float) -> None:
+        pan = req.pan or (req.track2.pan if req.track2 else None)
+        log.info(
+            "mti=%s stan=%s terminal=%s pan=%s amount=%s rc=%s reason=%r latency_ms=%.2f",
+            req.mti,
+            req.stan,
+            req.terminal_id,
+            mask_pan(pan),
+            req.amount_minor,
+            code,
+            reason,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    # ------------------------------------------------------------ look-ups
+
+    async def terminal(self, terminal_id: str | None) -> Terminal | None:
+        """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""
+        if not terminal_id:
+            return None
+        now = time.monotonic()
+        hit = self._terminal_cache.get(terminal_id)
+        if hit is not None and now - hit[0] < self._terminal_cache_s:
+            return hit[1]
+        row = await self.store.get_terminal(terminal_id)
+        terminal = None
+        if row is not None:
+            terminal = Terminal(
+                terminal_id=row.terminal_id,
+                merchant_id=row.merchant_id,
+                mcc=row.mcc,
+                status=row.status,
+                bdk_kcv=row.bdk_kcv,
+                initial_ksn=row.initial_ksn,
+            )
+        if len(self._terminal_cache) >= self._terminal_cache_max:
+            self._terminal_cache.clear()
+        self._terminal_cache[terminal_id] = (now, terminal)
+        return terminal

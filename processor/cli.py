@@ -1,0 +1,414 @@
+"""The operator CLI: `processor <command>`; every command that returns data accepts --json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from processor.config import Settings
+from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
+
+log = logging.getLogger("processor.cli")
+
+CARD_ACTIONS = {
+    "activate": "active",
+    "freeze": "frozen",
+    "unfreeze": "active",
+    "report-lost": "lost",
+    "report-stolen": "stolen",
+    "close": "closed",
+}
+
+
+@dataclass
+class Runtime:
+    """The open store and HSM a command works with."""
+
+    settings: Settings
+    store: Any
+    hsm: Any
+
+
+@contextlib.asynccontextmanager
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Open the store and the HSM named by the settings, and close both afterwards."""
+    from hsm_sim import connect
+    from processor.ledger import Store
+
+    store = await Store.open(settings.db_url)
+    try:
+        hsm = await connect(settings.hsm_url)
+        try:
+            yield Runtime(settings, store, hsm)
+        finally:
+            await hsm.close()
+    finally:
+        await store.close()
+
+
+def parse_amount_minor(text: str, exponent: int = 2) -> int:
+    """'100.00' -> 10000 for a currency with two decimals; refuses more decimals than the currency has."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InvalidRequest(f"amount {text!r} is not a number") from None
+    scaled = value.scaleb(exponent)
+    if value < 0 or scaled != scaled.to_integral_value():
+        raise InvalidRequest(f"amount {text!r} must be positive with at most {exponent} decimals")
+    return int(scaled)
+
+
+def format_minor(amount_minor: int, currency: str) -> str:
+    """10000, 'EUR' -> '100.00 EUR'."""
+    from processor.iso8583.currency import exponent_for_alpha
+
+    exponent = exponent_for_alpha(currency)
+    sign = "-" if amount_minor < 0 else ""
+    units, cents = divmod(abs(amount_minor), 10**exponent)
+    return f"{sign}{units}.{cents:0{exponent}d} {currency}" if exponent else f"{sign}{units} {currency}"
+
+
+# ------------------------------------------------------------------ commands
+
+
+async def cmd_init(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.issuing import ensure_issuer_keys
+
+    if args.bin:
+        await rt.store.set_config("issuer.bin", args.bin)
+    keys = await ensure_issuer_keys(rt.store, rt.hsm)
+    return {
+        "db_url": _safe_url(rt.settings.db_url),
+        "hsm_url": rt.settings.hsm_url,
+        "bin": await rt.store.get_config("issuer.bin") or _default_bin(),
+        "keys": keys.as_dict(),
+    }
+
+
+async def cmd_cardholder_create(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    cardholder_id = await rt.store.create_cardholder(args.name, args.handle)
+    return {"id": cardholder_id, "name": args.name, "handle": args.handle}
+
+
+async def cmd_account_open(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.iso8583.currency import exponent_for_alpha
+
+    currency = args.currency.upper()
+    try:
+        exponent = exponent_for_alpha(currency)
+    except KeyError:
+        raise InvalidRequest(f"currency {currency} is not supported") from None
+    account_id = await rt.store.open_account(args.cardholder, args.type, currency)
+    if args.deposit:
+        amount_minor = parse_amount_minor(args.deposit, exponent)
+        if amount_minor:
+            await rt.store.deposit(account_id, amount_minor, reference="opening deposit")
+    return await _account_json(rt, account_id)
+
+
+async def cmd_account_deposit(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.iso8583.currency import exponent_for_alpha
+
+    view = await rt.store.account_view(args.account_id)
+    amount_minor = parse_amount_minor(args.amount, exponent_for_alpha(view.currency))
+    await rt.store.deposit(args.account_id, amount_minor, reference=args.reference)
+    return await _account_json(rt, args.account_id)
+
+
+async def cmd_account_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    return await _account_json(rt, args.account_id)
+
+
+async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
+    view = await rt.store.account_view(account_id)
+    return {
+        "id": view.id,
+        "kind": view.kind,
+        "currency": view.currency,
+        "status": view.status,
+        "ledger_minor": view.ledger_minor,
+        "available_minor": view.available_minor,
+        "ledger": format_minor(view.ledger_minor, view.currency),
+        "available": format_minor(view.available_minor, view.currency),
+        "holds": [
+            {
+                "id": h.id,
+                "card_id": h.card_id,
+                "amount_minor": h.amount_minor,
+                "status": h.status,
+                "expires_at": h.expires_at.isoformat() if h.expires_at else None,
+            }
+            for h in view.holds
+        ],
+    }
+
+
+async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.issuing import issue_card, load_issuer_keys
+
+    keys = await load_issuer_keys(rt.store, rt.hsm)
+    card = await issue_card(
+        rt.store,
+        rt.hsm,
+        keys,
+        account_id=args.account,
+        pin=args.pin,
+        bin_prefix=await rt.store.get_config("issuer.bin") or _default_bin(),
+        chip=not args.magstripe_only,
+        active=not args.inactive,
+        validity_years=args.years,
+    )
+    return card.as_json()
+
+
+async def cmd_card_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    status = CARD_ACTIONS[args.card_command]
+    await rt.store.set_card_status(args.card_id, status)
+    card = await rt.store.get_card(args.card_id)
+    return {"id": args.card_id, "status": card.status, "last4": card.last4, "token": card.token}
+
+
+async def cmd_card_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    card = await rt.store.get_card(args.card_id)
+    return {
+        "id": card.card_id,
+        "account_id": card.account_id,
+        "status": card.status,
+        "token": card.token,
+        "last4": card.last4,
+        "expiry": card.expiry,
+        "service_code": card.service_code,
+        "psn": card.psn,
+        "pin_tries": card.pin_tries,
+    }
+
+
+async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.issuing import load_issuer_keys
+    from processor.issuing.terminals import add_terminal
+
+    keys = await load_issuer_keys(rt.store, rt.hsm)
+    return (
+        await add_terminal(
+            rt.store,
+            rt.hsm,
+            keys,
+            terminal_id=args.id,
+            merchant_id=args.merchant,
+            mcc=args.mcc,
+            name=args.name,
+            location=args.location,
+        )
+    ).as_json()
+
+
+async def cmd_ledger_check(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    failures = await rt.store.check_invariants()
+    report = await rt.store.ledger_report()
+    result = {"ok": not failures, "failures": failures, "report": report}
+    if failures:
+        raise LedgerBroken(result)
+    return result
+
+
+async def cmd_holds_expire(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    released = await rt.store.expire_holds(dt.datetime.now(dt.UTC))
+    return {"expired": released}
+
+
+class LedgerBroken(ProcessorError):
+    """`ledger check` found violations; carries the report so --json can still print it."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(f"{len(result['failures'])} ledger invariant violation(s)")
+        self.result = result
+
+
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from processor.server import run_server
+
+    host, _, port = args.tcp.rpartition(":")
+    await run_server(settings, host=host or "127.0.0.1", port=int(port or 8583))
+    return 0
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def _default_bin() -> str:
+    from processor.issuing.cards import DEFAULT_BIN
+
+    return DEFAULT_BIN
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for printing."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return url
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=None, sort_keys=False, default=str))
+        return
+    if isinstance(result, dict):
+        for key, value in result.items():
+            if isinstance(value, (list, dict)):
+                value = json.dumps(value, default=str)
+            print(f"{key:>16}: {value}")
+    else:
+        print(result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="processor", description="Card issuing and ISO 8583 authorization.")
+    parser.add_argument("--db", help="database URL (default: PROCESSOR_DB_URL or ./processor.db)")
+    parser.add_argument("--hsm", help="HSM URL: file:PATH, memory:, tcp://HOST:PORT (default: PROCESSOR_HSM_URL)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_command(parent: Any, name: str, func: Callable[..., Awaitable[dict[str, Any]]], help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help)
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+        p.set_defaults(func=func)
+        return p
+
+    p = data_command(sub, "init", cmd_init, "create the issuer's keys and the database schema")
+    p.add_argument("--bin", help="issuer BIN for new cards (6-8 digits)")
+
+    ch = sub.add_parser("cardholder", help="cardholders").add_subparsers(dest="sub", required=True)
+    p = data_command(ch, "create", cmd_cardholder_create, "create a cardholder")
+    p.add_argument("--name", required=True)
+    p.add_argument("--handle", required=True, help="unique handle, such as ada")
+
+    ac = sub.add_parser("account", help="accounts").add_subparsers(dest="sub", required=True)
+    p = data_command(ac, "open", cmd_account_open, "open an account")
+    p.add_argument("--cardholder", type=int, required=True)
+    p.add_argument("--type", choices=["checking", "savings"], default="checking")
+    p.add_argument("--currency", default="EUR")
+    p.add_argument("--deposit", help="opening deposit in major units, e.g. 100.00")
+    p = data_command(ac, "deposit", cmd_account_deposit, "deposit into an account from the funding account")
+    p.add_argument("account_id", type=int)
+    p.add_argument("amount", help="major units, e.g. 25.50")
+    p.add_argument("--reference", default="deposit")
+    p = data_command(ac, "show", cmd_account_show, "ledger, available and holds of an account")
+    p.add_argument("account_id", type=int)
+
+    cd = sub.add_parser("card", help="cards").add_subparsers(dest="card_command", required=True)
+    p = data_command(cd, "issue", cmd_card_issue, "issue a card (PAN and CVV2 are shown once)")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--pin", help="4 to 12 digits; only its verification value is kept")
+    p.add_argument("--years", type=int, default=4, help="validity in years")
+    p.add_argument("--magstripe-only", action="store_true", help="service code 101 instead of 201 (chip)")
+    p.add_argument("--inactive", action="store_true", help="issue inactive; `card activate` later")
+    p = data_command(cd, "show", cmd_card_show, "a card's status and non-secret data")
+    p.add_argument("card_id", type=int)
+    for action in CARD_ACTIONS:
+        p = data_command(cd, action, cmd_card_status, f"card lifecycle: {action}")
+        p.add_argument("card_id", type=int)
+
+    te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True)
+    p = data_command(te, "add", cmd_terminal_add, "register a terminal; prints its key material for injection")
+    p.add_argument("--id", required=True, help="terminal id (DE 41, up to 8 characters)")
+    p.add_argument("--merchant", required=True, help="merchant id (DE 42, up to 15 characters)")
+    p.add_argument("--mcc", required=True, help="merchant category code")
+    p.add_argument("--name", default="Merchant")
+    p.add_argument("--location", default="Berlin DE")
+
+    le = sub.add_parser("ledger", help="ledger").add_subparsers(dest="sub", required=True)
+    data_command(le, "check", cmd_ledger_check, "check the ledger invariants (non-zero exit when broken)")
+    ho = sub.add_parser("holds", help="authorization holds").add_subparsers(dest="sub", required=True)
+    data_command(ho, "expire", cmd_holds_expire, "release holds past their expiry")
+
+    p = sub.add_parser("serve", help="run the authorization engine")
+    p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on")
+    p.set_defaults(func=None, serve=True)
+
+    p = sub.add_parser("demo", help="run a whole simulated business day and print its summary")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--workdir", help="where the day's database, key store and logs go (default: a new folder)")
+    p.add_argument("--cardholders", type=int, default=40)
+    p.add_argument("--seconds", type=float, default=8.0, help="how long the load phase runs")
+    p.add_argument("--connections", type=int, default=16)
+    p.set_defaults(func=None, demo=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    settings = Settings.from_env()
+    if args.db or args.hsm:
+        settings = Settings(
+            db_url=args.db or settings.db_url,
+            hsm_url=args.hsm or settings.hsm_url,
+            mqtt_url=settings.mqtt_url,
+            log_dir=settings.log_dir,
+        )
+    try:
+        if getattr(args, "demo", False):
+            from processor.demo import run_demo_cli
+
+            return run_demo_cli(args)
+        if getattr(args, "serve", False):
+            return _run(cmd_serve(args, settings))
+        return _run(_data_command(args, settings))
+    except LedgerBroken as exc:
+        _print(exc.result, args.json)
+        print(f"processor: {exc}", file=sys.stderr)
+        return 3
+    except (ProcessorError, ConfigurationError, NotFound, InvalidRequest) as exc:
+        print(f"processor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if _is_user_error(exc):
+            print(f"processor: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(exc: Exception) -> bool:
+    """Store and HSM errors carry messages written for operators."""
+    from hsm_sim import HsmError
+    from processor.ledger import StoreError
+
+    return isinstance(exc, (StoreError, HsmError))
+
+
+async def _data_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with runtime(settings) as rt:
+        result = await args.func(rt, args)
+    _print(result, args.json)
+    return 0
+
+
+def _run(coro: Awaitable[int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

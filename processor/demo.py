@@ -1,0 +1,324 @@
+"""`processor demo`: a whole simulated business day on the embedded default (SQLite, in-process HSM).
+
+The day issues cardholders, accounts and cards, starts the engine on a TCP port, plays the situations a
+real issuer meets (approvals, declines for funds, wrong PIN, wrong CVV2, expired, frozen, lost and stolen
+cards, pre-authorization with increment and completion, reversals, duplicates, refunds, advices, a
+malformed message), then a load phase of mixed traffic, and ends with the ledger check and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from processor.config import Settings
+from terminal_sim.iso_client import TerminalConnection
+from terminal_sim.load import LoadResult, percentile, run_load
+from terminal_sim.pos import CardData, PosTerminal
+
+log = logging.getLogger("processor.demo")
+
+
+@dataclass
+class Scenario:
+    """One situation of the day: what was sent, what the issuer should answer, what it answered."""
+
+    name: str
+    expected: str
+    got: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.got == self.expected
+
+
+@dataclass
+class Day:
+    """Everything the day produced, for the summary."""
+
+    workdir: Path
+    scenarios: list[Scenario] = field(default_factory=list)
+    load: LoadResult | None = None
+    balances: dict[str, Any] = field(default_factory=dict)
+    ledger_failures: list[str] = field(default_factory=list)
+    ledger_report: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+async def _people(store: Any, hsm: Any, keys: Any, today: dt.date) -> dict[str, dict[str, Any]]:
+    """The named customers whose cards play the scenarios: (handle, deposit, card status, expired?)."""
+    from processor.issuing import issue_card
+
+    cast = [
+        ("ada", "Ada Lovelace", 500_00, "active", False),
+        ("grace", "Grace Hopper", 300_00, "active", False),
+        ("bob", "Bob Low-Funds", 10_00, "active", False),
+        ("carol", "Carol Frozen", 100_00, "frozen", False),
+        ("dave", "Dave Lost", 100_00, "lost", False),
+        ("erin", "Erin Stolen", 100_00, "stolen", False),
+        ("frank", "Frank Expired", 100_00, "active", True),
+    ]
+    people: dict[str, dict[str, Any]] = {}
+    for handle, name, deposit, status, expired in cast:
+        cardholder_id = await store.create_cardholder(name, handle)
+        account_id = await store.open_account(cardholder_id, "checking", "EUR")
+        await store.deposit(account_id, deposit, reference="salary")
+        issued_on = today.replace(year=today.year - 5) if expired else today
+        card = await issue_card(store, hsm, keys, account_id=account_id, pin="1234", today=issued_on)
+        if status != "active":
+            await store.set_card_status(card.id, status)
+        people[handle] = {**card.as_json(), "pin": "1234", "account_id": account_id}
+    return people
+
+
+async def _terminals(store: Any, hsm: Any, keys: Any) -> dict[str, PosTerminal]:
+    from processor.issuing.terminals import add_terminal
+
+    layout = {
+        "grocery": ("GROC0001", "GROCERY000001", "5411", "Corner Grocery"),
+        "hotel": ("HOTL0001", "HOTEL00000001", "7011", "Grand Hotel"),
+        "fuel": ("FUEL0001", "FUEL000000001", "5541", "Fuel Station"),
+        "online": ("WEB00001", "WEBSHOP000001", "5999", "Web Shop"),
+    }
+    terminals = {}
+    for label, (tid, mid, mcc, name) in layout.items():
+        registered = await add_terminal(store, hsm, keys, terminal_id=tid, merchant_id=mid, mcc=mcc, name=name, location="Berlin DE")
+        terminals[label] = PosTerminal.from_registered(registered.as_json())
+        terminals[label].name_location = f"{name:<23}{'Berlin':<13}DE"
+    return terminals
+
+
+async def _play_scenarios(
+    day: Day, host: str, port: int, people: dict[str, dict[str, Any]], terminals: dict[str, PosTerminal], store: Any
+) -> None:
+    conn = await TerminalConnection.connect(host, port, timeout_s=5.0)
+    try:
+        card = {h: CardData.from_issued(p, p["pin"]) for h, p in people.items()}
+        shop, hotel, web = terminals["grocery"], terminals["hotel"], terminals["online"]
+
+        async def play(name: str, expected: str, request: dict[str, Any]) -> dict[str, Any]:
+            answer = await conn.request(request)
+            scenario = Scenario(name, expected, str(answer.get("39")))
+            day.scenarios.append(scenario)
+            return answer
+
+        await play("echo test", "00", shop.echo("301"))
+        await play("sign-on", "00", shop.echo("001"))
+        await play("chip purchase with PIN", "00", shop.card_request(card["ada"], 42_50, entry="chip", with_pin=True))
+        await play("magstripe purchase", "00", shop.card_request(card["ada"], 12_00, entry="magstripe"))
+        await play("online purchase with CVV2", "00", web.card_request(card["ada"], 19_99, entry="manual", cvv2=card["ada"].cvv2))
+        wrong_cvv2 = "000" if card["ada"].cvv2 != "000" else "111"
+        await play("online purchase, wrong CVV2", "N7", web.card_request(card["ada"], 19_99, entry="manual", cvv2=wrong_cvv2))
+        await play("wrong PIN (1st)", "55", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9999"))
+        await play("wrong PIN (2nd)", "55", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9998"))
+        await play("wrong PIN (3rd): tries exceeded", "75", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9997"))
+        await play("right PIN after the limit", "75", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True))
+        await play("insufficient funds", "51", shop.card_request(card["bob"], 50_00, entry="magstripe"))
+        partial = await play("partial approval", "10", shop.card_request(card["bob"], 50_00, entry="magstripe", partial_ok=True))
+        day.scenarios[-1].detail = f"approved {int(partial.get('4', '0'))} of 5000 minor units"
+        await play("frozen card", "62", shop.card_request(card["carol"], 5_00, entry="magstripe"))
+        await play("lost card", "41", shop.card_request(card["dave"], 5_00, entry="magstripe"))
+        await play("stolen card", "43", shop.card_request(card["erin"], 5_00, entry="magstripe"))
+        await play("expired card", "54", shop.card_request(card["frank"], 5_00, entry="magstripe"))
+        stranger = CardData(pan="4000000000000002", expiry="3012", track2="4000000000000002=30122010000000000", cvv2="123")
+        await play("card not issued here", "14", shop.card_request(stranger, 5_00, entry="magstripe"))
+
+        preauth = hotel.card_request(card["ada"], 150_00, mti="0100", entry="chip", with_pin=True)
+        await play("hotel pre-authorization", "00", preauth)
+        await play("incremental authorization", "00", hotel.incremental(preauth, 30_00))
+        await play("completion for less than held", "00", hotel.completion(preauth, 170_00))
+
+        purchase = shop.card_request(card["ada"], 7_25, entry="magstripe")
+        first = await play("purchase", "00", purchase)
+        again = await play("retransmitted purchase (duplicate)", "00", dict(purchase))
+        same = first.get("38") == again.get("38")
+        day.scenarios[-1].detail = "same approval code, no second posting" if same else "DIFFERENT approval code"
+        if not same:
+            day.scenarios[-1].got = "mismatch"
+        await play("reversal", "00", shop.reversal(purchase))
+        await play("repeated reversal changes nothing", "00", shop.reversal(purchase))
+        orphan = dict(purchase)
+        orphan["11"] = "999999"
+        await play("reversal of an unknown original", "25", shop.reversal(orphan))
+
+        fuel = terminals["fuel"]
+        pump = fuel.card_request(card["ada"], 100_00, mti="0100", entry="magstripe")
+        await play("fuel pre-authorization", "00", pump)
+        await play("partial reversal: fuel pumped for 35.00", "00", fuel.reversal(pump, remaining_minor=35_00))
+        await play("refund", "00", shop.card_request(card["ada"], 5_00, processing_code="200000", entry="magstripe"))
+        await play("balance inquiry", "00", shop.card_request(card["ada"], 0, processing_code="310000", entry="chip", with_pin=True))
+        await play(
+            "stand-in advice past available funds",
+            "00",
+            shop.card_request(card["bob"], 80_00, mti="0120", entry="magstripe"),
+        )
+        await play("sign-off", "00", shop.echo("002"))
+    finally:
+        await conn.close()
+    await _malformed(day, host, port)
+
+
+async def _malformed(day: Day, host: str, port: int) -> None:
+    """A request with a non-numeric amount gets a 30 answer and the connection keeps serving."""
+    from processor.iso8583 import encode_frame
+
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5.0)
+    try:
+        bitmap = bytes.fromhex("3020000000C00000")  # DE 3, 4, 11, 41, 42
+        body = b"0200" + bitmap + b"000000" + b"00000000X000" + b"000123" + b"GROC0001" + b"GROCERY000001  "
+        writer.write(encode_frame(body))
+        await writer.drain()
+        header = await asyncio.wait_for(reader.readexactly(2), timeout=5.0)
+        payload = await asyncio.wait_for(reader.readexactly(int.from_bytes(header, "big")), timeout=5.0)
+        from processor.iso8583 import decode
+
+        answer = decode(payload)
+        day.scenarios.append(Scenario("malformed amount gets a format error", "30", str(answer.get("39"))))
+    finally:
+        writer.close()
+
+
+async def run_day(
+    workdir: Path, *, cardholders: int = 40, seconds: float = 8.0, connections: int = 16
+) -> Day:
+    """Play a whole day in `workdir` and return what happened."""
+    from hsm_sim import connect
+    from processor.issuing import ensure_issuer_keys
+    from processor.issuing.batch import provision
+    from processor.ledger import Store
+    from processor.server import running_engine
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = Settings.from_env(workdir)
+    day = Day(workdir=workdir)
+    _log_to(workdir / "processor.log")
+
+    store = await Store.open(settings.db_url)
+    try:
+        hsm = await connect(settings.hsm_url)
+        try:
+            keys = await ensure_issuer_keys(store, hsm)
+            today = dt.datetime.now(dt.UTC).date()
+            people = await _people(store, hsm, keys, today)
+            terminals = await _terminals(store, hsm, keys)
+            crowd = await provision(
+                store, hsm, keys, cardholders=cardholders, terminals=max(1, connections // 2), deposit_minor=1_000_00, label="day"
+            )
+        finally:
+            await hsm.close()
+    finally:
+        await store.close()
+
+    async with running_engine(settings) as running:
+        await _play_scenarios(day, "127.0.0.1", running.port, people, terminals, running.store)
+        day.load = await run_load(
+            "127.0.0.1",
+            running.port,
+            [PosTerminal.from_registered(t) for t in crowd.terminals],
+            [CardData.from_issued(c, c["pin"]) for c in crowd.cards],
+            connections=connections,
+            seconds=seconds,
+            seed=20261125,
+        )
+        store = running.store
+        day.ledger_failures = await store.check_invariants()
+        day.ledger_report = await store.ledger_report()
+        for handle in ("ada", "bob", "grace"):
+            view = await store.account_view(people[handle]["account_id"])
+            day.balances[handle] = {
+                "ledger_minor": view.ledger_minor,
+                "available_minor": view.available_minor,
+                "holds": len(view.holds),
+            }
+    return day
+
+
+def _log_to(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("processor")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("hsm_sim").addHandler(handler)
+
+
+def summarize(day: Day) -> dict[str, Any]:
+    """The day as one JSON-able document."""
+    codes: Counter[str] = Counter(s.got for s in day.scenarios)
+    load = day.load.summary() if day.load else {}
+    for code, count in load.get("codes", {}).items():
+        codes[code] += count
+    return {
+        "workdir": str(day.workdir),
+        "ok": all(s.ok for s in day.scenarios) and not day.ledger_failures,
+        "scenarios": [
+            {"name": s.name, "expected": s.expected, "got": s.got, "ok": s.ok, **({"detail": s.detail} if s.detail else {})}
+            for s in day.scenarios
+        ],
+        "codes": dict(sorted(codes.items())),
+        "load": load,
+        "balances": day.balances,
+        "ledger": {"ok": not day.ledger_failures, "failures": day.ledger_failures, "report": day.ledger_report},
+        "elapsed_s": round(time.perf_counter() - day.started, 1),
+    }
+
+
+def print_day(summary: dict[str, Any], out: Any = sys.stdout) -> None:
+    from processor.iso8583 import rc
+
+    print(f"Business day in {summary['workdir']}", file=out)
+    print("\nScenarios", file=out)
+    for s in summary["scenarios"]:
+        mark = "ok " if s["ok"] else "BAD"
+        detail = f"  ({s['detail']})" if s.get("detail") else ""
+        print(f"  [{mark}] {s['name']:<42} expected {s['expected']:<3} got {s['got']}{detail}", file=out)
+    load = summary["load"]
+    if load:
+        print(
+            f"\nLoad: {load['count']} authorizations in {load['seconds']} s over {load['connections']} connections: "
+            f"{load['tps']}/s, latency p50 {load['p50_ms']} ms, p95 {load['p95_ms']} ms, p99 {load['p99_ms']} ms",
+            file=out,
+        )
+    print("\nResponse codes", file=out)
+    for code, count in summary["codes"].items():
+        print(f"  {code:<3} {rc.describe(code):<36} {count:7d}", file=out)
+    print("\nBalances", file=out)
+    for handle, b in summary["balances"].items():
+        print(
+            f"  {handle:<8} ledger {b['ledger_minor'] / 100:10.2f} EUR  available {b['available_minor'] / 100:10.2f} EUR  holds {b['holds']}",
+            file=out,
+        )
+    ledger = summary["ledger"]
+    print(f"\nLedger check: {'OK' if ledger['ok'] else 'BROKEN'}", file=out)
+    for failure in ledger["failures"]:
+        print(f"  {failure}", file=out)
+    verdict = "every scenario answered as expected" if summary["ok"] else "SOMETHING WENT WRONG (see above)"
+    print(f"\nDay finished in {summary['elapsed_s']} s: {verdict}.", file=out)
+
+
+def run_demo_cli(args: argparse.Namespace) -> int:
+    """Entry point of `processor demo`."""
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="processor-day-"))
+    try:
+        import uvloop
+
+        day = uvloop.run(run_day(workdir, cardholders=args.cardholders, seconds=args.seconds, connections=args.connections))
+    except ImportError:
+        day = asyncio.run(run_day(workdir, cardholders=args.cardholders, seconds=args.seconds, connections=args.connections))
+    summary = summarize(day)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_day(summary)
+    return 0 if summary["ok"] else 1

@@ -1,0 +1,59 @@
+"""Issuing many cardholders, accounts, cards and terminals at once (demo days and load runs)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from processor.issuing.cards import issue_card
+from processor.issuing.keys import IssuerKeys
+from processor.issuing.terminals import add_terminal
+
+
+@dataclass
+class Population:
+    """Issued cards (as `card issue --json` shows them, plus the PIN) and registered terminals."""
+
+    cards: list[dict[str, Any]] = field(default_factory=list)
+    terminals: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def provision(
+    store: Any,
+    hsm: Any,
+    keys: IssuerKeys,
+    *,
+    cardholders: int,
+    terminals: int,
+    deposit_minor: int,
+    currency: str = "EUR",
+    pin: str = "1234",
+    bin_prefix: str = "476173",
+    mcc: str = "5411",
+    label: str = "load",
+) -> Population:
+    """Cardholders with a funded checking account and a card each, and terminals at one merchant."""
+    run = secrets.token_hex(3)
+    population = Population()
+    for i in range(cardholders):
+        cardholder_id = await store.create_cardholder(f"{label.title()} Customer {i}", f"{label}-{run}-{i}")
+        account_id = await store.open_account(cardholder_id, "checking", currency)
+        if deposit_minor:
+            await store.deposit(account_id, deposit_minor, reference=f"{label} funding")
+        card = await issue_card(store, hsm, keys, account_id=account_id, pin=pin, bin_prefix=bin_prefix)
+        population.cards.append({**card.as_json(), "pin": pin})
+    merchant_id = f"{label[:4].upper()}{run.upper()}"[:15]
+    for i in range(terminals):
+        registered = await add_terminal(
+            store,
+            hsm,
+            keys,
+            terminal_id=f"T{run[:4].upper()}{i:03d}"[:8],
+            merchant_id=merchant_id,
+            mcc=mcc,
+            name=f"{label.title()} Merchant",
+            location="Berlin DE",
+        )
+        population.terminals.append(registered.as_json())
+    return population

@@ -1,0 +1,97 @@
+"""Running the engine: wiring settings, store, HSM, engine and transports, with a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from processor.auth.engine import Engine
+from processor.auth.policy import Policy
+from processor.config import Settings
+from processor.transport.tcp import TcpLimits, TcpServer
+
+log = logging.getLogger("processor.server")
+HOLD_EXPIRY_INTERVAL_S = 60.0
+
+
+@dataclass
+class RunningEngine:
+    """An engine listening on TCP; `port` is the bound port (useful with port 0)."""
+
+    engine: Engine
+    tcp: TcpServer
+    store: Any
+    hsm: Any
+
+    @property
+    def port(self) -> int:
+        return self.tcp.port
+
+
+@contextlib.asynccontextmanager
+async def running_engine(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    policy: Policy | None = None,
+    limits: TcpLimits | None = None,
+) -> AsyncIterator[RunningEngine]:
+    """Open everything, listen, and on exit drain in-flight requests before closing the store."""
+    from hsm_sim import connect
+    from processor.issuing import load_issuer_keys
+    from processor.ledger import Store
+
+    store = await Store.open(settings.db_url)
+    hsm = None
+    tcp = None
+    expiry_task = None
+    try:
+        hsm = await connect(settings.hsm_url)
+        keys = await load_issuer_keys(store, hsm)
+        engine = Engine(store, hsm, keys, policy=policy)
+        tcp = TcpServer(engine.handle, limits=limits)
+        await tcp.start(host, port)
+        expiry_task = asyncio.create_task(_expire_holds_periodically(store))
+        yield RunningEngine(engine, tcp, store, hsm)
+    finally:
+        if expiry_task is not None:
+            expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry_task
+        if tcp is not None:
+            await tcp.close()
+        if hsm is not None:
+            await hsm.close()
+        await store.close()
+
+
+async def _expire_holds_periodically(store: Any) -> None:
+    while True:
+        try:
+            released = await store.expire_holds(dt.datetime.now(dt.UTC))
+            if released:
+                log.info("released %d expired hold(s)", released)
+        except Exception:
+            log.exception("hold expiry pass failed")
+        await asyncio.sleep(HOLD_EXPIRY_INTERVAL_S)
+
+
+async def run_server(settings: Settings, *, host: str, port: int) -> None:
+    """`processor serve`: run until SIGINT/SIGTERM, then stop accepting and drain."""
+    logging.getLogger("processor").setLevel(logging.INFO)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with running_engine(settings, host=host, port=port) as running:
+        print(f"processor listening on {host}:{running.port}", flush=True)
+        await stop.wait()
+        log.info("stopping: draining in-flight requests")

@@ -1,0 +1,123 @@
+"""A terminal's connection to the engine: pipelined ISO 8583 requests over 2-byte-length framed TCP.
+
+Answers are matched to requests by terminal id (DE 41) and STAN (DE 11), so many requests can be in
+flight on one connection and answered in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+
+from processor.iso8583 import FrameDecoder, MessageFormatError, decode, encode, encode_frame
+
+READ_CHUNK_BYTES = 65536
+
+
+class ResponseTimeout(TimeoutError):
+    """No answer within the terminal's timeout (a real terminal now reverses the request)."""
+
+
+class TerminalConnection:
+    """One TCP connection to the engine; `request()` sends and waits for the matching answer."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        timeout_s: float,
+        max_in_flight: int,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._waiting: dict[tuple[str, str], deque[asyncio.Future[dict[str, Any]]]] = {}
+        self._closed = False
+        self._reader_task = asyncio.create_task(self._read_answers())
+        self.unmatched = 0
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, *, timeout_s: float = 5.0, max_in_flight: int = 64
+    ) -> "TerminalConnection":
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
+        return cls(reader, writer, timeout_s=timeout_s, max_in_flight=max_in_flight)
+
+    @staticmethod
+    def _key(fields: dict[str, Any]) -> tuple[str, str]:
+        return (str(fields.get("41", "")).strip(), str(fields.get("11", "")))
+
+    async def request(self, fields: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Send one request and return its decoded answer; ResponseTimeout when none comes in time."""
+        if self._closed:
+            raise ConnectionError("connection closed")
+        payload = encode(fields)
+        key = self._key(fields)
+        async with self._slots:
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, deque()).append(future)
+            try:
+                self._writer.write(encode_frame(payload))
+                await asyncio.wait_for(self._writer.drain(), timeout=timeout_s or self.timeout_s)
+                return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s or self.timeout_s)
+            except TimeoutError:
+                raise ResponseTimeout(f"no answer to STAN {key[1]} within {timeout_s or self.timeout_s:g} s") from None
+            finally:
+                queue = self._waiting.get(key)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove(future)
+                    if not queue:
+                        self._waiting.pop(key, None)
+
+    async def _read_answers(self) -> None:
+        decoder = FrameDecoder()
+        error: BaseException = ConnectionError("connection closed by the engine")
+        try:
+            while True:
+                chunk = await self._reader.read(READ_CHUNK_BYTES)
+                if not chunk:
+                    break
+                for payload in decoder.feed(chunk):
+                    try:
+                        answer = decode(payload)
+                    except MessageFormatError:
+                        self.unmatched += 1
+                        continue
+                    queue = self._waiting.get(self._key(answer))
+                    if not queue:
+                        self.unmatched += 1
+                        continue
+                    future = queue.popleft()
+                    if not future.done():
+                        future.set_result(answer)
+        except (ConnectionError, OSError) as exc:
+            error = exc
+        except asyncio.CancelledError:
+            error = ConnectionError("connection closed")
+            raise
+        finally:
+            self._closed = True
+            for queue in self._waiting.values():
+                for future in queue:
+                    if not future.done():
+                        future.set_exception(error)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader_task
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), timeout=1.0)
+
+    async def __aenter__(self) -> "TerminalConnection":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

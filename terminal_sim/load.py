@@ -1,0 +1,257 @@
+"""`terminal-sim load`: many terminals, a mix of transaction kinds, throughput and latency percentiles.
+
+Each connection is a terminal session driving requests one after another (closed loop), or at a fixed
+overall rate (open loop) when a rate is given. Terminals that share an id share one STAN sequence, so
+no two requests ever collide on the engine's idempotency key by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
+from terminal_sim.pos import CardData, PosTerminal
+
+DEFAULT_MIX = {"purchase": 60, "pin": 15, "manual": 10, "preauth": 5, "balance": 5, "refund": 5}
+KINDS = ("purchase", "pin", "manual", "preauth", "balance", "refund")
+
+
+def parse_mix(text: str | None) -> dict[str, int]:
+    """'purchase=70,pin=30' -> weights; unknown kinds are refused by name."""
+    if not text:
+        return dict(DEFAULT_MIX)
+    mix: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in KINDS:
+            raise ValueError(f"unknown transaction kind {name!r}; known: {', '.join(KINDS)}")
+        if not weight.strip().isdigit():
+            raise ValueError(f"weight of {name!r} must be a whole number")
+        mix[name] = int(weight)
+    if not any(mix.values()):
+        raise ValueError("the mix has no weight")
+    return mix
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 when empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[rank]
+
+
+@dataclass
+class LoadResult:
+    """What one run measured."""
+
+    seconds: float
+    connections: int
+    latencies_ms: list[float] = field(default_factory=list)
+    codes: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, Counter[str]] = field(default_factory=dict)
+    latencies_by_kind: dict[str, list[float]] = field(default_factory=dict)
+    timeouts: int = 0
+    errors: int = 0
+
+    def record(self, kind: str, code: str, latency_ms: float) -> None:
+        self.latencies_ms.append(latency_ms)
+        self.codes[code] += 1
+        self.by_kind.setdefault(kind, Counter())[code] += 1
+        self.latencies_by_kind.setdefault(kind, []).append(latency_ms)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        count = len(lat)
+        kinds = {}
+        for kind, codes in sorted(self.by_kind.items()):
+            kl = sorted(self.latencies_by_kind.get(kind, []))
+            kinds[kind] = {
+                "count": sum(codes.values()),
+                "codes": dict(sorted(codes.items())),
+                "p50_ms": round(percentile(kl, 50), 2),
+                "p99_ms": round(percentile(kl, 99), 2),
+            }
+        return {
+            "tps": round(count / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": round(percentile(lat, 50), 2),
+            "p95_ms": round(percentile(lat, 95), 2),
+            "p99_ms": round(percentile(lat, 99), 2),
+            "max_ms": round(lat[-1], 2) if lat else 0.0,
+            "count": count,
+            "seconds": round(self.seconds, 2),
+            "connections": self.connections,
+            "codes": dict(sorted(self.codes.items())),
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            "by_kind": kinds,
+        }
+
+
+class Workload:
+    """Chooses the next transaction and builds its request; keeps pre-authorizations to complete later."""
+
+    def __init__(self, cards: list[CardData], mix: dict[str, int], *, seed: int | None = None) -> None:
+        if not cards:
+            raise ValueError("no cards to load with")
+        self.cards = cards
+        self.kinds = [k for k, w in mix.items() if w > 0]
+        self.weights = [mix[k] for k in self.kinds]
+        self.random = random.Random(seed)
+
+    def next(self, terminal: PosTerminal) -> tuple[str, dict[str, Any]]:
+        kind = self.random.choices(self.kinds, self.weights)[0]
+        card = self.random.choice(self.cards)
+        amount = self.random.randint(100, 2_000)
+        if kind == "pin" and (card.pin is None or terminal.ipek is None):
+            kind = "purchase"
+        if kind == "purchase":
+            return kind, terminal.card_request(card, amount, entry="magstripe")
+        if kind == "pin":
+            return kind, terminal.card_request(card, amount, entry="chip", with_pin=True)
+        if kind == "manual":
+            return kind, terminal.card_request(card, amount, entry="manual", cvv2=card.cvv2)
+        if kind == "preauth":
+            return kind, terminal.card_request(card, amount, mti="0100", entry="magstripe")
+        if kind == "balance":
+            return kind, terminal.card_request(card, 0, processing_code="310000", entry="magstripe")
+        return kind, terminal.card_request(card, amount, processing_code="200000", entry="magstripe")
+
+
+async def run_load(
+    host: str,
+    port: int,
+    terminals: list[PosTerminal],
+    cards: list[CardData],
+    *,
+    connections: int,
+    seconds: float,
+    rate: float | None = None,
+    mix: dict[str, int] | None = None,
+    timeout_s: float = 5.0,
+    progress: Callable[[str], None] | None = None,
+    seed: int | None = None,
+) -> LoadResult:
+    """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does."""
+    if not terminals:
+        raise ValueError("no terminals to load with")
+    workload = Workload(cards, mix or DEFAULT_MIX, seed=seed)
+    result = LoadResult(seconds=seconds, connections=connections)
+    conns = [
+        await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
+    ]
+    started = time.perf_counter()
+    deadline = started + seconds
+    tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
+
+    async def one(conn: TerminalConnection, terminal: PosTerminal) -> None:
+        kind, request = workload.next(terminal)
+        t0 = time.perf_counter()
+        try:
+            answer = await conn.request(request)
+        except ResponseTimeout:
+            result.timeouts += 1
+            with contextlib.suppress(Exception):
+                await conn.request(terminal.reversal(request))
+            return
+        except (ConnectionError, OSError):
+            result.errors += 1
+            raise
+        code = str(answer.get("39", "??"))
+        result.record(kind, code, (time.perf_counter() - t0) * 1000)
+        if kind == "preauth" and code == "00":
+            completion = terminal.completion(request, int(request["4"]))
+            t1 = time.perf_counter()
+            answer = await conn.request(completion)
+            result.record("completion", str(answer.get("39", "??")), (time.perf_counter() - t1) * 1000)
+
+    async def session(index: int) -> None:
+        conn = conns[index]
+        terminal = terminals[index % len(terminals)]
+        while time.perf_counter() < deadline:
+            if tokens is not None:
+                try:
+                    await asyncio.wait_for(tokens.get(), timeout=max(0.001, deadline - time.perf_counter()))
+                except TimeoutError:
+                    return
+            try:
+                await one(conn, terminal)
+            except (ConnectionError, OSError):
+                return
+
+    async def pacer() -> None:
+        assert tokens is not None and rate
+        interval = 1.0 / rate
+        next_at = time.perf_counter()
+        while next_at < deadline:
+            next_at += interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            with contextlib.suppress(asyncio.QueueFull):
+                tokens.put_nowait(None)
+
+    async def reporter() -> None:
+        last = 0
+        while True:
+            await asyncio.sleep(1.0)
+            done = len(result.latencies_ms)
+            elapsed = time.perf_counter() - started
+            if progress:
+                lat = sorted(result.latencies_ms[last:])
+                progress(
+                    f"[{elapsed:5.1f}s] {done:7d} answered  {done - last:6d}/s  "
+                    f"p99 {percentile(lat, 99):6.2f} ms  timeouts {result.timeouts}"
+                )
+            last = done
+
+    tasks = [asyncio.create_task(session(i)) for i in range(connections)]
+    helpers = [asyncio.create_task(reporter())]
+    if tokens is not None:
+        helpers.append(asyncio.create_task(pacer()))
+    try:
+        await asyncio.wait(tasks, timeout=seconds + timeout_s * 2 + 5)
+    finally:
+        for task in tasks + helpers:
+            task.cancel()
+        await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+        for conn in conns:
+            await conn.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def load_json_list(path: str) -> list[dict[str, Any]]:
+    """A JSON list, or JSON lines, of objects as `processor ... --json` prints them."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read().strip()
+    if text.startswith("["):
+        data = json.loads(text)
+    else:
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
+        raise ValueError(f"{path}: expected a JSON list of objects")
+    return data
+
+
+def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
+    print(
+        f"{summary['count']} answers in {summary['seconds']} s over {summary['connections']} connections: "
+        f"{summary['tps']} tps, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms, "
+        f"max {summary['max_ms']} ms; timeouts {summary['timeouts']}, errors {summary['errors']}",
+        file=out,
+    )
+    print("response codes: " + ", ".join(f"{c}={n}" for c, n in summary["codes"].items()), file=out)
+    for kind, info in summary["by_kind"].items():
+        codes = ", ".join(f"{c}={n}" for c, n in info["codes"].items())
+        print(f"  {kind:<11} {info['count']:7d}  p50 {info['p50_ms']:6.2f} ms  p99 {info['p99_ms']:6.2f} ms  {codes}", file=out)
