@@ -1,0 +1,130 @@
+"""Malformed frames and messages: a clear 30 answer or a clean close, and everyone else keeps being served."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from processor.config import Settings
+from processor.iso8583 import decode, encode, encode_frame
+from processor.server import running_engine
+from processor.transport.tcp import TcpLimits
+from terminal_sim.iso_client import TerminalConnection
+
+from .conftest import build_issuer
+
+
+async def _raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=5.0)
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> dict:
+    header = await asyncio.wait_for(reader.readexactly(2), timeout=5.0)
+    return decode(await asyncio.wait_for(reader.readexactly(int.from_bytes(header, "big")), timeout=5.0))
+
+
+async def _closed(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), timeout=timeout_s) == b""
+    except ConnectionError:
+        return True
+
+
+@pytest.fixture
+async def engine_with_short_limits(tmp_path: Path):
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", hsm_url=f"file:{tmp_path / 'hsm.json'}")
+    cards, accounts, terminals = await build_issuer(settings)
+    limits = TcpLimits(frame_timeout_s=0.5, idle_timeout_s=30.0, max_frame_bytes=2048)
+    async with running_engine(settings, limits=limits) as running:
+        yield running, cards, terminals
+
+
+async def test_non_numeric_amount_gets_30_and_connection_keeps_serving(engine_with_short_limits):
+    running, cards, terminals = engine_with_short_limits
+    shop = terminals["shop"]
+    good = shop.card_request(cards["ada"], 1_00, entry="magstripe")
+    raw = encode(good)
+    amount_at = raw.index(good["4"].encode())
+    broken = raw[:amount_at] + b"00000000X100" + raw[amount_at + 12 :]
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write(encode_frame(broken))
+        answer = await _read_answer(reader)
+        assert answer["t"] == "0210" and answer["39"] == "30"
+        assert answer.get("11") == good["11"]
+        writer.write(encode_frame(encode(shop.card_request(cards["ada"], 1_00, entry="magstripe"))))
+        assert (await _read_answer(reader))["39"] == "00"
+    finally:
+        writer.close()
+
+
+def _field_too_short(good: dict) -> bytes:
+    """DE 42 one byte short: every field after it is misaligned and the message no longer parses."""
+    raw = encode(good)
+    return raw.replace(good["42"].encode(), good["42"].encode()[:-1])
+
+
+def _missing_field(good: dict) -> bytes:
+    """The bitmap announces fields the message does not carry."""
+    return encode(good)[:-8]
+
+
+def _unknown_mti(good: dict) -> bytes:
+    return b"0150" + encode(good)[4:]
+
+
+@pytest.mark.parametrize("breaker", [_field_too_short, _missing_field, _unknown_mti], ids=lambda f: f.__name__)
+async def test_malformed_messages_answer_30(engine_with_short_limits, breaker):
+    running, cards, terminals = engine_with_short_limits
+    good = terminals["shop"].card_request(cards["ada"], 1_00, entry="magstripe")
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write(encode_frame(breaker(good)))
+        answer = await _read_answer(reader)
+        assert answer["39"] == "30"
+    finally:
+        writer.close()
+
+
+async def test_oversized_length_header_closes_only_that_connection(engine_with_short_limits):
+    running, cards, terminals = engine_with_short_limits
+    bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write((60_000).to_bytes(2, "big") + b"0100")
+        await writer.drain()
+        assert await _closed(reader)
+        answer = await bystander.request(terminals["shop"].card_request(cards["ada"], 1_00, entry="magstripe"))
+        assert answer["39"] == "00"
+    finally:
+        writer.close()
+        await bystander.close()
+
+
+async def test_half_frame_then_stall_is_closed(engine_with_short_limits, caplog):
+    running, cards, terminals = engine_with_short_limits
+    caplog.set_level(logging.WARNING, logger="processor.transport.tcp")
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write((200).to_bytes(2, "big") + b"0100" + b"\x00" * 20)
+        await writer.drain()
+        assert await _closed(reader, timeout_s=3.0)
+        assert any("incomplete frame" in r.getMessage() for r in caplog.records)
+    finally:
+        writer.close()
+
+
+async def test_garbage_is_dropped_and_the_connection_keeps_serving(engine_with_short_limits):
+    running, cards, terminals = engine_with_short_limits
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write(encode_frame(b"\xff\xfe garbage that is not ISO 8583"))
+        writer.write(encode_frame(encode(terminals["shop"].echo())))
+        await writer.drain()
+        answer = await _read_answer(reader)
+        assert (answer["t"], answer["39"]) == ("0810", "00")
+    finally:
+        writer.close()

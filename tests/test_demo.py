@@ -1,0 +1,40 @@
+"""The business day: every scenario answers as an issuer must, and no secret reaches disk or a log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_day_and_nothing_secret_at_rest(tmp_path):
+    env = {**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "processor.cli", "demo", "--json", "--workdir", str(tmp_path), "--seconds", "2", "--cardholders", "8", "--connections", "4"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    summary = json.loads(proc.stdout)
+    bad = [s for s in summary["scenarios"] if not s["ok"]]
+    assert bad == []
+    assert summary["ledger"]["ok"]
+    assert summary["load"]["count"] > 0
+    assert set(summary["load"]["codes"]) <= {"00", "10", "51"}
+
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert "processor.db" in names and "processor.log" in names
+    assert any(n.endswith(".audit.jsonl") for n in names)
+    pan_like = re.compile(rb"(?<![0-9])476173[0-9]{10}(?![0-9])")
+    for path in files:
+        blob = path.read_bytes()
+        assert not pan_like.search(blob), f"a clear PAN in {path.name}"
+        assert b"cvv2" not in blob.lower() or path.suffix != ".log", path.name
