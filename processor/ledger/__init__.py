@@ -9,6 +9,7 @@ from processor.ledger import ops
 from processor.ledger.ops import AuthOutcome
 from processor.ledger.records import (
     AccountView,
+    CardholderRecord,
     CardRecord,
     HoldView,
     MerchantRecord,
@@ -24,6 +25,7 @@ from processor.ledger.store import Store
 __all__ = [
     "AccountView",
     "AuthOutcome",
+    "CardholderRecord",
     "CardRecord",
     "HoldView",
     "MerchantRecord",

@@ -13,6 +13,7 @@ from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import accounts, cardholders, cards, config, holds, merchants, terminals, utcnow
 from processor.ledger.records import (
     AccountView,
+    CardholderRecord,
     CardRecord,
     HoldView,
     MerchantRecord,
@@ -92,8 +93,7 @@ def _customer_account(conn: Connection, account_id: int) -> Any:
 
 
 def deposit(conn: Connection, account_id: int, amount_minor: int, reference: str) -> int:
-    if not isinstance(amount_minor, int) or amount_minor <= 0:
-        raise StoreError(f"deposit amount must be a positive integer of minor units, got {amount_minor!r}")
+    _positive(amount_minor, "deposit")
     acct = _customer_account(conn, account_id)
     if acct.status == "closed":
         raise StoreError(f"account {account_id} is closed")
@@ -102,9 +102,95 @@ def deposit(conn: Connection, account_id: int, amount_minor: int, reference: str
     entry_id = post_entry(
         conn, st, "deposit", reference, [(funding, -amount_minor), (account_id, amount_minor)], acct.currency
     )
+    _lock_accounts(conn, funding, account_id)
     for aid, delta in sorted({funding: -amount_minor, account_id: amount_minor}.items()):
         conn.execute(update(accounts).where(a.id == aid).values(ledger_minor=a.ledger_minor + delta))
     return entry_id
+
+
+def _lock_accounts(conn: Connection, *account_ids: int) -> None:
+    """PostgreSQL: lock the rows in id order (as the hot path does) before changing several of them."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(a.id).where(a.id.in_(sorted(set(account_ids)))).order_by(a.id).with_for_update())
+
+
+def _take(conn: Connection, account_id: int, amount_minor: int, what: str) -> None:
+    """Debit `amount_minor` only if the account is open and has it available (one conditional UPDATE)."""
+    row = conn.execute(
+        update(accounts)
+        .where(a.id == account_id, a.status == "open", a.ledger_minor - a.held_minor >= amount_minor)
+        .values(ledger_minor=a.ledger_minor - amount_minor)
+        .returning(a.id)
+    ).first()
+    if row is None:
+        acct = conn.execute(select(a.status, a.ledger_minor, a.held_minor).where(a.id == account_id)).one()
+        if acct.status != "open":
+            raise StoreError(f"{what}: account {account_id} is {acct.status}")
+        raise StoreError(
+            f"{what}: insufficient funds in account {account_id} "
+            f"(available {acct.ledger_minor - acct.held_minor}, needed {amount_minor})"
+        )
+
+
+def _positive(amount_minor: int, what: str) -> None:
+    if not isinstance(amount_minor, int) or isinstance(amount_minor, bool) or amount_minor <= 0:
+        raise StoreError(f"{what} amount must be a positive integer of minor units, got {amount_minor!r}")
+
+
+def transfer(
+    conn: Connection, from_account_id: int, to_account_id: int, amount_minor: int, reference: str, kind: str
+) -> int:
+    _positive(amount_minor, kind)
+    if from_account_id == to_account_id:
+        raise StoreError(f"{kind}: source and destination are the same account {from_account_id}")
+    source = _customer_account(conn, from_account_id)
+    target = _customer_account(conn, to_account_id)
+    if source.currency != target.currency:
+        raise StoreError(
+            f"{kind}: account {from_account_id} is in {source.currency}, account {to_account_id} in {target.currency}"
+        )
+    if target.status == "closed":
+        raise StoreError(f"{kind}: account {to_account_id} is closed")
+    _lock_accounts(conn, from_account_id, to_account_id)
+    _take(conn, from_account_id, amount_minor, kind)
+    conn.execute(update(accounts).where(a.id == to_account_id).values(ledger_minor=a.ledger_minor + amount_minor))
+    return post_entry(
+        conn, _state(), kind, reference, [(from_account_id, -amount_minor), (to_account_id, amount_minor)],
+        source.currency,
+    )
+
+
+def post_adjustment(
+    conn: Connection, account_id: int, amount_minor: int, purpose: str, kind: str, reference: str
+) -> int:
+    """Positive: the internal `purpose` account pays the customer (interest); negative: the customer pays it (fee)."""
+    if not isinstance(amount_minor, int) or amount_minor == 0:
+        raise StoreError(f"{kind} amount must be a non-zero integer of minor units, got {amount_minor!r}")
+    if purpose in ("", "funding", "clearing") or not purpose.isidentifier():
+        raise StoreError(f"{kind}: internal purpose {purpose!r} must be a word other than funding or clearing")
+    acct = _customer_account(conn, account_id)
+    st = _state()
+    internal = internal_account(conn, st, purpose, acct.currency)
+    _lock_accounts(conn, account_id, internal)
+    if amount_minor < 0:
+        _take(conn, account_id, -amount_minor, kind)
+    else:
+        if acct.status == "closed":
+            raise StoreError(f"{kind}: account {account_id} is closed")
+        conn.execute(update(accounts).where(a.id == account_id).values(ledger_minor=a.ledger_minor + amount_minor))
+    conn.execute(update(accounts).where(a.id == internal).values(ledger_minor=a.ledger_minor - amount_minor))
+    return post_entry(conn, st, kind, reference, [(internal, -amount_minor), (account_id, amount_minor)], acct.currency)
+
+
+def find_cardholder(conn: Connection, handle: str) -> CardholderRecord | None:
+    ch = cardholders.c
+    row = conn.execute(select(ch.id, ch.name, ch.handle, ch.created_at).where(ch.handle == handle)).first()
+    return CardholderRecord(**row._asdict()) if row is not None else None
+
+
+def list_accounts(conn: Connection, cardholder_id: int) -> list[AccountView]:
+    ids = conn.execute(select(a.id).where(a.cardholder_id == cardholder_id).order_by(a.id)).scalars().all()
+    return [account_view(conn, account_id) for account_id in ids]
 
 
 def set_account_status(conn: Connection, account_id: int, status: str) -> None:

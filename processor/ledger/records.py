@@ -25,6 +25,14 @@ class StoreClosed(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class CardholderRecord:
+    id: int
+    name: str
+    handle: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class NewCard:
     """A card to create; secrets are already tokenized, sealed or reduced to verification values."""
 

@@ -38,6 +38,7 @@ from processor.ledger.migrate import upgrade
 from processor.ledger.models import auths, cards, utcnow
 from processor.ledger.records import (
     AccountView,
+    CardholderRecord,
     CardRecord,
     MerchantRecord,
     NewCard,
@@ -545,6 +546,24 @@ class Store:
     async def deposit(self, account_id: int, amount_minor: int, *, reference: str) -> int:
         """Move `amount_minor` from the currency's funding account to the account; returns the journal entry id."""
         return await self._write(admin.deposit, account_id, amount_minor, reference)
+
+    async def transfer(
+        self, from_account_id: int, to_account_id: int, amount_minor: int, *, reference: str, kind: str = "transfer"
+    ) -> int:
+        """Move money between two customer accounts of one currency if the source has it available; entry id."""
+        return await self._write(admin.transfer, from_account_id, to_account_id, amount_minor, reference, kind)
+
+    async def post_adjustment(
+        self, account_id: int, amount_minor: int, *, purpose: str, kind: str, reference: str
+    ) -> int:
+        """Interest (amount > 0, paid by the internal `purpose` account) or a fee (amount < 0, paid to it); entry id."""
+        return await self._write(admin.post_adjustment, account_id, amount_minor, purpose, kind, reference)
+
+    async def find_cardholder(self, handle: str) -> CardholderRecord | None:
+        return await self._query(admin.find_cardholder, handle)
+
+    async def list_accounts(self, cardholder_id: int) -> list[AccountView]:
+        return await self._query(admin.list_accounts, cardholder_id)
 
     async def set_account_status(self, account_id: int, status: str) -> None:
         await self._write(admin.set_account_status, account_id, status)

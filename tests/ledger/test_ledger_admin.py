@@ -139,3 +139,38 @@ async def test_unreachable_database_is_a_clear_store_error(url: str) -> None:
     with pytest.raises(StoreError, match="cannot open the database") as raised:
         await Store.open(url)
     assert "secret" not in str(raised.value)
+
+
+async def test_transfers_check_available_funds_and_currency(store: Store) -> None:
+    ada, bob = await open_funded(store, 1_000), await open_funded(store, 0)
+    await store.submit(op(ops.PlaceHold, ada, 300))
+    await store.transfer(ada.account_id, bob.account_id, 700, reference="rent share")
+    with pytest.raises(StoreError, match=r"insufficient funds in account \d+ \(available 0, needed 1\)"):
+        await store.transfer(ada.account_id, bob.account_id, 1, reference="too much")
+    yen = await open_funded(store, 100, currency="JPY")
+    with pytest.raises(StoreError, match="is in EUR"):
+        await store.transfer(bob.account_id, yen.account_id, 1, reference="wrong currency")
+    assert (await store.account_view(bob.account_id)).ledger_minor == 700
+    assert (await store.account_view(ada.account_id)).available_minor == 0
+    await healthy(store)
+
+
+async def test_interest_and_fees_post_against_internal_accounts(store: Store) -> None:
+    ada = await open_funded(store, 1_000)
+    await store.post_adjustment(ada.account_id, 25, purpose="interest", kind="interest", reference="November")
+    await store.post_adjustment(ada.account_id, -100, purpose="fees", kind="fee", reference="card fee")
+    with pytest.raises(StoreError, match="insufficient funds"):
+        await store.post_adjustment(ada.account_id, -5_000, purpose="fees", kind="fee", reference="too big")
+    assert (await store.account_view(ada.account_id)).ledger_minor == 925
+    report = await healthy(store)
+    assert (report["currencies"]["EUR"]["interest_minor"], report["currencies"]["EUR"]["fees_minor"]) == (-25, 100)
+
+
+async def test_cardholder_by_handle_lists_its_accounts(store: Store) -> None:
+    holder = await store.create_cardholder("Ada", "ada-handle")
+    first = await store.open_account(holder, "checking", "EUR")
+    second = await store.open_account(holder, "savings", "EUR")
+    found = await store.find_cardholder("ada-handle")
+    assert (found.id, found.name) == (holder, "Ada")
+    assert [v.id for v in await store.list_accounts(found.id)] == [first, second]
+    assert await store.find_cardholder("nobody") is None
