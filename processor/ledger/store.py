@@ -535,6 +535,18 @@ class Store:
         async with self._read.connect() as conn:
             return await conn.run_sync(body, *args)
 
+    async def run_read(self, body: Callable[..., T], *args: Any) -> T:
+        """Run `body(conn, *args)`, synchronous Core queries on the models' tables, on a consistent snapshot."""
+        return await self._snapshot(body, *args)
+
+    async def run_write(self, body: Callable[..., T], *args: Any) -> T:
+        """Run `body(conn, *args)` in one write transaction, serialized with the hot path's batches on SQLite.
+
+        For jobs the store has no method for (settlement posting, reports); keep every journal entry balanced
+        (`processor.ledger.apply.post_entry` checks it) and the accounts' ledger/held columns in step.
+        """
+        return await self._write(body, *args)
+
     async def create_cardholder(self, name: str, handle: str) -> int:
         return await self._write(admin.create_cardholder, name, handle)
 

@@ -174,3 +174,23 @@ async def test_cardholder_by_handle_lists_its_accounts(store: Store) -> None:
     assert (found.id, found.name) == (holder, "Ada")
     assert [v.id for v in await store.list_accounts(found.id)] == [first, second]
     assert await store.find_cardholder("nobody") is None
+
+
+async def test_custom_jobs_run_in_a_transaction_of_their_own(store: Store) -> None:
+    from sqlalchemy import func, select
+
+    from processor.ledger.apply import BatchState, LedgerBug, post_entry
+    from processor.ledger.models import journal_entries, utcnow
+
+    ada = await open_funded(store, 500)
+
+    def unbalanced(conn) -> None:
+        state = BatchState(now=utcnow(), internal_ids={})
+        post_entry(conn, state, "fee", "fine", [(ada.account_id, -5), (ada.account_id, 5)], "EUR")
+        post_entry(conn, state, "fee", "bad", [(ada.account_id, -5)], "EUR")
+
+    with pytest.raises(LedgerBug, match="does not balance"):
+        await store.run_write(unbalanced)
+    count = await store.run_read(lambda conn: conn.execute(select(func.count()).select_from(journal_entries)).scalar())
+    assert count == 1, "only the funding deposit: the whole job was rolled back"
+    await healthy(store)
