@@ -184,6 +184,9 @@ class _SqliteWriter:
                 with self.conn.begin():
                     return body(self.conn, *args)
             except Exception as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    self.conn.close()
+                    self.conn = None  # the next attempt (or transaction) starts on a new connection
                 if attempt + 1 == TXN_ATTEMPTS or not _retryable(exc):
                     raise
                 time.sleep(0.002 * 2**attempt)
