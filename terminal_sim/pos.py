@@ -28,6 +28,7 @@ class CardData:
     track2: str
     cvv2: str
     pin: str | None = None
+    chip_track2: str | None = None
     psn: str = "00"
     card_id: int | None = None
     account_id: int | None = None
@@ -40,6 +41,7 @@ class CardData:
             track2=issued["track2"],
             cvv2=issued["cvv2"],
             pin=pin,
+            chip_track2=issued.get("chip_track2"),
             psn=issued.get("psn", "00"),
             card_id=issued.get("id"),
             account_id=issued.get("account_id"),
@@ -114,7 +116,7 @@ class PosTerminal:
             "13": now.strftime("%m%d"),
             "18": self.mcc,
             "32": self.acquirer_id,
-            "37": f"{now.strftime('%j%H')}{stan}"[:12],
+            "37": f"{now.year % 10}{now.strftime('%j%H')}{stan}",
             "41": self.terminal_id.ljust(8),
             "42": self.merchant_id.ljust(15),
             "43": self.name_location[:40].ljust(40),
@@ -146,7 +148,8 @@ class PosTerminal:
             fields["22"] = "012"
             pin_capability = "2"
         else:
-            fields["35"] = card.track2
+            chip = entry in ("chip", "contactless") and card.chip_track2 is not None
+            fields["35"] = card.chip_track2 if chip else card.track2
             fields["23"] = f"{int(card.psn):03d}"
             fields["22"] = {"magstripe": "90", "chip": "05", "contactless": "07", "fallback": "80"}[entry] + "1"
         if entry == "manual":

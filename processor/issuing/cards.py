@@ -23,7 +23,7 @@ ICVV_SERVICE_CODE = "999"
 
 @dataclass(frozen=True, slots=True)
 class IssuedCard:
-    """What a card carrier shows once: the clear PAN and CVV2 are not kept anywhere after this."""
+    """What a card carrier shows once (and the card bureau gets for the chip): none of it is kept after this."""
 
     id: int
     account_id: int
@@ -33,6 +33,7 @@ class IssuedCard:
     expiry: str
     service_code: str
     track2: str
+    chip_track2: str
     cvv2: str
     psn: str
     status: str
@@ -98,11 +99,15 @@ async def issue_card(
             continue
         cvv1 = await hsm.generate_cvv(keys.cvk, pan, expiry, service_code)
         cvv2 = await hsm.generate_cvv(keys.cvk, pan, expiry, CVV2_SERVICE_CODE)
+        icvv = await hsm.generate_cvv(keys.cvk, pan, expiry, ICVV_SERVICE_CODE)
         pin_method, pin_value = (None, None)
         if pin is not None:
             pin_method, pin_value = await pin_verification_for(hsm, keys, pan, pin)
         pvv_on_track = pin_value if pin_method == "pvv" else "0000"
         track2 = build_track2(pan, expiry, service_code, cvv1, discretionary=f"{PVKI}{pvv_on_track}")
+        # The chip carries the same track with the iCVV instead of the CVV, so a skimmed chip track
+        # cannot be replayed on a magnetic stripe.
+        chip_track2 = build_track2(pan, expiry, service_code, icvv, discretionary=f"{PVKI}{pvv_on_track}")
         token = surrogate_for(pan)
         new = NewCard(
             account_id=account_id,
@@ -133,6 +138,7 @@ async def issue_card(
             expiry=expiry,
             service_code=service_code,
             track2=track2,
+            chip_track2=chip_track2,
             cvv2=cvv2,
             psn=psn,
             status=new.status,

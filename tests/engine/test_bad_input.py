@@ -14,7 +14,7 @@ from processor.server import running_engine
 from processor.transport.tcp import TcpLimits
 from terminal_sim.iso_client import TerminalConnection
 
-from .conftest import build_issuer
+from engine_helpers import build_issuer
 
 
 async def _raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -73,7 +73,7 @@ def _missing_field(good: dict) -> bytes:
 
 
 def _unknown_mti(good: dict) -> bytes:
-    return b"0150" + encode(good)[4:]
+    return b"0300" + encode(good)[4:]
 
 
 @pytest.mark.parametrize("breaker", [_field_too_short, _missing_field, _unknown_mti], ids=lambda f: f.__name__)

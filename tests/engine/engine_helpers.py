@@ -1,0 +1,74 @@
+"""Building an issuer (cards, accounts, terminals) for the engine tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from hsm_sim import connect
+from processor.config import Settings
+from processor.issuing import ensure_issuer_keys, issue_card
+from processor.issuing.terminals import add_terminal
+from processor.ledger import Store
+from processor.server import RunningEngine, running_engine
+from terminal_sim.iso_client import TerminalConnection
+from terminal_sim.pos import CardData, PosTerminal
+
+
+@dataclass
+class Issuer:
+    """Cards by name, terminals by name, the running engine and a terminal connection to it."""
+
+    settings: Settings
+    cards: dict[str, CardData]
+    accounts: dict[str, int]
+    terminals: dict[str, PosTerminal]
+    running: RunningEngine
+    conn: TerminalConnection
+
+    async def send(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self.conn.request(request)
+
+    async def account(self, name: str) -> Any:
+        return await self.running.store.account_view(self.accounts[name])
+
+
+CAST = {
+    # name: (deposit minor, status, expired)
+    "ada": (500_00, "active", False),
+    "bob": (10_00, "active", False),
+    "carol": (100_00, "frozen", False),
+    "dave": (100_00, "lost", False),
+    "erin": (100_00, "stolen", False),
+    "frank": (100_00, "active", True),
+    "grace": (300_00, "active", False),
+}
+
+
+async def build_issuer(settings: Settings) -> tuple[dict[str, CardData], dict[str, int], dict[str, PosTerminal]]:
+    store = await Store.open(settings.db_url)
+    hsm = await connect(settings.hsm_url)
+    try:
+        keys = await ensure_issuer_keys(store, hsm)
+        today = dt.datetime.now(dt.UTC).date()
+        cards, accounts = {}, {}
+        for name, (deposit, status, expired) in CAST.items():
+            holder = await store.create_cardholder(name.title(), f"{name}-{id(settings) % 100000}")
+            account = await store.open_account(holder, "checking", "EUR")
+            await store.deposit(account, deposit, reference="test funding")
+            issued = await issue_card(
+                store, hsm, keys, account_id=account, pin="1234", today=today.replace(year=today.year - 5) if expired else today
+            )
+            if status != "active":
+                await store.set_card_status(issued.id, status)
+            cards[name] = CardData.from_issued(issued.as_json(), "1234")
+            accounts[name] = account
+        terminals = {}
+        for name, tid, mid, mcc in (("shop", "SHOP0001", "SHOP00000000001", "5411"), ("hotel", "HOTL0001", "HOTEL0000000001", "7011")):
+            registered = await add_terminal(store, hsm, keys, terminal_id=tid, merchant_id=mid, mcc=mcc)
+            terminals[name] = PosTerminal.from_registered(registered.as_json())
+        return cards, accounts, terminals
+    finally:
+        await hsm.close()
+        await store.close()
