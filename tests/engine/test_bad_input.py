@@ -6,10 +6,11 @@ import asyncio
 import logging
 from pathlib import Path
 
+import iso8583
 import pytest
 
 from processor.config import Settings
-from processor.iso8583 import decode, encode, encode_frame
+from processor.iso8583 import SPEC, encode, encode_frame
 from processor.server import running_engine
 from processor.transport.tcp import TcpLimits
 from terminal_sim.iso_client import TerminalConnection
@@ -23,7 +24,8 @@ async def _raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
 
 async def _read_answer(reader: asyncio.StreamReader) -> dict:
     header = await asyncio.wait_for(reader.readexactly(2), timeout=5.0)
-    return decode(await asyncio.wait_for(reader.readexactly(int.from_bytes(header, "big")), timeout=5.0))
+    payload = await asyncio.wait_for(reader.readexactly(int.from_bytes(header, "big")), timeout=5.0)
+    return iso8583.decode(payload, SPEC)[0]  # raw decode: the answer to an unknown MTI has an unknown MTI too
 
 
 async def _closed(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bool:
