@@ -48,6 +48,9 @@ class BatchState:
     internal_ids: dict[tuple[str, str], int]  # committed internal accounts, shared by the store (read only here)
     new_internal_ids: dict[tuple[str, str], int] = field(default_factory=dict)
     internal_delta_minor: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    # auths rows are written together (one multi-row INSERT) before anything reads them back
+    pending_auths: list[dict[str, Any]] = field(default_factory=list)
+    pending_links: list[tuple[int | None, int | None]] = field(default_factory=list)  # (new hold, entry) per row
     hold_auth: list[dict[str, int]] = field(default_factory=list)
     entry_auth: list[dict[str, int]] = field(default_factory=list)
     pin_tries: dict[int, int] = field(default_factory=dict)
@@ -87,7 +90,7 @@ _INTERNAL_DELTA = update(accounts).where(a.id == bindparam("aid")).values(ledger
 _INS_HOLD = insert(holds).returning(h.id)
 _INS_ENTRY = insert(journal_entries).returning(journal_entries.c.id)
 _INS_POSTINGS = insert(postings)
-_INS_AUTH = insert(auths).returning(au.id)
+_INS_AUTHS = insert(auths).returning(au.id, sort_by_parameter_order=True)
 _AUTH_COLS = (
     au.id, au.idem_key, au.op, au.rc, au.approved_minor, au.auth_code, au.hold_id, au.entry_id, au.card_id,
     au.account_id, au.ledger_minor, au.available_minor, au.currency, au.reason, au.reversed,
@@ -151,7 +154,24 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
     return outcomes
 
 
+def flush_auths(conn: Connection, st: BatchState) -> None:
+    """Insert the batch's pending auths rows, then link new holds and entries to them."""
+    if not st.pending_auths:
+        return
+    auth_ids = conn.execute(_INS_AUTHS, st.pending_auths).scalars().all()
+    if len(auth_ids) != len(st.pending_auths):
+        raise LedgerBug(f"{len(st.pending_auths)} auths rows written but {len(auth_ids)} ids returned")
+    for auth_id, (hold_id, entry_id) in zip(auth_ids, st.pending_links, strict=True):
+        if hold_id is not None:
+            st.hold_auth.append({"hid": hold_id, "aid": auth_id})
+        if entry_id is not None:
+            st.entry_auth.append({"eid": entry_id, "aid": auth_id})
+    st.pending_auths.clear()
+    st.pending_links.clear()
+
+
 def _finish(conn: Connection, st: BatchState) -> None:
+    flush_auths(conn, st)
     if st.internal_delta_minor:
         params = [{"aid": aid, "d": d} for aid, d in sorted(st.internal_delta_minor.items()) if d]
         if params:
@@ -201,15 +221,14 @@ def _record(
     card_id: int | None = None,
     currency: str | None = None,
 ) -> o.AuthOutcome:
-    """Write the auths row (the first answer) and return it as the outcome."""
+    """Queue the auths row (the first answer) for this transaction and return it as the outcome."""
     approved = rc in (o.APPROVED, o.PARTIAL)
     ledger_minor, available_minor = (balances[0], balances[0] - balances[1]) if balances else (None, None)
     account_id = account_id if account_id is not None else op.account_id
     card_id = card_id if card_id is not None else op.card_id
     currency = currency or op.currency
     auth_code = op.auth_code if approved else None
-    auth_id = conn.execute(
-        _INS_AUTH,
+    st.pending_auths.append(
         {
             "idem_key": op.idem_key,
             "op": o.OP_NAMES[type(op)],
@@ -232,12 +251,9 @@ def _record(
             "ledger_minor": ledger_minor,
             "available_minor": available_minor,
             "created_at": st.now,
-        },
-    ).scalar_one()
-    if new_hold and hold_id is not None:
-        st.hold_auth.append({"hid": hold_id, "aid": auth_id})
-    if entry_id is not None:
-        st.entry_auth.append({"eid": entry_id, "aid": auth_id})
+        }
+    )
+    st.pending_links.append((hold_id if new_hold else None, entry_id))
     if op.pin_tries is not None and op.card_id is not None:
         st.pin_tries[op.card_id] = op.pin_tries
     return o.AuthOutcome(
@@ -355,7 +371,8 @@ def _bad_amount(conn: Connection, st: BatchState, op: o.AnyOp, *, zero_ok: bool 
     return None
 
 
-def _find_original(conn: Connection, key: str) -> Any:
+def _find_original(conn: Connection, st: BatchState, key: str) -> Any:
+    flush_auths(conn, st)  # the original may have been answered earlier in this batch
     return conn.execute(_AUTH_BY_KEY, {"k": key}).first()
 
 
@@ -435,7 +452,7 @@ def _credit(conn: Connection, st: BatchState, op: o.Credit) -> o.AuthOutcome:
 
 
 def _approved_original(conn: Connection, st: BatchState, op: o.Capture | o.Increment) -> tuple[Any, o.AuthOutcome | None]:
-    orig = _find_original(conn, op.original_key)
+    orig = _find_original(conn, st, op.original_key)
     if orig is None or orig.hold_id is None or orig.rc not in (o.APPROVED, o.PARTIAL):
         return None, _record(conn, st, op, o.UNKNOWN_ORIGINAL, "no approved authorization with a hold for the original")
     return orig, None
@@ -510,7 +527,7 @@ def _increment(conn: Connection, st: BatchState, op: o.Increment) -> o.AuthOutco
 
 
 def _reverse(conn: Connection, st: BatchState, op: o.Reverse) -> o.AuthOutcome:
-    orig = _find_original(conn, op.original_key)
+    orig = _find_original(conn, st, op.original_key)
     if orig is None:
         return _record(conn, st, op, o.UNKNOWN_ORIGINAL, "original not found")
     common: dict[str, Any] = {"original_auth_id": orig.id, "account_id": orig.account_id, "currency": orig.currency}

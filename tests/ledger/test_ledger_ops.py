@@ -228,3 +228,24 @@ async def test_malformed_request_fields_are_recorded_not_refused(store: Store) -
     out = await store.submit(dataclasses.replace(odd, terminal_id="TERMINAL-0001", stan="1234567"))
     assert (out.rc, len(out.reason)) == ("30", 200)
     assert (await store.find_auth("k" * 200)).rc == "30"
+
+
+async def test_originals_answered_earlier_in_the_same_batch_are_found(store: Store, funded) -> None:
+    ada = await funded(1_000)
+    chain = [
+        op(ops.PlaceHold, ada, 400, idem_key="h1"),
+        op(ops.Increment, None, 100, original_key="h1"),
+        op(ops.Capture, None, 450, idem_key="c1", original_key="h1"),
+        op(ops.Reverse, None, 450, original_key="c1", remaining_minor=50),
+        op(ops.PlaceHold, ada, 200, idem_key="h2"),
+        op(ops.Reverse, None, 200, original_key="h2"),
+        op(ops.Reverse, None, 200, original_key="h2"),
+    ]
+    results = await asyncio.gather(*(store.submit(o) for o in chain))
+    assert store.batches == 1, "the whole chain went through as one batch"
+    assert [(r.rc, r.approved_minor) for r in results] == [
+        ("00", 400), ("00", 100), ("00", 450), ("00", 400), ("00", 200), ("00", 200), ("00", 0),
+    ]
+    assert await balances(store, ada.account_id) == (950, 950)
+    assert (await store.find_auth("c1")).hold_id == results[0].hold_id
+    await healthy(store)
