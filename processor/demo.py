@@ -213,7 +213,7 @@ async def run_day(
             people = await _people(store, hsm, keys, today)
             terminals = await _terminals(store, hsm, keys)
             crowd = await provision(
-                store, hsm, keys, cardholders=cardholders, terminals=max(1, connections // 2), deposit_minor=1_000_00, label="day"
+                store, hsm, keys, cardholders=cardholders, terminals=max(1, connections // 2), deposit_minor=100_000_00, label="day"
             )
         finally:
             await hsm.close()
