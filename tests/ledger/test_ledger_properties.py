@@ -8,7 +8,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 from ledger_helpers import Funded, op, open_funded
@@ -202,6 +202,67 @@ def test_random_operation_sequences_keep_the_ledger_consistent(db_url: str) -> N
                 derandomize="LEDGER_EXAMPLES" not in os.environ,
             ),
         )
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
+
+
+op_specs = st.lists(
+    st.tuples(
+        st.sampled_from(["hold", "debit", "credit", "capture", "increment", "reverse", "replay"]),
+        st.integers(min_value=0, max_value=2),  # which account
+        st.integers(min_value=0, max_value=2_500),  # amount
+        st.integers(min_value=0, max_value=40),  # which earlier request (for originals and replays)
+        st.booleans(),  # partial_ok
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def test_concurrent_batches_of_random_operations_never_overdraw(db_url: str) -> None:
+    loop = asyncio.new_event_loop()
+    store = loop.run_until_complete(Store.open(db_url, max_batch=16))
+
+    async def play(specs: list[tuple[str, int, int, int, bool]], chunk: int) -> None:
+        accounts = [await open_funded(store, 2_000) for _ in range(3)]
+        sent: list[Any] = []
+        for start in range(0, len(specs), chunk):
+            batch = []
+            for kind, who_index, amount, earlier, partial_ok in specs[start : start + chunk]:
+                who = accounts[who_index]
+                original = sent[earlier % len(sent)].idem_key if sent else "none"
+                if kind == "replay" and sent:
+                    batch.append(sent[earlier % len(sent)])
+                    continue
+                operation = {
+                    "hold": lambda: op(ops.PlaceHold, who, amount, partial_ok=partial_ok),
+                    "debit": lambda: op(ops.Debit, who, amount, mti="0200", partial_ok=partial_ok),
+                    "credit": lambda: op(ops.Credit, who, amount, mti="0200"),
+                    "capture": lambda: op(ops.Capture, None, amount, original_key=original),
+                    "increment": lambda: op(ops.Increment, None, amount, original_key=original, partial_ok=partial_ok),
+                    "reverse": lambda: op(ops.Reverse, None, 0, original_key=original, remaining_minor=amount // 2),
+                    "replay": lambda: op(ops.Inquiry, who, 0),
+                }[kind]()
+                batch.append(operation)
+            results = await asyncio.gather(*(store.submit(o) for o in batch))
+            sent += [o for o, r in zip(batch, results) if not r.duplicate]
+            assert await store.check_invariants() == []
+            for who in accounts:
+                view = await store.account_view(who.account_id)
+                # captures above the hold and reversed refunds are the only way below zero (reported as warnings)
+                if view.available_minor < 0:
+                    report = await store.ledger_report()
+                    assert any(f"account {who.account_id}:" in w for w in report["warnings"])
+
+    @settings(max_examples=int(os.environ.get("LEDGER_EXAMPLES", "10")), deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(specs=op_specs, chunk=st.integers(min_value=1, max_value=20))
+    def check(specs: list[tuple[str, int, int, int, bool]], chunk: int) -> None:
+        loop.run_until_complete(play(specs, chunk))
+
+    try:
+        check()
     finally:
         loop.run_until_complete(store.close())
         loop.close()
