@@ -1,7 +1,14 @@
-"""Schema migrations: `upgrade(conn)` brings a database to the newest Alembic revision."""
+"""Schema migrations: `upgrade(conn)` brings a database to the newest Alembic revision.
+
+`Store.open` calls it. For development:
+
+    python -m processor.ledger.migrate upgrade --db URL
+    python -m processor.ledger.migrate revision --db URL -m "what changes"   # autogenerate from the models
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from alembic import command
@@ -29,3 +36,25 @@ def upgrade(conn: Connection, revision: str = "head") -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, revision)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m processor.ledger.migrate")
+    parser.add_argument("action", choices=["upgrade", "revision", "current"])
+    parser.add_argument("--db", required=True, help="database URL, e.g. sqlite+aiosqlite:///processor.db")
+    parser.add_argument("-m", "--message", help="revision message (for `revision`)")
+    args = parser.parse_args(argv)
+    cfg = alembic_config(args.db)
+    if args.action == "upgrade":
+        command.upgrade(cfg, "head")
+    elif args.action == "current":
+        command.current(cfg, verbose=True)
+    else:
+        if not args.message:
+            parser.error("revision needs -m MESSAGE")
+        command.revision(cfg, message=args.message, autogenerate=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

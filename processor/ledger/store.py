@@ -34,7 +34,6 @@ from sqlalchemy.pool import NullPool
 from processor.ledger import admin, invariants
 from processor.ledger import ops as o
 from processor.ledger.apply import BatchState, Conflict, LedgerBug, apply_batch, outcome_from_row
-from processor.ledger.migrate import upgrade
 from processor.ledger.models import auths, cards, utcnow
 from processor.ledger.records import (
     AccountView,
@@ -287,6 +286,8 @@ class Store:
         pg_writers: int,
         reader_threads: int,
     ) -> "Store":
+        from processor.ledger.migrate import upgrade  # (imported here so `python -m ...migrate` runs cleanly)
+
         parsed = make_url(url)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
