@@ -14,6 +14,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Serializes concurrent `Store.open` calls of several processes on one PostgreSQL database.
@@ -44,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="database URL, e.g. sqlite+aiosqlite:///processor.db")
     parser.add_argument("-m", "--message", help="revision message (for `revision`)")
     args = parser.parse_args(argv)
-    cfg = alembic_config(args.db)
+    url = make_url(args.db)
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}.get(url.get_backend_name())
+    if driver is None:
+        parser.error(f"unsupported database {url.get_backend_name()!r}")
+    cfg = alembic_config(url.set(drivername=driver).render_as_string(hide_password=False))
     if args.action == "upgrade":
         command.upgrade(cfg, "head")
     elif args.action == "current":
