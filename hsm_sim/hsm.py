@@ -8,6 +8,7 @@ a specific status.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import datetime as dt
@@ -97,15 +98,39 @@ def _digits(value: str, what: str, lo: int, hi: int) -> str:
 
 
 class AuditLog:
-    """One JSON line per command: time, command, KCVs, status. Never a key, PIN, PAN or CVV."""
+    """One JSON line per command: time, command, KCVs, status. Never a key, PIN, PAN or CVV.
+
+    Lines are buffered and flushed within FLUSH_INTERVAL_S (and at close): a system call per command
+    would cost more than the command itself.
+    """
+
+    FLUSH_INTERVAL_S = 0.05
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.memory: collections.deque[str] = collections.deque(maxlen=AUDIT_MEMORY_LINES)
-        self._fh = open(path, "a", encoding="utf-8", buffering=1) if path else None  # line-buffered
+        self._fh = open(path, "a", encoding="utf-8") if path else None
         if path:
             os.chmod(path, 0o600)
         self._lock = threading.Lock()
+        self._flush_pending = False
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        if self._fh is not None:
+            with self._lock:
+                self._fh.flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_pending = True
+        loop.call_later(self.FLUSH_INTERVAL_S, self.flush)
 
     def write(self, command: str, status: str, kcvs: tuple[str, ...], **extra: Any) -> None:
         record = {"t": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "cmd": command, "status": status}
@@ -116,11 +141,13 @@ class AuditLog:
         if self._fh is not None:
             with self._lock:
                 self._fh.write(line + "\n")
+            self._schedule_flush()
         else:
             self.memory.append(line)
 
     def close(self) -> None:
         if self._fh is not None:
+            self._fh.flush()
             self._fh.close()
             self._fh = None
 

@@ -22,6 +22,7 @@ class Settings:
     hsm_url: str
     mqtt_url: str | None = None
     log_dir: Path = field(default_factory=Path.cwd)
+    log_file: Path | None = None
 
     @classmethod
     def from_env(cls, workdir: Path | None = None) -> "Settings":
@@ -32,4 +33,5 @@ class Settings:
             hsm_url=os.environ.get("PROCESSOR_HSM_URL") or f"file:{base / DEFAULT_HSM_FILE}",
             mqtt_url=os.environ.get("PROCESSOR_MQTT_URL") or None,
             log_dir=Path(os.environ.get("PROCESSOR_LOG_DIR") or base),
+            log_file=Path(os.environ["PROCESSOR_LOG_FILE"]) if os.environ.get("PROCESSOR_LOG_FILE") else None,
         )

@@ -202,7 +202,7 @@ async def run_day(
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env(workdir)
     day = Day(workdir=workdir)
-    _log_to(workdir / "processor.log")
+    log_handler = _log_to(workdir / "processor.log")
 
     store = await Store.open(settings.db_url)
     try:
@@ -241,16 +241,14 @@ async def run_day(
                 "available_minor": view.available_minor,
                 "holds": len(view.holds),
             }
+    log_handler.flush()
     return day
 
 
-def _log_to(path: Path) -> None:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("processor")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    logging.getLogger("hsm_sim").addHandler(handler)
+def _log_to(path: Path) -> logging.Handler:
+    from processor.logs import configure
+
+    return configure(path)
 
 
 def summarize(day: Day) -> dict[str, Any]:

@@ -83,9 +83,21 @@ async def _expire_holds_periodically(store: Any) -> None:
         await asyncio.sleep(HOLD_EXPIRY_INTERVAL_S)
 
 
+async def flush_logs_periodically(handler: logging.Handler) -> None:
+    """Buffered log records reach their file even when traffic stops."""
+    from processor.logs import FLUSH_INTERVAL_S
+
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_S)
+        handler.flush()
+
+
 async def run_server(settings: Settings, *, host: str, port: int) -> None:
     """`processor serve`: run until SIGINT/SIGTERM, then stop accepting and drain."""
-    logging.getLogger("processor").setLevel(logging.INFO)
+    from processor.logs import configure
+
+    handler = configure(settings.log_file)
+    flusher = asyncio.create_task(flush_logs_periodically(handler))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,3 +107,5 @@ async def run_server(settings: Settings, *, host: str, port: int) -> None:
         print(f"processor listening on {host}:{running.port}", flush=True)
         await stop.wait()
         log.info("stopping: draining in-flight requests")
+    flusher.cancel()
+    handler.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from processor.auth.cryptogram import arqc_transaction_data
+from processor.auth.cryptogram import arqc_transaction_data, cvn_from_iad
 from processor.iso8583 import rc
 
 if TYPE_CHECKING:
@@ -12,14 +12,9 @@ if TYPE_CHECKING:
 
 ARC_APPROVED = "3030"  # "00" in ASCII, as the card expects it in tag 8A / 91
 ARC_DECLINED = "3035"  # "05"
-SUPPORTED_CVNS = frozenset({10, 18})
 
 
-def cryptogram_version(iad: bytes) -> int:
-    """The CVN from Visa issuer application data (9F10): byte 2 of a format-0/1/3 IAD."""
-    if len(iad) < 3:
-        raise ValueError("issuer application data (9F10) too short to carry a CVN")
-    return iad[2]
+cryptogram_version = cvn_from_iad
 
 
 async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[str, bytes]:
@@ -35,8 +30,6 @@ async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[s
         data = arqc_transaction_data(icc, cvn)
     except ValueError as exc:
         raise Declined(rc.FORMAT_ERROR, f"DE 55: {exc}") from exc
-    if cvn not in SUPPORTED_CVNS:
-        raise Declined(rc.CVV_FAILURE, f"cryptogram version {cvn} not supported")
     atc = int.from_bytes(icc["9F36"], "big")
     card = ctx.card
     psn = ctx.request.psn or card.psn

@@ -8,7 +8,7 @@ DATA and VERIFY (plaintext offline PIN).
 Cryptogram input (what the issuer recomputes)
 ---------------------------------------------
 The card MACs ``arqc_transaction_data(tags, cvn)`` from
-:mod:`terminal_sim.emv.cryptogram_data`, independent of the order of the card's CDOL1
+:mod:`processor.auth.cryptogram`, independent of the order of the card's CDOL1
 or PDOL::
 
     9F02 ‖ 9F03 ‖ 9F1A ‖ 95 ‖ 5F2A ‖ 9A ‖ 9C ‖ 9F37 ‖ 82 ‖ 9F36 ‖ X
@@ -51,7 +51,7 @@ from pyemv import ac as _ac
 from pyemv import kd as _kd
 
 from terminal_sim.emv import tlv
-from terminal_sim.emv.cryptogram_data import arqc_transaction_data
+from processor.auth.cryptogram import arqc_transaction_data
 
 __all__ = [
     "PSE_NAME",

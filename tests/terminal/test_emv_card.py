@@ -12,7 +12,7 @@ from pyemv import kd as pyemv_kd
 
 from terminal_sim.emv import tlv
 from terminal_sim.emv.card import CardProfile, GarbageCard, GarbageMode, SealError, VirtualCard
-from terminal_sim.emv.cryptogram_data import arqc_transaction_data
+from processor.auth.cryptogram import arqc_transaction_data
 from terminal_sim.emv.kernel import CardError, complete, read_card
 
 # pyemv and psec reach TripleDES through cryptography's deprecated import path.

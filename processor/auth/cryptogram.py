@@ -1,8 +1,8 @@
 """The application cryptogram input both the card and the issuer build.
 
-Pure and dependency free on purpose: the issuer side imports this same function, takes
-the DE 55 tags of an authorization request, and recomputes the ARQC over exactly the
-bytes the card MACed.
+Pure and dependency free on purpose: the issuer and the terminal simulators import this same
+function. The issuer takes the DE 55 tags of an authorization request and recomputes the ARQC
+over exactly the bytes the card MACed.
 
 Input data, in this order (Visa VIS, EMV Book 2 8.1.1 recommended minimum set):
 

@@ -1,0 +1,42 @@
+"""Logging for the engine: one line per authorization, buffered so that logging never costs a system
+call per request, and flushed at least every FLUSH_INTERVAL_S, at every warning, and at shutdown."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+import time
+from pathlib import Path
+
+FLUSH_INTERVAL_S = 0.2
+BUFFER_RECORDS = 1024
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class BufferedHandler(logging.handlers.MemoryHandler):
+    """A MemoryHandler that also flushes when its oldest buffered record is older than the interval."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(BUFFER_RECORDS, flushLevel=logging.WARNING, target=target, flushOnClose=True)
+        self._last_flush = time.monotonic()
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return super().shouldFlush(record) or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        super().flush()
+
+
+def configure(path: Path | None = None, *, level: int = logging.INFO) -> BufferedHandler:
+    """Send the processor's and the HSM's logs to `path` (or stderr), buffered; returns the handler."""
+    target: logging.Handler = logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    target.setFormatter(logging.Formatter(FORMAT))
+    handler = BufferedHandler(target)
+    for name in ("processor", "hsm_sim"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    return handler
