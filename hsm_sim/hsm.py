@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from hsm_sim import errors as st
 from hsm_sim.crypto import cvv as cvv_alg
 from hsm_sim.crypto import dukpt, emv, mac, pin, pinblock, tokens
@@ -65,6 +67,7 @@ COMMANDS: dict[str, str] = {
     "GI": "inject_ipek",
     "KQ": "verify_arqc",
     "KW": "icc_master_key_for_personalization",
+    "KY": "personalization_data",
     "M6": "generate_mac",
     "M8": "verify_mac",
     "T0": "tokenize_pan",
@@ -459,6 +462,38 @@ class Hsm:
 
             return aes_ecb_encrypt(kek, icc_mk).hex().upper()
         return tdes_ecb_encrypt(kek, icc_mk).hex().upper()
+
+    @command("imk", "cvk", "transport_key")
+    def personalization_data(
+        self,
+        imk: str,
+        cvk: str,
+        sealed_pan: str,
+        data_key_version: int,
+        psn: str,
+        expiry_yymm: str,
+        transport_key: str,
+    ) -> dict[str, str]:
+        """What a card bureau needs to personalize a chip, sealed under the bureau's AES transport key.
+
+        The PAN is opened from the vault inside the HSM and leaves it only sealed (AES-GCM) under the
+        transport key, together with the chip's iCVV, and so does the card's ICC master key. Values are
+        base64 of nonce (12) || ciphertext || tag; associated data b"bureau:card" for the JSON
+        {"pan", "icvv"} and b"bureau:icc_mk:" + PSN for the key.
+        """
+        key, _ = self._key(imk, ("IMK-AC",), "personalization_data", algorithm="TDES")
+        kek, _ = self._key(transport_key, ("KEK", "ZMK"), "personalization_data", algorithm="AES")
+        pan = self._open(sealed_pan, data_key_version, "personalization_data")
+        icvv = self._cvv(cvk, pan, expiry_yymm, "999", "personalization_data")
+        icc_mk = emv.derive_icc_master_key(key, pan, psn)
+        gcm = AESGCM(kek)
+        n1, n2 = os.urandom(12), os.urandom(12)
+        card = json.dumps({"pan": pan, "icvv": icvv}).encode()
+        return {
+            "card": base64.b64encode(n1 + gcm.encrypt(n1, card, b"bureau:card")).decode(),
+            "icc_mk": base64.b64encode(n2 + gcm.encrypt(n2, icc_mk, b"bureau:icc_mk:" + psn.encode())).decode(),
+            "transport_key": self.store.info(transport_key).kcv,
+        }
 
     # ------------------------------------------------------------ MAC
 

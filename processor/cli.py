@@ -169,7 +169,30 @@ async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
         active=not args.inactive,
         validity_years=args.years,
     )
-    return card.as_json()
+    result = card.as_json()
+    if args.chip:
+        from processor.issuing.personalization import personalize
+
+        _, path = await personalize(rt.store, rt.hsm, keys, card.id, directory=args.bureau_dir)
+        result["bureau_file"] = str(path)
+    return result
+
+
+async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.issuing import load_issuer_keys
+    from processor.issuing.personalization import personalize
+
+    keys = await load_issuer_keys(rt.store, rt.hsm)
+    record, path = await personalize(
+        rt.store, rt.hsm, keys, args.card_id, directory=args.bureau_dir, cvn=args.cvn, contactless=not args.contact_only
+    )
+    return {"id": args.card_id, "bureau_file": str(path), "cvn": record.cvn, "aid": record.aid, "contactless": record.contactless}
+
+
+async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.issuing.personalization import form_bureau_key
+
+    return await form_bureau_key(rt.store, rt.hsm, args.component or None)
 
 
 async def cmd_card_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -315,11 +338,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--years", type=int, default=4, help="validity in years")
     p.add_argument("--magstripe-only", action="store_true", help="service code 101 instead of 201 (chip)")
     p.add_argument("--inactive", action="store_true", help="issue inactive; `card activate` later")
+    p.add_argument("--chip", action="store_true", help="also write the chip personalization record for the card bureau")
+    p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go (default ./card-bureau)")
+    p = data_command(cd, "personalize", cmd_card_personalize, "write a card's chip personalization record for the bureau")
+    p.add_argument("card_id", type=int)
+    p.add_argument("--bureau-dir", default="card-bureau")
+    p.add_argument("--cvn", type=int, default=18, choices=[10, 18])
+    p.add_argument("--contact-only", action="store_true", help="no contactless interface")
     p = data_command(cd, "show", cmd_card_show, "a card's status and non-secret data")
     p.add_argument("card_id", type=int)
     for action in CARD_ACTIONS:
         p = data_command(cd, action, cmd_card_status, f"card lifecycle: {action}")
         p.add_argument("card_id", type=int)
+
+    bu = sub.add_parser("bureau", help="the card bureau that personalizes chips").add_subparsers(dest="sub", required=True)
+    p = data_command(bu, "key", cmd_bureau_key, "form the transport key shared with the bureau (key ceremony)")
+    p.add_argument("--component", action="append", help="a clear component (hex, 32 bytes); give two or more, or none to draw them")
 
     te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True)
     p = data_command(te, "add", cmd_terminal_add, "register a terminal; prints its key material for injection")
@@ -348,7 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_deprecations() -> None:
+    """psec and pyemv still call TDES the old way; their warnings say nothing an operator can act on."""
+    import warnings
+
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:
+        return
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_deprecations()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

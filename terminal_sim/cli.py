@@ -103,7 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_deprecations() -> None:
+    """psec and pyemv still call TDES the old way; their warnings say nothing an operator can act on."""
+    import warnings
+
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:
+        return
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_deprecations()
     args = build_parser().parse_args(argv)
     if args.connections < 1 or args.seconds <= 0:
         print("terminal-sim: --connections and --seconds must be positive", file=sys.stderr)

@@ -10,7 +10,7 @@ from processor.errors import InvalidRequest
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import generate_pan, surrogate_for
 from processor.iso8583 import build_track2
-from processor.ledger import NewCard, StoreError
+from processor.ledger import NewCard
 
 DEFAULT_BIN = "476173"
 PVKI = 1
@@ -92,7 +92,7 @@ async def issue_card(
     today = today or dt.datetime.now(dt.UTC).date()
     expiry = expiry_after(validity_years, today)
     service_code = SERVICE_CODE_CHIP if chip else SERVICE_CODE_MAGSTRIPE
-    for _ in range(8):  # a random PAN or surrogate that is already taken is simply drawn again
+    for _ in range(8):  # a random PAN that is already issued is simply drawn again
         pan = generate_pan(bin_prefix)
         vault = await hsm.tokenize_pan(pan)
         if await store.find_card([vault.fingerprint]) is not None:
@@ -125,10 +125,7 @@ async def issue_card(
             pin_method=pin_method,
             pin_value=pin_value,
         )
-        try:
-            card_id = await store.create_card(new)
-        except StoreError:
-            continue
+        card_id = await store.create_card(new)
         return IssuedCard(
             id=card_id,
             account_id=account_id,

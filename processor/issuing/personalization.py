@@ -1,0 +1,118 @@
+"""Chip personalization: the record a card bureau receives to write a card's chip.
+
+The issuer and the bureau share an AES transport key formed in a key ceremony from clear components
+(`processor bureau key`). The HSM seals the card's PAN, iCVV and ICC master key under that key
+(`personalization_data`), so the record the issuer writes holds nothing readable without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from processor.errors import ConfigurationError, InvalidRequest
+from processor.issuing.keys import IssuerKeys
+
+BUREAU_KEK_CONFIG = "key.bureau_kek"
+BUREAU_FORMAT = "card-bureau 1"
+DEFAULT_BUREAU_DIR = "card-bureau"
+VISA_DEBIT_AID = "A0000000031010"
+
+
+@dataclass(frozen=True, slots=True)
+class BureauRecord:
+    """One card for the bureau: public data in clear, secrets sealed under the transport key."""
+
+    format: str
+    card_id: int
+    token: str
+    last4: str
+    psn: str
+    expiry: str
+    service_code: str
+    aid: str
+    label: str
+    cardholder_name: str
+    cvn: int
+    contactless: bool
+    transport_key_kcv: str
+    sealed_card: str
+    sealed_icc_mk: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def form_bureau_key(store: Any, hsm: Any, components: list[str] | None = None) -> dict[str, Any]:
+    """Key ceremony: the transport key shared with the bureau, from two clear components.
+
+    With no components given, two random ones are drawn and returned once: each goes to its
+    custodian, and the bureau loads their XOR.
+    """
+    shown = components is None
+    components = components or [secrets.token_hex(32).upper(), secrets.token_hex(32).upper()]
+    if len(components) < 2:
+        raise InvalidRequest("a transport key needs at least two components")
+    info = await hsm.form_key_from_components("KEK", components, "AES")
+    await store.set_config(BUREAU_KEK_CONFIG, info.kcv)
+    result: dict[str, Any] = {"kcv": info.kcv}
+    if shown:
+        result["components"] = components
+    return result
+
+
+def bureau_path(directory: str | os.PathLike[str], card_id: int) -> Path:
+    return Path(directory) / f"card-{card_id}.json"
+
+
+async def personalize(
+    store: Any,
+    hsm: Any,
+    keys: IssuerKeys,
+    card_id: int,
+    *,
+    directory: str | os.PathLike[str] = DEFAULT_BUREAU_DIR,
+    cvn: int = 18,
+    contactless: bool = True,
+    cardholder_name: str = "CARDHOLDER",
+) -> tuple[BureauRecord, Path]:
+    """Write the bureau record of an issued card; returns it and where it was written."""
+    kek = await store.get_config(BUREAU_KEK_CONFIG)
+    if kek is None:
+        raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
+    if cvn not in (10, 18):
+        raise InvalidRequest("cryptogram version must be 10 or 18")
+    card = await store.get_card(card_id)
+    if card.status in ("closed", "lost", "stolen"):
+        raise InvalidRequest(f"card {card_id} is {card.status}: it cannot be personalized")
+    sealed = await hsm.personalization_data(
+        keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek
+    )
+    record = BureauRecord(
+        format=BUREAU_FORMAT,
+        card_id=card_id,
+        token=card.token,
+        last4=card.last4,
+        psn=card.psn,
+        expiry=card.expiry,
+        service_code=card.service_code,
+        aid=VISA_DEBIT_AID,
+        label="VISA DEBIT",
+        cardholder_name=cardholder_name.upper()[:26],
+        cvn=cvn,
+        contactless=contactless,
+        transport_key_kcv=sealed["transport_key"],
+        sealed_card=sealed["card"],
+        sealed_icc_mk=sealed["icc_mk"],
+    )
+    path = bureau_path(directory, card_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record.as_json(), indent=1), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return record, path
