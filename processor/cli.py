@@ -178,6 +178,16 @@ async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
     return result
 
 
+async def cmd_card_reveal(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    """Detokenize for an operator: the HSM opens the sealed PAN and its audit log records who and why."""
+    if not args.operator.strip() or not args.reason.strip():
+        raise InvalidRequest("card reveal needs --operator and --reason")
+    card = await rt.store.get_card(args.card_id)
+    pan = await rt.hsm.reveal_pan(card.sealed_pan, card.data_key_version, operator=args.operator, reason=args.reason)
+    log.warning("card %d revealed by %s: %s", args.card_id, args.operator, args.reason)
+    return {"id": args.card_id, "pan": pan, "token": card.token, "operator": args.operator, "reason": args.reason}
+
+
 async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import load_issuer_keys
     from processor.issuing.personalization import personalize
@@ -340,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inactive", action="store_true", help="issue inactive; `card activate` later")
     p.add_argument("--chip", action="store_true", help="also write the chip personalization record for the card bureau")
     p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go (default ./card-bureau)")
+    p = data_command(cd, "reveal", cmd_card_reveal, "show a card's PAN (audited: who and why)")
+    p.add_argument("card_id", type=int)
+    p.add_argument("--operator", required=True, help="who asks")
+    p.add_argument("--reason", required=True, help="why, e.g. a ticket number")
     p = data_command(cd, "personalize", cmd_card_personalize, "write a card's chip personalization record for the bureau")
     p.add_argument("card_id", type=int)
     p.add_argument("--bureau-dir", default="card-bureau")
