@@ -234,6 +234,8 @@ class Store:
         self.url = url
         self.dialect = dialect
         self._read = read_engine
+        # Look-ups need no transaction: autocommit saves the BEGIN and ROLLBACK round trips around each one.
+        self._read_autocommit = read_engine.execution_options(isolation_level="AUTOCOMMIT") if read_engine else None
         self._readers = sqlite_readers
         self._sqlite = sqlite_writer
         self._pg_writers = pg_writers
@@ -535,8 +537,8 @@ class Store:
         """A read outside the write path (one statement or a few; no snapshot across them)."""
         if self._readers is not None:
             return await self._readers.query(body, *args)
-        assert self._read is not None
-        async with self._read.connect() as conn:
+        assert self._read_autocommit is not None
+        async with self._read_autocommit.connect() as conn:
             return await conn.run_sync(body, *args)
 
     async def run_read(self, body: Callable[..., T], *args: Any) -> T:
