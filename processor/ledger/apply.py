@@ -48,9 +48,11 @@ class BatchState:
     internal_ids: dict[tuple[str, str], int]  # committed internal accounts, shared by the store (read only here)
     new_internal_ids: dict[tuple[str, str], int] = field(default_factory=dict)
     internal_delta_minor: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
-    # auths rows are written together (one multi-row INSERT) before anything reads them back
+    # Journal entries, their postings and the auths rows are written together (one multi-row INSERT each)
+    # at the end of the batch, or before anything reads them back.
+    pending_entries: list["PendingEntry"] = field(default_factory=list)
     pending_auths: list[dict[str, Any]] = field(default_factory=list)
-    pending_links: list[tuple[int | None, int | None]] = field(default_factory=list)  # (new hold, entry) per row
+    pending_links: list[tuple[int | None, "PendingEntry | None"]] = field(default_factory=list)  # new hold, entry
     hold_auth: list[dict[str, int]] = field(default_factory=list)
     entry_auth: list[dict[str, int]] = field(default_factory=list)
     pin_tries: dict[int, int] = field(default_factory=dict)
@@ -89,6 +91,7 @@ _ADJUST = (
 _INTERNAL_DELTA = update(accounts).where(a.id == bindparam("aid")).values(ledger_minor=a.ledger_minor + bindparam("d"))
 _INS_HOLD = insert(holds).returning(h.id)
 _INS_ENTRY = insert(journal_entries).returning(journal_entries.c.id)
+_INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
 _INS_POSTINGS = insert(postings)
 _INS_AUTHS = insert(auths).returning(au.id, sort_by_parameter_order=True)
 _AUTH_COLS = (
@@ -154,24 +157,48 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
     return outcomes
 
 
-def flush_auths(conn: Connection, st: BatchState) -> None:
-    """Insert the batch's pending auths rows, then link new holds and entries to them."""
+def flush_pending(conn: Connection, st: BatchState) -> None:
+    """Insert the batch's pending journal entries, postings and auths rows; link new holds and entries."""
+    if st.pending_entries:
+        entry_ids = conn.execute(
+            _INS_ENTRIES,
+            [
+                {"kind": e.kind, "reference": e.reference[:200], "auth_id": None, "forced": e.forced, "created_at": st.now}
+                for e in st.pending_entries
+            ],
+        ).scalars().all()
+        if len(entry_ids) != len(st.pending_entries):
+            raise LedgerBug(f"{len(st.pending_entries)} journal entries written but {len(entry_ids)} ids returned")
+        for entry, entry_id in zip(st.pending_entries, entry_ids, strict=True):
+            entry.id = entry_id
+        conn.execute(
+            _INS_POSTINGS,
+            [
+                {"entry_id": e.id, "account_id": acc, "amount_minor": amt, "currency": e.currency}
+                for e in st.pending_entries
+                for acc, amt in e.lines
+            ],
+        )
+        st.pending_entries.clear()
     if not st.pending_auths:
         return
+    for values in st.pending_auths:
+        if isinstance(values["entry_id"], PendingEntry):
+            values["entry_id"] = values["entry_id"].id
     auth_ids = conn.execute(_INS_AUTHS, st.pending_auths).scalars().all()
     if len(auth_ids) != len(st.pending_auths):
         raise LedgerBug(f"{len(st.pending_auths)} auths rows written but {len(auth_ids)} ids returned")
-    for auth_id, (hold_id, entry_id) in zip(auth_ids, st.pending_links, strict=True):
+    for auth_id, (hold_id, entry) in zip(auth_ids, st.pending_links, strict=True):
         if hold_id is not None:
             st.hold_auth.append({"hid": hold_id, "aid": auth_id})
-        if entry_id is not None:
-            st.entry_auth.append({"eid": entry_id, "aid": auth_id})
+        if entry is not None:
+            st.entry_auth.append({"eid": entry.id, "aid": auth_id})
     st.pending_auths.clear()
     st.pending_links.clear()
 
 
 def _finish(conn: Connection, st: BatchState) -> None:
-    flush_auths(conn, st)
+    flush_pending(conn, st)
     if st.internal_delta_minor:
         params = [{"aid": aid, "d": d} for aid, d in sorted(st.internal_delta_minor.items()) if d]
         if params:
@@ -215,7 +242,7 @@ def _record(
     balances: tuple[int, int] | None = None,
     hold_id: int | None = None,
     new_hold: bool = False,
-    entry_id: int | None = None,
+    entry: "PendingEntry | None" = None,
     original_auth_id: int | None = None,
     account_id: int | None = None,
     card_id: int | None = None,
@@ -245,7 +272,7 @@ def _record(
             "auth_code": auth_code,
             "reason": reason[:200],
             "hold_id": hold_id,
-            "entry_id": entry_id,
+            "entry_id": entry,  # resolved to the entry's id when the batch is flushed
             "original_auth_id": original_auth_id,
             "reversed": False,
             "ledger_minor": ledger_minor,
@@ -253,7 +280,7 @@ def _record(
             "created_at": st.now,
         }
     )
-    st.pending_links.append((hold_id if new_hold else None, entry_id))
+    st.pending_links.append((hold_id if new_hold else None, entry))
     if op.pin_tries is not None and op.card_id is not None:
         st.pin_tries[op.card_id] = op.pin_tries
     return o.AuthOutcome(
@@ -320,6 +347,29 @@ def post_entry(
 
 
 @dataclass(slots=True)
+class PendingEntry:
+    """A balanced journal entry waiting for the batch's multi-row INSERT; `id` is set by it."""
+
+    kind: str
+    reference: str
+    lines: list[tuple[int, int]]
+    currency: str
+    forced: bool
+    id: int | None = None
+
+
+def defer_entry(
+    st: BatchState, kind: str, reference: str, lines: Sequence[tuple[int, int]], currency: str, *, forced: bool = False
+) -> PendingEntry:
+    """Queue one balanced journal entry for this batch; balances of the accounts are the caller's job."""
+    if sum(amount for _, amount in lines) != 0:
+        raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
+    entry = PendingEntry(kind, reference, list(lines), currency, forced)
+    st.pending_entries.append(entry)
+    return entry
+
+
+@dataclass(slots=True)
 class Take:
     rc: str
     reason: str
@@ -372,7 +422,7 @@ def _bad_amount(conn: Connection, st: BatchState, op: o.AnyOp, *, zero_ok: bool 
 
 
 def _find_original(conn: Connection, st: BatchState, key: str) -> Any:
-    flush_auths(conn, st)  # the original may have been answered earlier in this batch
+    flush_pending(conn, st)  # the original may have been answered earlier in this batch
     return conn.execute(_AUTH_BY_KEY, {"k": key}).first()
 
 
@@ -417,17 +467,17 @@ def _debit(conn: Connection, st: BatchState, op: o.Debit) -> o.AuthOutcome:
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=False, partial_ok=op.partial_ok, force=op.force
     )
-    entry_id = None
+    entry = None
     if take.rc in (o.APPROVED, o.PARTIAL):
         clearing = internal_account(conn, st, "clearing", op.currency)
-        entry_id = post_entry(
-            conn, st, op.kind, op.idem_key, [(op.account_id, -take.approved_minor), (clearing, take.approved_minor)],
+        entry = defer_entry(
+            st, op.kind, op.idem_key, [(op.account_id, -take.approved_minor), (clearing, take.approved_minor)],
             op.currency, forced=op.force,
         )
         st.internal_delta_minor[clearing] += take.approved_minor
     return _record(
         conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
-        entry_id=entry_id,
+        entry=entry,
     )
 
 
@@ -441,13 +491,13 @@ def _credit(conn: Connection, st: BatchState, op: o.Credit) -> o.AuthOutcome:
         decline = decline or Take(o.RESTRICTED, "account closed")
         return _record(conn, st, op, decline.rc, decline.reason, balances=decline.balances)
     clearing = internal_account(conn, st, "clearing", op.currency)
-    entry_id = post_entry(
-        conn, st, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
+    entry = defer_entry(
+        st, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
     )
     st.internal_delta_minor[clearing] -= op.amount_minor
     return _record(
         conn, st, op, o.APPROVED, "refund", approved_minor=op.amount_minor,
-        balances=(row.ledger_minor, row.held_minor), entry_id=entry_id,
+        balances=(row.ledger_minor, row.held_minor), entry=entry,
     )
 
 
@@ -485,18 +535,18 @@ def _capture(conn: Connection, st: BatchState, op: o.Capture) -> o.AuthOutcome:
     acct = conn.execute(
         _ADJUST, {"aid": closed.account_id, "d_ledger": -op.amount_minor, "d_held": -closed.amount_minor}
     ).one()
-    entry_id = None
+    entry = None
     if op.amount_minor:
         clearing = internal_account(conn, st, "clearing", closed.currency)
-        entry_id = post_entry(
-            conn, st, "capture", op.idem_key, [(closed.account_id, -op.amount_minor), (clearing, op.amount_minor)],
+        entry = defer_entry(
+            st, "capture", op.idem_key, [(closed.account_id, -op.amount_minor), (clearing, op.amount_minor)],
             closed.currency, forced=acct.ledger_minor - acct.held_minor < 0,
         )
         st.internal_delta_minor[clearing] += op.amount_minor
     return _record(
         conn, st, op, o.APPROVED, "completion posted" if op.amount_minor else "completion of zero: hold released",
         approved_minor=op.amount_minor, balances=(acct.ledger_minor, acct.held_minor), hold_id=hold.id,
-        entry_id=entry_id, original_auth_id=orig.id, account_id=closed.account_id,
+        entry=entry, original_auth_id=orig.id, account_id=closed.account_id,
         card_id=op.card_id if op.card_id is not None else closed.card_id,
     )
 
@@ -544,14 +594,14 @@ def _reverse(conn: Connection, st: BatchState, op: o.Reverse) -> o.AuthOutcome:
     sign = -1 if orig.op == "credit" else 1  # reversing a refund takes the money back
     acct = conn.execute(_ADJUST, {"aid": orig.account_id, "d_ledger": sign * undo, "d_held": 0}).one()
     clearing = internal_account(conn, st, "clearing", acct.currency)
-    entry_id = post_entry(
-        conn, st, "reversal", op.idem_key, [(orig.account_id, sign * undo), (clearing, -sign * undo)], acct.currency,
+    entry = defer_entry(
+        st, "reversal", op.idem_key, [(orig.account_id, sign * undo), (clearing, -sign * undo)], acct.currency,
         forced=acct.ledger_minor - acct.held_minor < 0,
     )
     st.internal_delta_minor[clearing] -= sign * undo
     return _record(
         conn, st, op, o.APPROVED, "reversed", approved_minor=undo, balances=(acct.ledger_minor, acct.held_minor),
-        entry_id=entry_id, **common,
+        entry=entry, **common,
     )
 
 
@@ -605,4 +655,4 @@ _HANDLERS: dict[type, Any] = {
     o.Decline: _decline,
 }
 
-__all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "internal_account", "post_entry"]
+__all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]

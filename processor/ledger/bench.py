@@ -1,8 +1,8 @@
-"""Store throughput: concurrent PlaceHold submitters against one store.
+"""Store throughput: concurrent PlaceHold (or Debit) submitters against one store.
 
     python -m processor.ledger.bench --db sqlite+aiosqlite:////tmp/bench.db --seconds 5 --concurrency 64 [--json]
 
-Prints holds/s and the p50/p99 latency of `submit` (queue + batch + commit), then checks the invariants.
+Prints operations/s and the p50/p99 latency of `submit` (queue + batch + commit), then checks the invariants.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def run(url: str, seconds: float, concurrency: int, accounts: int, pg_writers: int, max_batch: int) -> dict[str, Any]:
-    """Set up `accounts` funded accounts, then hold from `concurrency` submitters for `seconds`."""
+async def run(
+    url: str, seconds: float, concurrency: int, accounts: int, pg_writers: int, max_batch: int, kind: str = "hold"
+) -> dict[str, Any]:
+    """Set up `accounts` funded accounts, then hold (or debit) from `concurrency` submitters for `seconds`."""
     store = await Store.open(url, pg_writers=pg_writers, max_batch=max_batch)
     try:
         run_id = uuid.uuid4().hex[:8]
@@ -49,9 +51,9 @@ async def run(url: str, seconds: float, concurrency: int, accounts: int, pg_writ
             seq = 0
             while time.perf_counter() < stop_at:
                 seq += 1
-                op = ops.PlaceHold(
+                common: dict[str, Any] = dict(
                     idem_key=f"bench-{run_id}-{n}-{seq}",
-                    mti="0100",
+                    mti="0100" if kind == "hold" else "0200",
                     terminal_id="BENCH001",
                     stan=f"{seq % 1000000:06d}",
                     rrn="",
@@ -60,8 +62,8 @@ async def run(url: str, seconds: float, concurrency: int, accounts: int, pg_writ
                     amount_minor=rng.randint(100, 10000),
                     currency="EUR",
                     auth_code="BENCH1",
-                    expires_at=expires_at,
                 )
+                op = ops.PlaceHold(**common, expires_at=expires_at) if kind == "hold" else ops.Debit(**common)
                 started = time.perf_counter()
                 outcome = await store.submit(op)
                 latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -75,11 +77,12 @@ async def run(url: str, seconds: float, concurrency: int, accounts: int, pg_writ
         failures = await store.check_invariants()
         return {
             "db": store.dialect,
+            "op": kind,
             "concurrency": concurrency,
             "seconds": round(elapsed, 3),
-            "holds": len(latencies_ms),
+            "ops": len(latencies_ms),
             "declined": declined,
-            "holds_per_s": round(len(latencies_ms) / elapsed, 1),
+            "ops_per_s": round(len(latencies_ms) / elapsed, 1),
             "latency_ms_p50": round(_percentile(latencies_ms, 0.50), 2),
             "latency_ms_p99": round(_percentile(latencies_ms, 0.99), 2),
             "latency_ms_max": round(latencies_ms[-1], 2) if latencies_ms else 0.0,
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--pg-writers", type=int, default=4, help="writer connections on PostgreSQL")
     parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--op", choices=["hold", "debit"], default="hold", help="PlaceHold (0100) or Debit (0200)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
         except ImportError:  # pragma: no cover
             runner = asyncio.run
-        result = runner(run(url, args.seconds, args.concurrency, args.accounts, args.pg_writers, args.max_batch))
+        result = runner(run(url, args.seconds, args.concurrency, args.accounts, args.pg_writers, args.max_batch, args.op))
     if args.json:
         print(json.dumps(result))
     else:
