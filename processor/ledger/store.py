@@ -214,6 +214,35 @@ async def _pg_transact(conn: AsyncConnection, body: Callable[..., T], *args: Any
     raise AssertionError("unreachable")
 
 
+class _PgWriter:
+    """One writer's own PostgreSQL connection, replaced when the server drops it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.conn: AsyncConnection | None = None
+
+    async def connect(self) -> None:
+        self.conn = await self.engine.connect()
+
+    async def transact(self, body: Callable[..., T], *args: Any) -> T:
+        if self.conn is None or self.conn.invalidated or self.conn.closed:
+            await self.close()
+            await self.connect()
+        assert self.conn is not None
+        try:
+            return await _pg_transact(self.conn, body, *args)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                await self.close()  # the next batch reconnects
+            raise
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            self.conn = None
+
+
 class Store:
     """The account store. Open with `await Store.open(url)`, close with `await store.close()`."""
 
@@ -245,7 +274,7 @@ class Store:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_max)
         self._internal_ids: dict[tuple[str, str], int] = {}
         self._writers: list[asyncio.Task[None]] = []
-        self._pg_conns: list[AsyncConnection] = []
+        self._pg_writer_conns: list[_PgWriter] = []
         self._closing = False  # no new operations
         self._closed = False  # resources released
         self.batches = 0
@@ -332,13 +361,10 @@ class Store:
             self._writers.append(asyncio.create_task(self._writer_loop(self._sqlite.transact), name="ledger-writer"))
         for i in range(self._pg_writers if self._sqlite is None else 0):
             assert self._read is not None
-            conn = await self._read.connect()
-            self._pg_conns.append(conn)
-
-            async def transact(body: Callable[..., T], *args: Any, _conn: AsyncConnection = conn) -> T:
-                return await _pg_transact(_conn, body, *args)
-
-            self._writers.append(asyncio.create_task(self._writer_loop(transact), name=f"ledger-writer-{i}"))
+            writer = _PgWriter(self._read)
+            await writer.connect()
+            self._pg_writer_conns.append(writer)
+            self._writers.append(asyncio.create_task(self._writer_loop(writer.transact), name=f"ledger-writer-{i}"))
         for task in self._writers:
             task.add_done_callback(self._writer_ended)
 
@@ -368,9 +394,8 @@ class Store:
                 task.cancel()
             await asyncio.gather(*self._writers, return_exceptions=True)
         self._fail_queued(StoreClosed("store closed before the operation was committed"))
-        for conn in self._pg_conns:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        for writer in self._pg_writer_conns:
+            await writer.close()
         if self._sqlite is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._sqlite.close)
         if self._readers is not None:

@@ -171,3 +171,39 @@ async def test_close_finishes_the_queued_operations(db_url: str) -> None:
         await healthy(reopened)
     finally:
         await reopened.close()
+
+
+async def test_store_recovers_when_postgres_drops_its_connections(pg_url: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    store = await Store.open(pg_url)
+    try:
+        ada = await open_funded(store, 1_000)
+        assert (await store.submit(op(ops.PlaceHold, ada, 100))).rc == "00"
+        dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        killer = await asyncpg.connect(dsn)
+        try:
+            dropped = await killer.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await killer.close()
+        assert dropped >= 1
+        answers = []
+        for _ in range(4):  # the first attempts may meet a dead connection; then the store reconnects
+            try:
+                answers.append((await store.submit(op(ops.PlaceHold, ada, 100))).rc)
+            except StoreError:
+                answers.append("error")
+        assert answers[-2:] == ["00", "00"], answers
+        for _ in range(2):
+            try:
+                view = await store.account_view(ada.account_id)
+            except Exception:  # noqa: BLE001 - a pooled read connection may still be the dropped one
+                continue
+        assert view.available_minor == 1_000 - 100 * (1 + answers.count("00"))
+        await healthy(store)
+    finally:
+        await store.close()
