@@ -61,9 +61,10 @@ class TerminalConnection:
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._waiting.setdefault(key, deque()).append(future)
             try:
-                self._writer.write(encode_frame(payload))
-                await asyncio.wait_for(self._writer.drain(), timeout=timeout_s or self.timeout_s)
-                return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s or self.timeout_s)
+                async with asyncio.timeout(timeout_s or self.timeout_s):
+                    self._writer.write(encode_frame(payload))
+                    await self._writer.drain()
+                    return await future
             except TimeoutError:
                 raise ResponseTimeout(f"no answer to STAN {key[1]} within {timeout_s or self.timeout_s:g} s") from None
             finally:
