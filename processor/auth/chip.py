@@ -45,10 +45,11 @@ async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[s
     )
     if not ok:
         raise Declined(rc.CVV_FAILURE, "ARQC does not verify")
-    last_atc = getattr(card, "last_atc", None)
-    if last_atc is not None and atc <= last_atc:
-        raise Declined(rc.CVV_FAILURE, f"ATC {atc} replayed (last seen {last_atc})")
-    ctx.extra["atc"] = str(atc)
+    # A first look at the counter saves the funds check for an obvious replay; the store checks it
+    # again atomically with the hold, which is what stops two copies racing each other.
+    if card.last_atc is not None and atc <= card.last_atc:
+        raise Declined(rc.CVV_FAILURE, f"ATC {atc} is not above the card's last ATC {card.last_atc}: replayed cryptogram")
+    ctx.atc = atc
     return {"91": bytes.fromhex(arpc) + bytes.fromhex(ARC_APPROVED)} if arpc else {}
 
 

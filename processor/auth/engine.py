@@ -78,6 +78,7 @@ class AuthContext:
     card: Any = None  # processor.ledger.CardRecord once found
     pan: str | None = None
     pin_tries: int | None = None
+    atc: int | None = None
     icc_response: dict[str, bytes] | None = None
     reason: str = "approved"
     extra: dict[str, str] = field(default_factory=dict)
@@ -397,6 +398,7 @@ class Engine:
             auth_code=approval_code(),
             reason=ctx.reason,
             pin_tries=ctx.pin_tries,
+            atc=ctx.atc,
         )
 
     def _approval_op(self, ctx: AuthContext, *, force: bool) -> Any:

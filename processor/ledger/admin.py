@@ -272,7 +272,7 @@ def reset_pin_tries(conn: Connection, card_id: int) -> None:
 CARD_COLUMNS = (
     c.id.label("card_id"), c.account_id, c.status, c.product, c.token, c.last4, c.pan_fingerprint,
     c.fingerprint_version, c.sealed_pan, c.data_key_version, c.expiry, c.service_code, c.psn, c.pin_method,
-    c.pin_value, c.pin_tries, c.replaced_by_card_id, a.status.label("account_status"), a.currency,
+    c.pin_value, c.pin_tries, c.replaced_by_card_id, a.status.label("account_status"), a.currency, c.last_atc,
 )
 CARD_SELECT = select(*CARD_COLUMNS).join(accounts, a.id == c.account_id)
 

@@ -123,6 +123,12 @@ _SET_ENTRY_AUTH = (
 _SET_PIN_TRIES = (
     update(cards).where(cards.c.id == bindparam("cid")).values(pin_tries=bindparam("t"), updated_at=bindparam("at"))
 )
+_CLAIM_ATC = (
+    update(cards)
+    .where(cards.c.id == bindparam("cid"), (cards.c.last_atc.is_(None)) | (cards.c.last_atc < bindparam("atc")))
+    .values(last_atc=bindparam("atc"))
+)
+CVV_FAILURE = "82"
 _LOCK_ACCOUNTS = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
 _INTERNAL = select(a.id).where(a.kind == "internal", a.purpose == bindparam("p"), a.currency == bindparam("cur"))
 
@@ -150,6 +156,11 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
         if row is not None:
             outcomes.append(outcome_from_row(row, duplicate=True))
             continue
+        if op.atc is not None and op.card_id is not None and not isinstance(op, o.Decline):
+            if conn.execute(_CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}).rowcount != 1:
+                common = {f.name: getattr(op, f.name) for f in dataclasses.fields(o.Op)}
+                common["reason"] = f"ATC {op.atc} is not above the card's last ATC: replayed cryptogram"
+                op = o.Decline(**common, rc=CVV_FAILURE)
         outcome = _HANDLERS[type(op)](conn, state, op)
         answered[op.idem_key] = outcome
         outcomes.append(outcome)

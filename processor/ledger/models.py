@@ -130,6 +130,9 @@ class Card(Base):
     pin_method: Mapped[str | None] = mapped_column(String(8))
     pin_value: Mapped[str | None] = mapped_column(String(32))
     pin_tries: Mapped[int] = mapped_column(Integer, default=0)
+    # Highest chip application transaction counter seen in a verified ARQC: a cryptogram whose ATC is
+    # not above it is a replay.
+    last_atc: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     replaced_by_card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"))

@@ -36,6 +36,9 @@ class Op:
     reason: str = ""
     # When not None, the card's pin_tries is set to this in the same transaction.
     pin_tries: int | None = None
+    # When not None (a verified chip cryptogram), the operation is applied only if this ATC is above the
+    # card's last one, which it then becomes; otherwise it is declined as a replay ("82").
+    atc: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -76,6 +76,7 @@ class CardRecord:
     replaced_by_card_id: int | None
     account_status: str
     currency: str
+    last_atc: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
