@@ -32,7 +32,9 @@ async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[s
         raise Declined(rc.FORMAT_ERROR, f"DE 55: {exc}") from exc
     atc = int.from_bytes(icc["9F36"], "big")
     card = ctx.card
-    psn = ctx.request.psn or card.psn
+    # A wallet token has its own cryptogram key (derived from the token PAN, PSN 00) and its own ATC.
+    psn = "00" if ctx.token is not None else (ctx.request.psn or card.psn)
+    last_atc = ctx.token.last_atc if ctx.token is not None else card.last_atc
     ok, arpc = await engine.hsm.verify_arqc(
         engine.keys.imk_ac,
         ctx.pan,
@@ -47,8 +49,8 @@ async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[s
         raise Declined(rc.CVV_FAILURE, "ARQC does not verify")
     # A first look at the counter saves the funds check for an obvious replay; the store checks it
     # again atomically with the hold, which is what stops two copies racing each other.
-    if card.last_atc is not None and atc <= card.last_atc:
-        raise Declined(rc.CVV_FAILURE, f"ATC {atc} is not above the card's last ATC {card.last_atc}: replayed cryptogram")
+    if last_atc is not None and atc <= last_atc:
+        raise Declined(rc.CVV_FAILURE, f"ATC {atc} is not above the last ATC {last_atc}: replayed cryptogram")
     ctx.atc = atc
     return {"91": bytes.fromhex(arpc) + bytes.fromhex(ARC_APPROVED)} if arpc else {}
 
@@ -62,7 +64,7 @@ async def declined_arpc(engine: "Engine", ctx: "AuthContext") -> dict[str, Any] 
     ok, arpc = await engine.hsm.verify_arqc(
         engine.keys.imk_ac,
         ctx.pan,
-        f"{int(ctx.request.psn or ctx.card.psn):02d}",
+        "00" if ctx.token is not None else f"{int(ctx.request.psn or ctx.card.psn):02d}",
         icc["9F36"].hex().upper(),
         icc["9F26"].hex().upper(),
         arqc_transaction_data(icc, cvn).hex().upper(),

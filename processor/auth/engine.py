@@ -76,6 +76,7 @@ class AuthContext:
     now: dt.datetime
     terminal: Terminal | None = None
     card: Any = None  # processor.ledger.CardRecord once found
+    token: Any = None  # the wallet's payment token (processor.ledger TokenRecord) when DE 2 carries one
     pan: str | None = None
     pin_tries: int | None = None
     atc: int | None = None
@@ -128,6 +129,12 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.FORMAT_ERROR, "no PAN in DE 2 or DE 35")
     ctx.pan = pan
     fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+    if engine.token_bin and pan.startswith(engine.token_bin):
+        found = await engine.store.find_payment_token(fingerprints)
+        if found is None:
+            raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
+        ctx.token, ctx.card = found
+        return
     card = await engine.store.find_card(fingerprints)
     if card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
@@ -153,9 +160,38 @@ async def check_card_status(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.RESTRICTED_CARD, f"account {card.account_status}")
     if is_expired(card.expiry, ctx.now):
         raise Declined(rc.EXPIRED_CARD, "card past its expiry date")
+    # A wallet presents its token's own expiry date, not the card's.
+    expected = ctx.token.expiry if ctx.token is not None else card.expiry
     presented = ctx.request.expiry or (ctx.request.track2.expiry if ctx.request.track2 else None)
-    if presented is not None and presented != card.expiry:
+    if presented is not None and presented != expected:
         raise Declined(rc.EXPIRED_CARD, "expiry date does not match the card")
+
+
+_TOKEN_STATUS_CODES = {
+    "suspended": (rc.RESTRICTED_CARD, "payment token suspended"),
+    "deleted": (rc.UNKNOWN_CARD, "payment token deleted"),
+}
+
+
+async def check_token_domain(engine: "Engine", ctx: AuthContext) -> None:
+    """A payment token is usable only as its domain restrictions allow (EMVCo token domain controls)."""
+    token, req = ctx.token, ctx.request
+    if token is None:
+        return
+    if token.status != "active":
+        code, reason = _TOKEN_STATUS_CODES.get(token.status, (rc.RESTRICTED_CARD, f"payment token {token.status}"))
+        raise Declined(code, reason)
+    if is_expired(token.expiry, ctx.now):
+        raise Declined(rc.EXPIRED_CARD, "payment token past its expiry date")
+    if req.entry_mode not in token.allowed_entry_modes:
+        raise Declined(rc.NOT_PERMITTED, f"payment token not allowed with POS entry mode {req.entry_mode}")
+    mcc = req.mcc or (ctx.terminal.mcc if ctx.terminal else None)
+    if token.mcc_allow is not None and mcc not in token.mcc_allow:
+        raise Declined(rc.NOT_PERMITTED, f"payment token not allowed at MCC {mcc}")
+    if token.merchant_allow is not None and req.merchant_id not in token.merchant_allow:
+        raise Declined(rc.NOT_PERMITTED, "payment token not allowed at this merchant")
+    if req.icc is None or "9F26" not in req.icc:
+        raise Declined(rc.CVV_FAILURE, "payment token without a token cryptogram")
 
 
 async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
@@ -236,6 +272,7 @@ CARD_CHECKS: tuple[Check, ...] = (
     check_terminal,
     check_card_known,
     check_card_status,
+    check_token_domain,
     check_pin,
     check_card_verification,
     check_amount,
@@ -244,6 +281,7 @@ CARD_CHECKS: tuple[Check, ...] = (
 ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_card_known)
 # An increment tops up a hold the cardholder already authorized: the card must still be usable.
 INCREMENTAL_CHECKS: tuple[Check, ...] = (check_terminal, check_card_known, check_card_status, check_amount)
+# An advice or increment on a wallet token still respects the token's lifecycle, not its cryptogram.
 
 
 class Engine:
@@ -259,6 +297,7 @@ class Engine:
         clock: Callable[[], dt.datetime] | None = None,
         terminal_cache_s: float = 5.0,
         require_cvv2_on_manual: bool = True,
+        token_bin: str | None = None,
     ) -> None:
         self.store = store
         self.hsm = hsm
@@ -266,6 +305,7 @@ class Engine:
         self.policy = policy or Policy()
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.require_cvv2_on_manual = require_cvv2_on_manual
+        self.token_bin = token_bin
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
@@ -326,6 +366,11 @@ class Engine:
             ctx.reason = declined.reason
             op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
         outcome = await self.store.submit(op)
+        if ctx.icc_response and outcome.rc not in rc.APPROVALS:
+            # The ARPC carried an approval code; the card must hear the decline it is told.
+            from processor.auth.chip import declined_arpc
+
+            ctx.icc_response = await declined_arpc(self, ctx)
         if advice and outcome.rc not in (rc.APPROVED, rc.PARTIAL_APPROVAL):
             # The network approved in stand-in: the advice is acknowledged whatever we would have said.
             ctx.reason = f"advice acknowledged ({outcome.reason or outcome.rc})"
@@ -399,6 +444,7 @@ class Engine:
             reason=ctx.reason,
             pin_tries=ctx.pin_tries,
             atc=ctx.atc,
+            **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
     def _approval_op(self, ctx: AuthContext, *, force: bool) -> Any:
