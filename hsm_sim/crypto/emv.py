@@ -1,60 +1,149 @@
-"""EMV issuer cryptography: ICC master keys, session keys, ARQC and ARPC (Visa CVN 10 and 18).
+"""EMV issuer cryptography: ICC master keys, AC session keys, ARQC and ARPC by cryptogram version.
 
-The algorithms are pyemv's; this module fixes which applies to each cryptogram version.
+The algorithms are pyemv's (kd, ac); this module fixes which one applies to each cryptogram version
+number (CVN), validates inputs, and leaves the choice of transaction data to the caller (the issuer
+builds it from DE 55 in the order the card's CVN defines).
+
+CVN    session key (AC)                 ARQC padding   ARPC
+10     none: the ICC master key         Visa (00..)    method 1 under the ICC master key
+18/22  EMV common: ATC||000000000000    EMV (80 00..)  method 2 under the session key
+16/17  Mastercard: ATC||0000||UN        EMV            method 1 under the ICC master key
+20/21  EMV common: ATC||000000000000    EMV            method 1 under the session key
 """
 
 from __future__ import annotations
 
+import warnings
+
+from cryptography.utils import CryptographyDeprecationWarning
 from pyemv import ac as _ac
 from pyemv import kd as _kd
 
-SUPPORTED_CVNS = (10, 18)
+# pyemv hands 16-byte keys to cryptography's deprecated TripleDES location; the results are right and
+# the warning would repeat on every HSM start, so it is silenced for pyemv's modules only.
+warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, module=r"pyemv\.")
+
+SUPPORTED_CVNS = (10, 16, 17, 18, 20, 21, 22)
+_MASTERCARD_SKD = (16, 17)
+_ARPC_UNDER_ICC_MK = (10, 16, 17)
 
 
 def _check_cvn(cvn: int) -> None:
     if cvn not in SUPPORTED_CVNS:
-        raise ValueError(f"cryptogram version {cvn} is not supported (10, 18)")
+        raise ValueError(f"cryptogram version {cvn} is not supported {SUPPORTED_CVNS}")
 
 
-def derive_icc_master_key(imk: bytes, pan: str, psn: str) -> bytes:
-    """ICC master key from the issuer master key (EMV option A; option B for PANs over 16 digits)."""
-    if len(imk) != 16:
-        raise ValueError(f"IMK must be 16 bytes, got {len(imk)}")
-    if not pan.isdigit() or not 12 <= len(pan) <= 19:
-        raise ValueError("PAN must be 12 to 19 digits")
-    if len(psn) != 2 or not psn.isdigit():
-        raise ValueError("PAN sequence number must be 2 digits")
-    if len(pan) <= 16:
+def _check_key(key: bytes, name: str) -> None:
+    if len(key) != 16:
+        raise ValueError(f"{name} must be 16 bytes, got {len(key)}")
+
+
+def derive_icc_master_key(imk: bytes, pan: str, psn: str, *, option: str | None = None) -> bytes:
+    """16-byte ICC master key from the issuer master key (IMK-AC, 16 bytes), PAN and 2-digit PSN.
+
+    EMV Book 2 A1.4: option "A" (rightmost 16 digits of PAN||PSN encrypted, then inverted) is used
+    for PANs of up to 16 digits, option "B" (SHA-1 based) for longer ones unless `option` forces one.
+    Raises ValueError naming the bad input.
+
+    pyemv's published example (option A):
+
+    >>> derive_icc_master_key(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "99012345678901234", "45",
+    ...                       option="A").hex().upper()
+    '67F8292358083E5EA7AB7FDA58D53B6B'
+    """
+    _check_key(imk, "IMK")
+    if not isinstance(pan, str) or not pan.isascii() or not pan.isdigit() or not 12 <= len(pan) <= 19:
+        raise ValueError("PAN must be 12 to 19 decimal digits")
+    if not isinstance(psn, str) or len(psn) != 2 or not psn.isascii() or not psn.isdigit():
+        raise ValueError("PAN sequence number must be 2 decimal digits")
+    if option is None:
+        option = "A" if len(pan) <= 16 else "B"
+    if option == "A":
         return _kd.derive_icc_mk_a(imk, pan, psn)
-    return _kd.derive_icc_mk_b(imk, pan, psn)
+    if option == "B":
+        return _kd.derive_icc_mk_b(imk, pan, psn)
+    raise ValueError(f"ICC master key derivation option must be 'A' or 'B', got {option!r}")
 
 
 def derive_session_key(icc_mk: bytes, atc: bytes, *, cvn: int, unpredictable_number: bytes | None = None) -> bytes:
-    """AC session key: CVN 10 uses the ICC master key itself; CVN 18 the EMV common session key from the ATC."""
+    """16-byte AC session key for the cryptogram version (see the module table).
+
+    icc_mk: 16 bytes. atc: 2 bytes (tag 9F36). unpredictable_number: 4 bytes (tag 9F37), required for
+    the Mastercard session key of CVN 16/17. Raises ValueError.
+
+    pyemv's common session key example (ATC 001C):
+
+    >>> derive_session_key(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), bytes.fromhex("001C"),
+    ...                    cvn=18).hex().upper()
+    'E9FB384AF807B940FEDCEA613461B0C4'
+    """
     _check_cvn(cvn)
+    _check_key(icc_mk, "ICC master key")
     if len(atc) != 2:
         raise ValueError(f"ATC must be 2 bytes, got {len(atc)}")
     if cvn == 10:
-        return icc_mk
-    return _kd.derive_common_sk(icc_mk, atc + b"\0" * 6)
+        return bytes(icc_mk)
+    if cvn in _MASTERCARD_SKD:
+        if unpredictable_number is None or len(unpredictable_number) != 4:
+            got = "none" if unpredictable_number is None else f"{len(unpredictable_number)} bytes"
+            raise ValueError(f"CVN {cvn} session key needs a 4-byte unpredictable number, got {got}")
+        return _kd.derive_common_sk(icc_mk, bytes(atc) + b"\0\0" + bytes(unpredictable_number))
+    return _kd.derive_common_sk(icc_mk, bytes(atc) + bytes(6))
+
+
+def arpc_key(icc_mk: bytes, session_key: bytes, *, cvn: int) -> bytes:
+    """The key the ARPC is computed under: the ICC master key for CVN 10/16/17, else the AC session key."""
+    _check_cvn(cvn)
+    return bytes(icc_mk) if cvn in _ARPC_UNDER_ICC_MK else bytes(session_key)
 
 
 def generate_arqc(session_key: bytes, data: bytes, *, cvn: int) -> bytes:
-    """8-byte application cryptogram: ISO 9797-1 algorithm 3; Visa padding (CVN 10), EMV padding (CVN 18)."""
+    """8-byte application cryptogram (ARQC/TC/AAC): ISO 9797-1 MAC algorithm 3 over `data`.
+
+    session_key: 16 bytes from derive_session_key. data: the CVN's transaction data (non-empty).
+    Visa padding (zeros) for CVN 10, EMV padding (80 00..) for the others. Raises ValueError.
+
+    pyemv's published example (EMV padding):
+
+    >>> generate_arqc(bytes.fromhex("29B33180E567CE38EA4CBC9D753B0E61"),
+    ...               bytes.fromhex("0123456789ABCDEF0123456789ABCDEF"), cvn=18).hex().upper()
+    'FA624250B008B59A'
+    """
     _check_cvn(cvn)
+    _check_key(session_key, "AC session key")
+    if not data:
+        raise ValueError("ARQC transaction data is empty")
     padding = _ac.PaddingType.VISA if cvn == 10 else _ac.PaddingType.EMV
-    return _ac.generate_ac(session_key, data, padding, 8)
+    return _ac.generate_ac(bytes(session_key), bytes(data), padding, 8)
 
 
 def generate_arpc_method1(session_key: bytes, arqc: bytes, arc: bytes) -> bytes:
-    """8-byte ARPC = TDES(session key, ARQC XOR ARC||000000000000)."""
-    if len(arqc) != 8 or len(arc) != 2:
-        raise ValueError("ARPC method 1 takes an 8-byte ARQC and a 2-byte ARC")
-    return _ac.generate_arpc_1(session_key, arqc, arc)
+    """8-byte ARPC (EMV method 1) = TDES(key, ARQC XOR ARC||000000000000); key from arpc_key().
+
+    >>> generate_arpc_method1(bytes.fromhex("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB"),
+    ...     bytes.fromhex("1234567890ABCDEF"), bytes.fromhex("0000")).hex().upper()
+    'F5E6F44147E2F1B0'
+    """
+    _check_key(session_key, "ARPC key")
+    if len(arqc) != 8:
+        raise ValueError(f"ARQC must be 8 bytes, got {len(arqc)}")
+    if len(arc) != 2:
+        raise ValueError(f"ARPC response code must be 2 bytes, got {len(arc)}")
+    return _ac.generate_arpc_1(bytes(session_key), bytes(arqc), bytes(arc))
 
 
 def generate_arpc_method2(session_key: bytes, arqc: bytes, csu: bytes, prop_auth_data: bytes = b"") -> bytes:
-    """4-byte ARPC over ARQC || CSU || proprietary authentication data."""
-    if len(arqc) != 8 or len(csu) != 4:
-        raise ValueError("ARPC method 2 takes an 8-byte ARQC and a 4-byte CSU")
-    return _ac.generate_arpc_2(session_key, arqc, csu, prop_auth_data or None)
+    """4-byte ARPC (EMV method 2): MAC algorithm 3 over ARQC || CSU || proprietary data (0-8 bytes).
+
+    >>> generate_arpc_method2(bytes.fromhex("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB"),
+    ...     bytes.fromhex("1234567890ABCDEF"), bytes.fromhex("00000000")).hex().upper()
+    '9308BEBC'
+    """
+    _check_key(session_key, "ARPC key")
+    if len(arqc) != 8:
+        raise ValueError(f"ARQC must be 8 bytes, got {len(arqc)}")
+    if len(csu) != 4:
+        raise ValueError(f"CSU must be 4 bytes, got {len(csu)}")
+    if len(prop_auth_data) > 8:
+        raise ValueError(f"proprietary authentication data must be 0 to 8 bytes, got {len(prop_auth_data)}")
+    return _ac.generate_arpc_2(bytes(session_key), bytes(arqc), bytes(csu), bytes(prop_auth_data) or None)
