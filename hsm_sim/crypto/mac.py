@@ -2,39 +2,71 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.ciphers import algorithms
+import functools
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from hsm_sim.crypto.des import des_ecb_decrypt, des_ecb_encrypt
 
+_ZERO8 = bytes(8)
 
-def _pad(data: bytes, method: int) -> bytes:
+
+@functools.lru_cache(maxsize=1024)
+def _des_cbc(key8: bytes) -> Cipher:
+    # A Cipher is reusable: each encryptor() starts a fresh chain from the zero IV.
+    return Cipher(TripleDES(key8 * 3), modes.CBC(_ZERO8))
+
+
+def pad(data: bytes, method: int) -> bytes:
+    """ISO 9797-1 padding to 8-byte blocks: 1 zeros (one zero block for empty data), 2 80 then zeros,
+    3 the data's bit length as an 8-byte block in front, then zeros.
+
+    >>> pad(bytes.fromhex("1234"), 2).hex().upper()
+    '1234800000000000'
+    """
     if method == 1:
-        return data + b"\0" * (-len(data) % 8) if data else b"\0" * 8
+        return bytes(data) + bytes(-len(data) % 8) if data else _ZERO8
     if method == 2:
-        data = data + b"\x80"
-        return data + b"\0" * (-len(data) % 8)
-    raise ValueError(f"padding method {method} is not 1 or 2")
+        data = bytes(data) + b"\x80"
+        return data + bytes(-len(data) % 8)
+    if method == 3:
+        return (len(data) * 8).to_bytes(8, "big") + bytes(data) + bytes(-len(data) % 8)
+    raise ValueError(f"MAC padding method must be 1, 2 or 3, got {method}")
 
 
 def retail_mac(key16: bytes, data: bytes, *, padding: int = 1) -> bytes:
-    """8-byte MAC: single-DES CBC under K1, then the last block decrypted with K2 and encrypted with K1."""
+    """8-byte ISO 9797-1 MAC algorithm 3 (ANSI X9.19 retail MAC) under a double-length key K1||K2.
+
+    Single-DES CBC under K1 over the padded data, then the last block decrypted under K2 and
+    encrypted under K1. Raises ValueError for a key that is not 16 bytes or an unknown padding.
+
+    ISO/IEC 9797-1 annex B (K = 0123456789ABCDEF, K' = FEDCBA9876543210, padding method 1):
+
+    >>> retail_mac(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), b"Now is the time for all ").hex().upper()
+    'A1C72E74EA3FA9B6'
+    """
     if len(key16) != 16:
         raise ValueError(f"retail MAC key must be 16 bytes, got {len(key16)}")
-    k1, k2 = key16[:8], key16[8:]
-    state = b"\0" * 8
-    padded = _pad(data, padding)
-    for i in range(0, len(padded), 8):
-        state = des_ecb_encrypt(k1, bytes(a ^ b for a, b in zip(state, padded[i : i + 8])))
-    return des_ecb_encrypt(k1, des_ecb_decrypt(k2, state))
+    k1, k2 = bytes(key16[:8]), bytes(key16[8:])
+    chained = _des_cbc(k1).encryptor().update(pad(data, padding))[-8:]
+    return des_ecb_encrypt(k1, des_ecb_decrypt(k2, chained))
 
 
 def aes_cmac(key: bytes, data: bytes, *, length: int = 8) -> bytes:
-    """AES-CMAC (NIST SP 800-38B), truncated to `length` bytes."""
+    """AES-CMAC (NIST SP 800-38B, RFC 4493) truncated to `length` bytes (4..16).
+
+    RFC 4493 example 2:
+
+    >>> aes_cmac(bytes.fromhex("2B7E151628AED2A6ABF7158809CF4F3C"),
+    ...          bytes.fromhex("6BC1BEE22E409F96E93D7E117393172A"), length=16).hex()
+    '070a16b46b4d4144f79bdd9dd04a287c'
+    """
     if len(key) not in (16, 24, 32):
         raise ValueError(f"AES key must be 16, 24 or 32 bytes, got {len(key)}")
     if not 4 <= length <= 16:
-        raise ValueError("CMAC length must be 4 to 16 bytes")
-    c = CMAC(algorithms.AES(key))
-    c.update(data)
+        raise ValueError(f"CMAC length must be 4 to 16 bytes, got {length}")
+    c = CMAC(algorithms.AES(bytes(key)))
+    c.update(bytes(data))
     return c.finalize()[:length]
