@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy import Connection, bindparam, create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
@@ -194,6 +195,29 @@ class _InlineCardReader:
         self.conn.close()
 
 
+class _PgCardReader:
+    """Card look-ups on PostgreSQL through a small asyncpg pool with one prepared statement."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self._names = [col.name for col in admin.CARD_COLUMNS]
+        base = str(admin.CARD_SELECT.compile(dialect=postgresql_dialect.dialect()))
+        self.sql = f"{base} WHERE cards.pan_fingerprint = ANY($1::varchar[]) LIMIT 1"
+
+    @classmethod
+    async def open(cls, dsn: str, size: int) -> "_PgCardReader":
+        import asyncpg
+
+        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10))
+
+    async def find_card(self, fingerprints: list[str]) -> CardRecord | None:
+        row = await self.pool.fetchrow(self.sql, fingerprints)
+        return CardRecord(**dict(zip(self._names, row))) if row is not None else None
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self.pool.close(), timeout=10)
+
+
 class _SqliteWriter:
     """Runs transactions on one pysqlite connection in one dedicated thread."""
 
@@ -297,6 +321,7 @@ class Store:
         self._read_autocommit = read_engine.execution_options(isolation_level="AUTOCOMMIT") if read_engine else None
         self._readers = sqlite_readers
         self._inline: _InlineCardReader | None = None
+        self._pg_cards: _PgCardReader | None = None
         self._sqlite = sqlite_writer
         self._pg_writers = pg_writers
         self.max_batch = max_batch
@@ -383,6 +408,8 @@ class Store:
                 url, "postgresql", read, sqlite_writer=None, pg_writers=pg_writers, max_batch=max_batch, queue_max=queue_max,
                 linger_s=linger_ms / 1000, submit_timeout_s=submit_timeout_s,
             )
+            dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            store._pg_cards = await _PgCardReader.open(dsn, size=4)
         else:
             raise StoreError(f"unsupported database {backend!r}: use sqlite+aiosqlite:///FILE or postgresql+asyncpg://...")
         await store._start()
@@ -432,6 +459,8 @@ class Store:
             await asyncio.get_running_loop().run_in_executor(None, self._sqlite.close)
         if self._inline is not None:
             self._inline.close()
+        if self._pg_cards is not None:
+            await self._pg_cards.close()
         if self._readers is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._readers.close)
         if self._read is not None:
@@ -563,6 +592,8 @@ class Store:
             return None
         if self._inline is not None:
             return self._inline.find_card(list(fingerprints))
+        if self._pg_cards is not None:
+            return await self._pg_cards.find_card(list(fingerprints))
         return await self._query(_find_card, list(fingerprints))
 
     async def find_auth(self, idem_key: str) -> o.AuthOutcome | None:
