@@ -1,0 +1,297 @@
+"""Chip and contactless transactions end to end: bureau record -> virtual card -> terminal -> engine -> card.
+
+Each test gets its own issuer on SQLite (in-process HSM with a key-store file), cards personalized for
+the bureau under a transport key formed in a key ceremony, and an engine on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsm_sim import connect
+from processor.config import Settings
+from processor.issuing import ensure_issuer_keys, issue_card
+from processor.issuing.personalization import form_bureau_key, personalize
+from processor.issuing.terminals import add_terminal
+from processor.ledger import Store
+from processor.server import running_engine
+from terminal_sim.bureau import BureauError, load_profile, state_path, transport_key_from_components
+from terminal_sim.chip_pos import ChipCard, chip_transaction
+from terminal_sim.emv.card import GarbageCard, GarbageMode, VirtualCard
+from terminal_sim.emv.kernel import CardError
+from terminal_sim.iso_client import TerminalConnection
+from terminal_sim.nfc import ContactlessTerminal, PinRequired
+from terminal_sim.pos import PosTerminal
+
+DEPOSIT = 500_00
+PIN = "1234"
+
+
+@dataclass
+class ChipIssuer:
+    settings: Settings
+    bureau: Path
+    transport_key: bytes
+    card_ids: dict[str, int]
+    account_ids: dict[str, int]
+    terminals: dict[str, PosTerminal]
+    store: Any
+    port: int
+    conn: TerminalConnection
+
+    def profile(self, name: str, *, contactless: bool = False):
+        return load_profile(self.bureau, self.card_ids[name], self.transport_key, contactless=contactless)
+
+    async def available(self, name: str) -> int:
+        return (await self.store.account_view(self.account_ids[name])).available_minor
+
+    async def ledger(self, name: str) -> int:
+        return (await self.store.account_view(self.account_ids[name])).ledger_minor
+
+    async def connect(self) -> TerminalConnection:
+        return await TerminalConnection.connect("127.0.0.1", self.port, timeout_s=5.0)
+
+
+async def _build(settings: Settings, bureau: Path) -> tuple[bytes, dict[str, int], dict[str, int], dict[str, PosTerminal]]:
+    store = await Store.open(settings.db_url)
+    hsm = await connect(settings.hsm_url)
+    try:
+        keys = await ensure_issuer_keys(store, hsm)
+        ceremony = await form_bureau_key(store, hsm)
+        transport_key = transport_key_from_components(ceremony["components"])
+        card_ids, account_ids = {}, {}
+        for name, cvn in (("ada", 18), ("bob", 10)):
+            holder = await store.create_cardholder(name.title(), f"{name}-chip")
+            account = await store.open_account(holder, "checking", "EUR")
+            await store.deposit(account, DEPOSIT, reference="test funding")
+            issued = await issue_card(store, hsm, keys, account_id=account, pin=PIN, today=dt.date.today())
+            await personalize(store, hsm, keys, issued.id, directory=bureau, cvn=cvn)
+            card_ids[name], account_ids[name] = issued.id, account
+        terminals = {}
+        for name, tid, mid in (("shop", "CHIP0001", "CHIPSHOP0000001"), ("other", "CHIP0002", "CHIPSHOP0000002")):
+            registered = await add_terminal(store, hsm, keys, terminal_id=tid, merchant_id=mid, mcc="5411")
+            terminals[name] = PosTerminal.from_registered(registered.as_json())
+        return transport_key, card_ids, account_ids, terminals
+    finally:
+        await hsm.close()
+        await store.close()
+
+
+@pytest.fixture
+async def chip_issuer(sqlite_url: str, tmp_path: Path) -> AsyncIterator[ChipIssuer]:
+    settings = Settings(db_url=sqlite_url, hsm_url=f"file:{tmp_path / 'hsm.json'}", log_dir=tmp_path)
+    bureau = tmp_path / "bureau"
+    transport_key, card_ids, account_ids, terminals = await _build(settings, bureau)
+    async with running_engine(settings) as running:
+        conn = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
+        try:
+            yield ChipIssuer(settings, bureau, transport_key, card_ids, account_ids, terminals, running.store,
+                             running.port, conn)
+        finally:
+            await conn.close()
+
+
+# ---------------------------------------------------------------- bureau records
+
+
+async def test_bureau_record_opens_only_with_the_ceremony_key(chip_issuer):
+    profile = chip_issuer.profile("ada")
+    record_text = (chip_issuer.bureau / f"card-{chip_issuer.card_ids['ada']}.json").read_text()
+    assert profile.pan not in record_text
+    assert profile.cvn == 18 and not profile.contactless
+    # The chip's track 2 carries the iCVV where the engine reads a CVV (discretionary data [5:8]).
+    assert profile.track2.startswith(profile.pan + "D" + profile.expiry + "201" + "10000")
+    assert len(profile.track2) == 37
+    with pytest.raises(BureauError, match="transport key"):
+        load_profile(chip_issuer.bureau, chip_issuer.card_ids["ada"], bytes(32))
+
+
+# ---------------------------------------------------------------- approvals
+
+
+async def test_contact_chip_with_online_pin_approved_with_tc_after_arpc(chip_issuer):
+    shop = chip_issuer.terminals["shop"]
+    card = VirtualCard(chip_issuer.profile("ada"), state_path(chip_issuer.bureau, chip_issuer.card_ids["ada"]))
+    result = await chip_transaction(chip_issuer.conn, shop, card.process_apdu, 12_34, contactless=False, pin=PIN)
+    assert (result.rc, result.cryptogram, result.approved) == ("00", "TC", True)
+    assert len(result.approval_code) == 6
+    assert result.atc == 1 and card.atc == 1
+    assert result.request["22"] == "051" and result.request["23"] == "000" and "52" in result.request
+    assert await chip_issuer.ledger("ada") == DEPOSIT - 12_34
+    # The ATC survives the card leaving the reader.
+    again = VirtualCard(chip_issuer.profile("ada"), state_path(chip_issuer.bureau, chip_issuer.card_ids["ada"]))
+    assert again.atc == 1
+
+
+async def test_contactless_approved_below_the_limit_and_pin_asked_above(chip_issuer):
+    nfc = ContactlessTerminal(chip_issuer.terminals["shop"], limit_minor=50_00)
+    chip = ChipCard(chip_issuer.profile("bob"))  # CVN 10
+    card = chip.insert(contactless=True)
+    result = await nfc.tap(chip_issuer.conn, card.process_apdu, 25_00)
+    chip.remove(card)
+    assert (result.rc, result.cryptogram, result.approved) == ("00", "TC", True)
+    assert result.request["22"] == "071" and "52" not in result.request
+    card = chip.insert(contactless=True)
+    with pytest.raises(PinRequired):
+        await nfc.tap(chip_issuer.conn, card.process_apdu, 60_00)
+    result = await nfc.tap(chip_issuer.conn, chip.insert(contactless=True).process_apdu, 60_00, pin=PIN)
+    assert (result.rc, result.approved) == ("00", True)
+    assert "52" in result.request
+    assert await chip_issuer.ledger("bob") == DEPOSIT - 25_00 - 60_00
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("mode", [GarbageMode.MALFORMED_GPO, GarbageMode.NO_CRYPTOGRAM, GarbageMode.SHORT_RESPONSE])
+async def test_card_answering_garbage_is_refused_and_nothing_is_held(chip_issuer, mode):
+    garbage = GarbageCard(chip_issuer.profile("ada"), mode)
+    with pytest.raises(CardError):
+        await chip_transaction(chip_issuer.conn, chip_issuer.terminals["shop"], garbage.process_apdu, 10_00,
+                               contactless=False, pin=PIN)
+    assert await chip_issuer.available("ada") == DEPOSIT
+
+
+async def test_wrong_arqc_declined_82_and_nothing_held(chip_issuer):
+    card = VirtualCard(chip_issuer.profile("ada"))
+
+    def tamper(read):
+        arqc = bytearray(read.icc_tags["9F26"])
+        arqc[0] ^= 0x01
+        read.icc_tags["9F26"] = bytes(arqc)
+
+    result = await chip_transaction(chip_issuer.conn, chip_issuer.terminals["shop"], card.process_apdu, 10_00,
+                                    contactless=False, on_read=tamper)
+    assert (result.rc, result.cryptogram, result.approved) == ("82", "AAC", False)
+    assert await chip_issuer.available("ada") == DEPOSIT
+
+
+async def test_replayed_atc_declined_82(chip_issuer):
+    """The same DE 55 under a new STAN: the engine's ATC replay detection declines it."""
+    shop = chip_issuer.terminals["shop"]
+    card = VirtualCard(chip_issuer.profile("ada"))
+    first = await chip_transaction(chip_issuer.conn, shop, card.process_apdu, 10_00, contactless=False)
+    assert first.approved
+    replay = dict(first.request)
+    fresh = shop.card_request(  # a new STAN and time; the card's cryptogram and ATC copied
+        _card_of(first.request), 10_00, entry="chip", icc=first.request["55"]
+    )
+    replay.update({k: fresh[k] for k in ("7", "11", "12", "13", "37")})
+    answer = await chip_issuer.conn.request(replay)
+    assert answer["39"] == "82"
+    assert await chip_issuer.available("ada") == DEPOSIT - 10_00
+
+
+def _card_of(request: dict[str, Any]):
+    from terminal_sim.pos import CardData
+
+    t2 = request["35"]
+    pan = t2.split("=")[0]
+    return CardData(pan=pan, expiry=t2.split("=")[1][:4], track2=t2, cvv2="", chip_track2=t2)
+
+
+async def test_wrong_pin_block_key_declined_55_and_try_counter_unchanged(chip_issuer):
+    shop, other = chip_issuer.terminals["shop"], chip_issuer.terminals["other"]
+    # The shop's identity and KSN, but the other terminal's initial key injected.
+    wrong = replace(shop, ipek=other.ipek)
+    card = VirtualCard(chip_issuer.profile("ada"))
+    result = await chip_transaction(chip_issuer.conn, wrong, card.process_apdu, 10_00, contactless=False, pin=PIN)
+    assert (result.rc, result.cryptogram) == ("55", "AAC")
+    assert (await chip_issuer.store.get_card(chip_issuer.card_ids["ada"])).pin_tries == 0
+    assert await chip_issuer.available("ada") == DEPOSIT
+
+
+async def test_terminal_disconnected_mid_transaction_reverses_and_leaves_no_hold(chip_issuer):
+    """The answer is lost when the connection drops; the terminal reconnects and reverses."""
+    async with _DroppingProxy(chip_issuer.port) as proxy:
+        conn = await TerminalConnection.connect("127.0.0.1", proxy.port, timeout_s=5.0)
+        card = VirtualCard(chip_issuer.profile("ada"))
+        try:
+            result = await chip_transaction(conn, chip_issuer.terminals["shop"], card.process_apdu, 40_00,
+                                            contactless=False, pin=PIN, mti="0100", reconnect=chip_issuer.connect)
+        finally:
+            await conn.close()
+        assert proxy.answers_dropped == 1
+    assert result.rc is None and result.reversed and result.cryptogram == "AAC"
+    view = await chip_issuer.store.account_view(chip_issuer.account_ids["ada"])
+    assert (view.available_minor, view.ledger_minor, view.held_minor) == (DEPOSIT, DEPOSIT, 0)
+    # The engine did place the hold (its answer was lost on the way), and the reversal released it.
+    assert [(h.amount_minor, h.status) for h in view.holds if h.status == "active"] == []
+
+
+async def test_unanswered_request_is_reversed_after_the_timeout(chip_issuer):
+    async with _DroppingProxy(chip_issuer.port, close=False) as proxy:
+        conn = await TerminalConnection.connect("127.0.0.1", proxy.port, timeout_s=5.0)
+        card = VirtualCard(chip_issuer.profile("ada"))
+        try:
+            result = await chip_transaction(conn, chip_issuer.terminals["shop"], card.process_apdu, 30_00,
+                                            contactless=False, mti="0100", timeout_s=0.5)
+        finally:
+            await conn.close()
+    assert result.rc is None and result.reversed
+    assert await chip_issuer.available("ada") == DEPOSIT
+
+
+class _DroppingProxy:
+    """A loopback hop that loses the engine's first answer: closing the terminal's connection, or just silent."""
+
+    def __init__(self, engine_port: int, *, close: bool = True) -> None:
+        self.engine_port = engine_port
+        self.close = close
+        self.answers_dropped = 0
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> "_DroppingProxy":
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.engine_port)
+
+        async def pump_up() -> None:
+            with contextlib.suppress(Exception):
+                while chunk := await reader.read(65536):
+                    up_writer.write(chunk)
+                    await up_writer.drain()
+
+        async def pump_down() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    header = await up_reader.readexactly(2)
+                    payload = await up_reader.readexactly(int.from_bytes(header, "big"))
+                    if self.answers_dropped == 0:
+                        self.answers_dropped += 1
+                        if self.close:
+                            writer.close()
+                            return
+                        continue
+                    writer.write(header + payload)
+                    await writer.drain()
+
+        tasks = [asyncio.create_task(pump_up()), asyncio.create_task(pump_down())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            up_writer.close()
+            writer.close()
