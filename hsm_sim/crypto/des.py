@@ -1,8 +1,11 @@
 """DES, TDES and AES block operations, key check values and DES key parity.
 
 Cipher objects are cached per key: payment keys are few and used millions of times, and building the
-key schedule is most of the cost of a single-block operation. `cryptography` deprecates 16-byte TDES
-keys, so double-length keys are expanded to K1||K2||K1 here before they reach it.
+key schedule is most of the cost of a single-block operation. Keys used once (DUKPT transaction keys,
+session keys) pass cache=False so they do not push the long-lived ones out.
+
+`cryptography` deprecates 16-byte TDES keys, so double-length keys are expanded to K1||K2||K1 here
+before they reach it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _blocks(data: bytes, size: int, what: str) -> None:
         raise ValueError(f"{what} data must be a non-empty multiple of {size} bytes, got {len(data)}")
 
 
-def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+def tdes_ecb_encrypt(key: bytes, data: bytes, *, cache: bool = True) -> bytes:
     """TDES ECB over whole 8-byte blocks; key 8, 16 or 24 bytes.
 
     Raises ValueError for a bad key length or data that is not a non-empty multiple of 8 bytes.
@@ -64,11 +67,11 @@ def tdes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
     '08D7B4FB629D0885'
     """
     _blocks(data, 8, "TDES")
-    enc = _tdes_ecb(bytes(key)).encryptor()
+    enc = (_tdes_ecb if cache else _tdes_ecb.__wrapped__)(bytes(key)).encryptor()
     return enc.update(data) + enc.finalize()
 
 
-def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
+def tdes_ecb_decrypt(key: bytes, data: bytes, *, cache: bool = True) -> bytes:
     """Inverse of tdes_ecb_encrypt.
 
     >>> tdes_ecb_decrypt(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"),
@@ -76,7 +79,7 @@ def tdes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     '0000000000000000'
     """
     _blocks(data, 8, "TDES")
-    dec = _tdes_ecb(bytes(key)).decryptor()
+    dec = (_tdes_ecb if cache else _tdes_ecb.__wrapped__)(bytes(key)).decryptor()
     return dec.update(data) + dec.finalize()
 
 
@@ -120,7 +123,7 @@ def des_ecb_decrypt(key: bytes, data: bytes) -> bytes:
     return tdes_ecb_decrypt(_des_key(key), data)
 
 
-def aes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
+def aes_ecb_encrypt(key: bytes, data: bytes, *, cache: bool = True) -> bytes:
     """AES ECB over whole 16-byte blocks; key 16, 24 or 32 bytes.
 
     FIPS-197 appendix C.1:
@@ -130,14 +133,14 @@ def aes_ecb_encrypt(key: bytes, data: bytes) -> bytes:
     '69C4E0D86A7B0430D8CDB78070B4C55A'
     """
     _blocks(data, 16, "AES")
-    enc = _aes_ecb(bytes(key)).encryptor()
+    enc = (_aes_ecb if cache else _aes_ecb.__wrapped__)(bytes(key)).encryptor()
     return enc.update(data) + enc.finalize()
 
 
-def aes_ecb_decrypt(key: bytes, data: bytes) -> bytes:
+def aes_ecb_decrypt(key: bytes, data: bytes, *, cache: bool = True) -> bytes:
     """Inverse of aes_ecb_encrypt."""
     _blocks(data, 16, "AES")
-    dec = _aes_ecb(bytes(key)).decryptor()
+    dec = (_aes_ecb if cache else _aes_ecb.__wrapped__)(bytes(key)).decryptor()
     return dec.update(data) + dec.finalize()
 
 

@@ -6,9 +6,6 @@ KSN (10 bytes) = key set id and device id (59 bits) || transaction counter (21 b
 
 from __future__ import annotations
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
 from hsm_sim.crypto.des import tdes_ecb_encrypt
 
 COUNTER_MASK = 0x1FFFFF
@@ -53,14 +50,7 @@ def derive_ipek(bdk: bytes, ksn: bytes) -> bytes:
     _check_ksn(ksn)
     base = ((int.from_bytes(ksn, "big") & ~COUNTER_MASK) >> 16).to_bytes(8, "big")
     right_key = (int.from_bytes(bdk, "big") ^ _KEY_MASK).to_bytes(16, "big")
-    return tdes_ecb_encrypt(bdk, base) + tdes_ecb_encrypt(right_key, base)
-
-
-def _des_once(key8: bytes, block: bytes) -> bytes:
-    # Every intermediate key is used once: building it outside the shared key-schedule cache keeps
-    # DUKPT traffic from evicting the long-lived CVK/PVK/ZPK schedules.
-    enc = Cipher(TripleDES(key8 * 3), modes.ECB()).encryptor()
-    return enc.update(block)
+    return tdes_ecb_encrypt(bdk, base) + tdes_ecb_encrypt(right_key, base, cache=False)
 
 
 def _nrkgp(key: int, register: int) -> int:
@@ -68,7 +58,8 @@ def _nrkgp(key: int, register: int) -> int:
 
     def half(k: int) -> int:
         k_left, k_right = (k >> 64).to_bytes(8, "big"), k & _LOW64
-        crypted = int.from_bytes(_des_once(k_left, (register ^ k_right).to_bytes(8, "big")), "big")
+        # Intermediate keys are used once: cache=False keeps them out of the long-lived key-schedule cache.
+        crypted = int.from_bytes(tdes_ecb_encrypt(k_left, (register ^ k_right).to_bytes(8, "big"), cache=False), "big")
         return crypted ^ k_right
 
     return (half(key ^ _KEY_MASK) << 64) | half(key)
@@ -130,7 +121,7 @@ def mac_response_key(transaction_key: bytes) -> bytes:
 def _data_key(transaction_key: bytes, variant: int) -> bytes:
     v = _variant(transaction_key, variant)
     # X9.24-1 2009: the data variant is then encrypted with itself, each half, to make it one-way.
-    return tdes_ecb_encrypt(v, v)
+    return tdes_ecb_encrypt(v, v, cache=False)
 
 
 def data_request_key(transaction_key: bytes) -> bytes:

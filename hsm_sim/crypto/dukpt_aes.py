@@ -66,7 +66,7 @@ def _derive(parent: bytes, key_type: KeyType, data: bytearray) -> bytes:
     out = bytearray()
     for counter in range(1, blocks + 1):
         data[1] = counter
-        out += aes_ecb_encrypt(parent, bytes(data))
+        out += aes_ecb_encrypt(parent, bytes(data), cache=False)
     return bytes(out[: key_type.bits // 8])
 
 

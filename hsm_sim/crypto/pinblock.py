@@ -118,7 +118,9 @@ def _pan_field_iso4(pan: str) -> int:
     return int(f"{len(pan) - 12:X}{pan}".ljust(32, "0"), 16)
 
 
-def encipher_pin_block_iso4(key: bytes, pin: str, pan: str, *, random_bytes: bytes | None = None) -> bytes:
+def encipher_pin_block_iso4(
+    key: bytes, pin: str, pan: str, *, random_bytes: bytes | None = None, cache: bool = True
+) -> bytes:
     """Format 4 enciphered PIN block, 16 bytes: E(K, E(K, PIN field) XOR PAN field) (ISO 9564-1:2017).
 
     key: AES key (16, 24 or 32 bytes). pin: 4-12 digits. pan: 12-19 digits. random_bytes: the 8 random
@@ -132,11 +134,11 @@ def encipher_pin_block_iso4(key: bytes, pin: str, pan: str, *, random_bytes: byt
     """
     _check_pin(pin)
     pan_field = _pan_field_iso4(pan)
-    first = int.from_bytes(aes_ecb_encrypt(key, _pin_field_iso4(pin, random_bytes)), "big")
-    return aes_ecb_encrypt(key, (first ^ pan_field).to_bytes(16, "big"))
+    first = int.from_bytes(aes_ecb_encrypt(key, _pin_field_iso4(pin, random_bytes), cache=cache), "big")
+    return aes_ecb_encrypt(key, (first ^ pan_field).to_bytes(16, "big"), cache=cache)
 
 
-def decipher_pin_block_iso4(key: bytes, block: bytes, pan: str) -> str:
+def decipher_pin_block_iso4(key: bytes, block: bytes, pan: str, *, cache: bool = True) -> str:
     """The PIN from a 16-byte format 4 enciphered block (see encipher_pin_block_iso4).
 
     Raises PinBlockError: format (length, format nibble), pin_length, pin_digits, pad (fill not all A), pan.
@@ -151,8 +153,8 @@ def decipher_pin_block_iso4(key: bytes, block: bytes, pan: str) -> str:
     if len(block) != 16:
         raise PinBlockError("format", f"format 4 PIN block must be 16 bytes, got {len(block)}")
     pan_field = _pan_field_iso4(pan)
-    middle = int.from_bytes(aes_ecb_decrypt(key, bytes(block)), "big") ^ pan_field
-    field = aes_ecb_decrypt(key, middle.to_bytes(16, "big"))[:8].hex().upper()
+    middle = int.from_bytes(aes_ecb_decrypt(key, bytes(block), cache=cache), "big") ^ pan_field
+    field = aes_ecb_decrypt(key, middle.to_bytes(16, "big"), cache=cache)[:8].hex().upper()
     if field[0] != "4":
         raise PinBlockError("format", f"PIN block format nibble is {field[0]}, expected 4")
     length = int(field[1], 16)

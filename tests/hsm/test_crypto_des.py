@@ -73,3 +73,20 @@ def test_odd_parity(key):
     fixed = des.adjust_odd_parity(key)
     assert all(bin(b).count("1") % 2 == 1 for b in fixed)
     assert bytes(b & 0xFE for b in fixed) == bytes(b & 0xFE for b in key)
+
+
+def test_one_time_keys_stay_out_of_the_schedule_cache():
+    import os
+
+    from hsm_sim.crypto import dukpt, dukpt_aes
+
+    tdes_before, aes_before = des._tdes_ecb.cache_info().currsize, des._aes_ecb.cache_info().currsize
+    key = os.urandom(16)
+    uncached = des.tdes_ecb_encrypt(key, bytes(8), cache=False)
+    assert des.aes_ecb_decrypt(key, des.aes_ecb_encrypt(key, bytes(16), cache=False), cache=False) == bytes(16)
+    ipek = dukpt.derive_ipek(os.urandom(16), os.urandom(10))
+    dukpt.data_request_key(dukpt.derive_transaction_key(ipek, bytes(9) + b"\x7f"))
+    dukpt_aes.derive_working_key(os.urandom(16), bytes(11) + b"\x7f", dukpt_aes.KeyUsage.PIN_ENCRYPTION)
+    assert des._tdes_ecb.cache_info().currsize - tdes_before <= 1  # only the BDK itself
+    assert des._aes_ecb.cache_info().currsize == aes_before
+    assert des.tdes_ecb_encrypt(key, bytes(8)) == uncached
