@@ -81,6 +81,138 @@ async def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    """Serve a personalized card to pcscd through vpcd until SIGINT/SIGTERM."""
+    import logging
+    import signal
+    import threading
+
+    from terminal_sim.bureau import load_profile, state_path
+    from terminal_sim.emv.card import VirtualCard
+    from terminal_sim.vpcd import VpcdCardServer
+
+    if not args.vpcd:
+        print("terminal-sim card: only --vpcd is offered (serve the card to pcscd's vpcd reader)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    profile = load_profile(args.bureau_dir, args.card_id, contactless=args.interface == "contactless")
+    card = VirtualCard(profile, state_path(args.bureau_dir, args.card_id))
+    server = VpcdCardServer(card, args.host, args.port)
+
+    def _on_signal(signum: int, frame: object) -> None:
+        server.request_stop()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    threading.Thread(target=_announce, args=(server, profile, args), daemon=True).start()
+    server.run_forever()
+    return 0
+
+
+def _announce(server: Any, profile: Any, args: argparse.Namespace) -> None:
+    from terminal_sim.emv.card import mask_pan
+
+    if server.wait_connected(30.0):
+        print(
+            f"card {args.card_id} ({mask_pan(profile.pan)}, {args.interface}, ATC {server.card.atc}) "
+            f"in the vpcd reader at {args.host}:{args.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _parse_amount(text: str) -> int:
+    """'12.34' -> 1234 minor units, exactly (no floats)."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"amount {text!r} is not a number") from None
+    minor = value * 100
+    if value < 0 or minor != minor.to_integral_value():
+        raise argparse.ArgumentTypeError(f"amount {text!r} must be positive with at most two decimals")
+    return int(minor)
+
+
+def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any]:
+    """The terminal from its file, with its DUKPT counter and STAN carried over from its last run."""
+    import itertools
+    from pathlib import Path
+
+    entries = load_json_list(path) if not Path(path).read_text(encoding="utf-8").lstrip().startswith("{") else [
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    ]
+    if terminal_id is not None:
+        entries = [e for e in entries if str(e.get("terminal_id")) == terminal_id]
+    if not entries:
+        raise ValueError(f"{path}: no terminal {terminal_id or ''}".strip())
+    terminal = PosTerminal.from_registered(entries[0])
+    state = Path(path).with_name(Path(path).name + f".{terminal.terminal_id}.state")
+    if state.exists():
+        saved = json.loads(state.read_text(encoding="utf-8"))
+        terminal.dukpt_counter = int(saved.get("dukpt_counter", 0))
+        terminal._stan = itertools.count(int(saved.get("next_stan", 1)))
+    return terminal, state
+
+
+def _save_terminal(terminal: PosTerminal, state: Any) -> None:
+    import os
+
+    next_stan = int(terminal.next_stan())  # the first STAN not yet sent
+    tmp = state.with_name(state.name + ".tmp")
+    tmp.write_text(json.dumps({"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan}), encoding="utf-8")
+    os.replace(tmp, state)
+
+
+async def _pos(args: argparse.Namespace) -> int:
+    """One chip or contactless transaction with the card in a PC/SC reader."""
+    from terminal_sim.chip_pos import chip_transaction
+    from terminal_sim.iso_client import TerminalConnection
+    from terminal_sim.nfc import ContactlessTerminal, PinRequired
+    from terminal_sim.pcsc import PcscReader
+
+    host, port = args.tcp
+    terminal, state = _load_terminal(args.terminal, args.terminal_id)
+    reader = PcscReader(args.reader)
+    reader.connect(timeout_s=args.card_timeout)
+    contactless = args.interface == "contactless"
+
+    async def reconnect() -> TerminalConnection:
+        return await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+
+    try:
+        conn = await reconnect()
+        try:
+            options = dict(mti=args.mti, processing_code=args.processing_code, timeout_s=args.timeout, reconnect=reconnect)
+            if contactless:
+                nfc = ContactlessTerminal(terminal, limit_minor=args.contactless_limit)
+                try:
+                    result = await nfc.tap(conn, reader.transmit, args.amount, pin=args.pin, **options)
+                except PinRequired as exc:
+                    print(f"terminal-sim: {exc}; give --pin", file=sys.stderr)
+                    return 2
+            else:
+                result = await chip_transaction(conn, terminal, reader.transmit, args.amount, contactless=False,
+                                                pin=args.pin, **options)
+        finally:
+            await conn.close()
+    finally:
+        _save_terminal(terminal, state)
+        reader.disconnect()
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        r = result.as_json()
+        print(
+            f"{'APPROVED' if result.approved else 'DECLINED'} rc={r['rc']} auth={r['approval_code'] or '-'} "
+            f"card={r['cryptogram']} atc={r['atc']} pan={r['pan']} amount={r['amount_minor']} stan={r['stan']}"
+            + (" reversed" if r["reversed"] else "")
+            + (f" ({r['reason']})" if r["reason"] and not result.approved else "")
+        )
+    return 0 if result.approved else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +232,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=_load)
+
+    p = sub.add_parser("card", help="serve a personalized chip card (bureau record) to pcscd through vpcd")
+    p.add_argument("--vpcd", action="store_true", help="connect the card to the vsmartcard vpcd reader driver")
+    p.add_argument("--card-id", type=int, required=True, help="the card's id (card-ID.json in the bureau folder)")
+    p.add_argument("--bureau-dir", default="card-bureau", help="folder of bureau records (default ./card-bureau)")
+    p.add_argument("--interface", choices=("contact", "contactless"), default="contact",
+                   help="answer as a contact (PSE) or contactless (PPSE, qVSDC) card")
+    p.add_argument("--host", default="127.0.0.1", help="vpcd driver address")
+    p.add_argument("--port", type=int, default=35963, help="vpcd driver port")
+    p.set_defaults(func=_card)
+
+    p = sub.add_parser("pos", help="one chip transaction with the card in a PC/SC reader (exit 0 approved, 1 declined)")
+    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
+    p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it")
+    p.add_argument("--terminal-id", help="which terminal when the file lists several")
+    p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
+    p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
+    p.add_argument("--interface", choices=("contact", "contactless"), default="contact")
+    p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
+    p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization")
+    p.add_argument("--processing-code", default="000000")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
+    p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.set_defaults(func=_pos)
     return parser
 
 
@@ -117,18 +275,27 @@ def quiet_library_deprecations() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_library_deprecations()
     args = build_parser().parse_args(argv)
-    if args.connections < 1 or args.seconds <= 0:
+    if args.command == "load" and (args.connections < 1 or args.seconds <= 0):
         print("terminal-sim: --connections and --seconds must be positive", file=sys.stderr)
         return 2
-    try:
-        import uvloop
+    from terminal_sim.emv.kernel import CardError
+    from terminal_sim.pcsc import PcscError
 
-        return uvloop.run(args.func(args))
-    except ImportError:
-        return asyncio.run(args.func(args))
-    except (ValueError, OSError) as exc:
+    try:
+        if not asyncio.iscoroutinefunction(args.func):
+            return args.func(args)
+        return _run(args.func(args))
+    except (ValueError, OSError, CardError, PcscError) as exc:
         print(f"terminal-sim: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 if __name__ == "__main__":
