@@ -139,3 +139,25 @@ def test_format4_bad_inputs():
         pinblock.encipher_pin_block_iso4(AES_KEY, "1234", "12345678901")
     with pytest.raises(ValueError, match="AES key must be 16, 24 or 32 bytes, got 8"):
         pinblock.encipher_pin_block_iso4(bytes(8), "1234", "1234567890123456")
+
+
+@settings(max_examples=200, deadline=None)
+@given(block=st.binary(min_size=8, max_size=8), fmt=st.sampled_from([0, 1, 3]))
+def test_random_8_byte_blocks_decode_or_raise_pin_block_error(block, fmt):
+    try:
+        result = decode_pin_block(block, PAN, fmt)
+    except PinBlockError as exc:
+        assert exc.reason in {"format", "pin_length", "pin_digits", "pad"}
+    else:
+        assert result.isdigit() and 4 <= len(result) <= 12
+
+
+@settings(max_examples=100, deadline=None)
+@given(block=st.binary(min_size=16, max_size=16))
+def test_random_16_byte_blocks_decipher_or_raise_pin_block_error(block):
+    try:
+        result = pinblock.decipher_pin_block_iso4(AES_KEY, block, "1234567890123456")
+    except PinBlockError as exc:
+        assert exc.reason in {"format", "pin_length", "pin_digits", "pad"}
+    else:
+        assert result.isdigit() and 4 <= len(result) <= 12
