@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsm_sim import errors as st
 from hsm_sim.crypto import cvv as cvv_alg
-from hsm_sim.crypto import dukpt, emv, mac, pin, pinblock, tokens
+from hsm_sim.crypto import dukpt, dukpt_aes, emv, mac, pin, pinblock, tokens
 from hsm_sim.crypto.des import tdes_ecb_decrypt, tdes_ecb_encrypt
 from hsm_sim.errors import HsmError
 from hsm_sim.keystore import KeyInfo, KeyStore, check_type, key_length, new_key_bytes, unwrap, wrap
@@ -65,6 +65,7 @@ COMMANDS: dict[str, str] = {
     "CW": "generate_cvv",
     "CY": "verify_cvv",
     "GI": "inject_ipek",
+    "GK": "inject_aes_initial_key",
     "KQ": "verify_arqc",
     "KW": "icc_master_key_for_personalization",
     "KY": "personalization_data",
@@ -325,28 +326,39 @@ class Hsm:
             return key, info.algorithm
         if ksn is None:
             raise HsmError(st.INVALID_INPUT, f"{command_name}: a BDK needs the KSN of the PIN block")
-        if info.algorithm != "TDES":
-            raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: AES DUKPT PIN blocks are not accepted here")
+        if info.algorithm == "AES":
+            raw_ksn = _hex(ksn, "KSN", length=12)
+            initial = self._ipek_cache.get((info.kcv, raw_ksn[:8]))
+            if initial is None:
+                initial = dukpt_aes.derive_initial_key(key, raw_ksn[:8], _aes_key_type(key))
+                self._remember_ipek((info.kcv, raw_ksn[:8]), initial)
+            return dukpt_aes.derive_working_key(initial, raw_ksn, dukpt_aes.KeyUsage.PIN_ENCRYPTION), "AES"
         raw_ksn = _hex(ksn, "KSN", length=10)
         base = (int.from_bytes(raw_ksn, "big") & ~dukpt.COUNTER_MASK).to_bytes(10, "big")
         ipek = self._ipek_cache.get((info.kcv, base))
         if ipek is None:
             ipek = dukpt.derive_ipek(key, raw_ksn)
-            if len(self._ipek_cache) > 10_000:
-                self._ipek_cache.clear()
-            self._ipek_cache[(info.kcv, base)] = ipek
+            self._remember_ipek((info.kcv, base), ipek)
         return dukpt.pin_encryption_key(dukpt.derive_transaction_key(ipek, raw_ksn)), "TDES"
+
+    def _remember_ipek(self, key: tuple[str, bytes], value: bytes) -> None:
+        """Initial keys per terminal, kept in HSM memory (bounded) so each PIN costs one derivation."""
+        if len(self._ipek_cache) > 10_000:
+            self._ipek_cache.clear()
+        self._ipek_cache[key] = value
 
     def _clear_pin(self, pin_block: str, pan: str, pin_key: str, pin_format: int, ksn: str | None, command_name: str) -> str:
         key, algorithm = self._pin_key(pin_key, ksn, command_name)
+        # A DUKPT key serves one transaction: keep it out of the key-schedule cache.
+        cache = ksn is None
         _digits(pan, "PAN", 12, 19)
         if pin_format == 4:
             if algorithm != "AES":
                 raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: format 4 PIN blocks need an AES key")
-            return pinblock.decipher_pin_block_iso4(key, _hex(pin_block, "PIN block", length=16), pan)
+            return pinblock.decipher_pin_block_iso4(key, _hex(pin_block, "PIN block", length=16), pan, cache=cache)
         if algorithm != "TDES":
             raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: format {pin_format} PIN blocks need a TDES key")
-        clear = tdes_ecb_decrypt(key, _hex(pin_block, "PIN block", length=8))
+        clear = tdes_ecb_decrypt(key, _hex(pin_block, "PIN block", length=8), cache=cache)
         return pinblock.decode_pin_block(clear, pan, pin_format)
 
     @command("source_key", "dest_key")
@@ -420,6 +432,13 @@ class Hsm:
         key, _ = self._key(bdk, ("BDK",), "inject_ipek", algorithm="TDES")
         return dukpt.derive_ipek(key, _hex(ksn, "KSN", length=10)).hex().upper()
 
+    @command("bdk")
+    def inject_aes_initial_key(self, bdk: str, initial_key_id: str) -> str:
+        """AES DUKPT (X9.24-3) initial key of a terminal's 8-byte initial key ID, for its key-loading device."""
+        key, _ = self._key(bdk, ("BDK",), "inject_aes_initial_key", algorithm="AES")
+        initial_key_id_raw = _hex(initial_key_id, "initial key ID", length=8)
+        return dukpt_aes.derive_initial_key(key, initial_key_id_raw, _aes_key_type(key)).hex().upper()
+
     # ------------------------------------------------------------ EMV
 
     @command("imk")
@@ -440,15 +459,17 @@ class Hsm:
         """(ARQC verifies, ARPC): method 1 over `arc`, or method 2 over `csu`; no ARPC for a bad ARQC."""
         key, _ = self._key(imk, ("IMK-AC",), "verify_arqc", algorithm="TDES")
         icc_mk = emv.derive_icc_master_key(key, pan, psn)
-        session = emv.derive_session_key(icc_mk, _hex(atc, "ATC", length=2), cvn=cvn)
+        un = _hex(unpredictable_number, "unpredictable number", length=4) if unpredictable_number else None
+        session = emv.derive_session_key(icc_mk, _hex(atc, "ATC", length=2), cvn=cvn, unpredictable_number=un)
         arqc_raw = _hex(arqc, "ARQC", length=8)
         expected = emv.generate_arqc(session, _hex(transaction_data, "transaction data"), cvn=cvn)
         if not hmac.compare_digest(expected, arqc_raw):
             return False, None
+        response_key = emv.arpc_key(icc_mk, session, cvn=cvn)
         if arc is not None:
-            return True, emv.generate_arpc_method1(session, arqc_raw, _hex(arc, "ARC", length=2)).hex().upper()
+            return True, emv.generate_arpc_method1(response_key, arqc_raw, _hex(arc, "ARC", length=2)).hex().upper()
         if csu is not None:
-            return True, emv.generate_arpc_method2(session, arqc_raw, _hex(csu, "CSU", length=4)).hex().upper()
+            return True, emv.generate_arpc_method2(response_key, arqc_raw, _hex(csu, "CSU", length=4)).hex().upper()
         return True, None
 
     @command("imk", "transport_key")
@@ -594,6 +615,11 @@ class Hsm:
 
 
 KEY_TYPES_ALL = ("ZMK", "KEK", "ZPK", "TPK", "PVK", "CVK", "BDK", "IMK-AC", "TAK", "ZAK", "DEK", "FPK")
+
+
+def _aes_key_type(key: bytes) -> "dukpt_aes.KeyType":
+    """The X9.24-3 key type of an AES BDK (and so of the initial keys derived from it)."""
+    return {16: dukpt_aes.KeyType.AES128, 24: dukpt_aes.KeyType.AES192, 32: dukpt_aes.KeyType.AES256}[len(key)]
 
 
 def _positional(fn: Callable[..., Any], name: str, args: tuple) -> Any:
