@@ -18,6 +18,7 @@ from typing import Any
 
 from processor.config import Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
+from processor.logs import quiet_library_deprecations
 
 log = logging.getLogger("processor.cli")
 
@@ -394,17 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=16)
     p.set_defaults(func=None, demo=True)
     return parser
-
-
-def quiet_library_deprecations() -> None:
-    """psec and pyemv still call TDES the old way; their warnings say nothing an operator can act on."""
-    import warnings
-
-    try:
-        from cryptography.utils import CryptographyDeprecationWarning
-    except ImportError:
-        return
-    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,3 +40,14 @@ def configure(path: Path | None = None, *, level: int = logging.INFO) -> Buffere
         logger.setLevel(level)
         logger.propagate = False
     return handler
+
+
+def quiet_library_deprecations() -> None:
+    """psec and pyemv still call TDES the old way; their warnings say nothing an operator can act on."""
+    import warnings
+
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:
+        return
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
