@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from terminal_sim.emv import tlv
@@ -104,14 +106,28 @@ class ChipCard:
     """
 
     def __init__(self, profile: CardProfile, *, pin: str | None = None, card_id: int | None = None,
-                 account_id: int | None = None) -> None:
+                 account_id: int | None = None, state_path: Path | None = None) -> None:
         self.profile = profile
         self.pin = pin
         self.card_id = card_id
         self.account_id = account_id
+        self.state_path = Path(state_path) if state_path is not None else None
         self.atc = profile.atc_start
+        self._pin_tries_left = profile.pin_try_limit
+        if self.state_path is not None and self.state_path.exists():
+            saved = json.loads(self.state_path.read_text(encoding="utf-8"))
+            self.atc = max(self.atc, int(saved["atc"]))
+            self._pin_tries_left = int(saved.get("pin_tries_left", self._pin_tries_left))
         self.lock = asyncio.Lock()
         self._interfaces: dict[bool, CardProfile] = {}
+
+    def save_state(self) -> None:
+        """Write the ATC reached to the card's state file (the one `terminal-sim card` uses), if it has one."""
+        if self.state_path is None:
+            return
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps({"atc": self.atc, "pin_tries_left": self._pin_tries_left}), encoding="utf-8")
+        os.replace(tmp, self.state_path)
 
     def __repr__(self) -> str:
         return f"ChipCard({mask_pan(self.profile.pan)}, atc={self.atc})"

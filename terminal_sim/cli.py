@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import secrets
 import sys
 from typing import Any
 
+from processor.logs import quiet_library_deprecations
 from terminal_sim.load import load_json_list, parse_mix, print_summary, run_load
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -19,8 +22,14 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-async def _provisioned(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Issue our own cards and terminals in the processor's store (same machine, same database and HSM)."""
+async def _provisioned(
+    args: argparse.Namespace,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
+    """Issue our own cards and terminals in the processor's store (same machine, same database and HSM).
+
+    Unless --no-chip, every card is also personalized for the bureau, and its chip is returned ready
+    to be read in process.
+    """
     from hsm_sim import connect
     from processor.config import Settings
     from processor.issuing import load_issuer_keys
@@ -41,38 +50,108 @@ async def _provisioned(args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
                 terminals=max(1, min(args.connections, 64)),
                 deposit_minor=10_000_000_00,
             )
+            chips = [] if args.no_chip else await _personalized(store, hsm, keys, population.cards, args.bureau_dir)
         finally:
             await hsm.close()
     finally:
         await store.close()
-    return population.cards, population.terminals
+    return population.cards, population.terminals, chips
+
+
+async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, Any]], directory: str | None) -> list[Any]:
+    """Bureau records for the cards, opened into in-process chips (the records go to a temporary folder by default)."""
+    import os
+    import tempfile
+
+    from hsm_sim.crypto.des import kcv
+    from processor.issuing.personalization import BUREAU_KEK_CONFIG, form_bureau_key, personalize
+    from terminal_sim.bureau import (
+        TRANSPORT_KEY_ENV,
+        load_profile,
+        state_path,
+        transport_key_from_components,
+        transport_key_from_env,
+    )
+    from terminal_sim.chip_pos import ChipCard
+
+    transport_key = None
+    if os.environ.get(TRANSPORT_KEY_ENV):
+        candidate = transport_key_from_env()
+        if kcv(candidate, "AES") == await store.get_config(BUREAU_KEK_CONFIG):
+            transport_key = candidate
+    if transport_key is None:
+        ceremony = await form_bureau_key(store, hsm)
+        transport_key = transport_key_from_components(ceremony["components"])
+    with tempfile.TemporaryDirectory(prefix="terminal-sim-bureau-") as scratch:
+        folder = directory or scratch
+        chips = []
+        for card in cards:
+            await personalize(store, hsm, keys, int(card["id"]), directory=folder)
+            card_id = int(card["id"])
+            profile = load_profile(folder, card_id, transport_key)
+            chips.append(ChipCard(profile, pin=card.get("pin"), card_id=card_id, account_id=card.get("account_id"),
+                                  state_path=state_path(directory, card_id) if directory else None))
+    return chips
+
+
+def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
+    """In-process chips of the cards that have a bureau record in `directory`."""
+    from terminal_sim.bureau import load_profile, record_path, state_path, transport_key_from_env
+    from terminal_sim.chip_pos import ChipCard
+
+    key = transport_key_from_env()
+    chips = []
+    for card in cards:
+        if card.get("id") is None or not record_path(directory, int(card["id"])).exists():
+            continue
+        card_id = int(card["id"])
+        profile = load_profile(directory, card_id, key)
+        chips.append(ChipCard(profile, pin=card.get("pin"), card_id=card_id, account_id=card.get("account_id"),
+                              state_path=state_path(directory, card_id)))
+    if not chips:
+        raise ValueError(f"{directory}: none of the cards has a bureau record there")
+    return chips
 
 
 async def _load(args: argparse.Namespace) -> int:
     host, port = args.tcp
+    chips: list[Any] = []
     if args.cards and args.terminals:
         cards_json, terminals_json = load_json_list(args.cards), load_json_list(args.terminals)
+        if args.bureau_dir:
+            chips = _bureau_chips(cards_json, args.bureau_dir)
     elif args.provision:
-        cards_json, terminals_json = await _provisioned(args)
+        cards_json, terminals_json, chips = await _provisioned(args)
     else:
         print("terminal-sim: give --cards and --terminals files, or --provision N", file=sys.stderr)
         return 2
     cards = [CardData.from_issued(c, c.get("pin")) for c in cards_json]
     terminals = [PosTerminal.from_registered(t) for t in terminals_json]
+    # A terminal's STAN never restarts: two runs a moment apart must not reuse (terminal, STAN, second).
+    start = secrets.randbelow(900_000) + 1
+    for terminal in terminals:
+        terminal._stan = itertools.count(start)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    result = await run_load(
-        host,
-        port,
-        terminals,
-        cards,
-        connections=args.connections,
-        seconds=args.seconds,
-        rate=args.rate,
-        mix=parse_mix(args.mix),
-        timeout_s=args.timeout,
-        progress=progress,
-        seed=args.seed,
-    )
+    try:
+        result = await run_load(
+            host,
+            port,
+            terminals,
+            cards,
+            connections=args.connections,
+            seconds=args.seconds,
+            rate=args.rate,
+            mix=parse_mix(args.mix) if args.mix else None,
+            timeout_s=args.timeout,
+            progress=progress,
+            seed=args.seed,
+            chip_cards=chips,
+            contactless_limit_minor=args.contactless_limit,
+        )
+    finally:
+        # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
+        for chip in chips:
+            chip.save_state()
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))
@@ -137,7 +216,6 @@ def _parse_amount(text: str) -> int:
 
 def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any]:
     """The terminal from its file, with its DUKPT counter and STAN carried over from its last run."""
-    import itertools
     from pathlib import Path
 
     entries = load_json_list(path) if not Path(path).read_text(encoding="utf-8").lstrip().startswith("{") else [
@@ -221,10 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, help="fixed overall request rate per second (default: as fast as answered)")
-    p.add_argument("--mix", help="weights, e.g. purchase=60,pin=15,manual=10,preauth=5,balance=5,refund=5")
+    p.add_argument(
+        "--mix",
+        help="weights, e.g. purchase=60,pin=15,manual=10,preauth=5,balance=5,refund=5,chip=20,contactless=20 "
+        "(chip and contactless need bureau records)",
+    )
     p.add_argument("--cards", help="JSON list of cards as `processor card issue --json` prints them (with a pin key)")
     p.add_argument("--terminals", help="JSON list of terminals as `processor terminal add --json` prints them")
     p.add_argument("--provision", type=int, help="issue this many funded cards (and terminals) in the processor's store first")
+    p.add_argument("--bureau-dir", help="bureau records (card-ID.json) of the --cards, for the chip kinds; "
+                   "with --provision, where the new records go (default: a temporary folder)")
+    p.add_argument("--no-chip", action="store_true", help="with --provision: do not personalize chips")
+    p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
     p.add_argument("--db", help="processor database URL for --provision (default: PROCESSOR_DB_URL)")
     p.add_argument("--hsm", help="processor HSM URL for --provision (default: PROCESSOR_HSM_URL)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
@@ -259,17 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=_pos)
     return parser
-
-
-def quiet_library_deprecations() -> None:
-    """psec and pyemv still call TDES the old way; their warnings say nothing an operator can act on."""
-    import warnings
-
-    try:
-        from cryptography.utils import CryptographyDeprecationWarning
-    except ImportError:
-        return
-    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,11 @@
 Each connection is a terminal session driving requests one after another (closed loop), or at a fixed
 overall rate (open loop) when a rate is given. Terminals that share an id share one STAN sequence, so
 no two requests ever collide on the engine's idempotency key by accident.
+
+The chip kinds read a personalized virtual card in process for every transaction: "chip" is a contact
+card with online PIN and the second GENERATE AC after the issuer's answer, "contactless" a qVSDC tap
+(online PIN above the contactless limit). A card is in one terminal at a time, so its ATCs reach the
+engine in order.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from terminal_sim.chip_pos import ChipCard, ReversalFailed, chip_transaction
+from terminal_sim.emv.kernel import CardError
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
+from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
 
 DEFAULT_MIX = {"purchase": 60, "pin": 15, "manual": 10, "preauth": 5, "balance": 5, "refund": 5}
-KINDS = ("purchase", "pin", "manual", "preauth", "balance", "refund")
+DEFAULT_CHIP_MIX = {"purchase": 25, "pin": 10, "chip": 25, "contactless": 20, "manual": 5, "preauth": 5, "balance": 5, "refund": 5}
+CHIP_KINDS = ("chip", "contactless")
+KINDS = ("purchase", "pin", "manual", "preauth", "balance", "refund", *CHIP_KINDS)
 
 
 def parse_mix(text: str | None) -> dict[str, int]:
@@ -63,6 +73,7 @@ class LoadResult:
     latencies_by_kind: dict[str, list[float]] = field(default_factory=dict)
     timeouts: int = 0
     errors: int = 0
+    reversals: int = 0  # approved by the issuer, then refused by the card, and reversed
 
     def record(self, kind: str, code: str, latency_ms: float) -> None:
         self.latencies_ms.append(latency_ms)
@@ -94,6 +105,7 @@ class LoadResult:
             "codes": dict(sorted(self.codes.items())),
             "timeouts": self.timeouts,
             "errors": self.errors,
+            "reversals": self.reversals,
             "by_kind": kinds,
         }
 
@@ -101,18 +113,47 @@ class LoadResult:
 class Workload:
     """Chooses the next transaction and builds its request; keeps pre-authorizations to complete later."""
 
-    def __init__(self, cards: list[CardData], mix: dict[str, int], *, seed: int | None = None) -> None:
-        if not cards:
+    def __init__(
+        self,
+        cards: list[CardData],
+        mix: dict[str, int],
+        *,
+        seed: int | None = None,
+        chip_cards: list[ChipCard] | None = None,
+    ) -> None:
+        self.chip_cards = list(chip_cards or [])
+        if not cards and not self.chip_cards:
             raise ValueError("no cards to load with")
         self.cards = cards
-        self.kinds = [k for k, w in mix.items() if w > 0]
+        self.kinds = [k for k, w in mix.items() if w > 0 and (cards or k in CHIP_KINDS)]
+        if not self.kinds:
+            raise ValueError("no kind of the mix can run with these cards (the chip kinds need bureau records)")
+        if not self.chip_cards and any(k in CHIP_KINDS for k in self.kinds):
+            raise ValueError("the chip and contactless kinds need cards with bureau records (--bureau-dir or --provision)")
         self.weights = [mix[k] for k in self.kinds]
         self.random = random.Random(seed)
 
-    def next(self, terminal: PosTerminal) -> tuple[str, dict[str, Any]]:
-        kind = self.random.choices(self.kinds, self.weights)[0]
+    def choose_kind(self) -> str:
+        return self.random.choices(self.kinds, self.weights)[0]
+
+    def chip_card(self) -> ChipCard:
+        """A chip card not in another terminal right now when there is one (else any: its lock orders the uses)."""
+        for _ in range(4):
+            card = self.random.choice(self.chip_cards)
+            if not card.lock.locked():
+                return card
+        return card
+
+    def amount(self) -> int:
+        return self.random.randint(100, 2_000)
+
+    def next(self, terminal: PosTerminal, kind: str | None = None) -> tuple[str, dict[str, Any]]:
+        """The next magstripe/keyed request (the chip kinds run through chip_transaction instead)."""
+        kind = kind or self.choose_kind()
+        if kind in CHIP_KINDS:
+            raise ValueError(f"kind {kind!r} is a chip transaction, not a single request")
         card = self.random.choice(self.cards)
-        amount = self.random.randint(100, 2_000)
+        amount = self.amount()
         if kind == "pin" and (card.pin is None or terminal.ipek is None):
             kind = "purchase"
         if kind == "purchase":
@@ -141,11 +182,13 @@ async def run_load(
     timeout_s: float = 5.0,
     progress: Callable[[str], None] | None = None,
     seed: int | None = None,
+    chip_cards: list[ChipCard] | None = None,
+    contactless_limit_minor: int = DEFAULT_CONTACTLESS_LIMIT_MINOR,
 ) -> LoadResult:
     """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does."""
     if not terminals:
         raise ValueError("no terminals to load with")
-    workload = Workload(cards, mix or DEFAULT_MIX, seed=seed)
+    workload = Workload(cards, mix or (DEFAULT_CHIP_MIX if chip_cards else DEFAULT_MIX), seed=seed, chip_cards=chip_cards)
     result = LoadResult(seconds=seconds, connections=connections)
     conns = [
         await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
@@ -154,8 +197,40 @@ async def run_load(
     deadline = started + seconds
     tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
 
+    async def chip_one(conn: TerminalConnection, terminal: PosTerminal, kind: str) -> None:
+        contactless = kind == "contactless"
+        chip = workload.chip_card()
+        amount = workload.amount()
+        pin_needed = not contactless or amount > contactless_limit_minor
+        async with chip.lock:
+            card = chip.insert(contactless)
+            t0 = time.perf_counter()
+            try:
+                outcome = await chip_transaction(
+                    conn, terminal, card.process_apdu, amount, contactless=contactless,
+                    pin=chip.pin if pin_needed else None, timeout_s=timeout_s,
+                )
+            except CardError:
+                result.errors += 1
+                return
+            except ReversalFailed:
+                result.timeouts += 1
+                raise ConnectionError("the engine acknowledged neither a request nor its reversal") from None
+            finally:
+                chip.remove(card)
+        if outcome.rc is None:
+            result.timeouts += 1
+            return
+        if outcome.reversed:
+            result.reversals += 1
+        result.record(kind, outcome.rc, (time.perf_counter() - t0) * 1000)
+
     async def one(conn: TerminalConnection, terminal: PosTerminal) -> None:
-        kind, request = workload.next(terminal)
+        kind = workload.choose_kind()
+        if kind in CHIP_KINDS:
+            await chip_one(conn, terminal, kind)
+            return
+        kind, request = workload.next(terminal, kind)
         t0 = time.perf_counter()
         try:
             answer = await conn.request(request)
@@ -248,7 +323,8 @@ def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     print(
         f"{summary['count']} answers in {summary['seconds']} s over {summary['connections']} connections: "
         f"{summary['tps']} tps, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms, "
-        f"max {summary['max_ms']} ms; timeouts {summary['timeouts']}, errors {summary['errors']}",
+        f"max {summary['max_ms']} ms; timeouts {summary['timeouts']}, errors {summary['errors']}"
+        + (f", reversals {summary['reversals']}" if summary.get("reversals") else ""),
         file=out,
     )
     print("response codes: " + ", ".join(f"{c}={n}" for c, n in summary["codes"].items()), file=out)

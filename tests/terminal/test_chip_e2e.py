@@ -295,3 +295,34 @@ class _DroppingProxy:
                 task.cancel()
             up_writer.close()
             writer.close()
+
+
+# ---------------------------------------------------------------- load
+
+
+async def test_load_mixes_chip_and_contactless_and_reports_per_kind(chip_issuer):
+    from terminal_sim.load import run_load
+
+    chips = [ChipCard(chip_issuer.profile(name), pin=PIN) for name in ("ada", "bob")]
+    terminals = list(chip_issuer.terminals.values())
+    result = await run_load("127.0.0.1", chip_issuer.port, terminals, [], connections=4, seconds=1.0,
+                            mix={"chip": 1, "contactless": 1}, chip_cards=chips, seed=7)
+    summary = result.summary()
+    assert set(summary["by_kind"]) == {"chip", "contactless"}
+    # Four connections share two cards; a card is in one terminal at a time, so its ATCs reach the engine
+    # in order and none is declined as a replay (82). The accounts run dry within the second (51).
+    assert set(summary["codes"]) <= {"00", "51"} and summary["codes"].get("00", 0) > 10
+    assert (summary["timeouts"], summary["errors"], summary["reversals"]) == (0, 0, 0)
+    assert sum(c.atc for c in chips) == summary["count"]
+    approved = summary["codes"]["00"]
+    spent = 2 * DEPOSIT - await chip_issuer.ledger("ada") - await chip_issuer.ledger("bob")
+    assert 100 * approved <= spent <= 2_000 * approved
+
+
+def test_load_refuses_chip_kinds_without_bureau_records():
+    from terminal_sim.load import Workload
+    from terminal_sim.pos import CardData
+
+    card = CardData(pan="4761739001010010", expiry="3012", track2="4761739001010010=30122010000000000", cvv2="123")
+    with pytest.raises(ValueError, match="bureau records"):
+        Workload([card], {"purchase": 1, "chip": 1})
