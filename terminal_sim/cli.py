@@ -355,12 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from terminal_sim.emv.kernel import CardError
     from terminal_sim.pcsc import PcscError
+    from terminal_sim.vpcd import VpcdError
 
     try:
         if not asyncio.iscoroutinefunction(args.func):
             return args.func(args)
         return _run(args.func(args))
-    except (ValueError, OSError, CardError, PcscError) as exc:
+    except (ValueError, OSError, CardError, PcscError, VpcdError) as exc:
         print(f"terminal-sim: {exc}", file=sys.stderr)
         return 2
 

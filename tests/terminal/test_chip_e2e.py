@@ -15,21 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hsm_sim import connect
 from processor.config import Settings
 from processor.issuing import ensure_issuer_keys, issue_card
 from processor.issuing.personalization import form_bureau_key, personalize
 from processor.issuing.terminals import add_terminal
+from processor.iso8583.messages import parse_track2
 from processor.ledger import Store
 from processor.server import running_engine
-from terminal_sim.bureau import BureauError, load_profile, state_path, transport_key_from_components
+from terminal_sim.bureau import BureauError, chip_track2, load_profile, state_path, transport_key_from_components
 from terminal_sim.chip_pos import ChipCard, chip_transaction
 from terminal_sim.emv.card import GarbageCard, GarbageMode, VirtualCard
 from terminal_sim.emv.kernel import CardError
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.nfc import ContactlessTerminal, PinRequired
+from terminal_sim.pcsc import PcscError
 from terminal_sim.pos import PosTerminal
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*TripleDES.*")
 
 DEPOSIT = 500_00
 PIN = "1234"
@@ -112,6 +118,19 @@ async def test_bureau_record_opens_only_with_the_ceremony_key(chip_issuer):
     assert len(profile.track2) == 37
     with pytest.raises(BureauError, match="transport key"):
         load_profile(chip_issuer.bureau, chip_issuer.card_ids["ada"], bytes(32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pan=st.from_regex(r"4[0-9]{11,18}", fullmatch=True),
+    expiry=st.from_regex(r"[0-9]{2}(0[1-9]|1[0-2])", fullmatch=True),
+    icvv=st.from_regex(r"[0-9]{3}", fullmatch=True),
+)
+def test_chip_track2_puts_the_icvv_where_the_engine_reads_it(pan, expiry, icvv):
+    track2 = chip_track2(pan, expiry, "201", icvv)
+    assert len(track2) <= 37 and track2.count("D") == 1
+    parsed = parse_track2(track2.replace("D", "="))
+    assert (parsed.pan, parsed.expiry, parsed.service_code, parsed.cvv) == (pan, expiry, "201", icvv)
 
 
 # ---------------------------------------------------------------- approvals
@@ -238,6 +257,26 @@ async def test_unanswered_request_is_reversed_after_the_timeout(chip_issuer):
             await conn.close()
     assert result.rc is None and result.reversed
     assert await chip_issuer.available("ada") == DEPOSIT
+
+
+async def test_card_pulled_out_after_the_approval_is_reversed(chip_issuer):
+    """Approved online, but the card leaves the reader before the second GENERATE AC: no TC, so reverse."""
+    card = VirtualCard(chip_issuer.profile("ada"))
+    generate_acs = 0
+
+    def transmit(apdu: bytes) -> bytes:
+        nonlocal generate_acs
+        if apdu[1] == 0xAE:
+            generate_acs += 1
+            if generate_acs == 2:
+                raise PcscError("reader 'Virtual PCD 00 00': transmit of INS AE failed: card removed")
+        return card.process_apdu(apdu)
+
+    result = await chip_transaction(chip_issuer.conn, chip_issuer.terminals["shop"], transmit, 20_00,
+                                    contactless=False, pin=PIN, mti="0100")
+    assert (result.rc, result.cryptogram, result.reversed, result.approved) == ("00", "AAC", True, False)
+    view = await chip_issuer.store.account_view(chip_issuer.account_ids["ada"])
+    assert (view.available_minor, view.held_minor) == (DEPOSIT, 0)
 
 
 class _DroppingProxy:
