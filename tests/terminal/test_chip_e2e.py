@@ -365,3 +365,36 @@ def test_load_refuses_chip_kinds_without_bureau_records():
     card = CardData(pan="4761739001010010", expiry="3012", track2="4761739001010010=30122010000000000", cvv2="123")
     with pytest.raises(ValueError, match="bureau records"):
         Workload([card], {"purchase": 1, "chip": 1})
+
+
+async def test_load_command_reads_bureau_records_and_keeps_card_counters(chip_issuer, tmp_path):
+    import json
+    import os
+    import sys
+
+    from terminal_sim.bureau import TRANSPORT_KEY_ENV
+
+    cards = tmp_path / "cards.json"
+    cards.write_text(json.dumps([{"id": cid, "pin": PIN, "pan": "0", "expiry": "0", "track2": "0", "cvv2": "0"}
+                                 for cid in chip_issuer.card_ids.values()]))
+    terminals = tmp_path / "terminals.json"
+    terminals.write_text(json.dumps([{"terminal_id": t.terminal_id, "merchant_id": t.merchant_id, "ipek": t.ipek,
+                                      "initial_ksn": t.initial_ksn} for t in chip_issuer.terminals.values()]))
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **{TRANSPORT_KEY_ENV: chip_issuer.transport_key.hex()})
+    summaries = []
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "terminal_sim.cli", "load", "--tcp", f"127.0.0.1:{chip_issuer.port}",
+            "--cards", str(cards), "--terminals", str(terminals), "--bureau-dir", str(chip_issuer.bureau),
+            "--mix", "chip=1,contactless=1", "--connections", "2", "--seconds", "0.5", "--json", "--quiet",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode(errors="replace")
+        summaries.append(json.loads(out))
+    # The second run continues each card's ATC where the first stopped: no replay declines (82).
+    for summary in summaries:
+        assert set(summary["by_kind"]) == {"chip", "contactless"}
+        assert set(summary["codes"]) <= {"00", "51"}
+    atcs = [json.loads(state_path(chip_issuer.bureau, cid).read_text())["atc"] for cid in chip_issuer.card_ids.values()]
+    assert sum(atcs) == sum(s["count"] for s in summaries)
