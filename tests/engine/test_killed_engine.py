@@ -1,0 +1,106 @@
+"""kill -9 in the middle of traffic: every approval a terminal was sent is in the ledger after a restart,
+and a terminal retransmitting what went unanswered gets consistent answers and no double posting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from engine_helpers import build_issuer
+
+from processor.config import Settings
+from processor.iso8583 import Request, decode, encode
+from processor.ledger import Store
+from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_engine(settings: Settings, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PROCESSOR_DB_URL": settings.db_url, "PROCESSOR_HSM_URL": settings.hsm_url, "PROCESSOR_LOG_FILE": str(log)}
+    proc = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve", "--tcp", f"127.0.0.1:{port}"], env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("engine did not start listening")
+
+
+@pytest.mark.slow
+async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path):
+    settings = Settings(db_url=db_url, hsm_url=f"file:{tmp_path / 'hsm.json'}")
+    cards, accounts, terminals = await build_issuer(settings)
+    shop, ada = terminals["shop"], cards["ada"]
+    port = _free_port()
+    engine = _start_engine(settings, port, tmp_path / "engine.log")
+    sent: list[dict] = []
+    approved: dict[str, int] = {}
+
+    async def drive(conn: TerminalConnection) -> None:
+        while True:
+            request = shop.card_request(ada, 1_00, entry="magstripe")
+            sent.append(request)
+            try:
+                answer = await conn.request(request, timeout_s=2.0)
+            except (ConnectionError, ResponseTimeout, OSError):
+                return
+            if answer["39"] == "00":
+                approved[Request.from_fields(decode(encode(request))).idempotency_key()] = int(request["4"])
+
+    conns = [await TerminalConnection.connect("127.0.0.1", port) for _ in range(8)]
+    drivers = [asyncio.create_task(drive(c)) for c in conns]
+    await asyncio.sleep(1.5)
+    engine.send_signal(signal.SIGKILL)
+    engine.wait(timeout=10)
+    await asyncio.wait_for(asyncio.gather(*drivers), timeout=10)
+    for c in conns:
+        await c.close()
+    assert len(approved) > 20, "the engine should have answered some approvals before the kill"
+
+    store = await Store.open(db_url)
+    try:
+        for key in approved:
+            outcome = await store.find_auth(key)
+            assert outcome is not None and outcome.rc == "00", f"approval {key} was answered but is not in the ledger"
+        assert await store.check_invariants() == []
+    finally:
+        await store.close()
+
+    # The terminals come back and retransmit everything: answered requests get their first answer,
+    # unanswered ones are processed once.
+    engine = _start_engine(settings, port, tmp_path / "engine2.log")
+    try:
+        approvals = 0
+        async with await TerminalConnection.connect("127.0.0.1", port) as conn:
+            for request in sent:
+                answer = await conn.request(request)
+                key = Request.from_fields(decode(encode(request))).idempotency_key()
+                if key in approved:
+                    assert answer["39"] == "00"
+                assert answer["39"] in ("00", "51")
+                approvals += answer["39"] == "00"
+        store = await Store.open(db_url)
+        try:
+            view = await store.account_view(accounts["ada"])
+            assert view.ledger_minor == 500_00 - 1_00 * approvals
+            assert await store.check_invariants() == []
+        finally:
+            await store.close()
+    finally:
+        engine.terminate()
+        engine.wait(timeout=10)
