@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pos", help="one chip transaction with the card in a PC/SC reader (exit 0 approved, 1 declined)")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
     p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
-    p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it")
+    p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
+                   "its DUKPT counter and STAN are kept next to it in FILE.ID.state")
     p.add_argument("--terminal-id", help="which terminal when the file lists several")
     p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
     p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
