@@ -68,6 +68,7 @@ async def _people(store: Any, hsm: Any, keys: Any, today: dt.date) -> dict[str, 
         ("dave", "Dave Lost", 100_00, "lost", False),
         ("erin", "Erin Stolen", 100_00, "stolen", False),
         ("frank", "Frank Expired", 100_00, "active", True),
+        ("hana", "Hana Chip", 300_00, "active", False),
     ]
     people: dict[str, dict[str, Any]] = {}
     for handle, name, deposit, status, expired in cast:
@@ -99,12 +100,27 @@ async def _terminals(store: Any, hsm: Any, keys: Any) -> dict[str, PosTerminal]:
     return terminals
 
 
+async def _personalize_chip(store: Any, hsm: Any, keys: Any, workdir: Path, card_id: int, account_id: int) -> Any:
+    """The bureau's side: a transport key from a key ceremony, then the chip written from the record."""
+    from processor.issuing.personalization import form_bureau_key, personalize
+
+    from terminal_sim.bureau import load_profile, transport_key_from_components
+    from terminal_sim.chip_pos import ChipCard
+
+    ceremony = await form_bureau_key(store, hsm)
+    _, path = await personalize(store, hsm, keys, card_id, directory=workdir / "card-bureau", cvn=18)
+    transport_key = transport_key_from_components(ceremony["components"])
+    profile = load_profile(path.parent, card_id, transport_key)
+    return ChipCard(profile, pin="1234", card_id=card_id, account_id=account_id)
+
+
 async def _play_scenarios(
     day: Day, host: str, port: int, people: dict[str, dict[str, Any]], terminals: dict[str, PosTerminal], store: Any
 ) -> None:
     conn = await TerminalConnection.connect(host, port, timeout_s=5.0)
     try:
         card = {h: CardData.from_issued(p, p["pin"]) for h, p in people.items()}
+        chip = people["hana"]["chip"]
         shop, hotel, web = terminals["grocery"], terminals["hotel"], terminals["online"]
 
         async def play(name: str, expected: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +131,7 @@ async def _play_scenarios(
 
         await play("echo test", "00", shop.echo("301"))
         await play("sign-on", "00", shop.echo("001"))
-        await play("chip purchase with PIN", "00", shop.card_request(card["ada"], 42_50, entry="chip", with_pin=True))
+        await play("purchase with online PIN (DUKPT)", "00", shop.card_request(card["ada"], 42_50, entry="chip", with_pin=True))
         await play("magstripe purchase", "00", shop.card_request(card["ada"], 12_00, entry="magstripe"))
         await play("online purchase with CVV2", "00", web.card_request(card["ada"], 19_99, entry="manual", cvv2=card["ada"].cvv2))
         wrong_cvv2 = "000" if card["ada"].cvv2 != "000" else "111"
@@ -163,10 +179,31 @@ async def _play_scenarios(
             "00",
             shop.card_request(card["bob"], 80_00, mti="0120", entry="magstripe"),
         )
+        await _chip_scenarios(day, conn, terminals["grocery"], chip)
         await play("sign-off", "00", shop.echo("002"))
     finally:
         await conn.close()
     await _malformed(day, host, port)
+
+
+async def _chip_scenarios(day: Day, conn: TerminalConnection, terminal: PosTerminal, chip: Any) -> None:
+    """A personalized chip card: contact with PIN, a contactless tap, and a replayed cryptogram."""
+    from terminal_sim.chip_pos import chip_transaction
+
+    card = chip.insert(contactless=False)
+    contact = await chip_transaction(conn, terminal, card.process_apdu, 23_40, contactless=False, pin="1234")
+    chip.remove(card)
+    day.scenarios.append(
+        Scenario("chip card with PIN: ARQC verified, card accepts ARPC", "00 TC", f"{contact.rc} {contact.cryptogram}")
+    )
+    card = chip.insert(contactless=True)
+    tap = await chip_transaction(conn, terminal, card.process_apdu, 8_90, contactless=True)
+    chip.remove(card)
+    day.scenarios.append(Scenario("contactless tap", "00", str(tap.rc)))
+    replay = dict(contact.request)
+    replay["11"] = terminal.next_stan()
+    answer = await conn.request(replay)
+    day.scenarios.append(Scenario("replayed chip cryptogram (same ATC)", "82", str(answer.get("39"))))
 
 
 async def _malformed(day: Day, host: str, port: int) -> None:
@@ -211,6 +248,9 @@ async def run_day(
             keys = await ensure_issuer_keys(store, hsm)
             today = dt.datetime.now(dt.UTC).date()
             people = await _people(store, hsm, keys, today)
+            people["hana"]["chip"] = await _personalize_chip(
+                store, hsm, keys, workdir, people["hana"]["id"], people["hana"]["account_id"]
+            )
             terminals = await _terminals(store, hsm, keys)
             crowd = await provision(
                 store, hsm, keys, cardholders=cardholders, terminals=max(1, connections // 2), deposit_minor=100_000_00, label="day"
@@ -280,7 +320,7 @@ def print_day(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     for s in summary["scenarios"]:
         mark = "ok " if s["ok"] else "BAD"
         detail = f"  ({s['detail']})" if s.get("detail") else ""
-        print(f"  [{mark}] {s['name']:<42} expected {s['expected']:<3} got {s['got']}{detail}", file=out)
+        print(f"  [{mark}] {s['name']:<52} expected {s['expected']:<6} got {s['got']}{detail}", file=out)
     load = summary["load"]
     if load:
         print(
