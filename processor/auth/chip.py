@@ -56,18 +56,26 @@ async def verify_chip_cryptogram(engine: "Engine", ctx: "AuthContext") -> dict[s
 
 
 async def declined_arpc(engine: "Engine", ctx: "AuthContext") -> dict[str, Any] | None:
-    """For a verified ARQC whose request was declined later (funds), the ARPC over the decline ARC."""
+    """For a declined chip request whose ARQC verifies, the ARPC over the decline ARC.
+
+    The card then knows the issuer authenticated it and declined; it answers AAC to the second
+    GENERATE AC either way, but records issuer authentication as performed.
+    """
     icc: dict[str, bytes] = ctx.request.icc or {}
-    if ctx.icc_response is None or "9F26" not in icc:
+    if ctx.card is None or ctx.pan is None or not all(tag in icc for tag in ("9F26", "9F36", "9F10")):
         return None
-    cvn = cryptogram_version(icc["9F10"])
+    try:
+        cvn = cryptogram_version(icc["9F10"])
+        data = arqc_transaction_data(icc, cvn)
+    except ValueError:
+        return None
     ok, arpc = await engine.hsm.verify_arqc(
         engine.keys.imk_ac,
         ctx.pan,
         "00" if ctx.token is not None else f"{int(ctx.request.psn or ctx.card.psn):02d}",
         icc["9F36"].hex().upper(),
         icc["9F26"].hex().upper(),
-        arqc_transaction_data(icc, cvn).hex().upper(),
+        data.hex().upper(),
         cvn=cvn,
         arc=ARC_DECLINED,
     )

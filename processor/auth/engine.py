@@ -366,8 +366,8 @@ class Engine:
             ctx.reason = declined.reason
             op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
         outcome = await self.store.submit(op)
-        if ctx.icc_response and outcome.rc not in rc.APPROVALS:
-            # The ARPC carried an approval code; the card must hear the decline it is told.
+        if req.icc is not None and outcome.rc not in rc.APPROVALS and outcome.rc not in (rc.FORMAT_ERROR, rc.CVV_FAILURE):
+            # A declined chip card still hears from its issuer: an ARPC over the decline code.
             from processor.auth.chip import declined_arpc
 
             ctx.icc_response = await declined_arpc(self, ctx)

@@ -26,6 +26,7 @@ from processor.issuing.terminals import add_terminal
 from processor.iso8583.messages import parse_track2
 from processor.ledger import Store
 from processor.server import running_engine
+from processor.iso8583 import decode_tlv
 from terminal_sim.bureau import BureauError, chip_track2, load_profile, state_path, transport_key_from_components
 from terminal_sim.chip_pos import ChipCard, chip_transaction
 from terminal_sim.emv.card import GarbageCard, GarbageMode, VirtualCard
@@ -226,6 +227,9 @@ async def test_wrong_pin_block_key_declined_55_and_try_counter_unchanged(chip_is
     assert (result.rc, result.cryptogram) == ("55", "AAC")
     assert (await chip_issuer.store.get_card(chip_issuer.card_ids["ada"])).pin_tries == 0
     assert await chip_issuer.available("ada") == DEPOSIT
+    # The issuer authenticated the card and says so: an ARPC over the decline code "05".
+    issuer_data = decode_tlv(bytes.fromhex(result.answer["55"]))["91"]
+    assert len(issuer_data) == 10 and issuer_data[8:] == b"05"
 
 
 async def test_terminal_disconnected_mid_transaction_reverses_and_leaves_no_hold(chip_issuer):
