@@ -30,6 +30,9 @@ class KeyType(enum.IntEnum):
 
 
 _BITS = {KeyType.TDES2: 128, KeyType.TDES3: 192, KeyType.AES128: 128, KeyType.AES192: 192, KeyType.AES256: 256}
+# Security strength decides which working keys a derivation key may produce (a 3TDEA key, 192 bits
+# long but 112 bits strong, may come from an AES-128 key; X9.24-3 publishes exactly that vector).
+_STRENGTH = {KeyType.TDES2: 80, KeyType.TDES3: 112, KeyType.AES128: 128, KeyType.AES192: 192, KeyType.AES256: 256}
 _AES_BY_LENGTH = {16: KeyType.AES128, 24: KeyType.AES192, 32: KeyType.AES256}
 
 
@@ -139,7 +142,8 @@ def derive_working_key(
 
     initial_key: 16/24/32 bytes (from derive_initial_key). ksn: 12 bytes, counter with at most 16
     one-bits. key_usage: any KeyUsage but the two derivation usages. key_type: TDES2/TDES3/AES*; a
-    working key may not be longer than its derivation key. Raises ValueError.
+    working key may not be stronger than its derivation key (TDES3 from AES128 is allowed, AES256
+    from AES128 is not). Raises ValueError.
 
     >>> ik = bytes.fromhex("1273671EA26AC29AFA4D1084127652A1")
     >>> len(derive_working_key(ik, bytes.fromhex("123456789012345600000001"), KeyUsage.PIN_ENCRYPTION))
@@ -150,9 +154,30 @@ def derive_working_key(
     key_type = _enum(KeyType, key_type, "key type")
     if key_usage in (KeyUsage.KEY_DERIVATION, KeyUsage.KEY_DERIVATION_INITIAL_KEY):
         raise ValueError(f"{key_usage.name} is not a working key usage")
-    if key_type.bits > derivation_type.bits:
+    if _STRENGTH[key_type] > _STRENGTH[derivation_type]:
         raise ValueError(f"a {key_type.name} working key cannot be derived from a {derivation_type.name} key")
     derivation_id, counter = _split_ksn(ksn)
     parent = transaction_derivation_key(initial_key, ksn)
     data = _derivation_data(key_usage, key_type, derivation_id + counter.to_bytes(4, "big"))
     return _derive(parent, key_type, data)
+
+
+def next_ksn(ksn: bytes) -> bytes:
+    """The KSN of the device's next transaction: the smallest larger counter with at most 16 one-bits.
+
+    Raises ValueError for a KSN that is not 12 bytes and when the counter space is exhausted.
+
+    >>> next_ksn(bytes.fromhex("123456789012345600000001")).hex().upper()
+    '123456789012345600000002'
+    >>> next_ksn(bytes.fromhex("12345678901234560000FFFF")).hex().upper()
+    '123456789012345600010000'
+    """
+    if len(ksn) != 12:
+        raise ValueError(f"AES DUKPT KSN must be 12 bytes, got {len(ksn)}")
+    counter = int.from_bytes(ksn[8:], "big") + 1
+    # A counter with too many one-bits jumps by its lowest one-bit: that clears the run of low ones.
+    while counter < 1 << 32 and bin(counter).count("1") > MAX_COUNTER_ONE_BITS:
+        counter += counter & -counter
+    if counter >= 1 << 32:
+        raise ValueError("AES DUKPT transaction counter is exhausted; the device needs a new initial key")
+    return bytes(ksn[:8]) + counter.to_bytes(4, "big")
