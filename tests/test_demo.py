@@ -41,3 +41,25 @@ def test_demo_day_and_nothing_secret_at_rest(tmp_path):
         assert not track2_like.search(blob), f"track 2 data in {path.name}"
     log = (tmp_path / "processor.log").read_text()
     assert re.search(r"pan=476173\*{6}[0-9]{4} ", log), "authorizations are logged with masked PANs"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_demo_day_on_postgresql_leaves_no_clear_pan_in_a_dump(pg_url, tmp_path):
+    """The same day on PostgreSQL; then pg_dump of the whole database holds no PAN or track 2."""
+    env = {**os.environ, "PROCESSOR_DB_URL": pg_url, "PROCESSOR_HSM_URL": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "processor.cli", "demo", "--json", "--workdir", str(tmp_path), "--seconds", "1", "--cardholders", "4", "--connections", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert json.loads(proc.stdout)["ok"]
+    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    dump = subprocess.run(["pg_dump", "--data-only", plain], capture_output=True, timeout=60, check=True).stdout
+    assert b"COPY public.cards" in dump
+    assert not re.search(rb"(?<![0-9])476173[0-9]{10}(?![0-9])", dump), "a clear PAN in the PostgreSQL dump"
+    assert not re.search(rb"[0-9]{13,19}[=D][0-9]{7}", dump), "track 2 data in the PostgreSQL dump"
+
