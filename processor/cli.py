@@ -8,12 +8,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 from processor.config import Settings

@@ -23,7 +23,7 @@ from typing import Any
 
 from processor.config import Settings
 from terminal_sim.iso_client import TerminalConnection
-from terminal_sim.load import LoadResult, percentile, run_load
+from terminal_sim.load import LoadResult, run_load
 from terminal_sim.pos import CardData, PosTerminal
 
 log = logging.getLogger("processor.demo")

@@ -11,7 +11,7 @@ from processor.config import Settings
 from processor.issuing import ensure_issuer_keys, issue_card
 from processor.issuing.terminals import add_terminal
 from processor.ledger import Store
-from processor.server import RunningEngine, running_engine
+from processor.server import RunningEngine
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import CardData, PosTerminal
 
