@@ -241,6 +241,7 @@ async def chip_transaction(
         icc=read.de55().hex().upper(),
         now=now,
     )
+    request["2"] = read.pan  # the number the chip presents: the card's PAN, or a wallet's device token
     result = ChipResult(None, None, "AAC", atc, contactless, mask_pan(read.pan), amount_minor, request["11"],
                         request=request)
     try:

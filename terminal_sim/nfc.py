@@ -75,6 +75,21 @@ class ContactlessTerminal:
             **options,
         )
 
-    async def tap_wallet(self, *args: Any, **kwargs: Any) -> ChipResult:
-        """A wallet's device token tap (token PAN in DE 2, token cryptogram in DE 55): not offered yet."""
-        raise NotImplementedError("wallet token taps are not supported by this terminal yet")
+    async def tap_wallet(
+        self,
+        conn: TerminalConnection | None,
+        transmit: Transmit,
+        amount_minor: int,
+        *,
+        reconnect: Reconnect | None = None,
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> ChipResult:
+        """A phone's tap: its wallet presents the device token and the token cryptogram (DE 2, DE 55).
+
+        The phone verifies its holder itself (consumer-device CVM), so the contactless limit asks for
+        no PIN: the issuer relies on the token's domain restrictions and cryptogram instead.
+        """
+        return await chip_transaction(
+            conn, self.pos, transmit, amount_minor, contactless=True, pin=None, reconnect=reconnect, timeout_s=timeout_s, **options
+        )
