@@ -108,6 +108,9 @@ def test_x9_24_1_x9_19_mac_over_the_standards_mac_data():
         # The classic Visa example (CVK A 0123456789ABCDEF, B FEDCBA9876543210), quoted in Thales and
         # Visa PIN/CVV training material.
         ("0123456789ABCDEFFEDCBA9876543210", "4123456789012345", "8701", "101", "561"),
+        # The same keys and card with service code 111, worked step by step (intermediate result
+        # 8D5625FA78011A0C) in "Algorithm generation 7: CVN" (topic.alibabacloud.com).
+        ("0123456789ABCDEFFEDCBA9876543210", "4123456789012345", "8701", "111", "856"),
         # psec's cvv.generate_cvv docstring and its test suite.
         ("0123456789ABCDEFFEDCBA9876543210", "1234567890123456", "9912", "220", "170"),
         ("99999999999999998888888888888888", "2222222222222222", "3333", "111", "361"),
