@@ -144,3 +144,16 @@ def test_bad_inputs_name_the_input_and_never_the_key(call, message):
     with pytest.raises(ValueError, match=message) as info:
         call()
     assert IK128.hex() not in str(info.value).lower()
+
+
+def test_aes192_and_weaker_working_keys_from_stronger_initial_keys():
+    bdk192 = BDK128 + BDK128[:8]
+    ik192 = derive_initial_key(bdk192, IKID, KeyType.AES192)
+    assert len(ik192) == 24 and ik192 not in (IK128, IK256[:24])
+    assert len(derive_working_key(ik192, _ksn(1), KeyUsage.PIN_ENCRYPTION, KeyType.AES192)) == 24
+    # A weaker key comes from a stronger one, and its derivation data differs from the full-size key's.
+    aes128_from_256 = derive_working_key(IK256, _ksn(1), KeyUsage.PIN_ENCRYPTION, KeyType.AES128)
+    assert len(aes128_from_256) == 16
+    assert aes128_from_256 != derive_working_key(IK256, _ksn(1), KeyUsage.PIN_ENCRYPTION, KeyType.AES256)[:16]
+    with pytest.raises(ValueError, match="a AES256 working key cannot be derived from a AES192 key"):
+        derive_working_key(ik192, _ksn(1), KeyUsage.PIN_ENCRYPTION, KeyType.AES256)
