@@ -129,6 +129,7 @@ _CLAIM_ATC = (
     .values(last_atc=bindparam("atc"))
 )
 CVV_FAILURE = "82"
+_ORIGINAL_ACCOUNTS = select(au.account_id).where(au.idem_key.in_(bindparam("keys", expanding=True)))
 _LOCK_ACCOUNTS = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
 _INTERNAL = select(a.id).where(a.kind == "internal", a.purpose == bindparam("p"), a.currency == bindparam("cur"))
 
@@ -140,9 +141,13 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
     """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
     if len(batch) > 1 and conn.dialect.name == "postgresql":
         # Lock the batch's accounts up front in id order: parallel writers then queue instead of deadlocking.
-        ids = sorted({op.account_id for op in batch if op.account_id is not None})
+        # Completions and reversals name only their original; its account is looked up first.
+        ids = {op.account_id for op in batch if op.account_id is not None}
+        originals = [key for op in batch if (key := getattr(op, "original_key", None))]
+        if originals:
+            ids.update(a_id for a_id in conn.execute(_ORIGINAL_ACCOUNTS, {"keys": originals}).scalars() if a_id is not None)
         if ids:
-            conn.execute(_LOCK_ACCOUNTS, {"ids": ids})
+            conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(ids)})
     keys = list({op.idem_key for op in batch})
     stored = {row.idem_key: row for row in conn.execute(_AUTHS_BY_KEYS, {"keys": keys})}
     answered: dict[str, o.AuthOutcome] = {}
