@@ -293,7 +293,7 @@ def _log_to(path: Path) -> logging.Handler:
 
 def summarize(day: Day) -> dict[str, Any]:
     """The day as one JSON-able document."""
-    codes: Counter[str] = Counter(s.got for s in day.scenarios)
+    codes: Counter[str] = Counter(s.got.split(" ")[0] for s in day.scenarios)  # "00 TC" counts as 00
     load = day.load.summary() if day.load else {}
     for code, count in load.get("codes", {}).items():
         codes[code] += count
