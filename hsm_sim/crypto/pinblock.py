@@ -92,7 +92,16 @@ def decode_pin_block(block: bytes, pan: str, fmt: int) -> str:
     value = int.from_bytes(block, "big")
     if fmt != 1:
         value ^= _pan_field(pan)
-    field = f"{value:016X}"
+    pin, pad = _split_pin_field(f"{value:016X}", fmt)
+    if fmt == 0 and pad.strip("F"):
+        raise PinBlockError("pad", "format 0 PIN block fill is not all F")
+    if fmt == 3 and pad.strip(_FILL3):
+        raise PinBlockError("pad", "format 3 PIN block fill is not A to F")
+    return pin
+
+
+def _split_pin_field(field: str, fmt: int) -> tuple[str, str]:
+    """(PIN, fill) of a clear PIN field in hex: format nibble, length nibble, digits, fill."""
     if field[0] != str(fmt):
         raise PinBlockError("format", f"PIN block format nibble is {field[0]}, expected {fmt}")
     length = int(field[1], 16)
@@ -101,12 +110,7 @@ def decode_pin_block(block: bytes, pan: str, fmt: int) -> str:
     pin = field[2 : 2 + length]
     if not pin.isdigit():
         raise PinBlockError("pin_digits", "PIN field holds non-decimal digits")
-    pad = field[2 + length :]
-    if fmt == 0 and pad.strip("F"):
-        raise PinBlockError("pad", "format 0 PIN block fill is not all F")
-    if fmt == 3 and pad.strip(_FILL3):
-        raise PinBlockError("pad", "format 3 PIN block fill is not A to F")
-    return pin
+    return pin, field[2 + length :]
 
 
 def _pin_field_iso4(pin: str, random_bytes: bytes | None) -> bytes:
@@ -155,14 +159,7 @@ def decipher_pin_block_iso4(key: bytes, block: bytes, pan: str, *, cache: bool =
     pan_field = _pan_field_iso4(pan)
     middle = int.from_bytes(aes_ecb_decrypt(key, bytes(block), cache=cache), "big") ^ pan_field
     field = aes_ecb_decrypt(key, middle.to_bytes(16, "big"), cache=cache)[:8].hex().upper()
-    if field[0] != "4":
-        raise PinBlockError("format", f"PIN block format nibble is {field[0]}, expected 4")
-    length = int(field[1], 16)
-    if not 4 <= length <= 12:
-        raise PinBlockError("pin_length", f"PIN length nibble {length} is outside 4..12")
-    pin = field[2 : 2 + length]
-    if not pin.isdigit():
-        raise PinBlockError("pin_digits", "PIN field holds non-decimal digits")
-    if field[2 + length :].strip("A"):
+    pin, pad = _split_pin_field(field, 4)
+    if pad.strip("A"):
         raise PinBlockError("pad", "format 4 PIN field fill is not all A")
     return pin
