@@ -11,18 +11,24 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
-def test_demo_day_and_nothing_secret_at_rest(tmp_path):
-    env = {**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""}
+def run_demo(workdir, db_url: str, *, seconds: str, cardholders: str, connections: str) -> dict:
+    """`processor demo --json` in a subprocess; its summary, after checking it exited 0."""
+    env = {**os.environ, "PROCESSOR_DB_URL": db_url, "PROCESSOR_HSM_URL": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "processor.cli", "demo", "--json", "--workdir", str(tmp_path), "--seconds", "2", "--cardholders", "8", "--connections", "4"],
+        [sys.executable, "-m", "processor.cli", "demo", "--json", "--workdir", str(workdir),
+         "--seconds", seconds, "--cardholders", cardholders, "--connections", connections],
         capture_output=True,
         text=True,
         timeout=180,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    summary = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_demo_day_and_nothing_secret_at_rest(tmp_path):
+    summary = run_demo(tmp_path, "", seconds="2", cardholders="8", connections="4")
     bad = [s for s in summary["scenarios"] if not s["ok"]]
     assert bad == []
     assert summary["ledger"]["ok"]
@@ -47,16 +53,7 @@ def test_demo_day_and_nothing_secret_at_rest(tmp_path):
 @pytest.mark.postgres
 def test_demo_day_on_postgresql_leaves_no_clear_pan_in_a_dump(pg_url, tmp_path):
     """The same day on PostgreSQL; then pg_dump of the whole database holds no PAN or track 2."""
-    env = {**os.environ, "PROCESSOR_DB_URL": pg_url, "PROCESSOR_HSM_URL": ""}
-    proc = subprocess.run(
-        [sys.executable, "-m", "processor.cli", "demo", "--json", "--workdir", str(tmp_path), "--seconds", "1", "--cardholders", "4", "--connections", "2"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    assert json.loads(proc.stdout)["ok"]
+    assert run_demo(tmp_path, pg_url, seconds="1", cardholders="4", connections="2")["ok"]
     plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
     dump = subprocess.run(["pg_dump", "--data-only", plain], capture_output=True, timeout=60, check=True).stdout
     assert b"COPY public.cards" in dump
