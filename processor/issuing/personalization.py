@@ -109,10 +109,60 @@ async def personalize(
         sealed_card=sealed["card"],
         sealed_icc_mk=sealed["icc_mk"],
     )
-    path = bureau_path(directory, card_id)
+    return record, _write(bureau_path(directory, card_id), record)
+
+
+def wallet_path(directory: str | os.PathLike[str], token_id: int) -> Path:
+    return Path(directory) / f"wallet-{token_id}.json"
+
+
+async def personalize_wallet(
+    store: Any,
+    hsm: Any,
+    keys: IssuerKeys,
+    *,
+    token_id: int,
+    sealed_token: str,
+    data_key_version: int,
+    token_last4: str,
+    expiry: str,
+    directory: str | os.PathLike[str] = DEFAULT_BUREAU_DIR,
+    cvn: int = 18,
+) -> tuple[BureauRecord, Path]:
+    """The device's copy of a payment token: token PAN, its iCVV and its own cryptogram key, sealed.
+
+    The token's ICC master key is derived from the issuer's IMK-AC and the token PAN (PSN 00), which is
+    exactly the key the engine verifies token cryptograms with; a wallet only ever taps (contactless).
+    """
+    kek = await store.get_config(BUREAU_KEK_CONFIG)
+    if kek is None:
+        raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
+    sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek)
+    record = BureauRecord(
+        format=BUREAU_FORMAT,
+        card_id=token_id,
+        token=f"token-{token_id}",
+        last4=token_last4,
+        psn="00",
+        expiry=expiry,
+        service_code="201",
+        aid=VISA_DEBIT_AID,
+        label="VISA DEBIT",
+        cardholder_name="WALLET",
+        cvn=cvn,
+        contactless=True,
+        transport_key_kcv=sealed["transport_key"],
+        sealed_card=sealed["card"],
+        sealed_icc_mk=sealed["icc_mk"],
+    )
+    return record, _write(wallet_path(directory, token_id), record)
+
+
+def _write(path: Path, record: BureauRecord) -> Path:
+    """Atomically, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record.as_json(), indent=1), encoding="utf-8")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
-    return record, path
+    return path
