@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from processor.ledger.apply import BatchState, internal_account, post_entry
-from processor.ledger.models import accounts, cardholders, cards, config, holds, merchants, terminals, utcnow
+from processor.ledger.models import (
+    accounts,
+    cardholders,
+    cards,
+    config,
+    holds,
+    merchants,
+    payment_tokens,
+    terminals,
+    token_events,
+    utcnow,
+)
 from processor.ledger.records import (
     AccountView,
     CardholderRecord,
@@ -18,9 +30,12 @@ from processor.ledger.records import (
     HoldView,
     MerchantRecord,
     NewCard,
+    NewPaymentToken,
     StoreError,
     StoreNotFound,
     TerminalRecord,
+    TokenRecord,
+    TokenView,
 )
 
 a, c, h = accounts.c, cards.c, holds.c
@@ -433,3 +448,302 @@ def set_config(conn: Connection, key: str, value: str) -> None:
         from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
     stmt = upsert(config).values(key=key, value=value)
     conn.execute(stmt.on_conflict_do_update(index_elements=[config.c.key], set_={"value": value}))
+
+
+# ------------------------------------------------------------------ PAN vault rotation
+
+
+def cards_to_reseal(
+    conn: Connection, dek_version: int, fpk_version: int, after_id: int, limit: int
+) -> list[tuple[int, str, int, int]]:
+    """(card_id, sealed_pan, data_key_version, fingerprint_version) of cards behind either key version, by id."""
+    rows = conn.execute(
+        select(c.id, c.sealed_pan, c.data_key_version, c.fingerprint_version)
+        .where(c.id > after_id, (c.data_key_version < dek_version) | (c.fingerprint_version < fpk_version))
+        .order_by(c.id)
+        .limit(limit)
+    )
+    return [(r.id, r.sealed_pan, r.data_key_version, r.fingerprint_version) for r in rows]
+
+
+def update_card_vault(
+    conn: Connection, card_id: int, old_dek_version: int, old_fpk_version: int, vault: Any
+) -> bool:
+    """Store a re-sealed PAN only if the card still has the versions it was read with (compare-and-set)."""
+    result = conn.execute(
+        update(cards)
+        .where(c.id == card_id, c.data_key_version == old_dek_version, c.fingerprint_version == old_fpk_version)
+        .values(
+            pan_fingerprint=vault.fingerprint,
+            fingerprint_version=vault.fingerprint_version,
+            sealed_pan=vault.sealed_pan,
+            data_key_version=vault.data_key_version,
+            updated_at=utcnow(),
+        )
+    )
+    return result.rowcount == 1
+
+
+def update_cards_vault(conn: Connection, updates: Sequence[tuple[int, int, int, Any]]) -> list[bool]:
+    """update_card_vault for each (card_id, old_dek_version, old_fpk_version, vault), in one transaction."""
+    return [update_card_vault(conn, *item) for item in updates]
+
+
+def tokens_to_reseal(
+    conn: Connection, dek_version: int, fpk_version: int, after_id: int, limit: int
+) -> list[tuple[int, str, int, int]]:
+    """(token_id, sealed_token, data_key_version, fingerprint_version) of payment tokens behind a version, by id."""
+    p = payment_tokens.c
+    rows = conn.execute(
+        select(p.id, p.sealed_token, p.data_key_version, p.fingerprint_version)
+        .where(p.id > after_id, (p.data_key_version < dek_version) | (p.fingerprint_version < fpk_version))
+        .order_by(p.id)
+        .limit(limit)
+    )
+    return [(r.id, r.sealed_token, r.data_key_version, r.fingerprint_version) for r in rows]
+
+
+def update_tokens_vault(conn: Connection, updates: Sequence[tuple[int, int, int, Any]]) -> list[bool]:
+    """Store re-sealed token numbers, each with a compare-and-set on the versions it was read with."""
+    p = payment_tokens.c
+    now = utcnow()
+    done = []
+    for token_id, old_dek, old_fpk, vault in updates:
+        result = conn.execute(
+            update(payment_tokens)
+            .where(p.id == token_id, p.data_key_version == old_dek, p.fingerprint_version == old_fpk)
+            .values(
+                token_fingerprint=vault.fingerprint,
+                fingerprint_version=vault.fingerprint_version,
+                sealed_token=vault.sealed_pan,
+                data_key_version=vault.data_key_version,
+                updated_at=now,
+            )
+        )
+        done.append(result.rowcount == 1)
+    return done
+
+
+def count_behind_vault(conn: Connection, dek_version: int, fpk_version: int) -> int:
+    """Cards plus payment tokens still sealed or fingerprinted under an older key version."""
+    p = payment_tokens.c
+    behind_cards = conn.execute(
+        select(func.count()).select_from(cards).where(
+            (c.data_key_version < dek_version) | (c.fingerprint_version < fpk_version)
+        )
+    ).scalar_one()
+    behind_tokens = conn.execute(
+        select(func.count()).select_from(payment_tokens).where(
+            (p.data_key_version < dek_version) | (p.fingerprint_version < fpk_version)
+        )
+    ).scalar_one()
+    return int(behind_cards) + int(behind_tokens)
+
+
+# ------------------------------------------------------------------ payment tokens
+
+tk = payment_tokens.c
+TOKEN_STATUSES = frozenset({"active", "suspended", "deleted"})
+# Deleted is final; a suspended token can come back.
+TOKEN_TRANSITIONS: dict[str, dict[str, str]] = {
+    "active": {"suspended": "suspended", "deleted": "deleted"},
+    "suspended": {"active": "resumed", "deleted": "deleted"},
+    "deleted": {},
+}
+# A token whose card is replaced follows the new card; a deleted one stays with the old card.
+REPOINTABLE = ("active", "suspended")
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v for v in value.split(",") if v)
+
+
+def _join(values: Any, what: str, digits: int | None) -> str | None:
+    if values is None:
+        return None
+    items = tuple(values)
+    for item in items:
+        if not item or "," in item or (digits is not None and not (len(item) == digits and item.isdigit())):
+            expected = f"{digits} digits" if digits else "a non-empty value without commas"
+            raise StoreError(f"payment token {what}: each entry must be {expected}, got {item!r}")
+    if not items:
+        raise StoreError(f"payment token {what}: give at least one entry, or none for no restriction")
+    return ",".join(items)
+
+
+def _event(conn: Connection, token_id: int, event: str, detail: str, now: dt.datetime) -> None:
+    conn.execute(insert(token_events), {"token_id": token_id, "event": event, "detail": detail[:200], "created_at": now})
+
+
+def add_payment_token(conn: Connection, new: NewPaymentToken) -> int:
+    if not (len(new.expiry) == 4 and new.expiry.isdigit()):
+        raise StoreError(f"payment token expiry must be YYMM, got {new.expiry!r}")
+    if not (len(new.token_last4) == 4 and new.token_last4.isdigit()):
+        raise StoreError("payment token last4 must be 4 digits")
+    modes = _join(new.allowed_entry_modes, "entry modes", 2)
+    if modes is None:
+        raise StoreError("payment token entry modes: give at least one DE 22 entry mode such as 07")
+    mccs = _join(new.mcc_allow, "MCC list", 4)
+    merchants_allowed = _join(new.merchant_allow, "merchant list", None)
+    status = conn.execute(select(c.status).where(c.id == new.card_id)).scalar()
+    if status is None:
+        raise StoreNotFound(f"card {new.card_id} does not exist")
+    if status != "active":
+        raise StoreError(f"card {new.card_id} is {status}: only an active card can get a payment token")
+    now = utcnow()
+    try:
+        with conn.begin_nested():
+            token_id = conn.execute(
+                insert(payment_tokens).returning(tk.id),
+                {
+                    "card_id": new.card_id,
+                    "token_fingerprint": new.token_fingerprint,
+                    "fingerprint_version": new.fingerprint_version,
+                    "sealed_token": new.sealed_token,
+                    "data_key_version": new.data_key_version,
+                    "token_last4": new.token_last4,
+                    "token_bin": new.token_bin,
+                    "expiry": new.expiry,
+                    "status": "active",
+                    "requestor_id": new.requestor_id,
+                    "wallet": new.wallet,
+                    "device_id": new.device_id,
+                    "allowed_entry_modes": modes,
+                    "mcc_allow": mccs,
+                    "merchant_allow": merchants_allowed,
+                    "last_atc": None,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            ).scalar_one()
+    except IntegrityError:
+        raise StoreError("a payment token with this fingerprint already exists") from None
+    _event(conn, token_id, "provisioned", f"card {new.card_id}, wallet {new.wallet}, device {new.device_id}"[:200], now)
+    return token_id
+
+
+def set_token_status(conn: Connection, token_id: int, status: str, detail: str = "") -> None:
+    if status not in TOKEN_STATUSES:
+        raise StoreError(f"payment token status must be one of {sorted(TOKEN_STATUSES)}, got {status!r}")
+    current = conn.execute(select(tk.status).where(tk.id == token_id)).scalar()
+    if current is None:
+        raise StoreNotFound(f"payment token {token_id} does not exist")
+    event = TOKEN_TRANSITIONS[current].get(status)
+    if event is None:
+        raise StoreError(f"payment token {token_id} is {current} and cannot become {status}")
+    now = utcnow()
+    # Compare-and-set on the status read above: two operators acting at once cannot both move it.
+    moved = conn.execute(
+        update(payment_tokens).where(tk.id == token_id, tk.status == current).values(status=status, updated_at=now)
+    ).rowcount
+    if moved != 1:
+        raise StoreError(f"payment token {token_id} changed status meanwhile; try again")
+    _event(conn, token_id, event, detail, now)
+
+
+def repoint_tokens(conn: Connection, old_card_id: int, new_card_id: int) -> list[int]:
+    """Move the old card's active and suspended tokens to the new card (event "repointed"); their ids."""
+    if conn.execute(select(c.id).where(c.id == new_card_id)).first() is None:
+        raise StoreNotFound(f"card {new_card_id} does not exist")
+    now = utcnow()
+    ids = list(
+        conn.execute(
+            update(payment_tokens)
+            .where(tk.card_id == old_card_id, tk.status.in_(REPOINTABLE))
+            .values(card_id=new_card_id, updated_at=now)
+            .returning(tk.id)
+        ).scalars()
+    )
+    for token_id in sorted(ids):
+        _event(conn, token_id, "repointed", f"card {old_card_id} -> card {new_card_id}", now)
+    return sorted(ids)
+
+
+def replace_card(conn: Connection, old_card_id: int, new_card_id: int) -> list[int]:
+    """Close the old card pointing at its replacement and move its wallet tokens to it; the moved token ids."""
+    old = conn.execute(select(c.status, c.account_id, c.replaced_by_card_id).where(c.id == old_card_id)).first()
+    if old is None:
+        raise StoreNotFound(f"card {old_card_id} does not exist")
+    if old.replaced_by_card_id is not None and old.replaced_by_card_id != new_card_id:
+        raise StoreError(f"card {old_card_id} was already replaced by card {old.replaced_by_card_id}")
+    new_account = conn.execute(select(c.account_id).where(c.id == new_card_id)).scalar()
+    if new_account is None:
+        raise StoreNotFound(f"card {new_card_id} does not exist")
+    if new_account != old.account_id:
+        raise StoreError(f"card {new_card_id} is not on account {old.account_id} of card {old_card_id}")
+    if old.status != "closed":
+        set_card_status(conn, old_card_id, "closed")
+    conn.execute(
+        update(cards).where(c.id == old_card_id).values(replaced_by_card_id=new_card_id, updated_at=utcnow())
+    )
+    return repoint_tokens(conn, old_card_id, new_card_id)
+
+
+TOKEN_COLUMNS = (
+    tk.id.label("token_id"), tk.card_id, tk.status, tk.expiry, tk.requestor_id, tk.allowed_entry_modes, tk.mcc_allow,
+    tk.merchant_allow, tk.token_last4, tk.last_atc,
+)
+# One row: the token, its card and the card's account (the card columns keep CARD_COLUMNS' names).
+TOKEN_CARD_SELECT = select(
+    *(col.label(f"t_{col.name}") for col in TOKEN_COLUMNS), *CARD_COLUMNS
+).select_from(payment_tokens.join(cards, c.id == tk.card_id).join(accounts, a.id == c.account_id))
+TOKEN_CARD_NAMES = tuple(f"t_{col.name}" for col in TOKEN_COLUMNS) + tuple(col.name for col in CARD_COLUMNS)
+
+
+def token_card_from_values(values: Sequence[Any]) -> tuple[TokenRecord, CardRecord]:
+    """Split one TOKEN_CARD_SELECT row (in TOKEN_CARD_NAMES order) into the token and its card."""
+    n = len(TOKEN_COLUMNS)
+    tv = dict(zip((col.name for col in TOKEN_COLUMNS), values[:n]))
+    token = TokenRecord(
+        token_id=tv["token_id"],
+        card_id=tv["card_id"],
+        status=tv["status"],
+        expiry=tv["expiry"],
+        requestor_id=tv["requestor_id"],
+        allowed_entry_modes=_split(tv["allowed_entry_modes"]) or (),
+        mcc_allow=_split(tv["mcc_allow"]),
+        merchant_allow=_split(tv["merchant_allow"]),
+        token_last4=tv["token_last4"],
+        last_atc=tv["last_atc"],
+    )
+    card = CardRecord(**dict(zip((col.name for col in CARD_COLUMNS), values[n:])))
+    return token, card
+
+
+def find_payment_token(conn: Connection, fingerprints: list[str]) -> tuple[TokenRecord, CardRecord] | None:
+    row = conn.execute(TOKEN_CARD_SELECT.where(tk.token_fingerprint.in_(fingerprints)).limit(1)).first()
+    return token_card_from_values(tuple(row)) if row is not None else None
+
+
+_TOKEN_VIEW = select(
+    tk.id, tk.card_id, tk.status, tk.expiry, tk.token_last4, tk.token_bin, tk.requestor_id, tk.wallet, tk.device_id,
+    tk.allowed_entry_modes, tk.mcc_allow, tk.merchant_allow, tk.fingerprint_version, tk.data_key_version, tk.last_atc,
+    tk.created_at, tk.updated_at,
+)
+
+
+def _token_view(row: Any) -> TokenView:
+    values = row._asdict()
+    values["allowed_entry_modes"] = _split(values["allowed_entry_modes"]) or ()
+    values["mcc_allow"] = _split(values["mcc_allow"])
+    values["merchant_allow"] = _split(values["merchant_allow"])
+    return TokenView(**values)
+
+
+def get_token(conn: Connection, token_id: int) -> TokenView:
+    row = conn.execute(_TOKEN_VIEW.where(tk.id == token_id)).first()
+    if row is None:
+        raise StoreNotFound(f"payment token {token_id} does not exist")
+    return _token_view(row)
+
+
+def list_tokens(conn: Connection, card_id: int) -> list[TokenView]:
+    return [_token_view(r) for r in conn.execute(_TOKEN_VIEW.where(tk.card_id == card_id).order_by(tk.id))]
+
+
+def list_token_events(conn: Connection, token_id: int) -> list[dict[str, Any]]:
+    e = token_events.c
+    if conn.execute(select(tk.id).where(tk.id == token_id)).first() is None:
+        raise StoreNotFound(f"payment token {token_id} does not exist")
+    rows = conn.execute(select(e.id, e.event, e.detail, e.created_at).where(e.token_id == token_id).order_by(e.id))
+    return [r._asdict() for r in rows]

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from processor.ledger import ops as o
-from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings
+from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings
 
 UNKNOWN_ACCOUNT = "14"
 
@@ -128,6 +128,14 @@ _CLAIM_ATC = (
     .where(cards.c.id == bindparam("cid"), (cards.c.last_atc.is_(None)) | (cards.c.last_atc < bindparam("atc")))
     .values(last_atc=bindparam("atc"))
 )
+_CLAIM_TOKEN_ATC = (
+    update(payment_tokens)
+    .where(
+        payment_tokens.c.id == bindparam("tid"),
+        (payment_tokens.c.last_atc.is_(None)) | (payment_tokens.c.last_atc < bindparam("atc")),
+    )
+    .values(last_atc=bindparam("atc"))
+)
 CVV_FAILURE = "82"
 _ORIGINAL_ACCOUNTS = select(au.account_id).where(au.idem_key.in_(bindparam("keys", expanding=True)))
 _LOCK_ACCOUNTS = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
@@ -161,7 +169,12 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
         if row is not None:
             outcomes.append(outcome_from_row(row, duplicate=True))
             continue
-        if op.atc is not None and op.card_id is not None and not isinstance(op, o.Decline):
+        if op.atc is not None and op.token_id is not None and not isinstance(op, o.Decline):
+            if conn.execute(_CLAIM_TOKEN_ATC, {"tid": op.token_id, "atc": op.atc}).rowcount != 1:
+                common = {f.name: getattr(op, f.name) for f in dataclasses.fields(o.Op)}
+                common["reason"] = f"ATC {op.atc} is not above the token's last ATC: replayed cryptogram"
+                op = o.Decline(**common, rc=CVV_FAILURE)
+        elif op.atc is not None and op.card_id is not None and not isinstance(op, o.Decline):
             if conn.execute(_CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}).rowcount != 1:
                 common = {f.name: getattr(op, f.name) for f in dataclasses.fields(o.Op)}
                 common["reason"] = f"ATC {op.atc} is not above the card's last ATC: replayed cryptogram"

@@ -242,6 +242,55 @@ class Config(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class PaymentToken(Base):
+    """A wallet's device token (EMVCo payment token) standing for a card; its number is never stored in clear."""
+
+    __tablename__ = "payment_tokens"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended', 'deleted')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"), index=True)
+    # HSM keyed fingerprint of the token number: the engine finds the token by it in one indexed read.
+    token_fingerprint: Mapped[str] = mapped_column(String(128), unique=True)
+    fingerprint_version: Mapped[int] = mapped_column(Integer, default=1)
+    sealed_token: Mapped[str] = mapped_column(Text)
+    data_key_version: Mapped[int] = mapped_column(Integer, default=1)
+    token_last4: Mapped[str] = mapped_column(String(4))
+    token_bin: Mapped[str] = mapped_column(String(8))
+    expiry: Mapped[str] = mapped_column(String(4))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    requestor_id: Mapped[str] = mapped_column(String(11))
+    wallet: Mapped[str] = mapped_column(String(32))
+    device_id: Mapped[str] = mapped_column(String(64))
+    # Domain restrictions: DE 22 first two digits; NULL MCC/merchant lists mean "any".
+    allowed_entry_modes: Mapped[str] = mapped_column(String(64), default="07")
+    mcc_allow: Mapped[str | None] = mapped_column(Text)
+    merchant_allow: Mapped[str | None] = mapped_column(Text)
+    # Highest ATC seen in a verified token cryptogram (the token has its own chip key, hence its own counter).
+    last_atc: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class TokenEvent(Base):
+    """A payment token's lifecycle: provisioned, suspended, resumed, deleted, repointed."""
+
+    __tablename__ = "token_events"
+    __table_args__ = (
+        CheckConstraint(
+            "event IN ('provisioned', 'suspended', 'resumed', 'deleted', 'repointed')", name="event"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("payment_tokens.id"), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 cardholders = Cardholder.__table__
 accounts = Account.__table__
 cards = Card.__table__
@@ -252,3 +301,5 @@ journal_entries = JournalEntry.__table__
 postings = Posting.__table__
 auths = Auth.__table__
 config = Config.__table__
+payment_tokens = PaymentToken.__table__
+token_events = TokenEvent.__table__

@@ -39,6 +39,8 @@ class Op:
     # When not None (a verified chip cryptogram), the operation is applied only if this ATC is above the
     # card's last one, which it then becomes; otherwise it is declined as a replay ("82").
     atc: int | None = None
+    # With `atc`: a wallet token's cryptogram; the ATC is claimed on that payment token, not on the card.
+    token_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -131,3 +131,62 @@ class TerminalRecord:
     key_scheme: str | None
     bdk_kcv: str | None
     initial_ksn: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewPaymentToken:
+    """A payment token to create: its number is already fingerprinted and sealed by the HSM."""
+
+    card_id: int
+    token_fingerprint: str
+    fingerprint_version: int
+    sealed_token: str
+    data_key_version: int
+    token_last4: str
+    token_bin: str
+    expiry: str
+    requestor_id: str
+    wallet: str
+    device_id: str
+    allowed_entry_modes: tuple[str, ...] = ("07",)
+    mcc_allow: tuple[str, ...] | None = None
+    merchant_allow: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What the engine needs of a payment token: status, expiry and domain restrictions."""
+
+    token_id: int
+    card_id: int
+    status: str
+    expiry: str
+    requestor_id: str
+    allowed_entry_modes: tuple[str, ...]
+    mcc_allow: tuple[str, ...] | None
+    merchant_allow: tuple[str, ...] | None
+    token_last4: str
+    last_atc: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """A payment token as an operator sees it (no secret)."""
+
+    id: int
+    card_id: int
+    status: str
+    expiry: str
+    token_last4: str
+    token_bin: str
+    requestor_id: str
+    wallet: str
+    device_id: str
+    allowed_entry_modes: tuple[str, ...]
+    mcc_allow: tuple[str, ...] | None
+    merchant_allow: tuple[str, ...] | None
+    fingerprint_version: int
+    data_key_version: int
+    last_atc: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime

@@ -36,7 +36,7 @@ from sqlalchemy.pool import NullPool
 from processor.ledger import admin, invariants
 from processor.ledger import ops as o
 from processor.ledger.apply import BatchState, Conflict, LedgerBug, apply_batch, outcome_from_row
-from processor.ledger.models import auths, cards, utcnow
+from processor.ledger.models import auths, cards, payment_tokens, utcnow
 from processor.ledger.records import (
     AccountView,
     CardholderRecord,
@@ -47,7 +47,10 @@ from processor.ledger.records import (
     StoreClosed,
     StoreError,
     TerminalRecord,
+    TokenRecord,
+    TokenView,
 )
+from processor.ledger.records import NewPaymentToken
 
 log = logging.getLogger("processor.ledger")
 T = TypeVar("T")
@@ -191,6 +194,18 @@ class _InlineCardReader:
         row = self.conn.execute(self._statement(len(fingerprints)), fingerprints).fetchone()
         return CardRecord(**dict(zip(self._names, row))) if row is not None else None
 
+    def _token_statement(self, count: int) -> str:
+        sql = self._sql.get(-count)
+        if sql is None:
+            fps = [bindparam(f"fp{i}") for i in range(count)]
+            stmt = admin.TOKEN_CARD_SELECT.where(payment_tokens.c.token_fingerprint.in_(fps))
+            sql = self._sql[-count] = str(stmt.compile(dialect=sqlite_dialect.dialect())) + " LIMIT 1"
+        return sql
+
+    def find_payment_token(self, fingerprints: list[str]) -> tuple[TokenRecord, CardRecord] | None:
+        row = self.conn.execute(self._token_statement(len(fingerprints)), fingerprints).fetchone()
+        return admin.token_card_from_values(row) if row is not None else None
+
     def close(self) -> None:
         self.conn.close()
 
@@ -203,6 +218,8 @@ class _PgCardReader:
         self._names = [col.name for col in admin.CARD_COLUMNS]
         base = str(admin.CARD_SELECT.compile(dialect=postgresql_dialect.dialect()))
         self.sql = f"{base} WHERE cards.pan_fingerprint = ANY($1::varchar[]) LIMIT 1"
+        token_base = str(admin.TOKEN_CARD_SELECT.compile(dialect=postgresql_dialect.dialect()))
+        self.token_sql = f"{token_base} WHERE payment_tokens.token_fingerprint = ANY($1::varchar[]) LIMIT 1"
 
     @classmethod
     async def open(cls, dsn: str, size: int) -> "_PgCardReader":
@@ -213,6 +230,10 @@ class _PgCardReader:
     async def find_card(self, fingerprints: list[str]) -> CardRecord | None:
         row = await self.pool.fetchrow(self.sql, fingerprints)
         return CardRecord(**dict(zip(self._names, row))) if row is not None else None
+
+    async def find_payment_token(self, fingerprints: list[str]) -> tuple[TokenRecord, CardRecord] | None:
+        row = await self.pool.fetchrow(self.token_sql, fingerprints)
+        return admin.token_card_from_values(tuple(row)) if row is not None else None
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)
@@ -596,6 +617,20 @@ class Store:
             return await self._pg_cards.find_card(list(fingerprints))
         return await self._query(_find_card, list(fingerprints))
 
+    async def find_payment_token(self, fingerprints: list[str]) -> tuple[TokenRecord, CardRecord] | None:
+        """The payment token whose fingerprint is one of `fingerprints`, with its card's current state, or None.
+
+        One indexed read joining the token to its card and account: a closed card or a frozen account shows
+        at once, whatever the token's own status.
+        """
+        if not fingerprints:
+            return None
+        if self._inline is not None:
+            return self._inline.find_payment_token(list(fingerprints))
+        if self._pg_cards is not None:
+            return await self._pg_cards.find_payment_token(list(fingerprints))
+        return await self._query(admin.find_payment_token, list(fingerprints))
+
     async def find_auth(self, idem_key: str) -> o.AuthOutcome | None:
         """The stored first answer to `idem_key` (duplicate=True), or None."""
         return await self._query(_find_auth, idem_key)
@@ -735,6 +770,62 @@ class Store:
     async def ledger_report(self) -> dict[str, Any]:
         """Totals per currency, counts, failures and warnings (forced overdrafts)."""
         return await self._snapshot(invariants.report)
+
+    # ------------------------------------------------------------------ PAN vault and payment tokens
+
+    async def cards_to_reseal(
+        self, dek_version: int, fpk_version: int, after_id: int, limit: int
+    ) -> list[tuple[int, str, int, int]]:
+        """(card_id, sealed_pan, data_key_version, fingerprint_version) of cards with id > after_id behind a version."""
+        return await self._query(admin.cards_to_reseal, dek_version, fpk_version, after_id, limit)
+
+    async def update_card_vault(self, card_id: int, old_dek_version: int, old_fpk_version: int, vault: Any) -> bool:
+        """Store a re-sealed PAN (an HSM TokenizedPan) if the card still has the old versions; False when not."""
+        return await self._write(admin.update_card_vault, card_id, old_dek_version, old_fpk_version, vault)
+
+    async def update_cards_vault(self, updates: Sequence[tuple[int, int, int, Any]]) -> list[bool]:
+        """update_card_vault for each (card_id, old_dek_version, old_fpk_version, vault) in one transaction."""
+        return await self._write(admin.update_cards_vault, list(updates))
+
+    async def tokens_to_reseal(
+        self, dek_version: int, fpk_version: int, after_id: int, limit: int
+    ) -> list[tuple[int, str, int, int]]:
+        """(token_id, sealed_token, data_key_version, fingerprint_version) of payment tokens behind a version."""
+        return await self._query(admin.tokens_to_reseal, dek_version, fpk_version, after_id, limit)
+
+    async def update_tokens_vault(self, updates: Sequence[tuple[int, int, int, Any]]) -> list[bool]:
+        """Re-sealed token numbers, each written only if the token still has the old versions."""
+        return await self._write(admin.update_tokens_vault, list(updates))
+
+    async def count_behind_vault(self, dek_version: int, fpk_version: int) -> int:
+        """Cards and payment tokens still under an older data or fingerprint key version."""
+        return await self._query(admin.count_behind_vault, dek_version, fpk_version)
+
+    async def add_payment_token(self, new: NewPaymentToken) -> int:
+        """Record a provisioned payment token of an active card (event "provisioned"); its id."""
+        return await self._write(admin.add_payment_token, new)
+
+    async def set_token_status(self, token_id: int, status: str, detail: str = "") -> None:
+        """active <-> suspended, either -> deleted (final); each move is an event."""
+        await self._write(admin.set_token_status, token_id, status, detail)
+
+    async def repoint_tokens(self, old_card_id: int, new_card_id: int) -> list[int]:
+        """Move the old card's active and suspended tokens to the new card; the moved token ids."""
+        return await self._write(admin.repoint_tokens, old_card_id, new_card_id)
+
+    async def replace_card(self, old_card_id: int, new_card_id: int) -> list[int]:
+        """In one transaction: close the old card, point it at the new one, move its tokens; the moved ids."""
+        return await self._write(admin.replace_card, old_card_id, new_card_id)
+
+    async def get_token(self, token_id: int) -> TokenView:
+        return await self._query(admin.get_token, token_id)
+
+    async def list_tokens(self, card_id: int) -> list[TokenView]:
+        return await self._query(admin.list_tokens, card_id)
+
+    async def token_events(self, token_id: int) -> list[dict[str, Any]]:
+        """The token's lifecycle events, oldest first: id, event, detail, created_at."""
+        return await self._query(admin.list_token_events, token_id)
 
     async def get_config(self, key: str) -> str | None:
         return await self._query(admin.get_config, key)
