@@ -174,7 +174,12 @@ async def replace_card(
         chip=old.service_code.startswith("2") if chip is None else chip,
         product=old.product,
     )
-    repointed = await store.replace_card(card_id, card.id)
+    try:
+        repointed = await store.replace_card(card_id, card.id)
+    except StoreError:
+        # Another replacement won the race: the card just issued must not stay usable on its own.
+        await store.set_card_status(card.id, "closed")
+        raise
     result = card.as_json()
     result["replaced_card_id"] = card_id
     result["repointed_token_ids"] = repointed

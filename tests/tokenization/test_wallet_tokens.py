@@ -185,3 +185,19 @@ async def test_no_clear_token_or_pan_in_the_sqlite_files(sqlite_url, hsm, tmp_pa
     for secret in (tok["token"], card.pan, replaced["pan"], card.track2):
         assert secret.encode() not in data
     assert tok["token"][-4:].encode() in data  # the scan does see the database's text
+
+
+async def test_two_replacements_at_once_leave_one_live_card(store, hsm, keys, new_card):
+    import asyncio
+
+    card = await new_card()
+    tok = await provision_token(store, hsm, keys, card_id=card.id, wallet="phone", device_id="D")
+    results = await asyncio.gather(
+        *(replace_card(store, hsm, keys, card.id, pin=None) for _ in range(2)), return_exceptions=True
+    )
+    winners = [r for r in results if isinstance(r, dict)]
+    assert len(winners) == 1 and all(isinstance(r, (StoreError, InvalidRequest)) for r in results if r not in winners)
+    live = [c for c in await store.list_cards(card.account_id) if c.status == "active"]
+    assert [c.card_id for c in live] == [winners[0]["id"]]
+    token, _ = await store.find_payment_token(await fingerprints(hsm, tok["token"]))
+    assert token.card_id == winners[0]["id"]
