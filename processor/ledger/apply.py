@@ -169,15 +169,15 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
         if row is not None:
             outcomes.append(outcome_from_row(row, duplicate=True))
             continue
-        if op.atc is not None and op.token_id is not None and not isinstance(op, o.Decline):
-            if conn.execute(_CLAIM_TOKEN_ATC, {"tid": op.token_id, "atc": op.atc}).rowcount != 1:
+        if op.atc is not None and not isinstance(op, o.Decline) and (op.token_id is not None or op.card_id is not None):
+            # A wallet token's cryptogram counts on the token's own ATC; a card's chip on the card's.
+            if op.token_id is not None:
+                claim, params, owner = _CLAIM_TOKEN_ATC, {"tid": op.token_id, "atc": op.atc}, "token"
+            else:
+                claim, params, owner = _CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}, "card"
+            if conn.execute(claim, params).rowcount != 1:
                 common = {f.name: getattr(op, f.name) for f in dataclasses.fields(o.Op)}
-                common["reason"] = f"ATC {op.atc} is not above the token's last ATC: replayed cryptogram"
-                op = o.Decline(**common, rc=CVV_FAILURE)
-        elif op.atc is not None and op.card_id is not None and not isinstance(op, o.Decline):
-            if conn.execute(_CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}).rowcount != 1:
-                common = {f.name: getattr(op, f.name) for f in dataclasses.fields(o.Op)}
-                common["reason"] = f"ATC {op.atc} is not above the card's last ATC: replayed cryptogram"
+                common["reason"] = f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram"
                 op = o.Decline(**common, rc=CVV_FAILURE)
         outcome = _HANDLERS[type(op)](conn, state, op)
         answered[op.idem_key] = outcome

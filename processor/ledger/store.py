@@ -43,6 +43,7 @@ from processor.ledger.records import (
     CardRecord,
     MerchantRecord,
     NewCard,
+    NewPaymentToken,
     StoreBusy,
     StoreClosed,
     StoreError,
@@ -50,7 +51,6 @@ from processor.ledger.records import (
     TokenRecord,
     TokenView,
 )
-from processor.ledger.records import NewPaymentToken
 
 log = logging.getLogger("processor.ledger")
 T = TypeVar("T")

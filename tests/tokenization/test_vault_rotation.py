@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from processor.errors import InvalidRequest
-from processor.tokenization import current_versions, provision_token, rotate_keys, rotate_vault
+from processor.tokenization import (
+    current_versions,
+    provision_token,
+    rotate_keys,
+    rotate_vault,
+)
 
 
 async def fingerprints(hsm: Any, number: str) -> list[str]:

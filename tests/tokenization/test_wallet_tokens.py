@@ -12,7 +12,13 @@ from processor.errors import InvalidRequest
 from processor.issuing.pan import luhn_valid
 from processor.ledger import Store, ops
 from processor.ledger.records import StoreError
-from processor.tokenization import delete_token, provision_token, replace_card, resume_token, suspend_token
+from processor.tokenization import (
+    delete_token,
+    provision_token,
+    replace_card,
+    resume_token,
+    suspend_token,
+)
 from processor.tokenization.wallet import DEFAULT_TOKEN_BIN, token_details
 
 
