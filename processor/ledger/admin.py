@@ -671,11 +671,15 @@ def replace_card(conn: Connection, old_card_id: int, new_card_id: int) -> list[i
         raise StoreNotFound(f"card {new_card_id} does not exist")
     if new_account != old.account_id:
         raise StoreError(f"card {new_card_id} is not on account {old.account_id} of card {old_card_id}")
-    if old.status != "closed":
-        set_card_status(conn, old_card_id, "closed")
-    conn.execute(
-        update(cards).where(c.id == old_card_id).values(replaced_by_card_id=new_card_id, updated_at=utcnow())
-    )
+    # Compare-and-set (re-checked after a row lock on PostgreSQL): of two replacements at once, one wins.
+    claimed = conn.execute(
+        update(cards)
+        .where(c.id == old_card_id, c.replaced_by_card_id.is_(None) | (c.replaced_by_card_id == new_card_id))
+        .values(replaced_by_card_id=new_card_id, updated_at=utcnow())
+    ).rowcount
+    if claimed != 1:
+        raise StoreError(f"card {old_card_id} was replaced by another card meanwhile")
+    set_card_status(conn, old_card_id, "closed")
     return repoint_tokens(conn, old_card_id, new_card_id)
 
 
