@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     ho = sub.add_parser("holds", help="authorization holds").add_subparsers(dest="sub", required=True)
     data_command(ho, "expire", cmd_holds_expire, "release holds past their expiry")
 
+    from processor.tokenization.cli import register as register_tokenization
+
+    register_tokenization(sub, data_command)
+
     p = sub.add_parser("serve", help="run the authorization engine")
     p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on")
     p.set_defaults(func=None, serve=True)

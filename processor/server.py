@@ -18,8 +18,6 @@ from processor.transport.tcp import TcpLimits, TcpServer
 
 log = logging.getLogger("processor.server")
 HOLD_EXPIRY_INTERVAL_S = 60.0
-TOKEN_BIN_CONFIG = "token.bin"
-DEFAULT_TOKEN_BIN = "489537"
 
 
 @dataclass
@@ -49,6 +47,7 @@ async def running_engine(
     from hsm_sim import connect
     from processor.issuing import load_issuer_keys
     from processor.ledger import Store
+    from processor.tokenization.wallet import token_bin
 
     store = await Store.open(settings.db_url)
     hsm = None
@@ -57,7 +56,7 @@ async def running_engine(
     try:
         hsm = await connect(settings.hsm_url)
         keys = await load_issuer_keys(store, hsm)
-        engine = Engine(store, hsm, keys, policy=policy, token_bin=await store.get_config(TOKEN_BIN_CONFIG) or DEFAULT_TOKEN_BIN)
+        engine = Engine(store, hsm, keys, policy=policy, token_bin=await token_bin(store))
         tcp = TcpServer(engine.handle, limits=limits)
         await tcp.start(host, port)
         expiry_task = asyncio.create_task(_expire_holds_periodically(store))

@@ -44,6 +44,7 @@ async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, An
         mcc_allow=_csv(args.mcc),
         merchant_allow=_csv(args.merchant),
         validity_years=args.years,
+        wallet_dir=args.wallet_dir,
     )
     log.info("token %d provisioned for card %d (wallet %s)", result["id"], args.card, args.wallet)
     return result
@@ -121,6 +122,7 @@ def register(sub: Any, data_command: DataCommand) -> None:
     p.add_argument("--mcc", help="allowed MCCs, comma separated (default: any)")
     p.add_argument("--merchant", help="allowed merchant ids (DE 42), comma separated (default: any)")
     p.add_argument("--years", type=int, default=3, help="token validity in years")
+    p.add_argument("--wallet-dir", default="card-bureau", help="where the device's sealed wallet record goes (needs `bureau key`)")
     for status, help in (("suspended", "suspend"), ("active", "resume"), ("deleted", "delete")):
         p = data_command(tk, help, _status_command(status), f"{help} a token")
         p.add_argument("token_id", type=int)

@@ -18,7 +18,7 @@ from processor.errors import InvalidRequest
 from processor.issuing.cards import DEFAULT_BIN, expiry_after, issue_card
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import generate_pan
-from processor.issuing.personalization import BUREAU_KEK_CONFIG
+from processor.issuing.personalization import BUREAU_KEK_CONFIG, DEFAULT_BUREAU_DIR, personalize_wallet
 from processor.ledger.records import NewPaymentToken, StoreError
 
 TOKEN_BIN_CONFIG = "token.bin"
@@ -69,6 +69,7 @@ async def provision_token(
     merchant_allow: Any = None,
     validity_years: int = 3,
     today: dt.date | None = None,
+    wallet_dir: str = DEFAULT_BUREAU_DIR,
 ) -> dict[str, Any]:
     """Create a device token for an active card; the clear token number is in the answer once, for the wallet."""
     if not wallet.strip() or not device_id.strip():
@@ -127,14 +128,14 @@ async def provision_token(
             "mcc_allow": list(mccs) if mccs else None,
             "merchant_allow": list(merchants) if merchants else None,
         }
-        kek = await store.get_config(BUREAU_KEK_CONFIG)
-        if kek is not None:
-            # The device's chip key leaves the HSM only sealed under the transport key, as for a card bureau.
-            sealed = await hsm.personalization_data(
-                keys.imk_ac, keys.cvk, vault.sealed_pan, vault.data_key_version, TOKEN_PSN, expiry, kek
+        if await store.get_config(BUREAU_KEK_CONFIG) is not None:
+            # The device's token and chip key leave the HSM only sealed under the transport key, in the
+            # record format a card bureau gets: the simulated phone opens it like a card.
+            _, path = await personalize_wallet(
+                store, hsm, keys, token_id=token_id, sealed_token=vault.sealed_pan, data_key_version=vault.data_key_version,
+                token_last4=token_pan[-4:], expiry=expiry, directory=wallet_dir,
             )
-            result["sealed_device_key"] = sealed["icc_mk"]
-            result["transport_key_kcv"] = sealed["transport_key"]
+            result["wallet_file"] = str(path)
         return result
     raise StoreError(f"no free token number in BIN {prefix} after {DRAWS} draws")
 
