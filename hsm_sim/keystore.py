@@ -121,6 +121,7 @@ class KeyStore:
         self._salt = salt
         self.keys: dict[str, StoredKey] = {}
         self.current: dict[str, str] = {}  # "DEK"/"FPK" -> KCV of the version new data uses
+        self._versions: dict[str, list[KeyInfo]] = {}
 
     # ------------------------------------------------------------ opening
 
@@ -194,6 +195,7 @@ class KeyStore:
         version = 1 + sum(1 for k in self.keys.values() if k.info.key_type == key_type)
         info = KeyInfo(value, key_type, algorithm, version, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         self.keys[value] = StoredKey(info, wrap(self._lmk, key, key_type, algorithm))
+        self._versions.pop(key_type, None)
         if key_type in ("DEK", "FPK"):
             self.current[key_type] = value
         self.save()
@@ -213,8 +215,12 @@ class KeyStore:
         return unwrap(self._lmk, stored.block, stored.info.key_type, stored.info.algorithm)
 
     def versions(self, key_type: str) -> list[KeyInfo]:
-        """Every key of a type, newest version first."""
-        return sorted((k.info for k in self.keys.values() if k.info.key_type == key_type), key=lambda i: -i.version)
+        """Every key of a type, newest version first (cached: asked on every PAN look-up)."""
+        found = self._versions.get(key_type)
+        if found is None:
+            found = sorted((k.info for k in self.keys.values() if k.info.key_type == key_type), key=lambda i: -i.version)
+            self._versions[key_type] = found
+        return list(found)
 
 
 def _passphrase_key(passphrase: str, salt: bytes) -> bytes:

@@ -298,6 +298,7 @@ class Engine:
         terminal_cache_s: float = 5.0,
         require_cvv2_on_manual: bool = True,
         token_bin: str | None = None,
+        card_checks: tuple[Check, ...] = CARD_CHECKS,
     ) -> None:
         self.store = store
         self.hsm = hsm
@@ -306,6 +307,7 @@ class Engine:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.require_cvv2_on_manual = require_cvv2_on_manual
         self.token_bin = token_bin
+        self.card_checks = card_checks
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
@@ -354,7 +356,7 @@ class Engine:
         ctx = AuthContext(fields=fields, request=req, now=self.clock())
         advice = req.mti == "0120"
         incremental = req.mti == "0100" and bool(req.de48.get("incremental")) and req.original is not None
-        checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else CARD_CHECKS
+        checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else self.card_checks
         try:
             for check in checks:
                 await check(self, ctx)
