@@ -100,18 +100,30 @@ async def _terminals(store: Any, hsm: Any, keys: Any) -> dict[str, PosTerminal]:
     return terminals
 
 
-async def _personalize_chip(store: Any, hsm: Any, keys: Any, workdir: Path, card_id: int, account_id: int) -> Any:
-    """The bureau's side: a transport key from a key ceremony, then the chip written from the record."""
+async def _personalize_chip_and_wallet(
+    store: Any, hsm: Any, keys: Any, workdir: Path, card_id: int, account_id: int
+) -> tuple[Any, dict[str, Any]]:
+    """A key ceremony with the bureau, the chip written from its record, and a phone with a token of the card."""
     from processor.issuing.personalization import form_bureau_key, personalize
 
     from terminal_sim.bureau import load_profile, transport_key_from_components
     from terminal_sim.chip_pos import ChipCard
 
+    from processor.tokenization import provision_token
+
+    from terminal_sim.bureau import open_record, read_record
+    from terminal_sim.emv.card import VirtualCard
+
     ceremony = await form_bureau_key(store, hsm)
     _, path = await personalize(store, hsm, keys, card_id, directory=workdir / "card-bureau", cvn=18)
     transport_key = transport_key_from_components(ceremony["components"])
     profile = load_profile(path.parent, card_id, transport_key)
-    return ChipCard(profile, pin="1234", card_id=card_id, account_id=account_id)
+    token = await provision_token(
+        store, hsm, keys, card_id=card_id, wallet="phone", device_id="HANA-PHONE-1", wallet_dir=str(workdir / "card-bureau")
+    )
+    phone = VirtualCard(open_record(read_record(token["wallet_file"]), transport_key))
+    wallet = {"id": token["id"], "token": token["token"], "phone": phone}
+    return ChipCard(profile, pin="1234", card_id=card_id, account_id=account_id), wallet
 
 
 async def _play_scenarios(
@@ -180,6 +192,7 @@ async def _play_scenarios(
             shop.card_request(card["bob"], 80_00, mti="0120", entry="magstripe"),
         )
         await _chip_scenarios(day, conn, terminals["grocery"], chip)
+        await _wallet_scenarios(day, conn, terminals["grocery"], people["hana"]["wallet"], store)
         await play("sign-off", "00", shop.echo("002"))
     finally:
         await conn.close()
@@ -204,6 +217,23 @@ async def _chip_scenarios(day: Day, conn: TerminalConnection, terminal: PosTermi
     replay["11"] = terminal.next_stan()
     answer = await conn.request(replay)
     day.scenarios.append(Scenario("replayed chip cryptogram (same ATC)", "82", str(answer.get("39"))))
+
+
+async def _wallet_scenarios(day: Day, conn: TerminalConnection, terminal: PosTerminal, wallet: dict[str, Any], store: Any) -> None:
+    """A phone's device token: a tap answered with the token, then the token suspended."""
+    from processor.tokenization import suspend_token
+
+    from terminal_sim.nfc import ContactlessTerminal
+
+    reader = ContactlessTerminal(terminal)
+    tap = await reader.tap_wallet(conn, wallet["phone"].process_apdu, 6_50)
+    answered_with_token = tap.answer is not None and tap.answer.get("2") == wallet["token"]
+    day.scenarios.append(
+        Scenario("wallet tap: token mapped to the card, answered with the token", "00 token", f"{tap.rc} {'token' if answered_with_token else 'PAN'}")
+    )
+    await suspend_token(store, wallet["id"], reason="phone reported lost")
+    tap = await reader.tap_wallet(conn, wallet["phone"].process_apdu, 6_50)
+    day.scenarios.append(Scenario("wallet tap with the token suspended", "62", str(tap.rc)))
 
 
 async def _malformed(day: Day, host: str, port: int) -> None:
@@ -248,7 +278,7 @@ async def run_day(
             keys = await ensure_issuer_keys(store, hsm)
             today = dt.datetime.now(dt.UTC).date()
             people = await _people(store, hsm, keys, today)
-            people["hana"]["chip"] = await _personalize_chip(
+            people["hana"]["chip"], people["hana"]["wallet"] = await _personalize_chip_and_wallet(
                 store, hsm, keys, workdir, people["hana"]["id"], people["hana"]["account_id"]
             )
             terminals = await _terminals(store, hsm, keys)
