@@ -106,8 +106,9 @@ class ChipCard:
     """
 
     def __init__(self, profile: CardProfile, *, pin: str | None = None, card_id: int | None = None,
-                 account_id: int | None = None, state_path: Path | None = None) -> None:
+                 account_id: int | None = None, state_path: Path | None = None, is_wallet: bool = False) -> None:
         self.profile = profile
+        self.is_wallet = is_wallet  # a phone holding a device token of the card, not the plastic
         self.pin = pin
         self.card_id = card_id
         self.account_id = account_id

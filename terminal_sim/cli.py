@@ -72,6 +72,8 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
         transport_key_from_components,
         transport_key_from_env,
     )
+    from processor.tokenization import provision_token
+    from terminal_sim.bureau import open_record, read_record
     from terminal_sim.chip_pos import ChipCard
 
     transport_key = None
@@ -91,6 +93,11 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
             profile = load_profile(folder, card_id, transport_key)
             chips.append(ChipCard(profile, pin=card.get("pin"), card_id=card_id, account_id=card.get("account_id"),
                                   state_path=state_path(directory, card_id) if directory else None))
+            # And a phone holding a device token of the card, for the wallet kind.
+            token = await provision_token(store, hsm, keys, card_id=card_id, wallet="phone", device_id=f"LOAD-{card_id}",
+                                          wallet_dir=folder)
+            chips.append(ChipCard(open_record(read_record(token["wallet_file"]), transport_key), card_id=card_id,
+                                  account_id=card.get("account_id"), is_wallet=True))
     return chips
 
 
@@ -301,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="fixed overall request rate per second (default: as fast as answered)")
     p.add_argument(
         "--mix",
-        help="weights, e.g. purchase=60,pin=15,manual=10,preauth=5,balance=5,refund=5,chip=20,contactless=20 "
+        help="weights, e.g. purchase=60,pin=15,manual=10,preauth=5,balance=5,refund=5,chip=20,contactless=20,wallet=10 "
         "(chip and contactless need bureau records)",
     )
     p.add_argument("--cards", help="JSON list of cards as `processor card issue --json` prints them (with a pin key)")

@@ -30,8 +30,8 @@ from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
 
 DEFAULT_MIX = {"purchase": 60, "pin": 15, "manual": 10, "preauth": 5, "balance": 5, "refund": 5}
-DEFAULT_CHIP_MIX = {"purchase": 25, "pin": 10, "chip": 25, "contactless": 20, "manual": 5, "preauth": 5, "balance": 5, "refund": 5}
-CHIP_KINDS = ("chip", "contactless")
+DEFAULT_CHIP_MIX = {"purchase": 25, "pin": 10, "chip": 20, "contactless": 15, "manual": 5, "preauth": 5, "balance": 5, "refund": 5}
+CHIP_KINDS = ("chip", "contactless", "wallet")
 KINDS = ("purchase", "pin", "manual", "preauth", "balance", "refund", *CHIP_KINDS)
 
 
@@ -121,25 +121,30 @@ class Workload:
         seed: int | None = None,
         chip_cards: list[ChipCard] | None = None,
     ) -> None:
-        self.chip_cards = list(chip_cards or [])
+        self.chip_cards = [c for c in chip_cards or [] if not c.is_wallet]
+        self.wallet_cards = [c for c in chip_cards or [] if c.is_wallet]
         if not cards and not self.chip_cards:
             raise ValueError("no cards to load with")
         self.cards = cards
         self.kinds = [k for k, w in mix.items() if w > 0 and (cards or k in CHIP_KINDS)]
         if not self.kinds:
             raise ValueError("no kind of the mix can run with these cards (the chip kinds need bureau records)")
-        if not self.chip_cards and any(k in CHIP_KINDS for k in self.kinds):
+        if not self.chip_cards and any(k in ("chip", "contactless") for k in self.kinds):
             raise ValueError("the chip and contactless kinds need cards with bureau records (--bureau-dir or --provision)")
+        if not self.wallet_cards and "wallet" in self.kinds:
+            raise ValueError("the wallet kind needs provisioned wallet tokens (--provision)")
         self.weights = [mix[k] for k in self.kinds]
         self.random = random.Random(seed)
 
     def choose_kind(self) -> str:
         return self.random.choices(self.kinds, self.weights)[0]
 
-    def chip_card(self) -> ChipCard:
-        """A chip card not in another terminal right now when there is one (else any: its lock orders the uses)."""
+    def chip_card(self, kind: str = "chip") -> ChipCard:
+        """A chip (or a phone, for the wallet kind) not in another terminal right now when there is one
+        (else any: its lock orders the uses)."""
+        pool = self.wallet_cards if kind == "wallet" else self.chip_cards
         for _ in range(4):
-            card = self.random.choice(self.chip_cards)
+            card = self.random.choice(pool)
             if not card.lock.locked():
                 return card
         return card
@@ -198,10 +203,11 @@ async def run_load(
     tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
 
     async def chip_one(conn: TerminalConnection, terminal: PosTerminal, kind: str) -> None:
-        contactless = kind == "contactless"
-        chip = workload.chip_card()
+        contactless = kind in ("contactless", "wallet")
+        chip = workload.chip_card(kind)
         amount = workload.amount()
-        pin_needed = not contactless or amount > contactless_limit_minor
+        # A phone verifies its holder itself (consumer-device CVM): a wallet tap never asks for the PIN.
+        pin_needed = kind == "chip" or (kind == "contactless" and amount > contactless_limit_minor)
         async with chip.lock:
             card = chip.insert(contactless)
             t0 = time.perf_counter()
