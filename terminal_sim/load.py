@@ -123,7 +123,7 @@ class Workload:
     ) -> None:
         self.chip_cards = [c for c in chip_cards or [] if not c.is_wallet]
         self.wallet_cards = [c for c in chip_cards or [] if c.is_wallet]
-        if not cards and not self.chip_cards:
+        if not cards and not self.chip_cards and not self.wallet_cards:
             raise ValueError("no cards to load with")
         self.cards = cards
         self.kinds = [k for k, w in mix.items() if w > 0 and (cards or k in CHIP_KINDS)]

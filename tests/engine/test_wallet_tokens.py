@@ -93,3 +93,18 @@ async def test_replayed_token_cryptogram_is_declined(wallet):
     replay = dict(first.request)
     replay["11"] = wallet.terminals["shop"].next_stan()
     assert (await wallet.send(replay))["39"] == "82"
+
+
+async def test_load_generator_wallet_kind(wallet, tmp_path):
+    from terminal_sim.chip_pos import ChipCard
+    from terminal_sim.load import run_load
+
+    token, phone = await wallet.provision()
+    phone_card = ChipCard(phone.profile, card_id=wallet.cards["ada"].card_id, is_wallet=True)
+    result = await run_load(
+        "127.0.0.1", wallet.running.port, [wallet.terminals["shop"]], [], connections=2, seconds=1.0,
+        mix={"wallet": 1}, chip_cards=[phone_card], seed=7,
+    )
+    summary = result.summary()
+    assert summary["count"] > 5 and set(summary["codes"]) == {"00"}
+    assert summary["by_kind"]["wallet"]["count"] == summary["count"]
