@@ -100,6 +100,7 @@ async def test_load_generator_wallet_kind(wallet, tmp_path):
     from terminal_sim.load import run_load
 
     token, phone = await wallet.provision()
+    await wallet.running.store.deposit(wallet.accounts["ada"], 1_000_000_00, reference="load test funding")
     phone_card = ChipCard(phone.profile, card_id=wallet.cards["ada"].card_id, is_wallet=True)
     result = await run_load(
         "127.0.0.1", wallet.running.port, [wallet.terminals["shop"]], [], connections=2, seconds=1.0,
