@@ -39,7 +39,7 @@ def test_demo_day_and_nothing_secret_at_rest(tmp_path):
     names = {p.name for p in files}
     assert "processor.db" in names and "processor.log" in names
     assert any(n.endswith(".audit.jsonl") for n in names)
-    pan_like = re.compile(rb"(?<![0-9])476173[0-9]{10}(?![0-9])")
+    pan_like = re.compile(rb"(?<![0-9])(?:476173|489537)[0-9]{10}(?![0-9])")
     track2_like = re.compile(rb"[0-9]{13,19}[=D][0-9]{7}")
     for path in files:
         blob = path.read_bytes()
@@ -57,6 +57,6 @@ def test_demo_day_on_postgresql_leaves_no_clear_pan_in_a_dump(pg_url, tmp_path):
     plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
     dump = subprocess.run(["pg_dump", "--data-only", plain], capture_output=True, timeout=60, check=True).stdout
     assert b"COPY public.cards" in dump
-    assert not re.search(rb"(?<![0-9])476173[0-9]{10}(?![0-9])", dump), "a clear PAN in the PostgreSQL dump"
+    assert not re.search(rb"(?<![0-9])(?:476173|489537)[0-9]{10}(?![0-9])", dump), "a clear PAN in the PostgreSQL dump"
     assert not re.search(rb"[0-9]{13,19}[=D][0-9]{7}", dump), "track 2 data in the PostgreSQL dump"
 
