@@ -326,8 +326,8 @@ class Engine:
         try:
             return await self._dispatch(fields, request, started)
         except Exception:
-            # Nothing was committed for this request (a committed outcome is answered from the store), so
-            # a system error is a safe answer: the terminal may retry with the same STAN.
+            # A system error is a safe answer whatever happened: if the store had committed an outcome,
+            # the terminal's retransmission (same STAN) gets that first answer back.
             log.exception("request %s stan=%s failed", request.mti, request.stan)
             self._log(request, rc.SYSTEM_ERROR, "system error", started)
             return encode(build_response(fields, rc.SYSTEM_ERROR))
