@@ -14,11 +14,14 @@ from processor.ledger.records import (
     HoldView,
     MerchantRecord,
     NewCard,
+    NewPaymentToken,
     StoreBusy,
     StoreClosed,
     StoreError,
     StoreNotFound,
     TerminalRecord,
+    TokenRecord,
+    TokenView,
 )
 from processor.ledger.store import Store
 
@@ -30,11 +33,14 @@ __all__ = [
     "HoldView",
     "MerchantRecord",
     "NewCard",
+    "NewPaymentToken",
     "Store",
     "StoreBusy",
     "StoreClosed",
     "StoreError",
     "StoreNotFound",
     "TerminalRecord",
+    "TokenRecord",
+    "TokenView",
     "ops",
 ]
