@@ -6,6 +6,7 @@
 """
 
 from processor.ledger import ops
+from processor.ledger.batches import BatchOutcome, BatchTotals
 from processor.ledger.ops import AuthOutcome
 from processor.ledger.records import (
     AccountView,
@@ -28,6 +29,8 @@ from processor.ledger.store import Store
 __all__ = [
     "AccountView",
     "AuthOutcome",
+    "BatchOutcome",
+    "BatchTotals",
     "CardholderRecord",
     "CardRecord",
     "HoldView",

@@ -332,6 +332,7 @@ def add_terminal(
     bdk_kcv: str | None,
     initial_ksn: str | None,
     status: str,
+    chip_capable: bool = True,
 ) -> int:
     merchant_row = conn.execute(select(merchants.c.id).where(merchants.c.merchant_id == merchant_id)).scalar()
     if merchant_row is None:
@@ -347,6 +348,7 @@ def add_terminal(
             "key_scheme": key_scheme,
             "bdk_kcv": bdk_kcv,
             "initial_ksn": initial_ksn,
+            "chip_capable": chip_capable,
             "created_at": utcnow(),
         },
     ).scalar_one()
@@ -370,6 +372,7 @@ TERMINAL_SELECT = select(
     terminals.c.key_scheme,
     terminals.c.bdk_kcv,
     terminals.c.initial_ksn,
+    terminals.c.chip_capable,
 ).join(merchants, merchants.c.id == terminals.c.merchant_id)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -158,6 +159,8 @@ class Terminal(Base):
     key_scheme: Mapped[str | None] = mapped_column(String(32))
     bdk_kcv: Mapped[str | None] = mapped_column(String(16))
     initial_ksn: Mapped[str | None] = mapped_column(String(24))
+    # A terminal with a chip reader must read a chip card's chip: a swipe of it is only accepted as fallback.
+    chip_capable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -206,8 +209,33 @@ class Posting(Base):
     currency: Mapped[str] = mapped_column(String(3))
 
 
+class TerminalBatch(Base):
+    """A terminal's closed batch: its end-of-day totals (0500) beside ours, and whether they agreed."""
+
+    __tablename__ = "terminal_batches"
+    __table_args__ = (CheckConstraint("rc IN ('00', '95')", name="rc"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # The 0500's idempotency key: a retransmitted reconciliation gets the first answer back.
+    idem_key: Mapped[str] = mapped_column(String(255), unique=True)
+    terminal_id: Mapped[str] = mapped_column(String(16), index=True)
+    batch_number: Mapped[str] = mapped_column(String(6), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    credits_count: Mapped[int] = mapped_column(Integer)
+    credits_minor: Mapped[int] = mapped_column(BigInteger)
+    debits_count: Mapped[int] = mapped_column(Integer)
+    debits_minor: Mapped[int] = mapped_column(BigInteger)
+    host_credits_count: Mapped[int] = mapped_column(Integer)
+    host_credits_minor: Mapped[int] = mapped_column(BigInteger)
+    host_debits_count: Mapped[int] = mapped_column(Integer)
+    host_debits_minor: Mapped[int] = mapped_column(BigInteger)
+    rc: Mapped[str] = mapped_column(String(2))
+    closed_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class Auth(Base):
     __tablename__ = "auths"
+    __table_args__ = (Index("ix_auths_terminal_id_batch_id", "terminal_id", "batch_id"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     idem_key: Mapped[str] = mapped_column(String(255), unique=True)
@@ -232,6 +260,8 @@ class Auth(Base):
     # Balances as answered, so a repeated request gets exactly the first answer back.
     ledger_minor: Mapped[int | None] = mapped_column(BigInteger)
     available_minor: Mapped[int | None] = mapped_column(BigInteger)
+    # The terminal batch this request was counted in, set when the terminal closes its batch (0500).
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("terminal_batches.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -300,6 +330,7 @@ holds = Hold.__table__
 journal_entries = JournalEntry.__table__
 postings = Posting.__table__
 auths = Auth.__table__
+terminal_batches = TerminalBatch.__table__
 config = Config.__table__
 payment_tokens = PaymentToken.__table__
 token_events = TokenEvent.__table__

@@ -131,6 +131,7 @@ class TerminalRecord:
     key_scheme: str | None
     bdk_kcv: str | None
     initial_ksn: str | None
+    chip_capable: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import sqlite3
 import threading
@@ -33,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from processor.ledger import admin, invariants
+from processor.ledger import admin, batches, invariants
 from processor.ledger import ops as o
 from processor.ledger.apply import BatchState, Conflict, LedgerBug, apply_batch, outcome_from_row
 from processor.ledger.models import auths, cards, payment_tokens, utcnow
@@ -744,15 +745,48 @@ class Store:
         bdk_kcv: str | None = None,
         initial_ksn: str | None = None,
         status: str = "active",
+        chip_capable: bool = True,
     ) -> int:
         """Register a terminal (DE 41) of an existing merchant (DE 42)."""
-        return await self._write(admin.add_terminal, terminal_id, merchant_id, key_scheme, bdk_kcv, initial_ksn, status)
+        return await self._write(
+            admin.add_terminal, terminal_id, merchant_id, key_scheme, bdk_kcv, initial_ksn, status, chip_capable
+        )
 
     async def set_terminal_status(self, terminal_id: str, status: str) -> None:
         await self._write(admin.set_terminal_status, terminal_id, status)
 
     async def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
         return await self._query(admin.get_terminal, terminal_id)
+
+    async def close_batch(
+        self,
+        *,
+        idem_key: str,
+        terminal_id: str,
+        batch_number: str,
+        currency: str,
+        totals: batches.BatchTotals,
+        now: dt.datetime | None = None,
+    ) -> batches.BatchOutcome:
+        """Close the terminal's open batch (0500) and compare totals; a repeated `idem_key` gets the first answer."""
+        try:
+            return await self._write(
+                batches.close_batch, idem_key, terminal_id, batch_number, currency, totals, now or utcnow()
+            )
+        except StoreError:
+            # Two copies of one 0500 raced on the idempotency key: the loser answers with the winner's batch.
+            stored = await self._query(batches.find_batch, idem_key)
+            if stored is None:
+                raise
+            return stored
+
+    async def open_batch_totals(self, terminal_id: str, currency: str) -> batches.BatchTotals:
+        """The totals of the terminal's batch not yet closed."""
+        return await self._snapshot(batches.open_totals, terminal_id, currency)
+
+    async def list_batches(self, terminal_id: str, limit: int = 100) -> list[batches.BatchOutcome]:
+        """The terminal's closed batches, newest first."""
+        return await self._query(batches.list_batches, terminal_id, limit)
 
     async def account_view(self, account_id: int) -> AccountView:
         """Balances and active holds of an account."""

@@ -1,0 +1,214 @@
+"""End-of-day terminal batches: a terminal's totals (0500) against what the store recorded for it.
+
+Closing a batch claims, in one transaction, every request of the terminal in that currency not yet in a
+batch (`auths.batch_id IS NULL`), so each request is counted in exactly one batch even while the terminal
+or its neighbours keep sending. The store's totals are computed over the claimed rows:
+
+    debits   approved 0200 purchases/cash (`debit`) and 0220 completions (`capture`)
+    credits  approved refunds (`credit`)
+
+each at its approved amount less what a reversal of it in the same batch gave back; a request reversed in
+full is not counted. Pre-authorizations, balance inquiries and declines move no money at the terminal's
+close and are not counted. The batch is closed whether or not the totals agree (the store's are the
+authoritative ones): an out-of-balance batch (95) stays on record with both sets for the operator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from processor.ledger.models import auths, terminal_batches
+
+IN_BALANCE = "00"
+OUT_OF_BALANCE = "95"
+_APPROVED = ("00", "10")
+_DEBIT_OPS = ("debit", "capture")
+_COUNTED_OPS = (*_DEBIT_OPS, "credit", "reverse")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTotals:
+    """Counts and amounts (minor units) of one batch, as DE 74/76 and DE 86/88 carry them."""
+
+    credits_count: int = 0
+    credits_minor: int = 0
+    debits_count: int = 0
+    debits_minor: int = 0
+
+    @property
+    def net_minor(self) -> int:
+        """Debits less credits: what the terminal's merchant is owed for the batch (DE 97)."""
+        return self.debits_minor - self.credits_minor
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "credits_count": self.credits_count,
+            "credits_minor": self.credits_minor,
+            "debits_count": self.debits_count,
+            "debits_minor": self.debits_minor,
+            "net_minor": self.net_minor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """A closed batch; `duplicate` when it is the stored answer to a retransmitted 0500."""
+
+    batch_id: int
+    terminal_id: str
+    batch_number: str
+    currency: str
+    terminal: BatchTotals
+    host: BatchTotals
+    rc: str
+    closed_at: dt.datetime
+    duplicate: bool = False
+
+    @property
+    def in_balance(self) -> bool:
+        return self.rc == IN_BALANCE
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.batch_id,
+            "terminal_id": self.terminal_id,
+            "batch_number": self.batch_number,
+            "currency": self.currency,
+            "rc": self.rc,
+            "in_balance": self.in_balance,
+            "terminal": self.terminal.as_json(),
+            "host": self.host.as_json(),
+            "closed_at": self.closed_at.isoformat(),
+        }
+
+
+_tb = terminal_batches.c
+_BATCH_COLS = (
+    _tb.id, _tb.idem_key, _tb.terminal_id, _tb.batch_number, _tb.currency, _tb.credits_count, _tb.credits_minor,
+    _tb.debits_count, _tb.debits_minor, _tb.host_credits_count, _tb.host_credits_minor, _tb.host_debits_count,
+    _tb.host_debits_minor, _tb.rc, _tb.closed_at,
+)
+
+
+def _outcome(row: Any, *, duplicate: bool) -> BatchOutcome:
+    return BatchOutcome(
+        batch_id=row.id,
+        terminal_id=row.terminal_id,
+        batch_number=row.batch_number,
+        currency=row.currency,
+        terminal=BatchTotals(row.credits_count, row.credits_minor, row.debits_count, row.debits_minor),
+        host=BatchTotals(row.host_credits_count, row.host_credits_minor, row.host_debits_count, row.host_debits_minor),
+        rc=row.rc,
+        closed_at=row.closed_at,
+        duplicate=duplicate,
+    )
+
+
+def find_batch(conn: Connection, idem_key: str) -> BatchOutcome | None:
+    """The batch closed by the 0500 with this idempotency key, as its stored first answer."""
+    row = conn.execute(select(*_BATCH_COLS).where(_tb.idem_key == idem_key)).first()
+    return _outcome(row, duplicate=True) if row is not None else None
+
+
+def _totals(rows: Any) -> BatchTotals:
+    """Totals of approved debits and credits, each net of what its reversals in the same rows gave back."""
+    net: dict[int, tuple[str, int]] = {row.id: (row.op, row.approved_minor) for row in rows if row.op != "reverse"}
+    for row in rows:
+        if row.op == "reverse" and row.original_auth_id in net:
+            op, amount = net[row.original_auth_id]
+            net[row.original_auth_id] = (op, amount - row.approved_minor)
+    credits = [amount for op, amount in net.values() if op == "credit" and amount > 0]
+    debits = [amount for op, amount in net.values() if op in _DEBIT_OPS and amount > 0]
+    return BatchTotals(len(credits), sum(credits), len(debits), sum(debits))
+
+
+def host_totals(conn: Connection, batch_id: int) -> BatchTotals:
+    """The store's totals over the requests claimed by `batch_id` (see the module's rules)."""
+    a = auths.c
+    rows = conn.execute(
+        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(
+            a.batch_id == batch_id, a.op.in_(_COUNTED_OPS), a.rc.in_(_APPROVED)
+        )
+    ).all()
+    return _totals(rows)
+
+
+def close_batch(
+    conn: Connection,
+    idem_key: str,
+    terminal_id: str,
+    batch_number: str,
+    currency: str,
+    totals: BatchTotals,
+    now: dt.datetime,
+) -> BatchOutcome:
+    """Close the terminal's open batch in `currency` and compare its totals with ours (00 or 95)."""
+    stored = find_batch(conn, idem_key)
+    if stored is not None:
+        return stored
+    batch_id = conn.execute(
+        insert(terminal_batches).returning(_tb.id),
+        {
+            "idem_key": idem_key,
+            "terminal_id": terminal_id,
+            "batch_number": batch_number,
+            "currency": currency,
+            "credits_count": totals.credits_count,
+            "credits_minor": totals.credits_minor,
+            "debits_count": totals.debits_count,
+            "debits_minor": totals.debits_minor,
+            "host_credits_count": 0,
+            "host_credits_minor": 0,
+            "host_debits_count": 0,
+            "host_debits_minor": 0,
+            "rc": IN_BALANCE,
+            "closed_at": now,
+        },
+    ).scalar_one()
+    a = auths.c
+    conn.execute(
+        update(auths)
+        .where(a.terminal_id == terminal_id, a.batch_id.is_(None), a.currency == currency)
+        .values(batch_id=batch_id)
+    )
+    host = host_totals(conn, batch_id)
+    rc = IN_BALANCE if host == totals else OUT_OF_BALANCE
+    conn.execute(
+        update(terminal_batches)
+        .where(_tb.id == batch_id)
+        .values(
+            host_credits_count=host.credits_count,
+            host_credits_minor=host.credits_minor,
+            host_debits_count=host.debits_count,
+            host_debits_minor=host.debits_minor,
+            rc=rc,
+        )
+    )
+    return BatchOutcome(batch_id, terminal_id, batch_number, currency, totals, host, rc, now)
+
+
+def open_totals(conn: Connection, terminal_id: str, currency: str) -> BatchTotals:
+    """What the terminal's open batch in `currency` holds so far, by the same rules (nothing is claimed)."""
+    a = auths.c
+    rows = conn.execute(
+        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(
+            a.terminal_id == terminal_id,
+            a.batch_id.is_(None),
+            a.currency == currency,
+            a.op.in_(_COUNTED_OPS),
+            a.rc.in_(_APPROVED),
+        )
+    ).all()
+    return _totals(rows)
+
+
+def list_batches(conn: Connection, terminal_id: str, limit: int = 100) -> list[BatchOutcome]:
+    """The terminal's closed batches, newest first."""
+    rows = conn.execute(
+        select(*_BATCH_COLS).where(_tb.terminal_id == terminal_id).order_by(_tb.id.desc()).limit(limit)
+    ).all()
+    return [_outcome(row, duplicate=False) for row in rows]
