@@ -3,13 +3,26 @@
 from . import response_codes as rc
 from .codec import MessageFormatError, decode, encode, encode_de48, parse_de48
 from .framing import FrameDecoder, FrameError, FrameTimeout, FrameTooLarge, IncompleteFrame, encode_frame, read_frame
-from .messages import Balance, OriginalData, Request, Track2, build_response, build_track2, parse_track2, response_mti
+from .messages import (
+    Balance,
+    OriginalData,
+    Reconciliation,
+    Request,
+    Track2,
+    batch_totals_fields,
+    build_response,
+    build_track2,
+    encode_net_amount,
+    parse_net_amount,
+    parse_track2,
+    response_mti,
+)
 from .spec import SPEC
 from .tlv import TlvError, decode_tlv, encode_tlv
 
 __all__ = [
     "SPEC", "Balance", "FrameDecoder", "FrameError", "FrameTimeout", "FrameTooLarge", "IncompleteFrame",
-    "MessageFormatError", "OriginalData", "Request", "TlvError", "Track2", "build_response", "build_track2",
-    "decode", "decode_tlv", "encode", "encode_de48", "encode_frame", "encode_tlv", "parse_de48",
-    "parse_track2", "rc", "read_frame", "response_mti",
+    "MessageFormatError", "OriginalData", "Reconciliation", "Request", "TlvError", "Track2", "batch_totals_fields",
+    "build_response", "build_track2", "decode", "decode_tlv", "encode", "encode_de48", "encode_frame", "encode_net_amount",
+    "encode_tlv", "parse_de48", "parse_net_amount", "parse_track2", "rc", "read_frame", "response_mti",
 ]

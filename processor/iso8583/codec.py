@@ -9,8 +9,8 @@ import iso8583
 from .spec import NUMERIC_FIELDS, SPEC
 from .tlv import TlvError, decode_tlv
 
-REQUEST_MTIS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420", "0800"})
-RESPONSE_MTIS = frozenset({"0110", "0130", "0210", "0230", "0410", "0430", "0810"})
+REQUEST_MTIS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420", "0500", "0800"})
+RESPONSE_MTIS = frozenset({"0110", "0130", "0210", "0230", "0410", "0430", "0510", "0810"})
 KNOWN_MTIS = REQUEST_MTIS | RESPONSE_MTIS
 
 

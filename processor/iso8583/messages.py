@@ -200,6 +200,71 @@ class Request:
         return f"{o.acquirer_id}:{self.terminal_id or ''}:{o.stan}:{o.transmission_time}:{self.mti_class(o.mti)}"
 
 
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """A 0500 batch close: the terminal's counts (DE 74, 76) and amounts (DE 86, 88) of its batch."""
+
+    batch_number: str
+    currency_numeric: str
+    credits_count: int
+    credits_minor: int
+    debits_count: int
+    debits_minor: int
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> "Reconciliation":
+        """The totals of a decoded 0500; MessageFormatError names what is missing or inconsistent."""
+        for de in ("74", "76", "86", "88"):
+            if not fields.get(de):
+                raise MessageFormatError(f"batch totals need DE 74, 76, 86 and 88: field {de} is missing", de)
+        currency = fields.get("50") or fields.get("49")
+        if not currency:
+            raise MessageFormatError("batch totals need a settlement currency: field 50", "50")
+        batch_number = str(fields.get("60") or "").strip()
+        if len(batch_number) > 6 or not batch_number.isdigit() and batch_number:
+            raise MessageFormatError("batch number must be up to 6 digits: field 60", "60")
+        totals = cls(
+            batch_number=batch_number.zfill(6) if batch_number else "",
+            currency_numeric=currency,
+            credits_count=int(fields["74"]),
+            credits_minor=int(fields["86"]),
+            debits_count=int(fields["76"]),
+            debits_minor=int(fields["88"]),
+        )
+        net = fields.get("97")
+        if net:
+            if len(net) != 17 or net[0] not in "CD" or not net[1:].isdigit():
+                raise MessageFormatError("net settlement amount must be C or D and 16 digits: field 97", "97")
+            if parse_net_amount(net) != totals.net_minor:
+                raise MessageFormatError("net settlement amount is not debits less credits: field 97", "97")
+        return totals
+
+    @property
+    def net_minor(self) -> int:
+        return self.debits_minor - self.credits_minor
+
+
+def encode_net_amount(net_minor: int) -> str:
+    """DE 97: 'C' when the merchant is owed (debits above credits), 'D' otherwise, then 16 digits."""
+    return f"{'C' if net_minor >= 0 else 'D'}{abs(net_minor):016d}"
+
+
+def parse_net_amount(text: str) -> int:
+    """DE 97 back to signed minor units (positive: the merchant is owed)."""
+    return int(text[1:]) * (1 if text[0] == "C" else -1)
+
+
+def batch_totals_fields(credits_count: int, credits_minor: int, debits_count: int, debits_minor: int) -> dict[str, str]:
+    """DE 74, 76, 86, 88 and 97 of a set of batch totals."""
+    return {
+        "74": f"{credits_count:010d}",
+        "76": f"{debits_count:010d}",
+        "86": f"{credits_minor:016d}",
+        "88": f"{debits_minor:016d}",
+        "97": encode_net_amount(debits_minor - credits_minor),
+    }
+
+
 def response_mti(mti: str) -> str:
     """0100 -> 0110, 0420 -> 0430."""
     return f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}"

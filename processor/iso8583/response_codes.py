@@ -19,6 +19,7 @@ NOT_PERMITTED = "57"
 RESTRICTED_CARD = "62"
 PIN_TRIES_EXCEEDED = "75"
 CVV_FAILURE = "82"
+RECONCILE_ERROR = "95"
 SYSTEM_ERROR = "96"
 CVV2_FAILURE = "N7"
 
@@ -40,6 +41,7 @@ MEANINGS: dict[str, str] = {
     RESTRICTED_CARD: "restricted card",
     PIN_TRIES_EXCEEDED: "PIN tries exceeded",
     CVV_FAILURE: "CVV, iCVV or cryptogram failure",
+    RECONCILE_ERROR: "reconcile error (batch totals differ)",
     SYSTEM_ERROR: "system malfunction",
     CVV2_FAILURE: "CVV2 failure",
 }

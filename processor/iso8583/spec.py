@@ -21,4 +21,7 @@ SPEC["53"] = {"data_enc": "b", "len_enc": "ascii", "len_type": 2, "max_len": 12,
 SPEC["110"] = {"data_enc": "b", "len_enc": "ascii", "len_type": 3, "max_len": 16, "desc": "PIN Block, AES (ISO 9564 format 4)"}
 
 # Numeric fields whose content the codec checks after decoding (pyiso8583 checks lengths, not digits).
-NUMERIC_FIELDS: tuple[str, ...] = ("3", "4", "7", "11", "12", "13", "14", "18", "22", "23", "32", "49", "70")
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "3", "4", "7", "11", "12", "13", "14", "15", "18", "22", "23", "32", "49", "50", "70",
+    "74", "75", "76", "77", "86", "87", "88", "89",
+)
