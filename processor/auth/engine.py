@@ -40,10 +40,13 @@ log = logging.getLogger("processor.auth")
 
 _APPROVAL_ALPHABET = string.ascii_uppercase + string.digits
 ENTRY_MANUAL = "01"
-ENTRY_MAGSTRIPE = frozenset({"02", "90", "80"})
+ENTRY_FALLBACK = "80"
+ENTRY_MAGSTRIPE = frozenset({"02", "90", ENTRY_FALLBACK})
 ENTRY_CHIP = frozenset({"05", "07"})
 ENTRY_CONTACTLESS_MAGSTRIPE = "91"
 CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
+# Service codes whose first digit says the card carries a chip (2: international, 6: national).
+CHIP_SERVICE_CODE_DIGITS = frozenset({"2", "6"})
 
 
 class Declined(Exception):
@@ -65,6 +68,7 @@ class Terminal:
     status: str
     bdk_kcv: str | None
     initial_ksn: str | None
+    chip_capable: bool = True
 
 
 @dataclass(slots=True)
@@ -234,6 +238,25 @@ async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
         ctx.pin_tries = 0
 
 
+async def check_fallback(engine: "Engine", ctx: AuthContext) -> None:
+    """EMV fallback rules: a chip terminal reads a chip card's chip; its stripe counts only as fallback (80)."""
+    req = ctx.request
+    if req.entry_mode not in ENTRY_MAGSTRIPE or req.track2 is None:
+        return
+    chip_card = req.track2.service_code[:1] in CHIP_SERVICE_CODE_DIGITS
+    chip_terminal = ctx.terminal is not None and ctx.terminal.chip_capable
+    if req.entry_mode != ENTRY_FALLBACK:
+        if chip_card and chip_terminal:
+            raise Declined(rc.NOT_PERMITTED, "chip card swiped at a chip terminal: the chip must be read (fallback is DE 22 80)")
+        return
+    if not chip_card:
+        raise Declined(rc.NOT_PERMITTED, "fallback (DE 22 80) for a card without a chip")
+    if not chip_terminal:
+        raise Declined(rc.NOT_PERMITTED, "fallback (DE 22 80) from a terminal without a chip reader")
+    if (req.amount_minor or 0) > engine.policy.fallback_max_minor:
+        raise Declined(rc.NOT_PERMITTED, f"fallback above {engine.policy.fallback_max_minor} minor units")
+
+
 async def check_card_verification(engine: "Engine", ctx: AuthContext) -> None:
     """CVV1 on a swiped stripe, iCVV on chip track 2 equivalent, CVV2 on a keyed entry, ARQC on chip."""
     req, card, keys = ctx.request, ctx.card, engine.keys
@@ -273,6 +296,7 @@ CARD_CHECKS: tuple[Check, ...] = (
     check_card_known,
     check_card_status,
     check_token_domain,
+    check_fallback,
     check_pin,
     check_card_verification,
     check_amount,
@@ -342,6 +366,10 @@ class Engine:
             answer, outcome_rc = await self._completion(fields, request)
         elif mti in ("0400", "0420"):
             answer, outcome_rc = await self._reversal(fields, request)
+        elif mti == "0500":
+            from processor.auth.reconciliation import reconcile
+
+            answer, outcome_rc = await reconcile(self, fields, request)
         else:
             answer = build_response(fields, rc.INVALID_TRANSACTION)
             outcome_rc = rc.INVALID_TRANSACTION
@@ -570,6 +598,7 @@ class Engine:
                 status=row.status,
                 bdk_kcv=row.bdk_kcv,
                 initial_ksn=row.initial_ksn,
+                chip_capable=row.chip_capable,
             )
         if len(self._terminal_cache) >= self._terminal_cache_max:
             self._terminal_cache.clear()

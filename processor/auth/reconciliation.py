@@ -1,0 +1,68 @@
+"""End-of-day batch close (0500 -> 0510): the terminal's totals against the store's.
+
+The terminal sends its batch totals (DE 74/76 counts and DE 86/88 amounts of credits and debits, DE 97
+net, DE 60 batch number, DE 50 currency). The store closes the terminal's open batch and counts it by
+the rules of `processor.ledger.batches`; the answer is 00 when both agree and 95 when they do not, and
+carries the store's totals in DE 74/76/86/88/97 so the terminal can print them beside its own. The batch
+is closed either way. A retransmitted 0500 (same STAN and transmission time) gets the first answer back
+and closes nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from processor.iso8583 import MessageFormatError, build_response, rc
+from processor.iso8583.currency import alpha_for_numeric
+from processor.iso8583.messages import Reconciliation, Request, batch_totals_fields
+from processor.ledger import BatchTotals
+
+if TYPE_CHECKING:
+    from processor.auth.engine import Engine
+
+
+async def reconcile(engine: "Engine", fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
+    """Answer one 0500: close the terminal's batch and say whether its totals are ours."""
+    from processor.auth.engine import AuthContext, Declined, check_terminal
+
+    ctx = AuthContext(fields=fields, request=req, now=engine.clock())
+    try:
+        await check_terminal(engine, ctx)
+        if not req.stan or not req.transmission_time:
+            raise Declined(rc.FORMAT_ERROR, "batch close without STAN (DE 11) and transmission time (DE 7)")
+        try:
+            totals = Reconciliation.from_fields(fields)
+        except MessageFormatError as exc:
+            raise Declined(rc.FORMAT_ERROR, str(exc)) from None
+        currency = alpha_for_numeric(totals.currency_numeric)
+        if currency is None:
+            raise Declined(rc.INVALID_AMOUNT, f"unknown settlement currency {totals.currency_numeric}")
+    except Declined as declined:
+        answer = build_response(fields, declined.code)
+        answer["_reason"] = declined.reason
+        return answer, declined.code
+    outcome = await engine.store.close_batch(
+        idem_key=req.idempotency_key(),
+        terminal_id=req.terminal_id or "",
+        batch_number=totals.batch_number,
+        currency=currency,
+        totals=BatchTotals(totals.credits_count, totals.credits_minor, totals.debits_count, totals.debits_minor),
+        now=ctx.now,
+    )
+    host = outcome.host
+    extra: dict[str, Any] = {
+        "15": outcome.closed_at.strftime("%m%d"),
+        "50": totals.currency_numeric,
+        **batch_totals_fields(host.credits_count, host.credits_minor, host.debits_count, host.debits_minor),
+    }
+    if totals.batch_number:
+        extra["60"] = totals.batch_number
+    answer = build_response(fields, outcome.rc, extra=extra)
+    ours = f"{host.debits_count} debits {host.debits_minor}, {host.credits_count} credits {host.credits_minor}"
+    if outcome.in_balance:
+        reason = f"batch {totals.batch_number or '-'} in balance: {ours}"
+    else:
+        theirs = f"{totals.debits_count} debits {totals.debits_minor}, {totals.credits_count} credits {totals.credits_minor}"
+        reason = f"batch {totals.batch_number or '-'} out of balance: terminal {theirs}; ours {ours}"
+    answer["_reason"] = ("duplicate: " if outcome.duplicate else "") + reason
+    return answer, outcome.rc
