@@ -241,8 +241,21 @@ async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, A
             mcc=args.mcc,
             name=args.name,
             location=args.location,
+            chip_capable=not args.no_chip_reader,
         )
     ).as_json()
+
+
+async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    if await rt.store.get_terminal(args.terminal_id) is None:
+        raise NotFound(f"terminal {args.terminal_id!r} does not exist")
+    closed = await rt.store.list_batches(args.terminal_id, limit=args.limit)
+    open_totals = await rt.store.open_batch_totals(args.terminal_id, args.currency)
+    return {
+        "terminal_id": args.terminal_id,
+        "open": {"currency": args.currency, **open_totals.as_json()},
+        "closed": [batch.as_json() for batch in closed],
+    }
 
 
 async def cmd_ledger_check(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -375,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mcc", required=True, help="merchant category code")
     p.add_argument("--name", default="Merchant")
     p.add_argument("--location", default="Berlin DE")
+    p.add_argument("--no-chip-reader", action="store_true",
+                   help="a magstripe-only terminal: chip cards may be swiped there (else only as fallback, DE 22 80)")
+    p = data_command(te, "batches", cmd_terminal_batches, "a terminal's open batch and its closed batches (0500)")
+    p.add_argument("terminal_id")
+    p.add_argument("--currency", default="EUR", help="currency of the open batch to total (default EUR)")
+    p.add_argument("--limit", type=int, default=20, help="how many closed batches, newest first")
 
     le = sub.add_parser("ledger", help="ledger").add_subparsers(dest="sub", required=True)
     data_command(le, "check", cmd_ledger_check, "check the ledger invariants (non-zero exit when broken)")

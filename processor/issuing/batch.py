@@ -32,8 +32,13 @@ async def provision(
     bin_prefix: str = "476173",
     mcc: str = "5411",
     label: str = "load",
+    stripe_only_every: int = 2,
 ) -> Population:
-    """Cardholders with a funded checking account and a card each, and terminals at one merchant."""
+    """Cardholders with a funded checking account and a card each, and terminals at one merchant.
+
+    Every `stripe_only_every`-th card is a magstripe-only card (service code 101), the kind a terminal
+    with a chip reader may swipe; the others carry a chip. 0 issues chip cards only.
+    """
     run = secrets.token_hex(3)
     population = Population()
     for i in range(cardholders):
@@ -41,7 +46,10 @@ async def provision(
         account_id = await store.open_account(cardholder_id, "checking", currency)
         if deposit_minor:
             await store.deposit(account_id, deposit_minor, reference=f"{label} funding")
-        card = await issue_card(store, hsm, keys, account_id=account_id, pin=pin, bin_prefix=bin_prefix)
+        stripe_only = stripe_only_every > 0 and i % stripe_only_every == stripe_only_every - 1
+        card = await issue_card(
+            store, hsm, keys, account_id=account_id, pin=pin, bin_prefix=bin_prefix, chip=not stripe_only
+        )
         population.cards.append({**card.as_json(), "pin": pin})
     merchant_id = f"{label[:4].upper()}{run.upper()}"[:15]
     for i in range(terminals):

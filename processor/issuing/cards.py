@@ -33,7 +33,7 @@ class IssuedCard:
     expiry: str
     service_code: str
     track2: str
-    chip_track2: str
+    chip_track2: str | None  # None for a magstripe-only card
     cvv2: str
     psn: str
     status: str
@@ -107,7 +107,7 @@ async def issue_card(
         track2 = build_track2(pan, expiry, service_code, cvv1, discretionary=f"{PVKI}{pvv_on_track}")
         # The chip carries the same track with the iCVV instead of the CVV, so a skimmed chip track
         # cannot be replayed on a magnetic stripe.
-        chip_track2 = build_track2(pan, expiry, service_code, icvv, discretionary=f"{PVKI}{pvv_on_track}")
+        chip_track2 = build_track2(pan, expiry, service_code, icvv, discretionary=f"{PVKI}{pvv_on_track}") if chip else None
         token = surrogate_for(pan)
         new = NewCard(
             account_id=account_id,

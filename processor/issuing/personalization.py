@@ -89,6 +89,8 @@ async def personalize(
     card = await store.get_card(card_id)
     if card.status in ("closed", "lost", "stolen"):
         raise InvalidRequest(f"card {card_id} is {card.status}: it cannot be personalized")
+    if card.service_code[:1] not in ("2", "6"):
+        raise InvalidRequest(f"card {card_id} is magstripe-only (service code {card.service_code}): it has no chip to personalize")
     sealed = await hsm.personalization_data(
         keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek
     )

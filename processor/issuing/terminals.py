@@ -26,6 +26,7 @@ class RegisteredTerminal:
     bdk_kcv: str
     initial_ksn: str
     ipek: str
+    chip_capable: bool = True
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +50,7 @@ async def add_terminal(
     mcc: str,
     name: str = "Merchant",
     location: str = "",
+    chip_capable: bool = True,
 ) -> RegisteredTerminal:
     """Register a terminal (and its merchant when new), and derive its IPEK for injection."""
     if not 1 <= len(terminal_id) <= 8:
@@ -72,6 +74,7 @@ async def add_terminal(
         key_scheme="dukpt-tdes",
         bdk_kcv=keys.bdk,
         initial_ksn=ksn,
+        chip_capable=chip_capable,
     )
     ipek = await hsm.inject_ipek(keys.bdk, ksn)
     return RegisteredTerminal(
@@ -83,4 +86,5 @@ async def add_terminal(
         bdk_kcv=keys.bdk,
         initial_ksn=ksn,
         ipek=ipek,
+        chip_capable=chip_capable,
     )
