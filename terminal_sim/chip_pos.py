@@ -174,6 +174,7 @@ async def send_reversal(
     for _ in range(max(1, attempts)):
         try:
             answer, conn = await _request_once(conn, reconnect, reversal, timeout_s)
+            terminal.batch.record(reversal, answer)
             return answer
         except (ResponseTimeout, ConnectionError, OSError) as exc:
             last = exc
@@ -256,6 +257,7 @@ async def chip_transaction(
         result.reversed = True
         return result
     result.answer = answer
+    terminal.batch.record(request, answer)
     result.rc = str(answer.get("39", ""))
     approved = result.rc in APPROVED_CODES
     result.approval_code = answer.get("38") if approved else None

@@ -12,6 +12,7 @@ from typing import Any
 
 from processor.logs import quiet_library_deprecations
 from terminal_sim.load import load_json_list, parse_mix, print_summary, run_load
+from terminal_sim.batch import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
 
 
@@ -88,6 +89,8 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
         folder = directory or scratch
         chips = []
         for card in cards:
+            if card.get("chip_track2") is None:
+                continue  # a magstripe-only card has no chip to personalize
             await personalize(store, hsm, keys, int(card["id"]), directory=folder)
             card_id = int(card["id"])
             profile = load_profile(folder, card_id, transport_key)
@@ -154,6 +157,7 @@ async def _load(args: argparse.Namespace) -> int:
             seed=args.seed,
             chip_cards=chips,
             contactless_limit_minor=args.contactless_limit,
+            close_batches=args.close_batches,
         )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
@@ -238,6 +242,8 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
         saved = json.loads(state.read_text(encoding="utf-8"))
         terminal.dukpt_counter = int(saved.get("dukpt_counter", 0))
         terminal._stan = itertools.count(int(saved.get("next_stan", 1)))
+        if saved.get("batch"):
+            terminal.batch = TerminalBatch.from_state(saved["batch"])
     return terminal, state
 
 
@@ -246,7 +252,8 @@ def _save_terminal(terminal: PosTerminal, state: Any) -> None:
 
     next_stan = int(terminal.next_stan())  # the first STAN not yet sent
     tmp = state.with_name(state.name + ".tmp")
-    tmp.write_text(json.dumps({"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan}), encoding="utf-8")
+    saved = {"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan, "batch": terminal.batch.as_state()}
+    tmp.write_text(json.dumps(saved), encoding="utf-8")
     os.replace(tmp, state)
 
 
@@ -298,6 +305,32 @@ async def _pos(args: argparse.Namespace) -> int:
     return 0 if result.approved else 1
 
 
+async def _close_batch(args: argparse.Namespace) -> int:
+    """Close the terminal's batch: its totals (0500) against the engine's (0510)."""
+    from terminal_sim.batch import close_batch
+    from terminal_sim.iso_client import TerminalConnection
+
+    host, port = args.tcp
+    terminal, state = _load_terminal(args.terminal, args.terminal_id)
+    try:
+        conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+        try:
+            report = await close_batch(conn, terminal, timeout_s=args.timeout)
+        finally:
+            await conn.close()
+    finally:
+        _save_terminal(terminal, state)
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        t, h = report.terminal, report.host
+        print(f"batch {report.batch_number} of {report.terminal_id}: rc={report.rc or '-'} {report.reason}")
+        print(f"  terminal  debits {t.debits_count} ({t.debits_minor})  credits {t.credits_count} ({t.credits_minor})")
+        if h is not None:
+            print(f"  engine    debits {h.debits_count} ({h.debits_minor})  credits {h.credits_count} ({h.credits_minor})")
+    return 0 if report.in_balance else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for a repeatable mix")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--close-batches", action="store_true",
+                   help="at the end, every terminal closes its batch (0500) and the summary says which were in balance")
     p.set_defaults(func=_load)
 
     p = sub.add_parser("card", help="serve a personalized chip card (bureau record) to pcscd through vpcd")
@@ -352,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=_pos)
+
+    p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
+    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    p.add_argument("--terminal", required=True, help="terminal JSON file, as for `pos` (its batch is kept in FILE.ID.state)")
+    p.add_argument("--terminal-id", help="which terminal when the file lists several")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (the 0500 is sent again)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    p.set_defaults(func=_close_batch)
     return parser
 
 

@@ -47,6 +47,10 @@ class TerminalConnection:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
         return cls(reader, writer, timeout_s=timeout_s, max_in_flight=max_in_flight)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     @staticmethod
     def _key(fields: dict[str, Any]) -> tuple[str, str]:
         return (str(fields.get("41", "")).strip(), str(fields.get("11", "")))

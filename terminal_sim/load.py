@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from terminal_sim.batch import BatchReport, close_batch
 from terminal_sim.chip_pos import ChipCard, ReversalFailed, chip_transaction
 from terminal_sim.emv.kernel import CardError
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
@@ -32,6 +33,8 @@ from terminal_sim.pos import CardData, PosTerminal
 DEFAULT_MIX = {"purchase": 60, "pin": 15, "manual": 10, "preauth": 5, "balance": 5, "refund": 5}
 DEFAULT_CHIP_MIX = {"purchase": 25, "pin": 10, "chip": 20, "contactless": 15, "manual": 5, "preauth": 5, "balance": 5, "refund": 5}
 CHIP_KINDS = ("chip", "contactless", "wallet")
+# Kinds that swipe the stripe: at a terminal with a chip reader only a card without a chip may be swiped.
+SWIPE_KINDS = ("purchase", "preauth", "balance", "refund")
 KINDS = ("purchase", "pin", "manual", "preauth", "balance", "refund", *CHIP_KINDS)
 
 
@@ -74,6 +77,7 @@ class LoadResult:
     timeouts: int = 0
     errors: int = 0
     reversals: int = 0  # approved by the issuer, then refused by the card, and reversed
+    batches: list[BatchReport] = field(default_factory=list)  # the terminals' closes at the end, when asked
 
     def record(self, kind: str, code: str, latency_ms: float) -> None:
         self.latencies_ms.append(latency_ms)
@@ -107,6 +111,19 @@ class LoadResult:
             "errors": self.errors,
             "reversals": self.reversals,
             "by_kind": kinds,
+            **({"batches": self.batches_summary()} if self.batches else {}),
+        }
+
+    def batches_summary(self) -> dict[str, Any]:
+        """How the terminals' end-of-run batch closes went; the out-of-balance ones in full."""
+        return {
+            "closed": sum(1 for b in self.batches if b.rc in ("00", "95")),
+            "in_balance": sum(1 for b in self.batches if b.in_balance),
+            "debits_count": sum(b.terminal.debits_count for b in self.batches),
+            "debits_minor": sum(b.terminal.debits_minor for b in self.batches),
+            "credits_count": sum(b.terminal.credits_count for b in self.batches),
+            "credits_minor": sum(b.terminal.credits_minor for b in self.batches),
+            "not_in_balance": [b.as_json() for b in self.batches if not b.in_balance],
         }
 
 
@@ -126,6 +143,8 @@ class Workload:
         if not cards and not self.chip_cards and not self.wallet_cards:
             raise ValueError("no cards to load with")
         self.cards = cards
+        self.stripe_cards = [c for c in cards if not c.has_chip]
+        self.pin_cards = [c for c in cards if c.chip_track2 is not None and c.pin is not None]
         self.kinds = [k for k, w in mix.items() if w > 0 and (cards or k in CHIP_KINDS)]
         if not self.kinds:
             raise ValueError("no kind of the mix can run with these cards (the chip kinds need bureau records)")
@@ -149,6 +168,16 @@ class Workload:
                 return card
         return card
 
+    def swipeable(self, terminal: PosTerminal) -> list[CardData]:
+        """Cards this terminal may swipe: any without a chip reader, else only cards without a chip."""
+        pool = self.stripe_cards if terminal.chip_capable else self.cards
+        if not pool:
+            raise ValueError(
+                f"terminal {terminal.terminal_id} reads chips and every card has one: the swipe kinds "
+                f"({', '.join(SWIPE_KINDS)}) need magstripe-only cards or a terminal without a chip reader"
+            )
+        return pool
+
     def amount(self) -> int:
         return self.random.randint(100, 2_000)
 
@@ -157,14 +186,14 @@ class Workload:
         kind = kind or self.choose_kind()
         if kind in CHIP_KINDS:
             raise ValueError(f"kind {kind!r} is a chip transaction, not a single request")
-        card = self.random.choice(self.cards)
         amount = self.amount()
-        if kind == "pin" and (card.pin is None or terminal.ipek is None):
+        if kind == "pin":
+            if self.pin_cards and terminal.ipek is not None:
+                return kind, terminal.card_request(self.random.choice(self.pin_cards), amount, entry="chip", with_pin=True)
             kind = "purchase"
+        card = self.random.choice(self.swipeable(terminal) if kind in SWIPE_KINDS else self.cards)
         if kind == "purchase":
             return kind, terminal.card_request(card, amount, entry="magstripe")
-        if kind == "pin":
-            return kind, terminal.card_request(card, amount, entry="chip", with_pin=True)
         if kind == "manual":
             return kind, terminal.card_request(card, amount, entry="manual", cvv2=card.cvv2)
         if kind == "preauth":
@@ -189,11 +218,19 @@ async def run_load(
     seed: int | None = None,
     chip_cards: list[ChipCard] | None = None,
     contactless_limit_minor: int = DEFAULT_CONTACTLESS_LIMIT_MINOR,
+    close_batches: bool = False,
 ) -> LoadResult:
-    """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does."""
+    """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does.
+
+    With `close_batches`, every terminal closes its batch (0500) at the end and the result says which
+    were in balance with the engine's totals.
+    """
     if not terminals:
         raise ValueError("no terminals to load with")
     workload = Workload(cards, mix or (DEFAULT_CHIP_MIX if chip_cards else DEFAULT_MIX), seed=seed, chip_cards=chip_cards)
+    if workload.cards and any(k in SWIPE_KINDS for k in workload.kinds):
+        for terminal in terminals:
+            workload.swipeable(terminal)
     result = LoadResult(seconds=seconds, connections=connections)
     conns = [
         await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
@@ -242,18 +279,21 @@ async def run_load(
             answer = await conn.request(request)
         except ResponseTimeout:
             result.timeouts += 1
+            reversal = terminal.reversal(request)
             with contextlib.suppress(Exception):
-                await conn.request(terminal.reversal(request))
+                terminal.batch.record(reversal, await conn.request(reversal))
             return
         except (ConnectionError, OSError):
             result.errors += 1
             raise
+        terminal.batch.record(request, answer)
         code = str(answer.get("39", "??"))
         result.record(kind, code, (time.perf_counter() - t0) * 1000)
         if kind == "preauth" and code == "00":
             completion = terminal.completion(request, int(request["4"]))
             t1 = time.perf_counter()
             answer = await conn.request(completion)
+            terminal.batch.record(completion, answer)
             result.record("completion", str(answer.get("39", "??")), (time.perf_counter() - t1) * 1000)
 
     async def session(index: int) -> None:
@@ -302,6 +342,8 @@ async def run_load(
         helpers.append(asyncio.create_task(pacer()))
     try:
         await asyncio.wait(tasks, timeout=seconds + timeout_s * 2 + 5)
+        if close_batches:
+            result.batches = await _close_batches(conns, terminals, timeout_s)
     finally:
         for task in tasks + helpers:
             task.cancel()
@@ -310,6 +352,21 @@ async def run_load(
             await conn.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def _close_batches(conns: list[TerminalConnection], terminals: list[PosTerminal], timeout_s: float) -> list[BatchReport]:
+    """Close each terminal's batch once, on the first connection still open."""
+    reports = []
+    seen: set[int] = set()
+    for terminal in terminals:
+        if id(terminal) in seen:
+            continue
+        seen.add(id(terminal))
+        conn = next((c for c in conns if not c.closed), None)
+        if conn is None:
+            raise ConnectionError("no connection left to close the terminals' batches on")
+        reports.append(await close_batch(conn, terminal, timeout_s=timeout_s))
+    return reports
 
 
 def load_json_list(path: str) -> list[dict[str, Any]]:
@@ -333,6 +390,13 @@ def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
         + (f", reversals {summary['reversals']}" if summary.get("reversals") else ""),
         file=out,
     )
+    if summary.get("batches"):
+        b = summary["batches"]
+        print(
+            f"batches closed {b['closed']}, in balance {b['in_balance']}: debits {b['debits_count']} "
+            f"({b['debits_minor']}), credits {b['credits_count']} ({b['credits_minor']})",
+            file=out,
+        )
     print("response codes: " + ", ".join(f"{c}={n}" for c, n in summary["codes"].items()), file=out)
     for kind, info in summary["by_kind"].items():
         codes = ", ".join(f"{c}={n}" for c, n in info["codes"].items())

@@ -14,9 +14,16 @@ from typing import Any
 from hsm_sim.crypto.des import tdes_ecb_encrypt
 from hsm_sim.crypto.dukpt import derive_transaction_key, pin_encryption_key
 from hsm_sim.crypto.pinblock import encode_pin_block
+from terminal_sim.batch import TerminalBatch
 
 COUNTER_BITS = 21
 MAX_ONE_BITS = 10
+# First digit of a service code for a card with a chip (2: international, 6: national use).
+CHIP_SERVICE_CODE_DIGITS = frozenset({"2", "6"})
+
+
+class InsertChip(ValueError):
+    """A chip card was swiped at a terminal with a chip reader: the terminal asks for the chip instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +39,12 @@ class CardData:
     psn: str = "00"
     card_id: int | None = None
     account_id: int | None = None
+
+    @property
+    def has_chip(self) -> bool:
+        """The stripe's service code says the card carries a chip."""
+        _, _, rest = self.track2.replace("D", "=").partition("=")
+        return rest[4:5] in CHIP_SERVICE_CODE_DIGITS
 
     @classmethod
     def from_issued(cls, issued: dict[str, Any], pin: str | None) -> "CardData":
@@ -72,6 +85,8 @@ class PosTerminal:
     currency_numeric: str = "978"
     name_location: str = "Simulated Merchant      Berlin       DE"
     dukpt_counter: int = 0
+    chip_capable: bool = True
+    batch: TerminalBatch = field(default_factory=TerminalBatch)
     _stan: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
@@ -83,6 +98,7 @@ class PosTerminal:
             ipek=registered.get("ipek"),
             initial_ksn=registered.get("initial_ksn"),
             currency_numeric=currency_numeric,
+            chip_capable=bool(registered.get("chip_capable", True)),
         )
 
     # ------------------------------------------------------------ security
@@ -139,7 +155,15 @@ class PosTerminal:
         now: dt.datetime | None = None,
         extra_de48: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """A card-present or keyed request. entry: magstripe, chip, contactless, manual, fallback."""
+        """A card-present or keyed request. entry: magstripe, chip, contactless, manual, fallback.
+
+        A chip card swiped at a terminal with a chip reader raises InsertChip: the stripe of a chip card is
+        read only after its chip failed (entry "fallback", DE 22 80).
+        """
+        if entry == "magstripe" and self.chip_capable and card.has_chip:
+            raise InsertChip(f"terminal {self.terminal_id}: chip card, insert it (a swipe is only a fallback)")
+        if entry == "fallback" and not self.chip_capable:
+            raise ValueError(f"terminal {self.terminal_id} has no chip reader to fall back from")
         fields = self._base(mti, processing_code, amount_minor, now)
         pin_capability = "1"
         if entry == "manual":

@@ -1,0 +1,182 @@
+"""A terminal's batch: what it approved since its last close, and the end-of-day close (0500/0510).
+
+The terminal keeps its own journal, as real terminals do: every approved 0200 purchase or cash (a debit),
+0200 refund (a credit) and 0220 completion (a debit) at the amount the issuer approved; a reversal the
+engine acknowledged takes its original out of the batch, or down to the amount that remained (DE 95).
+Pre-authorizations and balance inquiries move no money and are not counted. At the close the terminal
+sends its totals; the engine answers 00 (in balance) or 95 (out of balance) with its own totals, and the
+batch is closed either way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from processor.iso8583 import batch_totals_fields
+
+if TYPE_CHECKING:
+    from terminal_sim.iso_client import TerminalConnection
+    from terminal_sim.pos import PosTerminal
+
+APPROVED = frozenset({"00", "10"})
+CLOSE_ATTEMPTS = 3
+SETTLEMENT_PROCESSING_CODE = "920000"
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Counts and amounts (minor units) of credits and debits."""
+
+    credits_count: int = 0
+    credits_minor: int = 0
+    debits_count: int = 0
+    debits_minor: int = 0
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> "Totals":
+        """The totals in DE 74/86 and 76/88 of a 0500 or 0510."""
+        return cls(int(fields.get("74") or 0), int(fields.get("86") or 0), int(fields.get("76") or 0), int(fields.get("88") or 0))
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "credits_count": self.credits_count,
+            "credits_minor": self.credits_minor,
+            "debits_count": self.debits_count,
+            "debits_minor": self.debits_minor,
+            "net_minor": self.debits_minor - self.credits_minor,
+        }
+
+
+@dataclass
+class TerminalBatch:
+    """The open batch: approved items by (STAN, transmission time), and the batch number."""
+
+    number: int = 1
+    items: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+
+    def record(self, request: dict[str, Any], answer: dict[str, Any] | None) -> None:
+        """Count one answered request (call it for every answer, reversals included)."""
+        if answer is None or str(answer.get("39")) not in APPROVED:
+            return
+        mti = request.get("t")
+        if mti in ("0200", "0220"):
+            kind = _kind(request)
+            if kind is not None:
+                amount = int(answer.get("4") or request.get("4") or 0)
+                self.items[(str(request["11"]), str(request["7"]))] = (kind, amount)
+        elif mti in ("0400", "0420") and request.get("90"):
+            de90 = str(request["90"])
+            key = (de90[4:10], de90[10:20])
+            item = self.items.get(key)
+            if item is None:
+                return
+            remaining = int(str(request["95"])[:12]) if request.get("95") else 0
+            if remaining > 0:
+                self.items[key] = (item[0], min(item[1], remaining))
+            else:
+                del self.items[key]
+
+    def totals(self) -> Totals:
+        credits = [amount for kind, amount in self.items.values() if kind == "credit" and amount > 0]
+        debits = [amount for kind, amount in self.items.values() if kind == "debit" and amount > 0]
+        return Totals(len(credits), sum(credits), len(debits), sum(debits))
+
+    def as_state(self) -> dict[str, Any]:
+        """What a terminal keeps across restarts."""
+        return {"number": self.number, "items": [[stan, time, kind, amount] for (stan, time), (kind, amount) in self.items.items()]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "TerminalBatch":
+        items = {(str(stan), str(time)): (str(kind), int(amount)) for stan, time, kind, amount in state.get("items", [])}
+        return cls(number=int(state.get("number", 1)), items=items)
+
+
+def _kind(request: dict[str, Any]) -> str | None:
+    code = str(request.get("3") or "000000")[:2]
+    if code == "20":
+        return "credit"
+    if code in ("00", "01", "09"):
+        return "debit"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """The settlement slip: the terminal's totals, the engine's, and its verdict."""
+
+    terminal_id: str
+    batch_number: str
+    rc: str | None
+    terminal: Totals
+    host: Totals | None
+    reason: str = ""
+
+    @property
+    def in_balance(self) -> bool:
+        return self.rc == "00"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "terminal_id": self.terminal_id,
+            "batch_number": self.batch_number,
+            "rc": self.rc,
+            "in_balance": self.in_balance,
+            "terminal": self.terminal.as_json(),
+            "host": self.host.as_json() if self.host is not None else None,
+            "reason": self.reason,
+        }
+
+
+def reconciliation_request(terminal: "PosTerminal", now: dt.datetime | None = None) -> dict[str, Any]:
+    """The 0500 that closes the terminal's batch with its totals."""
+    now = now or dt.datetime.now(dt.UTC)
+    totals = terminal.batch.totals()
+    return {
+        "t": "0500",
+        "3": SETTLEMENT_PROCESSING_CODE,
+        "7": now.strftime("%m%d%H%M%S"),
+        "11": terminal.next_stan(),
+        "32": terminal.acquirer_id,
+        "41": terminal.terminal_id.ljust(8),
+        "42": terminal.merchant_id.ljust(15),
+        "50": terminal.currency_numeric,
+        "60": f"{terminal.batch.number % 1_000_000:06d}",
+        **batch_totals_fields(totals.credits_count, totals.credits_minor, totals.debits_count, totals.debits_minor),
+    }
+
+
+async def close_batch(
+    conn: "TerminalConnection",
+    terminal: "PosTerminal",
+    *,
+    timeout_s: float | None = None,
+    attempts: int = CLOSE_ATTEMPTS,
+    now: dt.datetime | None = None,
+) -> BatchReport:
+    """Send the 0500 (the same message again when unanswered: the engine closes a batch once per 0500).
+
+    On an answer the terminal starts its next batch, whether the engine found it in balance or not; with
+    no answer after every attempt the batch stays open and the report's rc is None.
+    """
+    from terminal_sim.iso_client import ResponseTimeout
+
+    request = reconciliation_request(terminal, now)
+    totals = terminal.batch.totals()
+    number = request["60"]
+    last: BaseException | None = None
+    for _ in range(max(1, attempts)):
+        try:
+            answer = await conn.request(request, timeout_s=timeout_s)
+            break
+        except ResponseTimeout as exc:
+            last = exc
+    else:
+        return BatchReport(terminal.terminal_id, number, None, totals, None, f"no answer: {last}")
+    code = str(answer.get("39", ""))
+    host = Totals.from_fields(answer) if code in ("00", "95") else None
+    if host is not None:
+        terminal.batch = TerminalBatch(number=terminal.batch.number % 999_999 + 1)
+    reason = {"00": "in balance", "95": "out of balance: the engine's totals differ"}.get(code, f"refused ({code})")
+    return BatchReport(terminal.terminal_id, number, code, totals, host, reason)
