@@ -43,7 +43,17 @@ CAST = {
     "erin": (100_00, "stolen", False),
     "frank": (100_00, "active", True),
     "grace": (300_00, "active", False),
+    "ivan": (200_00, "active", False),
 }
+# Cards without a chip (service code 101): the only ones a terminal with a chip reader may swipe.
+STRIPE_ONLY = frozenset({"ivan"})
+# (name, DE 41, DE 42, MCC, chip reader?). The shop is a stripe reader with a PIN pad, where the tests of
+# the magnetic-stripe rules swipe chip cards; the market reads chips and enforces the chip-first rule.
+TERMINALS = (
+    ("shop", "SHOP0001", "SHOP00000000001", "5411", False),
+    ("hotel", "HOTL0001", "HOTEL0000000001", "7011", True),
+    ("market", "MRKT0001", "MARKET000000001", "5411", True),
+)
 
 
 async def build_issuer(settings: Settings) -> tuple[dict[str, CardData], dict[str, int], dict[str, PosTerminal]]:
@@ -58,15 +68,16 @@ async def build_issuer(settings: Settings) -> tuple[dict[str, CardData], dict[st
             account = await store.open_account(holder, "checking", "EUR")
             await store.deposit(account, deposit, reference="test funding")
             issued = await issue_card(
-                store, hsm, keys, account_id=account, pin="1234", today=today.replace(year=today.year - 5) if expired else today
+                store, hsm, keys, account_id=account, pin="1234", today=today.replace(year=today.year - 5) if expired else today,
+                chip=name not in STRIPE_ONLY,
             )
             if status != "active":
                 await store.set_card_status(issued.id, status)
             cards[name] = CardData.from_issued(issued.as_json(), "1234")
             accounts[name] = account
         terminals = {}
-        for name, tid, mid, mcc in (("shop", "SHOP0001", "SHOP00000000001", "5411"), ("hotel", "HOTL0001", "HOTEL0000000001", "7011")):
-            registered = await add_terminal(store, hsm, keys, terminal_id=tid, merchant_id=mid, mcc=mcc)
+        for name, tid, mid, mcc, chip_reader in TERMINALS:
+            registered = await add_terminal(store, hsm, keys, terminal_id=tid, merchant_id=mid, mcc=mcc, chip_capable=chip_reader)
             terminals[name] = PosTerminal.from_registered(registered.as_json())
         return cards, accounts, terminals
     finally:

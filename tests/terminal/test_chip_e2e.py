@@ -349,7 +349,7 @@ async def test_load_mixes_chip_and_contactless_and_reports_per_kind(chip_issuer)
     chips = [ChipCard(chip_issuer.profile(name), pin=PIN) for name in ("ada", "bob")]
     terminals = list(chip_issuer.terminals.values())
     result = await run_load("127.0.0.1", chip_issuer.port, terminals, [], connections=4, seconds=1.0,
-                            mix={"chip": 1, "contactless": 1}, chip_cards=chips, seed=7)
+                            mix={"chip": 1, "contactless": 1}, chip_cards=chips, seed=7, close_batches=True)
     summary = result.summary()
     assert set(summary["by_kind"]) == {"chip", "contactless"}
     # Four connections share two cards; a card is in one terminal at a time, so its ATCs reach the engine
@@ -360,6 +360,10 @@ async def test_load_mixes_chip_and_contactless_and_reports_per_kind(chip_issuer)
     approved = summary["codes"]["00"]
     spent = 2 * DEPOSIT - await chip_issuer.ledger("ada") - await chip_issuer.ledger("bob")
     assert 100 * approved <= spent <= 2_000 * approved
+    # At the end each terminal closed its batch: every approval is counted once, on both sides.
+    batches = summary["batches"]
+    assert batches["closed"] == batches["in_balance"] == len(terminals) and not batches["not_in_balance"]
+    assert batches["debits_count"] == approved and batches["debits_minor"] == spent
 
 
 def test_load_refuses_chip_kinds_without_bureau_records():
