@@ -114,7 +114,7 @@ def find_batch(conn: Connection, idem_key: str) -> BatchOutcome | None:
     return _outcome(row, duplicate=True) if row is not None else None
 
 
-def _totals(rows: Any) -> BatchTotals:
+def net_totals(rows: Any) -> BatchTotals:
     """Totals of approved debits and credits, each net of what its reversals in the same rows gave back."""
     net: dict[int, tuple[str, int]] = {row.id: (row.op, row.approved_minor) for row in rows if row.op != "reverse"}
     for row in rows:
@@ -134,7 +134,7 @@ def host_totals(conn: Connection, batch_id: int) -> BatchTotals:
             a.batch_id == batch_id, a.op.in_(_COUNTED_OPS), a.rc.in_(_APPROVED)
         )
     ).all()
-    return _totals(rows)
+    return net_totals(rows)
 
 
 def close_batch(
@@ -203,7 +203,7 @@ def open_totals(conn: Connection, terminal_id: str, currency: str) -> BatchTotal
             a.rc.in_(_APPROVED),
         )
     ).all()
-    return _totals(rows)
+    return net_totals(rows)
 
 
 def list_batches(conn: Connection, terminal_id: str, limit: int = 100) -> list[BatchOutcome]:

@@ -96,6 +96,16 @@ async def _pos(env: dict[str, str], port: int, reader: str, terminal_file: Path,
     return proc.returncode, json.loads(out)
 
 
+async def _close_batch(env: dict[str, str], port: int, terminal_file: Path) -> tuple[int, dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        *_command(), "close-batch", "--tcp", f"127.0.0.1:{port}", "--terminal", str(terminal_file), "--json",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert out.strip(), err.decode(errors="replace")
+    return proc.returncode, json.loads(out)
+
+
 async def test_card_in_vpcd_reader_pays_contact_and_contactless(pcscd, sqlite_url, tmp_path):
     settings = Settings(db_url=sqlite_url, hsm_url=f"file:{tmp_path / 'hsm.json'}", log_dir=tmp_path)
     bureau, terminal_file = tmp_path / "bureau", tmp_path / "terminal.json"
@@ -116,6 +126,13 @@ async def test_card_in_vpcd_reader_pays_contact_and_contactless(pcscd, sqlite_ur
         assert view.ledger_minor == DEPOSIT - 12_34 - 5_00
         # The terminal's STAN sequence carried over between runs (no collision on the idempotency key).
         assert len({first["stan"], wrong["stan"], tap["stan"]}) == 3
+        # End of day: the terminal's batch, kept in its state file across the runs, balances with ours.
+        code, close = await _close_batch(env, engine.port, terminal_file)
+        assert (code, close["rc"], close["batch_number"]) == (0, "00", "000001")
+        assert close["terminal"] == close["host"]
+        assert (close["terminal"]["debits_count"], close["terminal"]["debits_minor"]) == (2, 12_34 + 5_00)
+        code, empty = await _close_batch(env, engine.port, terminal_file)
+        assert (code, empty["rc"], empty["batch_number"], empty["host"]["debits_count"]) == (0, "00", "000002", 0)
     # The card's counter outlived its process, next to its record.
     assert json.loads(state_path(bureau, card_id).read_text())["atc"] == 3
 
