@@ -52,6 +52,16 @@ def test_issue_a_card_from_an_empty_directory(tmp_path):
 
     terminal = data(tmp_path, "terminal", "add", "--id", "SHOP0001", "--merchant", "SHOP00000000001", "--mcc", "5411")
     assert re.fullmatch(r"[0-9A-F]{32}", terminal["ipek"]) and re.fullmatch(r"[0-9A-F]{20}", terminal["initial_ksn"])
+    assert terminal["chip_capable"] is True
+    pump = data(tmp_path, "terminal", "add", "--id", "PUMP0001", "--merchant", "FUEL00000000001", "--mcc", "5541", "--no-chip-reader")
+    assert pump["chip_capable"] is False
+    batches = data(tmp_path, "terminal", "batches", "SHOP0001")
+    assert batches["closed"] == [] and batches["open"]["debits_count"] == 0 and batches["open"]["currency"] == "EUR"
+    stripe = data(tmp_path, "card", "issue", "--account", str(account["id"]), "--magstripe-only")
+    assert stripe["service_code"] == "101" and stripe["chip_track2"] is None
+    run(tmp_path, "bureau", "key")
+    no_chip = run(tmp_path, "card", "personalize", str(stripe["id"]), check=False)
+    assert no_chip.returncode == 2 and "magstripe-only" in no_chip.stderr
 
     shown = data(tmp_path, "account", "show", str(account["id"]))
     assert shown["holds"] == [] and shown["ledger_minor"] == 10000
@@ -77,6 +87,8 @@ def test_clear_errors_and_exit_codes(tmp_path):
     assert bad_amount.returncode == 2 and "decimals" in bad_amount.stderr
     missing = run(tmp_path, "account", "show", "999", check=False)
     assert missing.returncode == 2 and "999" in missing.stderr
+    no_terminal = run(tmp_path, "terminal", "batches", "NOSUCH01", check=False)
+    assert no_terminal.returncode == 2 and "NOSUCH01" in no_terminal.stderr
 
 
 def test_commands_before_init_say_so(tmp_path):
