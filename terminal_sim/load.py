@@ -8,6 +8,9 @@ The chip kinds read a personalized virtual card in process for every transaction
 card with online PIN and the second GENERATE AC after the issuer's answer, "contactless" a qVSDC tap
 (online PIN above the contactless limit). A card is in one terminal at a time, so its ATCs reach the
 engine in order.
+
+The swiped kinds follow the chip-first rule: a terminal with a chip reader swipes only cards without a
+chip. Every terminal keeps its batch as it goes, and can close it against the engine's at the end.
 """
 
 from __future__ import annotations
