@@ -41,7 +41,7 @@ MEANINGS: dict[str, str] = {
     RESTRICTED_CARD: "restricted card",
     PIN_TRIES_EXCEEDED: "PIN tries exceeded",
     CVV_FAILURE: "CVV, iCVV or cryptogram failure",
-    RECONCILE_ERROR: "reconcile error (batch totals differ)",
+    RECONCILE_ERROR: "reconcile error (totals differ)",
     SYSTEM_ERROR: "system malfunction",
     CVV2_FAILURE: "CVV2 failure",
 }
