@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from processor.iso8583 import batch_totals_fields
+from processor.iso8583 import BatchTotals, MessageFormatError
 
 if TYPE_CHECKING:
     from terminal_sim.iso_client import TerminalConnection
@@ -23,30 +23,6 @@ if TYPE_CHECKING:
 APPROVED = frozenset({"00", "10"})
 CLOSE_ATTEMPTS = 3
 SETTLEMENT_PROCESSING_CODE = "920000"
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Counts and amounts (minor units) of credits and debits."""
-
-    credits_count: int = 0
-    credits_minor: int = 0
-    debits_count: int = 0
-    debits_minor: int = 0
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> "Totals":
-        """The totals in DE 74/86 and 76/88 of a 0500 or 0510."""
-        return cls(int(fields.get("74") or 0), int(fields.get("86") or 0), int(fields.get("76") or 0), int(fields.get("88") or 0))
-
-    def as_json(self) -> dict[str, int]:
-        return {
-            "credits_count": self.credits_count,
-            "credits_minor": self.credits_minor,
-            "debits_count": self.debits_count,
-            "debits_minor": self.debits_minor,
-            "net_minor": self.debits_minor - self.credits_minor,
-        }
 
 
 @dataclass
@@ -78,10 +54,10 @@ class TerminalBatch:
             else:
                 del self.items[key]
 
-    def totals(self) -> Totals:
+    def totals(self) -> BatchTotals:
         credits = [amount for kind, amount in self.items.values() if kind == "credit" and amount > 0]
         debits = [amount for kind, amount in self.items.values() if kind == "debit" and amount > 0]
-        return Totals(len(credits), sum(credits), len(debits), sum(debits))
+        return BatchTotals(len(credits), sum(credits), len(debits), sum(debits))
 
     def as_state(self) -> dict[str, Any]:
         """What a terminal keeps across restarts."""
@@ -109,8 +85,8 @@ class BatchReport:
     terminal_id: str
     batch_number: str
     rc: str | None
-    terminal: Totals
-    host: Totals | None
+    terminal: BatchTotals
+    host: BatchTotals | None
     reason: str = ""
 
     @property
@@ -132,7 +108,6 @@ class BatchReport:
 def reconciliation_request(terminal: "PosTerminal", now: dt.datetime | None = None) -> dict[str, Any]:
     """The 0500 that closes the terminal's batch with its totals."""
     now = now or dt.datetime.now(dt.UTC)
-    totals = terminal.batch.totals()
     return {
         "t": "0500",
         "3": SETTLEMENT_PROCESSING_CODE,
@@ -143,7 +118,7 @@ def reconciliation_request(terminal: "PosTerminal", now: dt.datetime | None = No
         "42": terminal.merchant_id.ljust(15),
         "50": terminal.currency_numeric,
         "60": f"{terminal.batch.number % 1_000_000:06d}",
-        **batch_totals_fields(totals.credits_count, totals.credits_minor, totals.debits_count, totals.debits_minor),
+        **terminal.batch.totals().fields(),
     }
 
 
@@ -175,7 +150,12 @@ async def close_batch(
     else:
         return BatchReport(terminal.terminal_id, number, None, totals, None, f"no answer: {last}")
     code = str(answer.get("39", ""))
-    host = Totals.from_fields(answer) if code in ("00", "95") else None
+    host = None
+    if code in ("00", "95"):
+        try:
+            host = BatchTotals.from_fields(answer)
+        except MessageFormatError:
+            code = f"{code} without totals"
     if host is not None:
         terminal.batch = TerminalBatch(number=terminal.batch.number % 999_999 + 1)
     reason = {"00": "in balance", "95": "out of balance: the engine's totals differ"}.get(code, f"refused ({code})")

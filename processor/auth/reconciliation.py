@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from processor.iso8583 import MessageFormatError, build_response, rc
 from processor.iso8583.currency import alpha_for_numeric
-from processor.iso8583.messages import Reconciliation, Request, batch_totals_fields
-from processor.ledger import BatchTotals
+from processor.iso8583.messages import Reconciliation, Request
 
 if TYPE_CHECKING:
     from processor.auth.engine import Engine
@@ -31,12 +30,12 @@ async def reconcile(engine: "Engine", fields: dict[str, Any], req: Request) -> t
         if not req.stan or not req.transmission_time:
             raise Declined(rc.FORMAT_ERROR, "batch close without STAN (DE 11) and transmission time (DE 7)")
         try:
-            totals = Reconciliation.from_fields(fields)
+            close = Reconciliation.from_fields(fields)
         except MessageFormatError as exc:
             raise Declined(rc.FORMAT_ERROR, str(exc)) from None
-        currency = alpha_for_numeric(totals.currency_numeric)
+        currency = alpha_for_numeric(close.currency_numeric)
         if currency is None:
-            raise Declined(rc.INVALID_AMOUNT, f"unknown settlement currency {totals.currency_numeric}")
+            raise Declined(rc.INVALID_AMOUNT, f"unknown settlement currency {close.currency_numeric}")
     except Declined as declined:
         answer = build_response(fields, declined.code)
         answer["_reason"] = declined.reason
@@ -44,25 +43,21 @@ async def reconcile(engine: "Engine", fields: dict[str, Any], req: Request) -> t
     outcome = await engine.store.close_batch(
         idem_key=req.idempotency_key(),
         terminal_id=req.terminal_id or "",
-        batch_number=totals.batch_number,
+        batch_number=close.batch_number,
         currency=currency,
-        totals=BatchTotals(totals.credits_count, totals.credits_minor, totals.debits_count, totals.debits_minor),
+        totals=close.totals,
         now=ctx.now,
     )
-    host = outcome.host
-    extra: dict[str, Any] = {
-        "15": outcome.closed_at.strftime("%m%d"),
-        "50": totals.currency_numeric,
-        **batch_totals_fields(host.credits_count, host.credits_minor, host.debits_count, host.debits_minor),
-    }
-    if totals.batch_number:
-        extra["60"] = totals.batch_number
+    host, totals = outcome.host, close.totals
+    extra: dict[str, Any] = {"15": outcome.closed_at.strftime("%m%d"), "50": close.currency_numeric, **host.fields()}
+    if close.batch_number:
+        extra["60"] = close.batch_number
     answer = build_response(fields, outcome.rc, extra=extra)
     ours = f"{host.debits_count} debits {host.debits_minor}, {host.credits_count} credits {host.credits_minor}"
     if outcome.in_balance:
-        reason = f"batch {totals.batch_number or '-'} in balance: {ours}"
+        reason = f"batch {close.batch_number or '-'} in balance: {ours}"
     else:
         theirs = f"{totals.debits_count} debits {totals.debits_minor}, {totals.credits_count} credits {totals.credits_minor}"
-        reason = f"batch {totals.batch_number or '-'} out of balance: terminal {theirs}; ours {ours}"
+        reason = f"batch {close.batch_number or '-'} out of balance: terminal {theirs}; ours {ours}"
     answer["_reason"] = ("duplicate: " if outcome.duplicate else "") + reason
     return answer, outcome.rc

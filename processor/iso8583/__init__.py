@@ -5,11 +5,11 @@ from .codec import MessageFormatError, decode, encode, encode_de48, parse_de48
 from .framing import FrameDecoder, FrameError, FrameTimeout, FrameTooLarge, IncompleteFrame, encode_frame, read_frame
 from .messages import (
     Balance,
+    BatchTotals,
     OriginalData,
     Reconciliation,
     Request,
     Track2,
-    batch_totals_fields,
     build_response,
     build_track2,
     encode_net_amount,
@@ -21,8 +21,8 @@ from .spec import SPEC
 from .tlv import TlvError, decode_tlv, encode_tlv
 
 __all__ = [
-    "SPEC", "Balance", "FrameDecoder", "FrameError", "FrameTimeout", "FrameTooLarge", "IncompleteFrame",
-    "MessageFormatError", "OriginalData", "Reconciliation", "Request", "TlvError", "Track2", "batch_totals_fields",
+    "SPEC", "Balance", "BatchTotals", "FrameDecoder", "FrameError", "FrameTimeout", "FrameTooLarge", "IncompleteFrame",
+    "MessageFormatError", "OriginalData", "Reconciliation", "Request", "TlvError", "Track2",
     "build_response", "build_track2", "decode", "decode_tlv", "encode", "encode_de48", "encode_frame", "encode_net_amount",
     "encode_tlv", "parse_de48", "parse_net_amount", "parse_track2", "rc", "read_frame", "response_mti",
 ]

@@ -201,36 +201,36 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Reconciliation:
-    """A 0500 batch close: the terminal's counts (DE 74, 76) and amounts (DE 86, 88) of its batch."""
+class BatchTotals:
+    """Counts and amounts (minor units) of a batch's credits and debits: DE 74/86 and DE 76/88."""
 
-    batch_number: str
-    currency_numeric: str
-    credits_count: int
-    credits_minor: int
-    debits_count: int
-    debits_minor: int
+    credits_count: int = 0
+    credits_minor: int = 0
+    debits_count: int = 0
+    debits_minor: int = 0
+
+    @property
+    def net_minor(self) -> int:
+        """Debits less credits: what the terminal's merchant is owed for the batch (DE 97)."""
+        return self.debits_minor - self.credits_minor
+
+    def fields(self) -> dict[str, str]:
+        """DE 74, 76, 86, 88 and 97."""
+        return {
+            "74": f"{self.credits_count:010d}",
+            "76": f"{self.debits_count:010d}",
+            "86": f"{self.credits_minor:016d}",
+            "88": f"{self.debits_minor:016d}",
+            "97": encode_net_amount(self.net_minor),
+        }
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> "Reconciliation":
-        """The totals of a decoded 0500; MessageFormatError names what is missing or inconsistent."""
+    def from_fields(cls, fields: dict[str, Any]) -> "BatchTotals":
+        """The totals in a decoded 0500 or 0510; MessageFormatError names what is missing or inconsistent."""
         for de in ("74", "76", "86", "88"):
             if not fields.get(de):
                 raise MessageFormatError(f"batch totals need DE 74, 76, 86 and 88: field {de} is missing", de)
-        currency = fields.get("50") or fields.get("49")
-        if not currency:
-            raise MessageFormatError("batch totals need a settlement currency: field 50", "50")
-        batch_number = str(fields.get("60") or "").strip()
-        if len(batch_number) > 6 or not batch_number.isdigit() and batch_number:
-            raise MessageFormatError("batch number must be up to 6 digits: field 60", "60")
-        totals = cls(
-            batch_number=batch_number.zfill(6) if batch_number else "",
-            currency_numeric=currency,
-            credits_count=int(fields["74"]),
-            credits_minor=int(fields["86"]),
-            debits_count=int(fields["76"]),
-            debits_minor=int(fields["88"]),
-        )
+        totals = cls(int(fields["74"]), int(fields["86"]), int(fields["76"]), int(fields["88"]))
         net = fields.get("97")
         if net:
             if len(net) != 17 or net[0] not in "CD" or not net[1:].isdigit():
@@ -239,9 +239,35 @@ class Reconciliation:
                 raise MessageFormatError("net settlement amount is not debits less credits: field 97", "97")
         return totals
 
-    @property
-    def net_minor(self) -> int:
-        return self.debits_minor - self.credits_minor
+    def as_json(self) -> dict[str, int]:
+        return {
+            "credits_count": self.credits_count,
+            "credits_minor": self.credits_minor,
+            "debits_count": self.debits_count,
+            "debits_minor": self.debits_minor,
+            "net_minor": self.net_minor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """A 0500 batch close: the batch number (DE 60), its currency (DE 50) and the terminal's totals."""
+
+    batch_number: str
+    currency_numeric: str
+    totals: BatchTotals
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> "Reconciliation":
+        """A decoded 0500; MessageFormatError names what is missing or inconsistent."""
+        totals = BatchTotals.from_fields(fields)
+        currency = fields.get("50") or fields.get("49")
+        if not currency:
+            raise MessageFormatError("batch totals need a settlement currency: field 50", "50")
+        batch_number = str(fields.get("60") or "").strip()
+        if len(batch_number) > 6 or not batch_number.isdigit() and batch_number:
+            raise MessageFormatError("batch number must be up to 6 digits: field 60", "60")
+        return cls(batch_number.zfill(6) if batch_number else "", currency, totals)
 
 
 def encode_net_amount(net_minor: int) -> str:
@@ -252,17 +278,6 @@ def encode_net_amount(net_minor: int) -> str:
 def parse_net_amount(text: str) -> int:
     """DE 97 back to signed minor units (positive: the merchant is owed)."""
     return int(text[1:]) * (1 if text[0] == "C" else -1)
-
-
-def batch_totals_fields(credits_count: int, credits_minor: int, debits_count: int, debits_minor: int) -> dict[str, str]:
-    """DE 74, 76, 86, 88 and 97 of a set of batch totals."""
-    return {
-        "74": f"{credits_count:010d}",
-        "76": f"{debits_count:010d}",
-        "86": f"{credits_minor:016d}",
-        "88": f"{debits_minor:016d}",
-        "97": encode_net_amount(debits_minor - credits_minor),
-    }
 
 
 def response_mti(mti: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from processor.iso8583 import BatchTotals
 from processor.ledger.models import auths, terminal_batches
 
 IN_BALANCE = "00"
@@ -28,30 +29,6 @@ OUT_OF_BALANCE = "95"
 _APPROVED = ("00", "10")
 _DEBIT_OPS = ("debit", "capture")
 _COUNTED_OPS = (*_DEBIT_OPS, "credit", "reverse")
-
-
-@dataclass(frozen=True, slots=True)
-class BatchTotals:
-    """Counts and amounts (minor units) of one batch, as DE 74/76 and DE 86/88 carry them."""
-
-    credits_count: int = 0
-    credits_minor: int = 0
-    debits_count: int = 0
-    debits_minor: int = 0
-
-    @property
-    def net_minor(self) -> int:
-        """Debits less credits: what the terminal's merchant is owed for the batch (DE 97)."""
-        return self.debits_minor - self.credits_minor
-
-    def as_json(self) -> dict[str, int]:
-        return {
-            "credits_count": self.credits_count,
-            "credits_minor": self.credits_minor,
-            "debits_count": self.debits_count,
-            "debits_minor": self.debits_minor,
-            "net_minor": self.net_minor,
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ from typing import Any
 
 from engine_helpers import Issuer
 
-from processor.iso8583 import parse_net_amount
-from terminal_sim.batch import Totals, close_batch, reconciliation_request
+from processor.iso8583 import BatchTotals, parse_net_amount
+from terminal_sim.batch import close_batch, reconciliation_request
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import PosTerminal
 
@@ -48,7 +48,7 @@ async def a_day_at_the_shop(issuer: Issuer) -> PosTerminal:
 async def test_a_day_in_balance_then_a_fresh_batch(issuer: Issuer) -> None:
     shop = await a_day_at_the_shop(issuer)
     # Debits: 12.00, 3.50, what remained of 40.00 (31.25), bob's partial approval (his 10.00), the completion.
-    assert shop.batch.totals() == Totals(credits_count=1, credits_minor=2_00, debits_count=5, debits_minor=74_75)
+    assert shop.batch.totals() == BatchTotals(credits_count=1, credits_minor=2_00, debits_count=5, debits_minor=74_75)
     report = await close_batch(issuer.conn, shop)
     assert report.rc == "00" and report.in_balance
     assert report.host == report.terminal
@@ -58,10 +58,10 @@ async def test_a_day_in_balance_then_a_fresh_batch(issuer: Issuer) -> None:
     assert closed.rc == "00" and closed.host.debits_minor == report.terminal.debits_minor
     # Nothing happened since: the next close is empty on both sides.
     again = await close_batch(issuer.conn, shop)
-    assert again.rc == "00" and again.host == Totals() and again.batch_number == "000002"
+    assert again.rc == "00" and again.host == BatchTotals() and again.batch_number == "000002"
     assert len(await store.list_batches("SHOP0001")) == 2
     hotel = await close_batch(issuer.conn, issuer.terminals["hotel"])
-    assert hotel.rc == "00" and hotel.host == Totals(0, 0, 1, 7_00)
+    assert hotel.rc == "00" and hotel.host == BatchTotals(0, 0, 1, 7_00)
 
 
 async def test_out_of_balance_answers_95_with_our_totals_and_still_closes(issuer: Issuer) -> None:
@@ -71,7 +71,7 @@ async def test_out_of_balance_answers_95_with_our_totals_and_still_closes(issuer
     request = reconciliation_request(shop)
     answer = await issuer.send(request)
     assert answer["t"] == "0510" and answer["39"] == "95"
-    assert Totals.from_fields(answer) == honest
+    assert BatchTotals.from_fields(answer) == honest
     assert parse_net_amount(answer["97"]) == honest.debits_minor - honest.credits_minor
     assert answer["60"] == request["60"] and answer["50"] == "978"
     # The terminal retransmits the same 0500: the same answer, and no second batch.

@@ -189,3 +189,41 @@ def test_response_code_table_is_documented():
     table = rc.markdown_table()
     for code in ("00", "10", "14", "30", "41", "43", "51", "54", "55", "62", "75", "82", "N7", "25", "13"):
         assert f"| {code} |" in table
+
+
+counts = st.integers(min_value=0, max_value=9_999_999_999)
+amounts_minor = st.integers(min_value=0, max_value=9_999_999_999_999_999)
+
+
+@settings(max_examples=200)
+@given(counts, amounts_minor, counts, amounts_minor, st.text("0123456789", min_size=0, max_size=6))
+def test_batch_totals_round_trip_through_the_wire(cc: int, ca: int, dc: int, da: int, batch: str) -> None:
+    from processor.iso8583 import BatchTotals, Reconciliation, parse_net_amount
+
+    totals = BatchTotals(cc, ca, dc, da)
+    fields = {"t": "0500", "3": "920000", "7": "1127120000", "11": "000042", "41": "T0000001", "50": "978", **totals.fields()}
+    if batch:
+        fields["60"] = batch
+    close = Reconciliation.from_fields(decode(encode(fields)))
+    assert close.totals == totals and close.currency_numeric == "978"
+    assert close.batch_number == (batch.zfill(6) if batch else "")
+    assert parse_net_amount(fields["97"]) == da - ca and fields["97"][0] == ("C" if da >= ca else "D")
+
+
+def test_batch_totals_errors_name_the_field() -> None:
+    from processor.iso8583 import BatchTotals, Reconciliation
+
+    good = {"t": "0500", "11": "000001", "50": "978", **BatchTotals(1, 100, 2, 300).fields()}
+    for de, value, message in (
+        ("88", None, "field 88 is missing"),
+        ("97", "C0000000000000201", "not debits less credits"),
+        ("97", "X0000000000000200", "C or D"),
+        ("60", "1234567", "up to 6 digits"),
+        ("60", "12A", "up to 6 digits"),
+        ("50", None, "settlement currency"),
+    ):
+        fields = {k: v for k, v in good.items() if k != de} | ({de: value} if value is not None else {})
+        with pytest.raises(MessageFormatError, match=message):
+            Reconciliation.from_fields(fields)
+    with pytest.raises(MessageFormatError, match="field 74"):
+        decode(encode({**good, "74": "00000000X1"}))

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.ledger.batches import BatchTotals, net_totals
-from terminal_sim.batch import TerminalBatch, Totals, reconciliation_request
+from processor.iso8583 import BatchTotals
+from processor.ledger.batches import net_totals
+from terminal_sim.batch import TerminalBatch, reconciliation_request
 from terminal_sim.load import Workload
 from terminal_sim.pos import CardData, InsertChip, PosTerminal
 
@@ -70,10 +71,9 @@ def test_terminal_journal_and_issuer_totals_agree(day: list[tuple[Any, ...]]) ->
         terminal.batch.record(request, answer)
     counted = [r for r in rows if r.rc in ("00", "10")]
     host = net_totals(counted)
-    assert terminal.batch.totals() == Totals(host.credits_count, host.credits_minor, host.debits_count, host.debits_minor)
+    assert terminal.batch.totals() == host
     message = reconciliation_request(terminal, now)
-    assert message["t"] == "0500" and int(message["88"]) == host.debits_minor and int(message["74"]) == host.credits_count
-    assert BatchTotals(host.credits_count, host.credits_minor, host.debits_count, host.debits_minor) == host
+    assert message["t"] == "0500" and BatchTotals.from_fields(message) == host
 
 
 def test_the_batch_survives_a_restart_of_the_terminal() -> None:
@@ -82,9 +82,9 @@ def test_the_batch_survives_a_restart_of_the_terminal() -> None:
     terminal.batch.record(sale, {"39": "00", "4": "000000001200"})
     terminal.batch.number = 41
     restored = TerminalBatch.from_state(terminal.batch.as_state())
-    assert restored.totals() == Totals(0, 0, 1, 12_00) and restored.number == 41
+    assert restored.totals() == BatchTotals(0, 0, 1, 12_00) and restored.number == 41
     restored.record(terminal.reversal(sale), {"39": "00"})
-    assert restored.totals() == Totals()
+    assert restored.totals() == BatchTotals()
 
 
 def test_a_chip_terminal_asks_for_the_chip() -> None:
