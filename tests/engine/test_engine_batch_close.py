@@ -33,6 +33,8 @@ async def a_day_at_the_shop(issuer: Issuer) -> PosTerminal:
     pumped = shop.card_request(ada, 40_00, entry="magstripe")
     assert (await play(issuer, shop, pumped))["39"] == "00"
     assert (await play(issuer, shop, shop.reversal(pumped, remaining_minor=31_25)))["39"] == "00"
+    # A second reversal of the same sale changes nothing, at the issuer and in the terminal's journal.
+    assert (await play(issuer, shop, shop.reversal(pumped, remaining_minor=20_00)))["39"] == "00"
     partial = await play(issuer, shop, shop.card_request(bob, 50_00, entry="magstripe", partial_ok=True))
     assert partial["39"] == "10"
     assert (await play(issuer, shop, shop.card_request(bob, 50_00, entry="magstripe")))["39"] == "51"

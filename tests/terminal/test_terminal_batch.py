@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from processor.iso8583 import BatchTotals
@@ -35,8 +35,10 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(steps)
+@example([("sale", 10_00), ("reverse", 0, 5_00), ("reverse", 0, 3_00)])  # a second reversal changes nothing
+@example([("sale", 10_00), ("reverse", 0, None), ("reverse", 0, 4_00)])
 def test_terminal_journal_and_issuer_totals_agree(day: list[tuple[Any, ...]]) -> None:
     terminal = PosTerminal("T0000001", "MERCHANT0000001", chip_capable=False)
     now = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
