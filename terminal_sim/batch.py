@@ -12,6 +12,7 @@ batch is closed either way.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,7 @@ class BatchReport:
     terminal: BatchTotals
     host: BatchTotals | None
     reason: str = ""
+    elapsed_ms: float = 0.0  # from sending the 0500 to its answer, retransmissions included
 
     @property
     def in_balance(self) -> bool:
@@ -113,6 +115,7 @@ class BatchReport:
             "terminal": self.terminal.as_json(),
             "host": self.host.as_json() if self.host is not None else None,
             "reason": self.reason,
+            "elapsed_ms": round(self.elapsed_ms, 2),
         }
 
 
@@ -152,6 +155,7 @@ async def close_batch(
     totals = terminal.batch.totals()
     number = request["60"]
     last: BaseException | None = None
+    started = time.perf_counter()
     for _ in range(max(1, attempts)):
         try:
             answer = await conn.request(request, timeout_s=timeout_s)
@@ -159,7 +163,8 @@ async def close_batch(
         except ResponseTimeout as exc:
             last = exc
     else:
-        return BatchReport(terminal.terminal_id, number, None, totals, None, f"no answer: {last}")
+        return BatchReport(terminal.terminal_id, number, None, totals, None, f"no answer: {last}",
+                           (time.perf_counter() - started) * 1000)
     code = str(answer.get("39", ""))
     host = None
     if code in ("00", "95"):
@@ -170,4 +175,4 @@ async def close_batch(
     if host is not None:
         terminal.batch = TerminalBatch(number=terminal.batch.number % 999_999 + 1)
     reason = {"00": "in balance", "95": "out of balance: the engine's totals differ"}.get(code, f"refused ({code})")
-    return BatchReport(terminal.terminal_id, number, code, totals, host, reason)
+    return BatchReport(terminal.terminal_id, number, code, totals, host, reason, (time.perf_counter() - started) * 1000)

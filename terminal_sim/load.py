@@ -126,6 +126,7 @@ class LoadResult:
             "debits_minor": sum(b.terminal.debits_minor for b in self.batches),
             "credits_count": sum(b.terminal.credits_count for b in self.batches),
             "credits_minor": sum(b.terminal.credits_minor for b in self.batches),
+            "close_max_ms": round(max((b.elapsed_ms for b in self.batches), default=0.0), 2),
             "not_in_balance": [b.as_json() for b in self.batches if not b.in_balance],
         }
 
@@ -397,7 +398,7 @@ def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
         b = summary["batches"]
         print(
             f"batches closed {b['closed']}, in balance {b['in_balance']}: debits {b['debits_count']} "
-            f"({b['debits_minor']}), credits {b['credits_count']} ({b['credits_minor']})",
+            f"({b['debits_minor']}), credits {b['credits_count']} ({b['credits_minor']}); slowest close {b['close_max_ms']} ms",
             file=out,
         )
     print("response codes: " + ", ".join(f"{c}={n}" for c, n in summary["codes"].items()), file=out)
