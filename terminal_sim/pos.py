@@ -14,12 +14,11 @@ from typing import Any
 from hsm_sim.crypto.des import tdes_ecb_encrypt
 from hsm_sim.crypto.dukpt import derive_transaction_key, pin_encryption_key
 from hsm_sim.crypto.pinblock import encode_pin_block
+from processor.iso8583 import parse_track2
 from terminal_sim.batch import TerminalBatch
 
 COUNTER_BITS = 21
 MAX_ONE_BITS = 10
-# First digit of a service code for a card with a chip (2: international, 6: national use).
-CHIP_SERVICE_CODE_DIGITS = frozenset({"2", "6"})
 
 
 class InsertChip(ValueError):
@@ -43,8 +42,7 @@ class CardData:
     @property
     def has_chip(self) -> bool:
         """The stripe's service code says the card carries a chip."""
-        _, _, rest = self.track2.replace("D", "=").partition("=")
-        return rest[4:5] in CHIP_SERVICE_CODE_DIGITS
+        return parse_track2(self.track2).has_chip
 
     @classmethod
     def from_issued(cls, issued: dict[str, Any], pin: str | None) -> "CardData":

@@ -45,8 +45,6 @@ ENTRY_MAGSTRIPE = frozenset({"02", "90", ENTRY_FALLBACK})
 ENTRY_CHIP = frozenset({"05", "07"})
 ENTRY_CONTACTLESS_MAGSTRIPE = "91"
 CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
-# Service codes whose first digit says the card carries a chip (2: international, 6: national).
-CHIP_SERVICE_CODE_DIGITS = frozenset({"2", "6"})
 
 
 class Declined(Exception):
@@ -243,7 +241,7 @@ async def check_fallback(engine: "Engine", ctx: AuthContext) -> None:
     req = ctx.request
     if req.entry_mode not in ENTRY_MAGSTRIPE or req.track2 is None:
         return
-    chip_card = req.track2.service_code[:1] in CHIP_SERVICE_CODE_DIGITS
+    chip_card = req.track2.has_chip
     chip_terminal = ctx.terminal is not None and ctx.terminal.chip_capable
     if req.entry_mode != ENTRY_FALLBACK:
         if chip_card and chip_terminal:

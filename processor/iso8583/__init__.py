@@ -12,6 +12,7 @@ from .messages import (
     Track2,
     build_response,
     build_track2,
+    chip_service_code,
     encode_net_amount,
     parse_net_amount,
     parse_track2,
@@ -23,6 +24,6 @@ from .tlv import TlvError, decode_tlv, encode_tlv
 __all__ = [
     "SPEC", "Balance", "BatchTotals", "FrameDecoder", "FrameError", "FrameTimeout", "FrameTooLarge", "IncompleteFrame",
     "MessageFormatError", "OriginalData", "Reconciliation", "Request", "TlvError", "Track2",
-    "build_response", "build_track2", "decode", "decode_tlv", "encode", "encode_de48", "encode_frame", "encode_net_amount",
+    "build_response", "build_track2", "chip_service_code", "decode", "decode_tlv", "encode", "encode_de48", "encode_frame", "encode_net_amount",
     "encode_tlv", "parse_de48", "parse_net_amount", "parse_track2", "rc", "read_frame", "response_mti",
 ]

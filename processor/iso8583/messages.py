@@ -12,6 +12,11 @@ TRANSACTION_TYPES = {"00": "purchase", "01": "cash", "09": "cashback", "20": "re
 ECHOED_FIELDS = ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49")
 
 
+def chip_service_code(service_code: str) -> bool:
+    """A service code whose first digit says the card carries a chip (2: international, 6: national)."""
+    return service_code[:1] in ("2", "6")
+
+
 @dataclass(frozen=True, slots=True)
 class Track2:
     """Track 2 (or its chip equivalent): PAN=YYMM, service code, then PVKI(1) PVV(4) CVV(3) and padding."""
@@ -20,6 +25,10 @@ class Track2:
     expiry: str
     service_code: str
     discretionary: str
+
+    @property
+    def has_chip(self) -> bool:
+        return chip_service_code(self.service_code)
 
     @property
     def pvki(self) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from processor.errors import ConfigurationError, InvalidRequest
 from processor.issuing.keys import IssuerKeys
+from processor.iso8583 import chip_service_code
 
 BUREAU_KEK_CONFIG = "key.bureau_kek"
 BUREAU_FORMAT = "card-bureau 1"
@@ -89,7 +90,7 @@ async def personalize(
     card = await store.get_card(card_id)
     if card.status in ("closed", "lost", "stolen"):
         raise InvalidRequest(f"card {card_id} is {card.status}: it cannot be personalized")
-    if card.service_code[:1] not in ("2", "6"):
+    if not chip_service_code(card.service_code):
         raise InvalidRequest(f"card {card_id} is magstripe-only (service code {card.service_code}): it has no chip to personalize")
     sealed = await hsm.personalization_data(
         keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek
