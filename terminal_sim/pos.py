@@ -14,7 +14,7 @@ from typing import Any
 from hsm_sim.crypto.des import tdes_ecb_encrypt
 from hsm_sim.crypto.dukpt import derive_transaction_key, pin_encryption_key
 from hsm_sim.crypto.pinblock import encode_pin_block
-from processor.iso8583 import parse_track2
+from processor.iso8583 import chip_service_code
 from terminal_sim.batch import TerminalBatch
 
 COUNTER_BITS = 21
@@ -42,7 +42,8 @@ class CardData:
     @property
     def has_chip(self) -> bool:
         """The stripe's service code says the card carries a chip."""
-        return parse_track2(self.track2).has_chip
+        _, _, rest = self.track2.replace("D", "=").partition("=")
+        return chip_service_code(rest[4:7])
 
     @classmethod
     def from_issued(cls, issued: dict[str, Any], pin: str | None) -> "CardData":
