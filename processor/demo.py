@@ -226,16 +226,14 @@ async def _close_batches(day: Day, conn: TerminalConnection, terminals: dict[str
     for label, terminal in terminals.items():
         report = await close_batch(conn, terminal, timeout_s=5.0)
         lost = label == "online"
-        t = report.terminal
         scenario = Scenario(
             f"batch close {terminal.terminal_id}" + (" with a sale missing at the terminal" if lost else ""),
             "95" if lost else "00",
             str(report.rc),
         )
-        scenario.detail = f"{t.debits_count} debits {t.debits_minor}, {t.credits_count} credits {t.credits_minor}"
-        if report.host is not None and report.host != t:
-            h = report.host
-            scenario.detail += f"; issuer: {h.debits_count} debits {h.debits_minor}, {h.credits_count} credits {h.credits_minor}"
+        scenario.detail = report.terminal.describe()
+        if report.host is not None and report.host != report.terminal:
+            scenario.detail += f"; issuer: {report.host.describe()}"
         day.scenarios.append(scenario)
 
 

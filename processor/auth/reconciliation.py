@@ -48,16 +48,20 @@ async def reconcile(engine: "Engine", fields: dict[str, Any], req: Request) -> t
         totals=close.totals,
         now=ctx.now,
     )
-    host, totals = outcome.host, close.totals
-    extra: dict[str, Any] = {"15": outcome.closed_at.strftime("%m%d"), "50": close.currency_numeric, **host.fields()}
+    extra: dict[str, Any] = {
+        "15": outcome.closed_at.strftime("%m%d"),
+        "50": close.currency_numeric,
+        **outcome.host.fields(),
+    }
     if close.batch_number:
         extra["60"] = close.batch_number
     answer = build_response(fields, outcome.rc, extra=extra)
-    ours = f"{host.debits_count} debits {host.debits_minor}, {host.credits_count} credits {host.credits_minor}"
     if outcome.in_balance:
-        reason = f"batch {close.batch_number or '-'} in balance: {ours}"
+        reason = f"batch {close.batch_number or '-'} in balance: {outcome.host.describe()}"
     else:
-        theirs = f"{totals.debits_count} debits {totals.debits_minor}, {totals.credits_count} credits {totals.credits_minor}"
-        reason = f"batch {close.batch_number or '-'} out of balance: terminal {theirs}; ours {ours}"
+        reason = (
+            f"batch {close.batch_number or '-'} out of balance: terminal {close.totals.describe()}; "
+            f"ours {outcome.host.describe()}"
+        )
     answer["_reason"] = ("duplicate: " if outcome.duplicate else "") + reason
     return answer, outcome.rc

@@ -248,6 +248,10 @@ class BatchTotals:
                 raise MessageFormatError("net settlement amount is not debits less credits: field 97", "97")
         return totals
 
+    def describe(self) -> str:
+        """'3 debits 1250, 1 credits 200' (amounts in minor units), for logs and reports."""
+        return f"{self.debits_count} debits {self.debits_minor}, {self.credits_count} credits {self.credits_minor}"
+
     def as_json(self) -> dict[str, int]:
         return {
             "credits_count": self.credits_count,

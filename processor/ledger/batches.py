@@ -103,15 +103,18 @@ def net_totals(rows: Any) -> BatchTotals:
     return BatchTotals(len(credits), sum(credits), len(debits), sum(debits))
 
 
-def host_totals(conn: Connection, batch_id: int) -> BatchTotals:
-    """The store's totals over the requests claimed by `batch_id` (see the module's rules)."""
+def _counted_totals(conn: Connection, *where: Any) -> BatchTotals:
+    """The totals of the approved debits, credits and reversals among the auths rows `where` selects."""
     a = auths.c
     rows = conn.execute(
-        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(
-            a.batch_id == batch_id, a.op.in_(_COUNTED_OPS), a.rc.in_(_APPROVED)
-        )
+        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(*where, a.op.in_(_COUNTED_OPS), a.rc.in_(_APPROVED))
     ).all()
     return net_totals(rows)
+
+
+def host_totals(conn: Connection, batch_id: int) -> BatchTotals:
+    """The store's totals over the requests claimed by `batch_id` (see the module's rules)."""
+    return _counted_totals(conn, auths.c.batch_id == batch_id)
 
 
 def close_batch(
@@ -171,16 +174,7 @@ def close_batch(
 def open_totals(conn: Connection, terminal_id: str, currency: str) -> BatchTotals:
     """What the terminal's open batch in `currency` holds so far, by the same rules (nothing is claimed)."""
     a = auths.c
-    rows = conn.execute(
-        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(
-            a.terminal_id == terminal_id,
-            a.batch_id.is_(None),
-            a.currency == currency,
-            a.op.in_(_COUNTED_OPS),
-            a.rc.in_(_APPROVED),
-        )
-    ).all()
-    return net_totals(rows)
+    return _counted_totals(conn, a.terminal_id == terminal_id, a.batch_id.is_(None), a.currency == currency)
 
 
 def list_batches(conn: Connection, terminal_id: str, limit: int = 100) -> list[BatchOutcome]:
