@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyemv
@@ -89,7 +91,7 @@ def _reader_listed() -> bool:
 
 
 @pytest.fixture(scope="session")
-def pcscd() -> Iterator[str]:
+def pcscd_daemon() -> Iterator[str]:
     """A running pcscd with the vpcd driver; started (and stopped by PID) when absent."""
     if not os.path.exists(PCSCD) or shutil.which(PCSCD) is None:
         _pcsc_unavailable(f"{PCSCD} is not installed")
@@ -124,3 +126,18 @@ def pcscd() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+VPCD_LOCK = Path(os.environ.get("TMPDIR", "/tmp")) / "processor-tests-vpcd.lock"
+
+
+@pytest.fixture
+def pcscd(pcscd_daemon: str) -> Iterator[str]:
+    """The vpcd reader, held for one test: the machine has one pcscd and one vpcd port, so test runs
+    started from several checkouts at once take turns (an exclusive lock on a file in TMPDIR)."""
+    with VPCD_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield pcscd_daemon
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
