@@ -269,7 +269,8 @@ def flush_pending(conn: Connection, state: BatchState) -> None:
 def _finish(conn: Connection, state: BatchState) -> None:
     flush_pending(conn, state)
     if state.internal_delta_minor:
-        params = [{"aid": account_id, "d": delta} for account_id, delta in sorted(state.internal_delta_minor.items()) if delta]
+        deltas = sorted(state.internal_delta_minor.items())
+        params = [{"aid": account_id, "d": delta} for account_id, delta in deltas if delta]
         if params:
             conn.execute(_INTERNAL_DELTA, params)
     if state.hold_auth:
