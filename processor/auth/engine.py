@@ -16,13 +16,15 @@ import secrets
 import string
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_sim import HsmError
 from processor.auth import entry_modes
-from processor.auth.entry_modes import EntryMode, Proof
+from processor.auth.chip import declined_arpc, verify_chip_cryptogram
+from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
+from processor.auth.entry_modes import Proof
 from processor.auth.policy import Policy
+from processor.auth.reconciliation import reconcile
 from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
@@ -57,47 +59,6 @@ FROM_ACCOUNTS = frozenset({"00", "10", "20"})
 TO_ACCOUNTS = frozenset({"00"})
 
 
-class Declined(Exception):
-    """A check stopped the authorization with this response code."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class Terminal:
-    """What the engine needs of a terminal: who it is and which keys protect its PIN blocks."""
-
-    terminal_id: str
-    merchant_id: str
-    mcc: str | None
-    status: str
-    bdk_kcv: str | None
-    initial_ksn: str | None
-    chip_capable: bool = True
-
-
-@dataclass(slots=True)
-class AuthContext:
-    """Everything known about one request while the checks run."""
-
-    fields: dict[str, Any]
-    request: Request
-    now: dt.datetime
-    terminal: Terminal | None = None
-    mode: EntryMode | None = None  # the accepted POS entry mode, once check_entry_mode has run
-    card: Any = None  # processor.ledger.CardRecord once found
-    token: Any = None  # the wallet's payment token (processor.ledger TokenRecord) when DE 2 carries one
-    pan: str | None = None
-    pin_tries: int | None = None
-    atc: int | None = None
-    icc_response: dict[str, bytes] | None = None
-    reason: str = "approved"
-    extra: dict[str, str] = field(default_factory=dict)
-
-
 Check = Callable[["Engine", AuthContext], Awaitable[None]]
 
 
@@ -128,12 +89,7 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    terminal = await engine.terminal(ctx.request.terminal_id)
-    if terminal is None:
-        raise Declined(rc.INVALID_MERCHANT, "unknown terminal")
-    if terminal.status != "active":
-        raise Declined(rc.INVALID_MERCHANT, f"terminal {terminal.status}")
-    ctx.terminal = terminal
+    ctx.terminal = active_terminal(await engine.terminal(ctx.request.terminal_id))
 
 
 async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
@@ -401,7 +357,6 @@ class Engine:
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
-        self.signed_on: set[str] = set()
 
     # ------------------------------------------------------------ entry point
 
@@ -433,9 +388,8 @@ class Engine:
         elif mti in ("0400", "0420"):
             answer, outcome_rc = await self._reversal(fields, request)
         elif mti == "0500":
-            from processor.auth.reconciliation import reconcile
-
-            answer, outcome_rc = await reconcile(self, fields, request)
+            ctx = AuthContext(fields=fields, request=request, now=self.clock())
+            answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
         else:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
@@ -463,9 +417,7 @@ class Engine:
         outcome = await self.store.submit(op)
         if req.icc is not None and outcome.rc not in rc.APPROVALS and outcome.rc not in (rc.FORMAT_ERROR, rc.CVV_FAILURE):
             # A declined chip card still hears from its issuer: an ARPC over the decline code.
-            from processor.auth.chip import declined_arpc
-
-            ctx.icc_response = await declined_arpc(self, ctx)
+            ctx.icc_response = await declined_arpc(self.hsm, self.keys, ctx)
         if advice and outcome.rc not in (rc.APPROVED, rc.PARTIAL_APPROVAL):
             # The network approved in stand-in: the advice is acknowledged whatever we would have said.
             ctx.reason = f"advice acknowledged ({outcome.reason or outcome.rc})"
@@ -507,12 +459,7 @@ class Engine:
 
     def _network_management(self, fields: dict[str, Any], req: Request, started: float) -> bytes:
         code = req.network_code or "301"
-        terminal_id = req.terminal_id or "-"
-        if code == "001":
-            self.signed_on.add(terminal_id)
-        elif code == "002":
-            self.signed_on.discard(terminal_id)
-        elif code != "301":
+        if code not in ("001", "002", "301"):
             answer = build_response(fields, rc.INVALID_TRANSACTION)
             self._log(req, rc.INVALID_TRANSACTION, f"unknown network management code {code}", started)
             return encode(answer)
@@ -573,9 +520,7 @@ class Engine:
 
     async def verify_chip(self, ctx: AuthContext) -> None:
         """Verify the ARQC in DE 55 through the HSM and prepare the ARPC for the card."""
-        from processor.auth.chip import verify_chip_cryptogram
-
-        ctx.icc_response = await verify_chip_cryptogram(self, ctx)
+        ctx.icc_response = await verify_chip_cryptogram(self.hsm, self.keys, ctx)
 
     # ------------------------------------------------------------ answers and logs
 
