@@ -337,14 +337,23 @@ class Engine:
 
     # ------------------------------------------------------------ entry point
 
-    async def handle(self, payload: bytes) -> bytes | None:
-        """Answer one framed payload; None means there is nothing sensible to answer (close quietly)."""
+    async def handle(self, payload: bytes, *, sender: str | None = None) -> bytes | None:
+        """Answer one framed payload; None means there is nothing sensible to answer (close quietly).
+
+        `sender` is the terminal id the transport has authenticated, when it has (the broker's account on
+        MQTT). A request whose DE 41 names another terminal is then refused with 03 and nothing is recorded:
+        its idempotency key belongs to that other terminal.
+        """
         started = time.perf_counter()
         try:
             fields = decode(payload)
             request = Request.from_fields(fields)
         except MessageFormatError as exc:
             return self._format_error(payload, exc, started)
+        if sender is not None and request.terminal_id != sender:
+            log.warning("terminal %s sent a request naming terminal %s in DE 41: refused", sender, request.terminal_id)
+            self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
+            return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
             return await self._dispatch(fields, request, started)
         except Exception:
