@@ -418,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_command(ho, "expire", cmd_holds_expire, "release holds past their expiry")
 
     from processor.tokenization.cli import register as register_tokenization
+    from processor.transport.cli import register as register_transport
 
     register_tokenization(sub, data_command)
+    register_transport(sub, data_command)
 
     p = sub.add_parser("serve", help="run the authorization engine")
     p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on, or off (MQTT only)")
@@ -461,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo_cli(args)
         if getattr(args, "serve", False):
             return _run(cmd_serve(args, settings))
+        if getattr(args, "standalone", None) is not None:
+            from processor.transport.cli import run_standalone
+
+            return run_standalone(args, settings)
         return _run(_data_command(args, settings))
     except LedgerBroken as exc:
         _print(exc.result, args.json)
@@ -482,9 +488,10 @@ def _is_user_error(exc: Exception) -> bool:
     """Store and HSM errors carry messages written for operators."""
     from hsm_sim import HsmError
     from processor.ledger import StoreError
+    from processor.transport.broker import BrokerError
     from processor.transport.mqtt import MqttUnavailable
 
-    return isinstance(exc, (StoreError, HsmError, MqttUnavailable))
+    return isinstance(exc, (StoreError, HsmError, MqttUnavailable, BrokerError))
 
 
 async def _data_command(args: argparse.Namespace, settings: Settings) -> int:
