@@ -148,7 +148,6 @@ class Workload:
             raise ValueError("no cards to load with")
         self.cards = cards
         self.stripe_cards = [c for c in cards if not c.has_chip]
-        self.pin_cards = [c for c in cards if c.chip_track2 is not None and c.pin is not None]
         self.kinds = [k for k, w in mix.items() if w > 0 and (cards or k in CHIP_KINDS)]
         if not self.kinds:
             raise ValueError("no kind of the mix can run with these cards (the chip kinds need bureau records)")
@@ -192,8 +191,10 @@ class Workload:
             raise ValueError(f"kind {kind!r} is a chip transaction, not a single request")
         amount = self.amount()
         if kind == "pin":
-            if self.pin_cards and terminal.ipek is not None:
-                return kind, terminal.card_request(self.random.choice(self.pin_cards), amount, entry="chip", with_pin=True)
+            # A swipe with an online PIN: the stripe proves the card (CVV1), the PIN pad the cardholder.
+            pin_cards = [c for c in self.swipeable(terminal) if c.pin is not None]
+            if pin_cards and terminal.ipek is not None:
+                return kind, terminal.card_request(self.random.choice(pin_cards), amount, entry="magstripe", with_pin=True)
             kind = "purchase"
         card = self.random.choice(self.swipeable(terminal) if kind in SWIPE_KINDS else self.cards)
         if kind == "purchase":
