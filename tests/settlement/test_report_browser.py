@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import all_captured_at
+from settlement_helpers import all_captured_at
 
 from processor.settlement.config import load_config
 from processor.settlement.day import settle_day

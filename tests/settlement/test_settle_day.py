@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import all_captured_at, captured_at
+from settlement_helpers import all_captured_at, captured_at
 from sqlalchemy import func, select
 
 from processor.errors import InvalidRequest
