@@ -1,7 +1,7 @@
 """Operator commands of settlement: `processor settle ...`.
 
 `register(sub, data_command)` adds them to the `processor` parser: `settle config|network|run|status|report|
-reconcile`. Each command is `async def f(rt, args) -> dict`; long ones show progress on
+reconcile|ingest|generate`. Each command is `async def f(rt, args) -> dict`; long ones show progress on
 standard error (the JSON document, with --json, stays alone on standard output).
 """
 
@@ -123,6 +123,29 @@ async def cmd_report(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+async def cmd_ingest(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.settlement.config import load_config
+    from processor.settlement.ingest import ingest_file
+
+    config = await load_config(rt.store)
+    with progress_bar() as progress:
+        return await ingest_file(rt.store, rt.hsm, Path(args.file), config, progress=progress)
+
+
+async def cmd_generate(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.settlement.config import load_config
+    from processor.settlement.generate import generate_day
+
+    config = await load_config(rt.store)
+    with progress_bar() as progress:
+        return await generate_day(
+            rt.store, rt.hsm, _day(args), config, transactions=args.transactions, merchants=args.merchants,
+            cards=args.cards, presentments=args.presentments,
+            clearing_file=Path(args.clearing_file) if args.clearing_file else None, network=args.network,
+            seed=args.seed, progress=progress,
+        )
+
+
 def register(sub: Any, data_command: DataCommand) -> None:
     """Add `settle ...` to the `processor` command parser."""
     se = sub.add_parser("settle", help="business day, settlement, clearing files, reports").add_subparsers(
@@ -153,3 +176,16 @@ def register(sub: Any, data_command: DataCommand) -> None:
 
     p = data_command(se, "reconcile", cmd_reconcile, "a day's exceptions")
     p.add_argument("--date", required=True)
+
+    p = data_command(se, "ingest", cmd_ingest, "ingest a network's clearing file (first presentments)")
+    p.add_argument("file")
+
+    p = data_command(se, "generate", cmd_generate, "write a synthetic business day straight into the store (benchmarks)")
+    p.add_argument("--date", required=True)
+    p.add_argument("--transactions", type=int, default=1_000_000, help="on-us transactions (default 1,000,000)")
+    p.add_argument("--merchants", type=int, default=200)
+    p.add_argument("--cards", type=int, default=1000)
+    p.add_argument("--presentments", type=int, default=0, help="off-us authorizations with holds, presented in the file")
+    p.add_argument("--clearing-file", help="where to write the network's clearing file of those presentments")
+    p.add_argument("--network", default="400001", help="acquirer id of the network (registered when missing)")
+    p.add_argument("--seed", type=int, default=1)
