@@ -53,6 +53,7 @@ def test_operator_mistakes_get_one_line_and_a_non_zero_exit(tmp_path: Path) -> N
         (("settle", "config", "--cutoff", "25:99"), "is not a time of day"),
         (("settle", "config", "--tz", "Nowhere/Special"), "is unknown"),
         (("settle", "network", "add", "--acquirer", "000001", "--name", "x"), "our own terminals"),
+        (("settle", "ingest", "no-such-file.ipm"), "cannot read"),
     ):
         proc = run(tmp_path, *args)
         assert proc.returncode == 2, (args, proc.stderr)
