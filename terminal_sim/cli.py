@@ -341,6 +341,39 @@ async def _close_batch(args: argparse.Namespace) -> int:
     return 0 if report.in_balance else 1
 
 
+async def _network(args: argparse.Namespace) -> int:
+    """An acquiring network's day: authorizations of its merchants, then its clearing file."""
+    import datetime as dt
+    from pathlib import Path
+
+    from terminal_sim.iso_client import TerminalConnection
+    from terminal_sim.network import AcquiringNetwork
+
+    cards = [CardData.from_issued(c, c.get("pin")) for c in load_json_list(args.cards)]
+    if not cards:
+        raise ValueError(f"{args.cards} lists no card")
+    network = AcquiringNetwork(args.acquirer, merchants=args.merchants, seed=args.seed)
+    host, port = args.tcp
+    conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+    try:
+        day = await network.run(conn, cards, args.transactions)
+    finally:
+        await conn.close()
+    business_date = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
+    written = network.write_clearing_file(
+        day, Path(args.clearing_file), file_id=args.file_id or f"{args.acquirer}-{business_date:%Y%m%d}-{secrets.token_hex(3)}",
+        business_date=business_date, scenarios=args.scenarios,
+    )
+    result = {**day.as_json(), "clearing_file": written}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"network {args.acquirer}: {result['authorizations']} authorizations, {result['approved']} approved {day.codes}")
+        print(f"clearing file {written['path']} ({written['file_id']}): {written['records']} presentments, "
+              f"control sum {written['control_sum_minor']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -406,6 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=_pos)
+
+    p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
+    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer")
+    p.add_argument("--cards", required=True, help="JSON list of cards as `processor card issue --json` prints them")
+    p.add_argument("--merchants", type=int, default=3, help="merchants behind the connection (1-4)")
+    p.add_argument("--transactions", type=int, default=20)
+    p.add_argument("--clearing-file", required=True, help="where the end-of-day clearing file goes (0600)")
+    p.add_argument("--file-id", help="the file's id (default: acquirer, date and a random suffix)")
+    p.add_argument("--date", help="the network's business date in the file header (default today)")
+    p.add_argument("--scenarios", action="store_true", help="add over-tolerance, unauthorized, duplicate and refund presentments")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_network)
 
     p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
