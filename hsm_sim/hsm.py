@@ -18,10 +18,10 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -161,17 +161,21 @@ class AuditLog:
             self._fh = None
 
 
-def command(*key_params: str) -> Callable[[Callable[..., T]], Callable[..., Awaitable[T]]]:
-    """Turn a synchronous operation into an audited host command; `key_params` name the KCV arguments."""
+def command(
+    *key_params: str,
+) -> Callable[[Callable[Concatenate[Hsm, P], T]], Callable[Concatenate[Hsm, P], Coroutine[Any, Any, T]]]:
+    """Turn a synchronous operation into an audited host command; `key_params` name the KCV arguments.
 
-    def decorate(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    The coroutine keeps the operation's signature, so `Hsm` meets `HsmApi` for a type checker too.
+    """
+
+    def decorate(fn: Callable[Concatenate[Hsm, P], T]) -> Callable[Concatenate[Hsm, P], Coroutine[Any, Any, T]]:
         name = fn.__name__
 
         @functools.wraps(fn)
-        async def run(self: "Hsm", *args: Any, **kwargs: Any) -> T:
+        async def run(self: Hsm, *args: P.args, **kwargs: P.kwargs) -> T:
             return self._execute(fn, name, key_params, args, kwargs)
 
-        run.sync = fn  # type: ignore[attr-defined]
         return run
 
     return decorate
@@ -183,7 +187,7 @@ class Hsm:
     def __init__(self, store: KeyStore, audit: AuditLog) -> None:
         self.store = store
         self.audit = audit
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, tuple[bytes, KeyInfo]] = {}  # KCV -> key and its authenticated header
         self._ipek_cache: dict[tuple[str, bytes], bytes] = {}
 
     @classmethod
