@@ -9,11 +9,12 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
-
+from processor import ledger
 from processor.auth.engine import Engine
 from processor.auth.policy import Policy
 from processor.config import Settings
+from processor.hsm import HsmInterface
+from processor.ledger import Store, StoreInterface
 from processor.transport.tcp import TcpLimits, TcpServer
 
 log = logging.getLogger("processor.server")
@@ -26,8 +27,8 @@ class RunningEngine:
 
     engine: Engine
     tcp: TcpServer
-    store: Any
-    hsm: Any
+    store: Store
+    hsm: HsmInterface
 
     @property
     def port(self) -> int:
@@ -46,7 +47,6 @@ async def running_engine(
     """Open everything, listen, and on exit drain in-flight requests before closing the store."""
     from hsm_sim import connect
     from processor.issuing import load_issuer_keys
-    from processor.ledger import Store
     from processor.tokenization.wallet import token_bin
 
     store = await Store.open(settings.db_url)
@@ -73,10 +73,10 @@ async def running_engine(
         await store.close()
 
 
-async def _expire_holds_periodically(store: Any) -> None:
+async def _expire_holds_periodically(store: StoreInterface) -> None:
     while True:
         try:
-            released = await store.expire_holds(dt.datetime.now(dt.UTC))
+            released = await ledger.holds.expire(store, dt.datetime.now(dt.UTC))
             if released:
                 log.info("released %d expired hold(s)", released)
         except Exception:

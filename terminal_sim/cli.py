@@ -10,6 +10,7 @@ import secrets
 import sys
 from typing import Any
 
+from processor import issuing
 from processor.logs import quiet_library_deprecations
 from terminal_sim.load import load_json_list, parse_mix, print_summary, run_load
 from terminal_sim.batch import TerminalBatch
@@ -80,7 +81,7 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
     transport_key = None
     if os.environ.get(TRANSPORT_KEY_ENV):
         candidate = transport_key_from_env()
-        if kcv(candidate, "AES") == await store.get_config(BUREAU_KEK_CONFIG):
+        if kcv(candidate, "AES") == await issuing.config.get(store, BUREAU_KEK_CONFIG):
             transport_key = candidate
     if transport_key is None:
         ceremony = await form_bureau_key(store, hsm)

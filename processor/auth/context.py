@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from processor.iso8583 import Request, rc
-from processor.ledger import CardRecord, TokenRecord
+from processor.issuing.cards import CardRecord
+from processor.tokenization.tokens import TokenRecord
 
 
 class Declined(Exception):
