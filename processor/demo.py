@@ -140,6 +140,8 @@ async def _play_scenarios(
         card = {h: CardData.from_issued(p, p["pin"]) for h, p in people.items()}
         chip = people["hana"]["chip"]
         shop, hotel, web = terminals["grocery"], terminals["hotel"], terminals["online"]
+        # The fuel station's stripe reader swipes chip cards too: the day's PIN-pad scenarios happen there.
+        fuel = terminals["fuel"]
 
         by_id = {t.terminal_id: t for t in terminals.values()}
 
@@ -154,7 +156,7 @@ async def _play_scenarios(
 
         await play("echo test", "00", shop.echo("301"))
         await play("sign-on", "00", shop.echo("001"))
-        await play("purchase with online PIN (DUKPT)", "00", shop.card_request(card["ada"], 42_50, entry="chip", with_pin=True))
+        await play("purchase with online PIN (DUKPT)", "00", fuel.card_request(card["ada"], 42_50, entry="magstripe", with_pin=True))
         await play("magstripe purchase (card without a chip)", "00", shop.card_request(card["bob"], 2_00, entry="magstripe"))
         # A terminal that ignores the rule and swipes a chip card anyway: the issuer refuses the stripe.
         careless = dataclasses.replace(shop, chip_capable=False)
@@ -164,44 +166,43 @@ async def _play_scenarios(
         await play("online purchase with CVV2", "00", web.card_request(card["ada"], 19_99, entry="manual", cvv2=card["ada"].cvv2))
         wrong_cvv2 = "000" if card["ada"].cvv2 != "000" else "111"
         await play("online purchase, wrong CVV2", "N7", web.card_request(card["ada"], 19_99, entry="manual", cvv2=wrong_cvv2))
-        await play("wrong PIN (1st)", "55", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9999"))
-        await play("wrong PIN (2nd)", "55", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9998"))
-        await play("wrong PIN (3rd): tries exceeded", "75", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9997"))
-        await play("right PIN after the limit", "75", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True))
+        await play("wrong PIN (1st)", "55", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True, pin="9999"))
+        await play("wrong PIN (2nd)", "55", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True, pin="9998"))
+        await play("wrong PIN (3rd): tries exceeded", "75", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True, pin="9997"))
+        await play("right PIN after the limit", "75", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True))
         await play("insufficient funds", "51", shop.card_request(card["bob"], 50_00, entry="magstripe"))
         partial = await play("partial approval", "10", shop.card_request(card["bob"], 50_00, entry="magstripe", partial_ok=True))
         day.scenarios[-1].detail = f"approved {int(partial.get('4', '0'))} of 5000 minor units"
-        await play("frozen card", "62", shop.card_request(card["carol"], 5_00, entry="chip"))
-        await play("lost card", "41", shop.card_request(card["dave"], 5_00, entry="chip"))
-        await play("stolen card", "43", shop.card_request(card["erin"], 5_00, entry="chip"))
-        await play("expired card", "54", shop.card_request(card["frank"], 5_00, entry="chip"))
+        await play("frozen card", "62", fuel.card_request(card["carol"], 5_00, entry="magstripe"))
+        await play("lost card", "41", fuel.card_request(card["dave"], 5_00, entry="magstripe"))
+        await play("stolen card", "43", fuel.card_request(card["erin"], 5_00, entry="magstripe"))
+        await play("expired card", "54", fuel.card_request(card["frank"], 5_00, entry="magstripe"))
         stranger = CardData(pan="4000000000000002", expiry="3012", track2="4000000000000002=30121010000000000", cvv2="123")
         await play("card not issued here", "14", shop.card_request(stranger, 5_00, entry="magstripe"))
 
-        preauth = hotel.card_request(card["ada"], 150_00, mti="0100", entry="chip", with_pin=True)
+        preauth = hotel.card_request(card["ada"], 150_00, mti="0100", entry="manual", cvv2=card["ada"].cvv2)
         await play("hotel pre-authorization", "00", preauth)
         await play("incremental authorization", "00", hotel.incremental(preauth, 30_00))
         await play("completion for less than held", "00", hotel.completion(preauth, 170_00))
 
-        purchase = shop.card_request(card["ada"], 7_25, entry="chip", with_pin=True)
+        purchase = fuel.card_request(card["ada"], 7_25, entry="magstripe", with_pin=True)
         first = await play("purchase", "00", purchase)
         again = await play("retransmitted purchase (duplicate)", "00", dict(purchase))
         same = first.get("38") == again.get("38")
         day.scenarios[-1].detail = "same approval code, no second posting" if same else "DIFFERENT approval code"
         if not same:
             day.scenarios[-1].got = "mismatch"
-        await play("reversal", "00", shop.reversal(purchase))
-        await play("repeated reversal changes nothing", "00", shop.reversal(purchase))
+        await play("reversal", "00", fuel.reversal(purchase))
+        await play("repeated reversal changes nothing", "00", fuel.reversal(purchase))
         orphan = dict(purchase)
         orphan["11"] = "999999"
-        await play("reversal of an unknown original", "25", shop.reversal(orphan))
+        await play("reversal of an unknown original", "25", fuel.reversal(orphan))
 
-        fuel = terminals["fuel"]
         pump = fuel.card_request(card["ada"], 100_00, mti="0100", entry="magstripe")
         await play("fuel pre-authorization", "00", pump)
         await play("partial reversal: fuel pumped for 35.00", "00", fuel.reversal(pump, remaining_minor=35_00))
-        await play("refund", "00", shop.card_request(card["ada"], 5_00, processing_code="200000", entry="chip"))
-        await play("balance inquiry", "00", shop.card_request(card["ada"], 0, processing_code="310000", entry="chip", with_pin=True))
+        await play("refund", "00", fuel.card_request(card["ada"], 5_00, processing_code="200000", entry="magstripe"))
+        await play("balance inquiry", "00", fuel.card_request(card["ada"], 0, processing_code="310000", entry="magstripe", with_pin=True))
         await play(
             "stand-in advice past available funds",
             "00",

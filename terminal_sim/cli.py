@@ -12,7 +12,8 @@ from typing import Any
 
 from processor import issuing
 from processor.logs import quiet_library_deprecations
-from terminal_sim.load import load_json_list, parse_mix, print_summary, run_load
+from terminal_sim.load import load_json_list, parse_expect, parse_mix, run_load
+from terminal_sim.load_report import ProgressDisplay, print_summary
 from terminal_sim.batch import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -126,6 +127,9 @@ def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
 
 async def _load(args: argparse.Namespace) -> int:
     host, port = args.tcp
+    # Refuse a bad mix or expectation before --provision writes anything.
+    mix = parse_mix(args.mix) if args.mix else None
+    expected = parse_expect(args.expect)
     chips: list[Any] = []
     if args.cards and args.terminals:
         cards_json, terminals_json = load_json_list(args.cards), load_json_list(args.terminals)
@@ -142,24 +146,26 @@ async def _load(args: argparse.Namespace) -> int:
     start = secrets.randbelow(900_000) + 1
     for terminal in terminals:
         terminal._stan = itertools.count(start)
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    display = ProgressDisplay()
     try:
-        result = await run_load(
-            host,
-            port,
-            terminals,
-            cards,
-            connections=args.connections,
-            seconds=args.seconds,
-            rate=args.rate,
-            mix=parse_mix(args.mix) if args.mix else None,
-            timeout_s=args.timeout,
-            progress=progress,
-            seed=args.seed,
-            chip_cards=chips,
-            contactless_limit_minor=args.contactless_limit,
-            close_batches=args.close_batches,
-        )
+        with display:
+            result = await run_load(
+                host,
+                port,
+                terminals,
+                cards,
+                connections=args.connections,
+                seconds=args.seconds,
+                rate=args.rate,
+                mix=mix,
+                timeout_s=args.timeout,
+                progress=None if args.quiet else display,
+                seed=args.seed,
+                chip_cards=chips,
+                contactless_limit_minor=args.contactless_limit,
+                close_batches=args.close_batches,
+                expected=expected,
+            )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
         for chip in chips:
@@ -169,6 +175,10 @@ async def _load(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print_summary(summary)
+    if summary["failures"]:
+        for failure in summary["failures"]:
+            print(f"terminal-sim load: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -335,7 +345,13 @@ async def _close_batch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("load", help="drive many terminal connections against a running engine")
+    p = sub.add_parser(
+        "load",
+        help="drive many terminal connections against a running engine",
+        description="Drive many terminal connections against a running engine and report throughput, latency "
+        "(percentiles to p99.99, histogram) and answers by kind. Exit 0 when every answer is one its kind expects "
+        "(see --expect), nothing timed out and every batch closed in balance; 1 otherwise; 2 on a usage error.",
+    )
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -360,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--close-batches", action="store_true",
                    help="at the end, every terminal closes its batch (0500) and the summary says which were in balance")
+    p.add_argument("--expect", action="append", metavar="KIND=CODES",
+                   help="response codes a kind may get without failing the run, e.g. purchase=00 (repeatable; default: "
+                   "00 or 51 for purchase, pin, manual, preauth, chip, contactless, wallet; 00 for completion, balance, refund)")
     p.set_defaults(func=_load)
 
     p = sub.add_parser("card", help="serve a personalized chip card (bureau record) to pcscd through vpcd")

@@ -128,9 +128,15 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s: request failed", self.peer)
             return
-        if answer is None or self.closed or self.transport is None or self.transport.is_closing():
-            if answer is not None:
-                log.info("%s went away before its answer was written", self.peer)
+        if answer is None:
+            # The engine could not read far enough to answer: a terminal left waiting on an open socket
+            # would hang, so the connection ends here.
+            self.server.stats["bad_frames"] += 1
+            log.warning("%s sent a frame that cannot be answered: closing", self.peer)
+            self.close()
+            return
+        if self.closed or self.transport is None or self.transport.is_closing():
+            log.info("%s went away before its answer was written", self.peer)
             return
         self.transport.write(encode_frame(answer))
         self.server.stats["answers"] += 1
