@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hsm_sim import HsmError
+from hsm_sim import HsmApi, HsmError
 from processor import issuing, tokenization
 from processor.auth import entry_modes
 from processor.auth.chip import declined_arpc, verify_chip_cryptogram
@@ -40,7 +40,6 @@ from processor.iso8583 import (
 )
 from processor.iso8583.codec import REQUEST_MTIS
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
-from processor.hsm import HsmInterface
 from processor.ledger import StoreInterface, ops
 
 log = logging.getLogger("processor.auth")
@@ -91,7 +90,17 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    ctx.terminal = active_terminal(await engine.terminal(ctx.request.terminal_id))
+    req = ctx.request
+    if await engine.is_network(req.acquirer_id):
+        # An acquiring network answers for its own merchants' terminals: none of them is registered here.
+        if not req.terminal_id or not req.merchant_id:
+            raise Declined(rc.FORMAT_ERROR, "network request without terminal (DE 41) and merchant (DE 42)")
+        ctx.terminal = Terminal(
+            terminal_id=req.terminal_id, merchant_id=req.merchant_id, mcc=req.mcc, status="active",
+            bdk_kcv=None, initial_ksn=None, chip_capable=True,
+        )
+        return
+    ctx.terminal = active_terminal(await engine.terminal(req.terminal_id))
 
 
 async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
@@ -340,7 +349,7 @@ class Engine:
     def __init__(
         self,
         store: StoreInterface,
-        hsm: HsmInterface,
+        hsm: HsmApi,
         keys: IssuerKeys,
         *,
         policy: Policy | None = None,
@@ -359,17 +368,27 @@ class Engine:
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
+        self._network_cache: dict[str, tuple[float, bool]] = {}
 
     # ------------------------------------------------------------ entry point
 
-    async def handle(self, payload: bytes) -> bytes | None:
-        """Answer one framed payload; None means it cannot be answered and the connection should close."""
+    async def handle(self, payload: bytes, *, sender: str | None = None) -> bytes | None:
+        """Answer one framed payload; None means it cannot be answered and the connection should close.
+
+        `sender` is the terminal id the transport has authenticated, when it has (the broker's account on
+        MQTT). A request whose DE 41 names another terminal is then refused with 03 and nothing is recorded:
+        its idempotency key belongs to that other terminal.
+        """
         started = time.perf_counter()
         try:
             fields = decode(payload)
             request = Request.from_fields(fields)
         except MessageFormatError as exc:
             return self._format_error(payload, exc, started)
+        if sender is not None and request.terminal_id != sender:
+            log.warning("terminal %s sent a request naming terminal %s in DE 41: refused", sender, request.terminal_id)
+            self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
+            return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
             return await self._dispatch(fields, request, started)
         except Exception:
@@ -488,6 +507,10 @@ class Engine:
             reason=ctx.reason,
             pin_tries=ctx.pin_tries,
             atc=ctx.atc,
+            acquirer_id=req.acquirer_id or "",
+            merchant_id=req.merchant_id or (ctx.terminal.merchant_id if ctx.terminal else ""),
+            mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal and ctx.terminal.mcc else ""),
+            entry_mode=(req.entry_mode or "")[:2],
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
@@ -591,6 +614,20 @@ class Engine:
         )
 
     # ------------------------------------------------------------ look-ups
+
+    async def is_network(self, acquirer_id: str | None) -> bool:
+        """True when DE 32 names a registered acquiring network (`processor settle network add`), cached briefly."""
+        if not acquirer_id:
+            return False
+        now = time.monotonic()
+        hit = self._network_cache.get(acquirer_id)
+        if hit is not None and now - hit[0] < self._terminal_cache_s:
+            return hit[1]
+        found = await issuing.config.get(self.store, f"network.{acquirer_id}") is not None
+        if len(self._network_cache) >= self._terminal_cache_max:
+            self._network_cache.clear()
+        self._network_cache[acquirer_id] = (now, found)
+        return found
 
     async def terminal(self, terminal_id: str | None) -> Terminal | None:
         """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""

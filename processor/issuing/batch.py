@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from processor.hsm import HsmInterface
+from hsm_sim import HsmApi
 from processor.issuing.cardholders import create as create_cardholder
 from processor.issuing.cards import issue_card
 from processor.issuing.keys import IssuerKeys
@@ -24,7 +24,7 @@ class Population:
 
 async def provision(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     cardholders: int,

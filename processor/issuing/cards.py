@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from hsm_sim import HsmApi
 from processor.errors import InvalidRequest
-from processor.hsm import HsmInterface
 from processor.issuing.config import DEFAULT_BIN
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import generate_pan, surrogate_for
@@ -133,7 +133,7 @@ def expiry_after(years: int, today: dt.date) -> str:
     return f"{(today.year + years) % 100:02d}{today.month:02d}"
 
 
-async def pin_verification_for(hsm: HsmInterface, keys: IssuerKeys, pan: str, pin: str) -> tuple[str, str]:
+async def pin_verification_for(hsm: HsmApi, keys: IssuerKeys, pan: str, pin: str) -> tuple[str, str]:
     """(method, value): a Visa PVV for 4-digit PINs, an IBM 3624 offset for longer ones."""
     check_pin_format(pin)
     if len(pin) == 4:
@@ -146,7 +146,7 @@ async def pin_verification_for(hsm: HsmInterface, keys: IssuerKeys, pan: str, pi
 
 async def issue_card(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     account_id: int,

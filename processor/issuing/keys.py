@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from hsm_sim import HsmApi
 from processor.errors import ConfigurationError
-from processor.hsm import HsmInterface
 from processor.issuing import config
 from processor.ledger import StoreInterface
 
@@ -42,7 +42,7 @@ class IssuerKeys:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-async def ensure_issuer_keys(store: StoreInterface, hsm: HsmInterface) -> IssuerKeys:
+async def ensure_issuer_keys(store: StoreInterface, hsm: HsmApi) -> IssuerKeys:
     """Create the issuer keys in the HSM the first time; afterwards check the HSM still holds them."""
     found: dict[str, str] = {}
     for name, key_type, algorithm in ISSUER_KEY_SPECS:
@@ -57,7 +57,7 @@ async def ensure_issuer_keys(store: StoreInterface, hsm: HsmInterface) -> Issuer
     return keys
 
 
-async def load_issuer_keys(store: StoreInterface, hsm: HsmInterface | None = None) -> IssuerKeys:
+async def load_issuer_keys(store: StoreInterface, hsm: HsmApi | None = None) -> IssuerKeys:
     """The issuer keys recorded by `processor init`; a clear error when init has not run."""
     found: dict[str, str] = {}
     for name, _, _ in ISSUER_KEY_SPECS:
@@ -71,7 +71,7 @@ async def load_issuer_keys(store: StoreInterface, hsm: HsmInterface | None = Non
     return keys
 
 
-async def verify_issuer_keys(keys: IssuerKeys, hsm: HsmInterface) -> None:
+async def verify_issuer_keys(keys: IssuerKeys, hsm: HsmApi) -> None:
     """Fail early, naming the key, when the store and the HSM disagree (e.g. a different key-store file)."""
     known = {info.kcv for info in await hsm.list_keys()}
     missing = [name for name, kcv in keys.as_dict().items() if kcv not in known]

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hsm_sim import HsmApi
 from processor.errors import ConfigurationError, InvalidRequest
-from processor.hsm import HsmInterface
 from processor.issuing import cards, config
 from processor.issuing.keys import IssuerKeys
 from processor.ledger import StoreInterface
@@ -51,7 +51,7 @@ class BureauRecord:
         return asdict(self)
 
 
-async def form_bureau_key(store: StoreInterface, hsm: HsmInterface, components: list[str] | None = None) -> dict[str, Any]:
+async def form_bureau_key(store: StoreInterface, hsm: HsmApi, components: list[str] | None = None) -> dict[str, Any]:
     """Key ceremony: the transport key shared with the bureau, from two clear components.
 
     With no components given, two random ones are drawn and returned once: each goes to its
@@ -75,7 +75,7 @@ def bureau_path(directory: str | os.PathLike[str], card_id: int) -> Path:
 
 async def personalize(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     card_id: int,
     *,
@@ -96,7 +96,7 @@ async def personalize(
     if not chip_service_code(card.service_code):
         raise InvalidRequest(f"card {card_id} is magstripe-only (service code {card.service_code}): it has no chip to personalize")
     sealed = await hsm.personalization_data(
-        keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek
+        keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek, cvn=cvn
     )
     record = BureauRecord(
         format=BUREAU_FORMAT,
@@ -124,7 +124,7 @@ def wallet_path(directory: str | os.PathLike[str], token_id: int) -> Path:
 
 async def personalize_wallet(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     token_id: int,
@@ -143,7 +143,7 @@ async def personalize_wallet(
     kek = await config.get(store, BUREAU_KEK_CONFIG)
     if kek is None:
         raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
-    sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek)
+    sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek, cvn=cvn)
     record = BureauRecord(
         format=BUREAU_FORMAT,
         card_id=token_id,

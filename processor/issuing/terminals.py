@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from hsm_sim import HsmApi
 from processor.errors import InvalidRequest
-from processor.hsm import HsmInterface
 from processor.issuing import config, merchants
 from processor.issuing.keys import IssuerKeys
 from processor.ledger import StoreError, StoreInterface, StoreNotFound
@@ -72,7 +72,7 @@ def initial_ksn(key_set_id: str, device_number: int) -> str:
 
 async def add_terminal(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     terminal_id: str,
@@ -148,6 +148,11 @@ async def get(store: StoreInterface, terminal_id: str) -> TerminalRecord | None:
     return await store.run_query(_get, terminal_id)
 
 
+async def list_all(store: StoreInterface, limit: int = 10_000) -> list[TerminalRecord]:
+    """Registered terminals by terminal id, at most `limit`."""
+    return await store.run_query(_list_all, limit)
+
+
 def _create(
     conn: Connection,
     terminal_id: str,
@@ -205,3 +210,8 @@ _TERMINAL_SELECT = select(
 def _get(conn: Connection, terminal_id: str) -> TerminalRecord | None:
     row = conn.execute(_TERMINAL_SELECT.where(terminals.c.terminal_id == terminal_id)).first()
     return TerminalRecord(**row._asdict()) if row is not None else None
+
+
+def _list_all(conn: Connection, limit: int) -> list[TerminalRecord]:
+    rows = conn.execute(_TERMINAL_SELECT.order_by(terminals.c.terminal_id).limit(limit))
+    return [TerminalRecord(**row._asdict()) for row in rows]

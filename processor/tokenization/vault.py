@@ -13,9 +13,8 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Table, func, select, update
 
-from hsm_sim import TokenizedPan
+from hsm_sim import HsmApi, TokenizedPan
 from processor.errors import ConfigurationError, InvalidRequest
-from processor.hsm import HsmInterface
 from processor.ledger import StoreInterface
 from processor.ledger.models import cards, payment_tokens, utcnow
 
@@ -23,7 +22,7 @@ DEFAULT_BATCH = 200
 MAX_BATCH = 5000
 
 
-async def current_versions(hsm: HsmInterface) -> tuple[int, int]:
+async def current_versions(hsm: HsmApi) -> tuple[int, int]:
     """(DEK version, FPK version) the HSM tokenizes with now: the newest of each key type."""
     newest: dict[str, int] = {}
     for info in await hsm.list_keys():
@@ -37,7 +36,7 @@ async def current_versions(hsm: HsmInterface) -> tuple[int, int]:
 
 async def rotate_vault(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     *,
     batch_size: int = DEFAULT_BATCH,
     limit: int | None = None,
@@ -82,7 +81,7 @@ async def rotate_vault(
     return {"data_key_version": dek, "fingerprint_key_version": fpk, **counts, "remaining": remaining}
 
 
-async def rotate_keys(hsm: HsmInterface) -> tuple[int, int]:
+async def rotate_keys(hsm: HsmApi) -> tuple[int, int]:
     """Make new DEK and FPK versions current in the HSM; older versions stay for opening and look-up."""
     dek, fpk = await hsm.rotate_tokenization_keys()
     return int(dek), int(fpk)

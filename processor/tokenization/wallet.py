@@ -15,8 +15,8 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+from hsm_sim import HsmApi
 from processor.errors import InvalidRequest
-from processor.hsm import HsmInterface
 from processor.issuing import cards, config
 from processor.issuing.cards import expiry_after, issue_card
 from processor.issuing.keys import IssuerKeys
@@ -48,7 +48,7 @@ async def token_bin(store: StoreInterface) -> str:
 
 async def provision_token(
     store: StoreInterface,
-    hsm: HsmInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     card_id: int,
@@ -146,7 +146,7 @@ async def delete_token(store: StoreInterface, token_id: int, reason: str = "") -
 
 
 async def replace_card(
-    store: StoreInterface, hsm: HsmInterface, keys: IssuerKeys, card_id: int, *, pin: str | None, chip: bool | None = None
+    store: StoreInterface, hsm: HsmApi, keys: IssuerKeys, card_id: int, *, pin: str | None, chip: bool | None = None
 ) -> dict[str, Any]:
     """Issue a new card on the same account, close the old one and move its wallet tokens to the new card.
 
