@@ -46,14 +46,14 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Open the store and the HSM named by the settings, and close both afterwards."""
-    from hsm_sim import connect
+async def runtime(settings: Settings, hsm_role: str = "engine", *, hsm_name: str | None = None) -> AsyncIterator[Runtime]:
+    """Open the store and the HSM named by the settings (a networked HSM as `hsm_role`), and close both afterwards."""
+    from processor.config import open_hsm
     from processor.ledger import Store
 
     store = await Store.open(settings.db_url)
     try:
-        hsm = await connect(settings.hsm_url)
+        hsm = await open_hsm(settings, hsm_role, name=hsm_name)
         try:
             yield Runtime(settings, store, hsm)
         finally:
@@ -205,8 +205,15 @@ async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[st
 
 
 async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing.personalization import form_bureau_key
+    from processor.issuing.personalization import form_bureau_key, record_bureau_key
 
+    if args.kcv:
+        return await record_bureau_key(rt.store, rt.hsm, args.kcv)
+    if rt.settings.hsm_url.startswith("tcps://"):
+        raise InvalidRequest(
+            "a networked HSM forms keys under dual control: two custodians run `hsm-sim keys component KEK --algorithm AES "
+            "...`, then `processor bureau key --kcv KCV` records the key"
+        )
     return await form_bureau_key(rt.store, rt.hsm, args.component or None)
 
 
@@ -338,7 +345,7 @@ def _print(result: Any, as_json: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="processor", description="Card issuing and ISO 8583 authorization.")
     parser.add_argument("--db", help="database URL (default: PROCESSOR_DB_URL or ./processor.db)")
-    parser.add_argument("--hsm", help="HSM URL: file:PATH, memory:, tcp://HOST:PORT (default: PROCESSOR_HSM_URL)")
+    parser.add_argument("--hsm", help="HSM URL: file:PATH, memory:, tcps://HOST:PORT (default: PROCESSOR_HSM_URL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -349,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = data_command(sub, "init", cmd_init, "create the issuer's keys and the database schema")
+    p.set_defaults(hsm_role="custodian")
     p.add_argument("--bin", help="issuer BIN for new cards (6-8 digits)")
 
     ch = sub.add_parser("cardholder", help="cardholders").add_subparsers(dest="sub", required=True)
@@ -371,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cd = sub.add_parser("card", help="cards").add_subparsers(dest="card_command", required=True)
     p = data_command(cd, "issue", cmd_card_issue, "issue a card (PAN and CVV2 are shown once)")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--pin", help="4 to 12 digits; only its verification value is kept")
     p.add_argument("--years", type=int, default=4, help="validity in years")
@@ -379,10 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip", action="store_true", help="also write the chip personalization record for the card bureau")
     p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go (default ./card-bureau)")
     p = data_command(cd, "reveal", cmd_card_reveal, "show a card's PAN (audited: who and why)")
+    p.set_defaults(hsm_role="operator")
     p.add_argument("card_id", type=int)
     p.add_argument("--operator", required=True, help="who asks")
     p.add_argument("--reason", required=True, help="why, e.g. a ticket number")
     p = data_command(cd, "personalize", cmd_card_personalize, "write a card's chip personalization record for the bureau")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("card_id", type=int)
     p.add_argument("--bureau-dir", default="card-bureau")
     p.add_argument("--cvn", type=int, default=18, choices=[10, 18])
@@ -395,10 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bu = sub.add_parser("bureau", help="the card bureau that personalizes chips").add_subparsers(dest="sub", required=True)
     p = data_command(bu, "key", cmd_bureau_key, "form the transport key shared with the bureau (key ceremony)")
+    p.set_defaults(hsm_role="custodian")
     p.add_argument("--component", action="append", help="a clear component (hex, 32 bytes); give two or more, or none to draw them")
+    p.add_argument("--kcv", help="record the AES KEK custodians formed in a networked HSM (hsm-sim keys component) instead")
 
     te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True)
     p = data_command(te, "add", cmd_terminal_add, "register a terminal; prints its key material for injection")
+    p.set_defaults(hsm_role="key-loader")
     p.add_argument("--id", required=True, help="terminal id (DE 41, up to 8 characters)")
     p.add_argument("--merchant", required=True, help="merchant id (DE 42, up to 15 characters)")
     p.add_argument("--mcc", required=True, help="merchant category code")
@@ -498,7 +512,8 @@ def _is_user_error(exc: Exception) -> bool:
 
 
 async def _data_command(args: argparse.Namespace, settings: Settings) -> int:
-    async with runtime(settings) as rt:
+    role = getattr(args, "hsm_role", "engine")
+    async with runtime(settings, role, hsm_name=args.operator if role == "operator" else None) as rt:
         result = await args.func(rt, args)
     _print(result, args.json)
     return 0

@@ -56,7 +56,7 @@ async def running_engine(
     broker. With `reuse_port`, several engine processes can listen on one TCP port (SO_REUSEPORT) and
     the kernel spreads the connections between them.
     """
-    from hsm_sim import connect
+    from processor.config import open_hsm
     from processor.issuing import load_issuer_keys
     from processor.tokenization.wallet import token_bin
 
@@ -68,7 +68,7 @@ async def running_engine(
     mqtt_server = None
     expiry_task = None
     try:
-        hsm = await connect(settings.hsm_url)
+        hsm = await open_hsm(settings, "engine")
         keys = await load_issuer_keys(store, hsm)
         engine = Engine(store, hsm, keys, policy=policy, token_bin=await token_bin(store))
         if tcp:

@@ -106,6 +106,7 @@ def register(sub: Any, data_command: DataCommand) -> None:
     """Add `token ...`, `card replace` and `keys rotate` to the `processor` command parser."""
     tk = _group(sub, "token", "wallet payment tokens")
     p = data_command(tk, "provision", cmd_token_provision, "create a device token for a card (number shown once)")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("--card", type=int, required=True)
     p.add_argument("--wallet", required=True, help="wallet name, e.g. phone")
     p.add_argument("--device", required=True, help="device id in the wallet")
@@ -126,11 +127,13 @@ def register(sub: Any, data_command: DataCommand) -> None:
 
     cd = _group(sub, "card", "cards")
     p = data_command(cd, "replace", cmd_card_replace, "new card on the same account; wallet tokens follow it")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("card_id", type=int)
     p.add_argument("--pin", help="PIN of the new card (4-12 digits)")
 
     ks = _group(sub, "keys", "HSM key versions")
     p = data_command(ks, "rotate", cmd_keys_rotate, "re-seal the PAN vault under the current (or new) key versions")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("--batch", type=int, default=200, help="cards per transaction")
     p.add_argument("--limit", type=int, help="stop after this many cards and tokens (resume later)")
     mode = p.add_mutually_exclusive_group()
