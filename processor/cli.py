@@ -13,11 +13,16 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
 from processor.logs import quiet_library_deprecations
+
+if TYPE_CHECKING:
+    from hsm_sim import HsmApi
+    from processor.ledger import Store
 
 log = logging.getLogger("processor.cli")
 
@@ -36,8 +41,8 @@ class Runtime:
     """The open store and HSM a command works with."""
 
     settings: Settings
-    store: Any
-    hsm: Any
+    store: Store
+    hsm: HsmApi
 
 
 @contextlib.asynccontextmanager
@@ -86,18 +91,18 @@ async def cmd_init(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import ensure_issuer_keys
 
     if args.bin:
-        await rt.store.set_config("issuer.bin", args.bin)
+        await issuing.config.put(rt.store, issuing.config.ISSUER_BIN, args.bin)
     keys = await ensure_issuer_keys(rt.store, rt.hsm)
     return {
         "db_url": _safe_url(rt.settings.db_url),
         "hsm_url": rt.settings.hsm_url,
-        "bin": await rt.store.get_config("issuer.bin") or _default_bin(),
+        "bin": await issuing.config.issuer_bin(rt.store),
         "keys": keys.as_dict(),
     }
 
 
 async def cmd_cardholder_create(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    cardholder_id = await rt.store.create_cardholder(args.name, args.handle)
+    cardholder_id = await issuing.cardholders.create(rt.store, args.name, args.handle)
     return {"id": cardholder_id, "name": args.name, "handle": args.handle}
 
 
@@ -109,20 +114,20 @@ async def cmd_account_open(rt: Runtime, args: argparse.Namespace) -> dict[str, A
         exponent = exponent_for_alpha(currency)
     except KeyError:
         raise InvalidRequest(f"currency {currency} is not supported") from None
-    account_id = await rt.store.open_account(args.cardholder, args.type, currency)
+    account_id = await ledger.accounts.open_account(rt.store, args.cardholder, args.type, currency)
     if args.deposit:
         amount_minor = parse_amount_minor(args.deposit, exponent)
         if amount_minor:
-            await rt.store.deposit(account_id, amount_minor, reference="opening deposit")
+            await ledger.accounts.deposit(rt.store, account_id, amount_minor, reference="opening deposit")
     return await _account_json(rt, account_id)
 
 
 async def cmd_account_deposit(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.iso8583.currency import exponent_for_alpha
 
-    view = await rt.store.account_view(args.account_id)
+    view = await ledger.accounts.get(rt.store, args.account_id)
     amount_minor = parse_amount_minor(args.amount, exponent_for_alpha(view.currency))
-    await rt.store.deposit(args.account_id, amount_minor, reference=args.reference)
+    await ledger.accounts.deposit(rt.store, args.account_id, amount_minor, reference=args.reference)
     return await _account_json(rt, args.account_id)
 
 
@@ -131,7 +136,7 @@ async def cmd_account_show(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 
 
 async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
-    view = await rt.store.account_view(account_id)
+    view = await ledger.accounts.get(rt.store, account_id)
     return {
         "id": view.id,
         "kind": view.kind,
@@ -164,7 +169,7 @@ async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
         keys,
         account_id=args.account,
         pin=args.pin,
-        bin_prefix=await rt.store.get_config("issuer.bin") or _default_bin(),
+        bin_prefix=await issuing.config.issuer_bin(rt.store),
         chip=not args.magstripe_only,
         active=not args.inactive,
         validity_years=args.years,
@@ -182,7 +187,7 @@ async def cmd_card_reveal(rt: Runtime, args: argparse.Namespace) -> dict[str, An
     """Detokenize for an operator: the HSM opens the sealed PAN and its audit log records who and why."""
     if not args.operator.strip() or not args.reason.strip():
         raise InvalidRequest("card reveal needs --operator and --reason")
-    card = await rt.store.get_card(args.card_id)
+    card = await issuing.cards.get(rt.store, args.card_id)
     pan = await rt.hsm.reveal_pan(card.sealed_pan, card.data_key_version, operator=args.operator, reason=args.reason)
     log.warning("card %d revealed by %s: %s", args.card_id, args.operator, args.reason)
     return {"id": args.card_id, "pan": pan, "token": card.token, "operator": args.operator, "reason": args.reason}
@@ -214,13 +219,13 @@ async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
 
 async def cmd_card_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     status = CARD_ACTIONS[args.card_command]
-    await rt.store.set_card_status(args.card_id, status)
-    card = await rt.store.get_card(args.card_id)
+    await issuing.cards.set_status(rt.store, args.card_id, status)
+    card = await issuing.cards.get(rt.store, args.card_id)
     return {"id": args.card_id, "status": card.status, "last4": card.last4, "token": card.token}
 
 
 async def cmd_card_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    card = await rt.store.get_card(args.card_id)
+    card = await issuing.cards.get(rt.store, args.card_id)
     return {
         "id": card.card_id,
         "account_id": card.account_id,
@@ -255,10 +260,10 @@ async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 
 
 async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    if await rt.store.get_terminal(args.terminal_id) is None:
+    if await issuing.terminals.get(rt.store, args.terminal_id) is None:
         raise NotFound(f"terminal {args.terminal_id!r} does not exist")
-    closed = await rt.store.list_batches(args.terminal_id, limit=args.limit)
-    open_totals = await rt.store.open_batch_totals(args.terminal_id, args.currency)
+    closed = await ledger.batches.list_closed(rt.store, args.terminal_id, limit=args.limit)
+    open_totals = await ledger.batches.open_totals(rt.store, args.terminal_id, args.currency)
     return {
         "terminal_id": args.terminal_id,
         "open": {"currency": args.currency, **open_totals.as_json()},
@@ -267,8 +272,8 @@ async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[st
 
 
 async def cmd_ledger_check(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    failures = await rt.store.check_invariants()
-    report = await rt.store.ledger_report()
+    failures = await ledger.invariants.check(rt.store)
+    report = await ledger.invariants.report(rt.store)
     result = {"ok": not failures, "failures": failures, "report": report}
     if failures:
         raise LedgerBroken(result)
@@ -276,7 +281,7 @@ async def cmd_ledger_check(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 
 
 async def cmd_holds_expire(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    released = await rt.store.expire_holds(dt.datetime.now(dt.UTC))
+    released = await ledger.holds.expire(rt.store, dt.datetime.now(dt.UTC))
     return {"expired": released}
 
 
@@ -313,12 +318,6 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ------------------------------------------------------------------ plumbing
-
-
-def _default_bin() -> str:
-    from processor.issuing.cards import DEFAULT_BIN
-
-    return DEFAULT_BIN
 
 
 def _safe_url(url: str) -> str:

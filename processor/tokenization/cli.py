@@ -11,24 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from processor.errors import InvalidRequest
-
 log = logging.getLogger("processor.tokenization")
 
 DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
 
 
-def _csv(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    items = tuple(part.strip() for part in text.split(","))
-    if not all(items):
-        raise InvalidRequest(f"list {text!r} has an empty entry; write it as 07,05")
-    return items
-
-
 async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import load_issuer_keys
+    from processor.tokenization.tokens import parse_list
     from processor.tokenization.wallet import provision_token
 
     keys = await load_issuer_keys(rt.store, rt.hsm)
@@ -40,9 +30,9 @@ async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, An
         wallet=args.wallet,
         device_id=args.device,
         requestor_id=args.requestor,
-        entry_modes=_csv(args.entry_modes),
-        mcc_allow=_csv(args.mcc),
-        merchant_allow=_csv(args.merchant),
+        entry_modes=parse_list(args.entry_modes),
+        mcc_allow=parse_list(args.mcc),
+        merchant_allow=parse_list(args.merchant),
         validity_years=args.years,
         wallet_dir=args.wallet_dir,
     )
@@ -52,9 +42,11 @@ async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, An
 
 def _status_command(status: str) -> Callable[[Any, argparse.Namespace], Awaitable[dict[str, Any]]]:
     async def run(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-        await rt.store.set_token_status(args.token_id, status, args.reason)
+        from processor.tokenization import tokens
+
+        await tokens.set_status(rt.store, args.token_id, status, args.reason)
         log.info("token %d -> %s (%s)", args.token_id, status, args.reason or "no reason given")
-        view = await rt.store.get_token(args.token_id)
+        view = await tokens.get(rt.store, args.token_id)
         return {"id": view.id, "card_id": view.card_id, "status": view.status}
 
     run.__name__ = f"cmd_token_{status}"
