@@ -26,7 +26,7 @@ from processor.ledger.models import auths, terminal_batches
 
 IN_BALANCE = "00"
 OUT_OF_BALANCE = "95"
-_APPROVED = ("00", "10")
+_APPROVED = ("approved", "partial")  # ops.Result values of an approval
 _DEBIT_OPS = ("debit", "capture")
 _COUNTED_OPS = (*_DEBIT_OPS, "credit", "reverse")
 
@@ -107,7 +107,7 @@ def _counted_totals(conn: Connection, *where: Any) -> BatchTotals:
     """The totals of the approved debits, credits and reversals among the auths rows `where` selects."""
     a = auths.c
     rows = conn.execute(
-        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(*where, a.op.in_(_COUNTED_OPS), a.rc.in_(_APPROVED))
+        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(*where, a.op.in_(_COUNTED_OPS), a.result.in_(_APPROVED))
     ).all()
     return net_totals(rows)
 

@@ -72,7 +72,7 @@ def check(conn: Connection) -> tuple[list[str], list[str]]:
         )
     for r in conn.execute(
         select(au.hold_id, func.count().label("n"))
-        .where(au.op == "capture", au.rc == "00", au.hold_id.is_not(None))
+        .where(au.op == "capture", au.result == "approved", au.hold_id.is_not(None))
         .group_by(au.hold_id)
         .having(func.count() > 1)
     ):
