@@ -38,6 +38,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 AUDIT_MEMORY_LINES = 10_000
+TRANSACTION_KEYS_KEPT = 4096
 PIN_KEY_TYPES = ("TPK", "ZPK")
 
 
@@ -77,6 +78,9 @@ COMMANDS: dict[str, str] = {
     "T6": "reseal_pan",
     "T8": "rotate_tokenization_keys",
     "NC": "diagnostics",
+    # Terminal message MACs under the DUKPT key of the message's own KSN (X9.24 MAC request/response keys).
+    "MC": "generate_dukpt_mac",
+    "ME": "verify_dukpt_mac",
 }
 CODE_OF = {name: code for code, name in COMMANDS.items()}
 
@@ -184,6 +188,9 @@ class Hsm:
         self.audit = audit
         self._keys: dict[str, bytes] = {}
         self._ipek_cache: dict[tuple[str, bytes], bytes] = {}
+        # Transaction keys of the last DUKPT messages (bounded, oldest dropped first): a request's MAC and
+        # its answer's MAC use the same one.
+        self._transaction_keys: dict[tuple[str, bytes], bytes] = {}
 
     @classmethod
     def ephemeral(cls) -> "Hsm":
@@ -541,6 +548,53 @@ class Hsm:
     @command("key")
     def verify_mac(self, key: str, data: bytes, mac_value: str, *, algorithm: str = "retail") -> bool:
         return hmac.compare_digest(self._mac(key, data, algorithm, "verify_mac").hex().upper(), mac_value.upper())
+
+    # ------------------------------------------------------------ DUKPT MACs of terminal messages
+
+    def _dukpt_mac(self, bdk: str, ksn: str, data: bytes, direction: str, command_name: str) -> bytes:
+        """The MAC of one terminal message under its KSN's DUKPT MAC key, request or response.
+
+        TDES DUKPT (10-byte KSN): ISO 9797-1 algorithm 3 under the X9.24-1 MAC request or response variant
+        of the transaction key. AES DUKPT (12-byte KSN): AES-CMAC (8 bytes) under the X9.24-3 working key
+        for MAC generation (request) or verification (response).
+        """
+        if direction not in ("request", "response"):
+            raise HsmError(st.INVALID_INPUT, f"{command_name}: direction must be 'request' or 'response'")
+        key, info = self._key(bdk, ("BDK",), command_name)
+        if info.algorithm == "AES":
+            raw_ksn = _hex(ksn, "KSN", length=12)
+            initial = self._ipek_cache.get((info.kcv, raw_ksn[:8]))
+            if initial is None:
+                initial = dukpt_aes.derive_initial_key(key, raw_ksn[:8], _aes_key_type(key))
+                self._remember_ipek((info.kcv, raw_ksn[:8]), initial)
+            usage = dukpt_aes.KeyUsage.MAC_GENERATION if direction == "request" else dukpt_aes.KeyUsage.MAC_VERIFICATION
+            return mac.aes_cmac(dukpt_aes.derive_working_key(initial, raw_ksn, usage), bytes(data))
+        raw_ksn = _hex(ksn, "KSN", length=10)
+        # The request's MAC, its PIN block and the answer's MAC share one transaction key: derived once.
+        transaction_key = self._transaction_keys.get((info.kcv, raw_ksn))
+        if transaction_key is None:
+            base = (int.from_bytes(raw_ksn, "big") & ~dukpt.COUNTER_MASK).to_bytes(10, "big")
+            ipek = self._ipek_cache.get((info.kcv, base))
+            if ipek is None:
+                ipek = dukpt.derive_ipek(key, raw_ksn)
+                self._remember_ipek((info.kcv, base), ipek)
+            transaction_key = dukpt.derive_transaction_key(ipek, raw_ksn)
+            if len(self._transaction_keys) >= TRANSACTION_KEYS_KEPT:
+                self._transaction_keys.pop(next(iter(self._transaction_keys)))
+            self._transaction_keys[(info.kcv, raw_ksn)] = transaction_key
+        variant = dukpt.mac_request_key if direction == "request" else dukpt.mac_response_key
+        return mac.retail_mac(variant(transaction_key), bytes(data))
+
+    @command("bdk")
+    def generate_dukpt_mac(self, bdk: str, ksn: str, data: bytes, *, direction: str = "response") -> str:
+        """8-byte MAC (hex) of a terminal message under the DUKPT key of `ksn` (usually the answer's)."""
+        return self._dukpt_mac(bdk, ksn, data, direction, "generate_dukpt_mac").hex().upper()
+
+    @command("bdk")
+    def verify_dukpt_mac(self, bdk: str, ksn: str, data: bytes, mac_value: str, *, direction: str = "request") -> bool:
+        """True when `mac_value` (hex) is the MAC of a terminal message under the DUKPT key of `ksn`."""
+        expected = self._dukpt_mac(bdk, ksn, data, direction, "verify_dukpt_mac").hex().upper()
+        return hmac.compare_digest(expected, str(mac_value).upper())
 
     # ------------------------------------------------------------ tokenization
 
