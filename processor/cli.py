@@ -404,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_tokenization(sub, data_command)
 
+    from processor.settlement.cli import register as register_settlement
+
+    register_settlement(sub, data_command)
+
     p = sub.add_parser("serve", help="run the authorization engine")
     p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on")
     p.set_defaults(func=None, serve=True)

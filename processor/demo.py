@@ -54,6 +54,7 @@ class Day:
     balances: dict[str, Any] = field(default_factory=dict)
     ledger_failures: list[str] = field(default_factory=list)
     ledger_report: dict[str, Any] = field(default_factory=dict)
+    settlement: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -343,6 +344,7 @@ async def run_day(
             close_batches=True,
         )
         store = running.store
+        day.settlement = await _settle_the_day(running, people, workdir)
         day.ledger_failures = await store.check_invariants()
         day.ledger_report = await store.ledger_report()
         for handle in ("ada", "bob", "grace"):
@@ -354,6 +356,52 @@ async def run_day(
             }
     log_handler.flush()
     return day
+
+
+async def _settle_the_day(running: Any, people: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """End of day: an acquiring network's authorizations and clearing file, then settlement and its report.
+
+    The demo's day ends now: its cutoff is set to the next second (UTC), so everything played above falls
+    in the day that is settled.
+    """
+    from processor.settlement import add_network, build_report, load_config, save_config, settle_day, write_html
+    from processor.settlement.day import COMMIT_GRACE
+    from processor.settlement.ingest import ingest_file
+    from terminal_sim.network import AcquiringNetwork
+
+    store, hsm = running.store, running.hsm
+    await add_network(store, "400001", "EuroNet")
+    network = AcquiringNetwork("400001", merchants=3)
+    cards = [CardData.from_issued(people[h], "1234") for h in ("ada", "grace")]
+    async with await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0) as conn:
+        network_day = await network.run(conn, cards, 12)
+    now = dt.datetime.now(dt.UTC)
+    cutoff = now + dt.timedelta(seconds=1)
+    config = await save_config(store, cutoff=cutoff.strftime("%H:%M:%S"), timezone="UTC")
+    business_day = config.calendar.day_of(now)
+    clearing = workdir / "clearing" / "euronet.ipm"
+    written = network.write_clearing_file(
+        network_day, clearing, file_id=f"EURONET-{business_day:%Y%m%d}", business_date=business_day, scenarios=True
+    )
+    ingested = await ingest_file(store, hsm, clearing, config, now=now)
+    end = config.calendar.window(business_day)[1]
+    await asyncio.sleep(max(0.0, (end - dt.datetime.now(dt.UTC)).total_seconds()))
+    summary = await settle_day(store, business_day, config, out_dir=workdir / "settlement", now=end + COMMIT_GRACE)
+    report = await build_report(store, business_day)
+    html = write_html(report, workdir / "settlement" / f"report-{business_day}.html")
+    return {
+        "business_date": business_day.isoformat(),
+        "network": network_day.as_json(),
+        "clearing_file": written["path"],
+        "ingested": {k: ingested[k] for k in ("records", "by_status", "posted", "exceptions")},
+        "merchants": len(summary["merchants"]),
+        "items": summary["items"],
+        "totals": summary["totals"],
+        "networks": summary["networks"],
+        "exceptions": summary["exceptions"],
+        "files": {name: f["path"] for name, f in summary["files"].items()},
+        "report": html,
+    }
 
 
 def _log_to(path: Path) -> logging.Handler:
@@ -379,6 +427,7 @@ def summarize(day: Day) -> dict[str, Any]:
         "load": load,
         "balances": day.balances,
         "ledger": {"ok": not day.ledger_failures, "failures": day.ledger_failures, "report": day.ledger_report},
+        "settlement": day.settlement,
         "elapsed_s": round(time.perf_counter() - day.started, 1),
     }
 
@@ -425,6 +474,16 @@ def print_day(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     print(f"\nLedger check: {'OK' if ledger['ok'] else 'BROKEN'}", file=out)
     for failure in ledger["failures"]:
         print(f"  {failure}", file=out)
+    settled = summary.get("settlement") or {}
+    if settled:
+        print(f"\nSettlement of business day {settled['business_date']}: {settled['items']} transactions, "
+              f"{settled['merchants']} merchants paid; network {settled['network']['approved']} authorizations, "
+              f"clearing file {settled['ingested']['records']} presentments ({settled['ingested']['posted']} posted)", file=out)
+        for kind, n in sorted(settled["exceptions"].items()):
+            print(f"  exception {kind}: {n}", file=out)
+        for name, path in settled["files"].items():
+            print(f"  {name}: {path}", file=out)
+        print(f"  report: {settled['report']}", file=out)
     verdict = "every scenario answered as expected" if summary["ok"] else "SOMETHING WENT WRONG (see above)"
     print(f"\nDay finished in {summary['elapsed_s']} s: {verdict}.", file=out)
 

@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from processor.logs import quiet_library_deprecations
-from terminal_sim.load import load_json_list, parse_mix, print_summary, run_load
+from terminal_sim.load import load_json_list, parse_expect, parse_mix, run_load
+from terminal_sim.load_report import ProgressDisplay, print_summary
 from terminal_sim.batch import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -125,6 +126,9 @@ def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
 
 async def _load(args: argparse.Namespace) -> int:
     host, port = args.tcp
+    # Refuse a bad mix or expectation before --provision writes anything.
+    mix = parse_mix(args.mix) if args.mix else None
+    expected = parse_expect(args.expect)
     chips: list[Any] = []
     if args.cards and args.terminals:
         cards_json, terminals_json = load_json_list(args.cards), load_json_list(args.terminals)
@@ -147,24 +151,26 @@ async def _load(args: argparse.Namespace) -> int:
     for terminal, state in zip(terminals, states):
         if state.exists():
             terminal.dukpt_counter = max(terminal.dukpt_counter, int(json.loads(state.read_text(encoding="utf-8")).get("dukpt_counter", 0)))
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    display = ProgressDisplay()
     try:
-        result = await run_load(
-            host,
-            port,
-            terminals,
-            cards,
-            connections=args.connections,
-            seconds=args.seconds,
-            rate=args.rate,
-            mix=parse_mix(args.mix) if args.mix else None,
-            timeout_s=args.timeout,
-            progress=progress,
-            seed=args.seed,
-            chip_cards=chips,
-            contactless_limit_minor=args.contactless_limit,
-            close_batches=args.close_batches,
-        )
+        with display:
+            result = await run_load(
+                host,
+                port,
+                terminals,
+                cards,
+                connections=args.connections,
+                seconds=args.seconds,
+                rate=args.rate,
+                mix=mix,
+                timeout_s=args.timeout,
+                progress=None if args.quiet else display,
+                seed=args.seed,
+                chip_cards=chips,
+                contactless_limit_minor=args.contactless_limit,
+                close_batches=args.close_batches,
+                expected=expected,
+            )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
         for chip in chips:
@@ -176,6 +182,10 @@ async def _load(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print_summary(summary)
+    if summary["failures"]:
+        for failure in summary["failures"]:
+            print(f"terminal-sim load: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -356,10 +366,49 @@ async def _close_batch(args: argparse.Namespace) -> int:
     return 0 if report.in_balance else 1
 
 
+async def _network(args: argparse.Namespace) -> int:
+    """An acquiring network's day: authorizations of its merchants, then its clearing file."""
+    import datetime as dt
+    from pathlib import Path
+
+    from terminal_sim.iso_client import TerminalConnection
+    from terminal_sim.network import AcquiringNetwork
+
+    cards = [CardData.from_issued(c, c.get("pin")) for c in load_json_list(args.cards)]
+    if not cards:
+        raise ValueError(f"{args.cards} lists no card")
+    network = AcquiringNetwork(args.acquirer, merchants=args.merchants, seed=args.seed)
+    host, port = args.tcp
+    conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+    try:
+        day = await network.run(conn, cards, args.transactions)
+    finally:
+        await conn.close()
+    business_date = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
+    written = network.write_clearing_file(
+        day, Path(args.clearing_file), file_id=args.file_id or f"{args.acquirer}-{business_date:%Y%m%d}-{secrets.token_hex(3)}",
+        business_date=business_date, scenarios=args.scenarios,
+    )
+    result = {**day.as_json(), "clearing_file": written}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"network {args.acquirer}: {result['authorizations']} authorizations, {result['approved']} approved {day.codes}")
+        print(f"clearing file {written['path']} ({written['file_id']}): {written['records']} presentments, "
+              f"control sum {written['control_sum_minor']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("load", help="drive many terminal connections against a running engine")
+    p = sub.add_parser(
+        "load",
+        help="drive many terminal connections against a running engine",
+        description="Drive many terminal connections against a running engine and report throughput, latency "
+        "(percentiles to p99.99, histogram) and answers by kind. Exit 0 when every answer is one its kind expects "
+        "(see --expect), nothing timed out and every batch closed in balance; 1 otherwise; 2 on a usage error.",
+    )
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -384,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--close-batches", action="store_true",
                    help="at the end, every terminal closes its batch (0500) and the summary says which were in balance")
+    p.add_argument("--expect", action="append", metavar="KIND=CODES",
+                   help="response codes a kind may get without failing the run, e.g. purchase=00 (repeatable; default: "
+                   "00 or 51 for purchase, pin, manual, preauth, chip, contactless, wallet; 00 for completion, balance, refund)")
     p.set_defaults(func=_load)
 
     p = sub.add_parser("card", help="serve a personalized chip card (bureau record) to pcscd through vpcd")
@@ -412,6 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=_pos)
+
+    p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
+    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer")
+    p.add_argument("--cards", required=True, help="JSON list of cards as `processor card issue --json` prints them")
+    p.add_argument("--merchants", type=int, default=3, help="merchants behind the connection (1-4)")
+    p.add_argument("--transactions", type=int, default=20)
+    p.add_argument("--clearing-file", required=True, help="where the end-of-day clearing file goes (0600)")
+    p.add_argument("--file-id", help="the file's id (default: acquirer, date and a random suffix)")
+    p.add_argument("--date", help="the network's business date in the file header (default today)")
+    p.add_argument("--scenarios", action="store_true", help="add over-tolerance, unauthorized, duplicate and refund presentments")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_network)
 
     p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")

@@ -100,7 +100,7 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    ctx.terminal = active_terminal(await engine.terminal(ctx.request.terminal_id))
+    ctx.terminal = active_terminal(await engine.sender(ctx.request))
 
 
 async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
@@ -367,6 +367,7 @@ class Engine:
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
+        self._network_cache: dict[str, tuple[float, bool]] = {}
 
     # ------------------------------------------------------------ entry point
 
@@ -393,7 +394,7 @@ class Engine:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
             return None
-        refusal = self._identity_refusal(request, await self.terminal(request.terminal_id))
+        refusal = self._identity_refusal(request, await self.sender(request))
         if refusal is not None:
             # Nothing is recorded for a message that does not come from the terminal it names.
             self._log(request, rc.INVALID_MERCHANT, refusal, started)
@@ -418,7 +419,7 @@ class Engine:
     def _identity_refusal(request: Request, terminal: Terminal | None) -> str | None:
         """Why a message cannot be from the terminal its DE 41 names, or None when it can."""
         if terminal is None:
-            return "unknown terminal: nothing recorded"
+            return "unknown terminal (or a network request without DE 41 and DE 42): nothing recorded"
         if request.merchant_id is None and request.mti in MERCHANT_MTIS:
             return "no merchant (DE 42)"
         if request.merchant_id is not None and request.merchant_id != terminal.merchant_id:
@@ -519,6 +520,10 @@ class Engine:
             pin_try_limit=self.policy.pin_try_limit,
             ksn_counter=ctx.ksn_counter,
             atc=ctx.atc,
+            acquirer_id=req.acquirer_id or "",
+            merchant_id=req.merchant_id or (ctx.terminal.merchant_id if ctx.terminal else ""),
+            mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal and ctx.terminal.mcc else ""),
+            entry_mode=(req.entry_mode or "")[:2],
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
@@ -622,6 +627,32 @@ class Engine:
         )
 
     # ------------------------------------------------------------ look-ups
+
+    async def sender(self, req: Request) -> Terminal | None:
+        """The terminal a message comes from: a registered one by DE 41, or a merchant's terminal of a
+        registered acquiring network (DE 32), which answers for its own terminals; None when neither."""
+        if await self.is_network(req.acquirer_id):
+            if not req.terminal_id or not req.merchant_id:
+                return None
+            return Terminal(
+                terminal_id=req.terminal_id, merchant_id=req.merchant_id, mcc=req.mcc, status="active",
+                bdk_kcv=None, initial_ksn=None, chip_capable=True,
+            )
+        return await self.terminal(req.terminal_id)
+
+    async def is_network(self, acquirer_id: str | None) -> bool:
+        """True when DE 32 names a registered acquiring network (`processor settle network add`), cached briefly."""
+        if not acquirer_id:
+            return False
+        now = time.monotonic()
+        hit = self._network_cache.get(acquirer_id)
+        if hit is not None and now - hit[0] < self._terminal_cache_s:
+            return hit[1]
+        found = await self.store.get_config(f"network.{acquirer_id}") is not None
+        if len(self._network_cache) >= self._terminal_cache_max:
+            self._network_cache.clear()
+        self._network_cache[acquirer_id] = (now, found)
+        return found
 
     async def terminal(self, terminal_id: str | None) -> Terminal | None:
         """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from processor.ledger.models import Base
+import processor.settlement.models  # noqa: F401  (settlement tables share this history)
 
 config = context.config
 target_metadata = Base.metadata
