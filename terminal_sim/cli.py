@@ -8,10 +8,12 @@ import itertools
 import json
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from processor import issuing
 from processor.logs import quiet_library_deprecations
-from terminal_sim.load import load_json_list, parse_expect, parse_mix, run_load
+from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
 from terminal_sim.load_report import ProgressDisplay, print_summary
 from terminal_sim.batch import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
@@ -81,7 +83,7 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
     transport_key = None
     if os.environ.get(TRANSPORT_KEY_ENV):
         candidate = transport_key_from_env()
-        if kcv(candidate, "AES") == await store.get_config(BUREAU_KEK_CONFIG):
+        if kcv(candidate, "AES") == await issuing.config.get(store, BUREAU_KEK_CONFIG):
             transport_key = candidate
     if transport_key is None:
         ceremony = await form_bureau_key(store, hsm)
@@ -103,6 +105,14 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
             chips.append(ChipCard(open_record(read_record(token["wallet_file"]), transport_key), card_id=card_id,
                                   account_id=card.get("account_id"), is_wallet=True))
     return chips
+
+
+async def _broker_accounts(directory: str, terminal_ids: list[str]) -> dict[str, str]:
+    """Broker accounts for the terminals, created through the broker's admin account (same machine)."""
+    from processor.transport.broker import BrokerAdmin, BrokerDir
+
+    async with BrokerAdmin(BrokerDir(directory).url("admin")) as admin:
+        return await admin.add_terminals(list(dict.fromkeys(terminal_ids)))
 
 
 def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
@@ -141,6 +151,17 @@ async def _load(args: argparse.Namespace) -> int:
         return 2
     cards = [CardData.from_issued(c, c.get("pin")) for c in cards_json]
     terminals = [PosTerminal.from_registered(t) for t in terminals_json]
+    mqtt = None
+    if args.mqtt:
+        passwords = {str(t["terminal_id"]): str(t["mqtt_password"]) for t in terminals_json if t.get("mqtt_password")}
+        if args.broker_dir:
+            passwords.update(await _broker_accounts(args.broker_dir, [t.terminal_id for t in terminals]))
+        missing = [t.terminal_id for t in terminals if t.terminal_id not in passwords]
+        if missing:
+            print(f"terminal-sim: no broker password for terminal {missing[0]}: give each terminal an mqtt_password "
+                  "in the --terminals file, or --broker-dir to create the accounts", file=sys.stderr)
+            return 2
+        mqtt = MqttTarget(args.mqtt, passwords, retry_after_s=args.retry_after)
     # A terminal's STAN never restarts: two runs a moment apart must not reuse (terminal, STAN, second).
     start = secrets.randbelow(900_000) + 1
     for terminal in terminals:
@@ -170,6 +191,7 @@ async def _load(args: argparse.Namespace) -> int:
                 contactless_limit_minor=args.contactless_limit,
                 close_batches=args.close_batches,
                 expected=expected,
+                mqtt=mqtt,
             )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
@@ -197,15 +219,16 @@ def _card(args: argparse.Namespace) -> int:
 
     from terminal_sim.bureau import load_profile, state_path
     from terminal_sim.emv.card import VirtualCard
-    from terminal_sim.vpcd import VpcdCardServer
+    from terminal_sim.vpcd import VpcdCardServer, card_protocol
 
     if not args.vpcd:
         print("terminal-sim card: only --vpcd is offered (serve the card to pcscd's vpcd reader)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    protocol = card_protocol(args.interface == "contactless", args.protocol)
     profile = load_profile(args.bureau_dir, args.card_id, contactless=args.interface == "contactless")
     card = VirtualCard(profile, state_path(args.bureau_dir, args.card_id))
-    server = VpcdCardServer(card, args.host, args.port)
+    server = VpcdCardServer(card, args.host, args.port, protocol=protocol)
 
     def _on_signal(signum: int, frame: object) -> None:
         server.request_stop()
@@ -222,8 +245,8 @@ def _announce(server: Any, profile: Any, args: argparse.Namespace) -> None:
 
     if server.wait_connected(30.0):
         print(
-            f"card {args.card_id} ({mask_pan(profile.pan)}, {args.interface}, ATC {server.card.atc}) "
-            f"in the vpcd reader at {args.host}:{args.port}",
+            f"card {args.card_id} ({mask_pan(profile.pan)}, {args.interface}, {server.protocol}, ATR {server.atr.hex().upper()}, "
+            f"ATC {server.card.atc}) in the vpcd reader at {args.host}:{args.port}",
             file=sys.stderr,
             flush=True,
         )
@@ -243,8 +266,9 @@ def _parse_amount(text: str) -> int:
     return int(minor)
 
 
-def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any]:
-    """The terminal from its file, with its DUKPT counter and STAN carried over from its last run."""
+def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any, dict[str, Any]]:
+    """The terminal from its file, with its DUKPT counter and STAN carried over from its last run;
+    also the state file's path and the file's entry (which may carry the terminal's mqtt_password)."""
     from pathlib import Path
 
     entries = load_json_list(path) if not Path(path).read_text(encoding="utf-8").lstrip().startswith("{") else [
@@ -262,7 +286,7 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
         terminal._stan = itertools.count(int(saved.get("next_stan", 1)))
         if saved.get("batch"):
             terminal.batch = TerminalBatch.from_state(saved["batch"])
-    return terminal, state
+    return terminal, state, entries[0]
 
 
 def _state_path(path: str, terminal_id: str) -> Any:
@@ -292,21 +316,37 @@ def _save_terminal(terminal: PosTerminal, state: Any) -> None:
     os.replace(tmp, state)
 
 
+def _connector(args: argparse.Namespace, terminal: PosTerminal, registered: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+    """Opens the terminal's link to the engine: TCP (--tcp), or its own broker account (--mqtt)."""
+    if args.mqtt:
+        from terminal_sim.mqtt_client import MqttTerminalConnection
+
+        async def over_mqtt() -> Any:
+            return await MqttTerminalConnection.connect(args.mqtt, terminal.terminal_id,
+                                                        password=registered.get("mqtt_password"), timeout_s=args.timeout)
+
+        return over_mqtt
+    from terminal_sim.iso_client import TerminalConnection
+
+    host, port = args.tcp
+
+    async def over_tcp() -> Any:
+        return await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+
+    return over_tcp
+
+
 async def _pos(args: argparse.Namespace) -> int:
     """One chip or contactless transaction with the card in a PC/SC reader."""
     from terminal_sim.chip_pos import chip_transaction
-    from terminal_sim.iso_client import TerminalConnection
     from terminal_sim.nfc import ContactlessTerminal, PinRequired
     from terminal_sim.pcsc import PcscReader
 
-    host, port = args.tcp
-    terminal, state = _load_terminal(args.terminal, args.terminal_id)
+    terminal, state, registered = _load_terminal(args.terminal, args.terminal_id)
     reader = PcscReader(args.reader)
     reader.connect(timeout_s=args.card_timeout)
     contactless = args.interface == "contactless"
-
-    async def reconnect() -> TerminalConnection:
-        return await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+    reconnect = _connector(args, terminal, registered)
 
     try:
         conn = await reconnect()
@@ -343,12 +383,10 @@ async def _pos(args: argparse.Namespace) -> int:
 async def _close_batch(args: argparse.Namespace) -> int:
     """Close the terminal's batch: its totals (0500) against the engine's (0510)."""
     from terminal_sim.batch import close_batch
-    from terminal_sim.iso_client import TerminalConnection
 
-    host, port = args.tcp
-    terminal, state = _load_terminal(args.terminal, args.terminal_id)
+    terminal, state, registered = _load_terminal(args.terminal, args.terminal_id)
     try:
-        conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+        conn = await _connector(args, terminal, registered)()
         try:
             report = await close_batch(conn, terminal, timeout_s=args.timeout)
         finally:
@@ -364,6 +402,11 @@ async def _close_batch(args: argparse.Namespace) -> int:
         if h is not None:
             print(f"  engine    debits {h.debits_count} ({h.debits_minor})  credits {h.credits_count} ({h.credits_minor})")
     return 0 if report.in_balance else 1
+
+
+def _mqtt_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mqtt", metavar="URL", help="reach the engines through this MQTT broker instead of --tcp: "
+                   "mqtt://[TERMINAL:PASSWORD@]HOST:PORT (else each terminal's mqtt_password from its file)")
 
 
 async def _network(args: argparse.Namespace) -> int:
@@ -410,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(see --expect), nothing timed out and every batch closed in balance; 1 otherwise; 2 on a usage error.",
     )
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    _mqtt_option(p)
+    p.add_argument("--broker-dir", help="with --mqtt: the processor's broker folder, to create the terminals' "
+                   "broker accounts (same machine)")
+    p.add_argument("--retry-after", type=float, default=1.0,
+                   help="with --mqtt: seconds before an unanswered request is published again (an engine may have died)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, help="fixed overall request rate per second (default: as fast as answered)")
@@ -444,26 +492,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bureau-dir", default="card-bureau", help="folder of bureau records (default ./card-bureau)")
     p.add_argument("--interface", choices=("contact", "contactless"), default="contact",
                    help="answer as a contact (PSE) or contactless (PPSE, qVSDC) card")
+    p.add_argument("--protocol", choices=("T=0", "T=1"),
+                   help="transmission protocol the ATR offers and the card speaks (default: T=0 contact, T=1 contactless)")
     p.add_argument("--host", default="127.0.0.1", help="vpcd driver address")
     p.add_argument("--port", type=int, default=35963, help="vpcd driver port")
     p.set_defaults(func=_card)
 
-    p = sub.add_parser("pos", help="one chip transaction with the card in a PC/SC reader (exit 0 approved, 1 declined)")
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
-    p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
-    p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
-                   "its DUKPT counter and STAN are kept next to it in FILE.ID.state")
-    p.add_argument("--terminal-id", help="which terminal when the file lists several")
-    p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
-    p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
-    p.add_argument("--interface", choices=("contact", "contactless"), default="contact")
-    p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
-    p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization")
-    p.add_argument("--processing-code", default="000000")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
-    p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
-    p.set_defaults(func=_pos)
+    for name, interface, text in (
+        ("pos", "contact", "one chip transaction with the card in a PC/SC reader (exit 0 approved, 1 declined)"),
+        ("nfc", "contactless", "one contactless tap of the card in a PC/SC reader (exit 0 approved, 1 declined)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+        _mqtt_option(p)
+        p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
+        p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
+                       "its DUKPT counter and STAN are kept next to it in FILE.ID.state")
+        p.add_argument("--terminal-id", help="which terminal when the file lists several")
+        p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
+        p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
+        p.add_argument("--interface", choices=("contact", "contactless"), default=interface)
+        p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
+        p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization")
+        p.add_argument("--processing-code", default="000000")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
+        p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
+        p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+        p.set_defaults(func=_pos)
 
     p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
@@ -482,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    _mqtt_option(p)
     p.add_argument("--terminal", required=True, help="terminal JSON file, as for `pos` (its batch is kept in FILE.ID.state)")
     p.add_argument("--terminal-id", help="which terminal when the file lists several")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (the 0500 is sent again)")

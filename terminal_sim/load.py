@@ -317,9 +317,12 @@ async def run_load(
     contactless_limit_minor: int = DEFAULT_CONTACTLESS_LIMIT_MINOR,
     close_batches: bool = False,
     expected: dict[str, frozenset[str]] | None = None,
+    mqtt: MqttTarget | None = None,
 ) -> LoadResult:
     """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does.
 
+    Over TCP (host, port) each of the `connections` sessions has a connection of its own. Over MQTT
+    (`mqtt` given; host and port unused) each terminal has one broker connection, shared by its sessions.
     With `close_batches`, every terminal closes its batch (0500) at the end and the result says which
     were in balance with the engine's totals.
     """
@@ -330,9 +333,14 @@ async def run_load(
         for terminal in terminals:
             workload.swipeable(terminal)
     result = LoadResult(seconds=seconds, connections=connections, expected=expected or dict(EXPECTED_CODES))
-    conns = [
-        await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
-    ]
+    if mqtt is None:
+        conns: list[Any] = [
+            await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
+        ]
+        by_terminal: dict[str, Any] = {}
+    else:
+        by_terminal = await mqtt.connect_all(terminals, timeout_s=timeout_s)
+        conns = [by_terminal[terminals[i % len(terminals)].terminal_id] for i in range(connections)]
     started = time.perf_counter()
     deadline = started + seconds
     tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
@@ -444,30 +452,63 @@ async def run_load(
     try:
         await asyncio.wait(tasks, timeout=seconds + timeout_s * 2 + 5)
         if close_batches:
-            result.batches = await _close_batches(conns, terminals, timeout_s)
+            result.batches = await _close_batches(conns, by_terminal, terminals, timeout_s)
     finally:
         for task in tasks + helpers:
             task.cancel()
         await asyncio.gather(*tasks, *helpers, return_exceptions=True)
-        for conn in conns:
+        for conn in {id(c): c for c in [*conns, *by_terminal.values()]}.values():
             await conn.close()
     result.seconds = time.perf_counter() - started
     return result
 
 
-async def _close_batches(conns: list[TerminalConnection], terminals: list[PosTerminal], timeout_s: float) -> list[BatchReport]:
-    """Close each terminal's batch once, on the first connection still open."""
+async def _close_batches(
+    conns: list[Any], by_terminal: dict[str, Any], terminals: list[PosTerminal], timeout_s: float
+) -> list[BatchReport]:
+    """Close each terminal's batch once: on its own broker connection, or on the first TCP connection still open."""
     reports = []
     seen: set[int] = set()
     for terminal in terminals:
         if id(terminal) in seen:
             continue
         seen.add(id(terminal))
-        conn = next((c for c in conns if not c.closed), None)
-        if conn is None:
-            raise ConnectionError("no connection left to close the terminals' batches on")
+        conn = by_terminal.get(terminal.terminal_id) or next((c for c in conns if not c.closed), None)
+        if conn is None or conn.closed:
+            raise ConnectionError(f"no connection left to close the batch of terminal {terminal.terminal_id} on")
         reports.append(await close_batch(conn, terminal, timeout_s=timeout_s))
     return reports
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    """Drive the engines through a broker: its URL, and each terminal's broker password."""
+
+    url: str
+    passwords: dict[str, str] = field(default_factory=dict)
+    retry_after_s: float = 1.0
+    max_in_flight: int = 64
+
+    async def connect_all(self, terminals: list[PosTerminal], *, timeout_s: float) -> dict[str, Any]:
+        """One connection per distinct terminal, opened concurrently; all closed again if one fails."""
+        from terminal_sim.mqtt_client import MqttTerminalConnection
+
+        ids = list(dict.fromkeys(t.terminal_id for t in terminals))
+        opened = await asyncio.gather(
+            *(
+                MqttTerminalConnection.connect(self.url, tid, password=self.passwords.get(tid), timeout_s=timeout_s,
+                                               retry_after_s=self.retry_after_s, max_in_flight=self.max_in_flight)
+                for tid in ids
+            ),
+            return_exceptions=True,
+        )
+        failure = next((c for c in opened if isinstance(c, BaseException)), None)
+        if failure is not None:
+            for conn in opened:
+                if not isinstance(conn, BaseException):
+                    await conn.close()
+            raise failure
+        return dict(zip(ids, opened, strict=True))
 
 
 def load_json_list(path: str) -> list[dict[str, Any]]:

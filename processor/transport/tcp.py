@@ -192,9 +192,12 @@ class TcpServer:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8583) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 8583, *, reuse_port: bool = False) -> None:
+        """Listen; with `reuse_port` other processes may listen on the same port (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
+        )
         log.info("listening on %s:%d", host, self.port)
 
     async def serve_forever(self) -> None:

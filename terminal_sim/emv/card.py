@@ -7,9 +7,8 @@ DATA and VERIFY (plaintext offline PIN).
 
 Cryptogram input (what the issuer recomputes)
 ---------------------------------------------
-The card MACs ``arqc_transaction_data(tags, cvn)`` from
-:mod:`processor.auth.cryptogram`, independent of the order of the card's CDOL1
-or PDOL::
+The card MACs ``cryptogram.mac_input(...)`` (:mod:`terminal_sim.emv.cryptogram`, the
+card's own code), independent of the order of the card's CDOL1 or PDOL::
 
     9F02 ‖ 9F03 ‖ 9F1A ‖ 95 ‖ 5F2A ‖ 9A ‖ 9C ‖ 9F37 ‖ 82 ‖ 9F36 ‖ X
     X = CVR (9F10 bytes 4-7) for CVN 10, the whole 9F10 for CVN 18
@@ -48,10 +47,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyemv import ac as _ac
-from pyemv import kd as _kd
 
-from terminal_sim.emv import tlv
-from processor.auth.cryptogram import arqc_transaction_data
+from terminal_sim.emv import cryptogram, tlv
 
 __all__ = [
     "PSE_NAME",
@@ -91,8 +88,6 @@ APPROVING_ARCS = frozenset({b"00", b"08", b"10", b"11", b"Y1", b"Y3"})
 
 DEFAULT_PDOL = "9F66049F02069F03069F1A0295055F2A029A039C019F3704"
 DEFAULT_CDOL1 = "9F02069F03069F1A0295055F2A029A039C019F3704"
-# Answer to reset: T=1 only (TD1 = 01), historical bytes "VCARD", TCK.
-DEFAULT_ATR = "3B85015643415244C6"
 _MAX_ATC = 0xFFFF
 _ISSUER_AUTH_LEN = {1: 10, 2: 8}  # tag 91 length by ARPC method
 
@@ -176,7 +171,6 @@ class CardProfile:
     payment_account_reference: str | None = None
     gen_ac_format1: bool = False
     arpc_method: int = 1
-    atr: str = DEFAULT_ATR
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ValueError:
@@ -386,15 +380,9 @@ class VirtualCard:
         self,
         profile: CardProfile,
         state_path: Path | None = None,
-        *,
-        t0_get_response: bool = False,
     ) -> None:
         self.profile = profile
         self._state_path = Path(state_path) if state_path is not None else None
-        # Answer case 4 commands with 61xx and hand the data out by GET RESPONSE, as a
-        # T=0 card does.
-        self._t0 = t0_get_response
-        self._pending = b""
         self._state = self._load_state()
         self._reset_transaction()
 
@@ -418,10 +406,6 @@ class VirtualCard:
     def pin_tries_left(self) -> int:
         return self._state.pin_tries_left
 
-    @property
-    def atr(self) -> bytes:
-        return bytes.fromhex(self.profile.atr)
-
     # ---- transaction state ------------------------------------------------
 
     def _reset_transaction(self) -> None:
@@ -431,7 +415,6 @@ class VirtualCard:
         self._completed = False
         self._pin_verified = False
         self._pin_failed = False
-        self._pending = b""
 
     def reset(self) -> None:
         """Cold/warm reset: the selected application and transaction are forgotten."""
@@ -440,31 +423,17 @@ class VirtualCard:
     # ---- APDU dispatch ----------------------------------------------------
 
     def process_apdu(self, apdu: bytes) -> bytes:
-        """Answer one command APDU with response data followed by SW1 SW2."""
+        """Answer one command APDU with response data followed by SW1 SW2, as at the APDU level (T=1, or
+        T=CL contactless); `terminal_sim.vpcd.T0Transmission` carries the same answers over T=0."""
         try:
             cmd = _Apdu(bytes(apdu))
-            if cmd.cla == 0x00 and cmd.ins == 0xC0:
-                return self._get_response(cmd)
-            self._pending = b""
             data = self._dispatch(cmd)
         except _SwError as e:
             return e.sw
-        if self._t0 and cmd.case == 4 and data:
-            self._pending = data
-            return bytes([0x61, len(data) & 0xFF])
         if cmd.case == 2 and cmd.le not in (None, 256) and cmd.le != len(data) and data:
             # Wrong Le on a case 2 command: tell the terminal the right one.
             return bytes([0x6C, len(data) & 0xFF])
         return data + SW_OK
-
-    def _get_response(self, cmd: _Apdu) -> bytes:
-        if not self._pending:
-            return SW_CONDITIONS
-        n = cmd.le or 256
-        chunk, self._pending = self._pending[:n], self._pending[n:]
-        if self._pending:
-            return chunk + bytes([0x61, min(len(self._pending), 256) & 0xFF])
-        return chunk + SW_OK
 
     def _dispatch(self, cmd: _Apdu) -> bytes:
         table = {
@@ -607,13 +576,8 @@ class VirtualCard:
 
     def _cryptogram(self, tags: Mapping[str, bytes]) -> bytes:
         p = self.profile
-        data = arqc_transaction_data(tags, p.cvn)
-        if p.cvn == 10:
-            return _ac.generate_ac(p.icc_mk_ac, data, _ac.PaddingType.VISA, 8)
-        return _ac.generate_ac(self._session_key(tags["9F36"]), data, _ac.PaddingType.EMV, 8)
-
-    def _session_key(self, atc: bytes) -> bytes:
-        return _kd.derive_common_sk(self.profile.icc_mk_ac, atc + b"\x00" * 6)
+        data = cryptogram.mac_input(tags, tags["82"], tags["9F36"], tags["9F10"], p.cvn)
+        return cryptogram.application_cryptogram(p.icc_mk_ac, tags["9F36"], data, p.cvn)
 
     def _next_atc(self) -> bytes:
         if self._state.atc >= _MAX_ATC:
@@ -724,18 +688,18 @@ class VirtualCard:
         tags["82"] = bytes.fromhex(p.aip)
         tags["9F36"] = self._next_atc()
         tags["9F10"] = self._iad(cvr2, self._cvr_byte3())
-        cryptogram = self._cryptogram(tags)
+        card_cryptogram = self._cryptogram(tags)
         if cid == CID_AAC:
             self._completed = True
         else:
-            self._first_ac = dict(tags) | {"9F26": cryptogram}
-        return self._ac_response(cid, tags, cryptogram)
+            self._first_ac = dict(tags) | {"9F26": card_cryptogram}
+        return self._ac_response(cid, tags, card_cryptogram)
 
     def _issuer_authentication_ok(self, issuer_auth: bytes, arc: bytes) -> bool:
         p = self.profile
         assert self._first_ac is not None
         arqc = self._first_ac["9F26"]
-        key = p.icc_mk_ac if p.cvn == 10 else self._session_key(self._first_ac["9F36"])
+        key = cryptogram.ac_key(p.icc_mk_ac, self._first_ac["9F36"], p.cvn)
         if p.arpc_method == 1:
             arpc, arpc_rc = issuer_auth[:8], issuer_auth[8:10]
             expected = _ac.generate_arpc_1(key, arqc, arpc_rc)
@@ -762,9 +726,9 @@ class VirtualCard:
         tags["95"] = cdol2["95"]
         tags["9F37"] = cdol2["9F37"]
         tags["9F10"] = self._iad(cvr2, cvr3)
-        cryptogram = self._cryptogram(tags)
+        card_cryptogram = self._cryptogram(tags)
         self._completed = True
-        return self._ac_response(cid, tags, cryptogram)
+        return self._ac_response(cid, tags, card_cryptogram)
 
     # ---- GET DATA / VERIFY ------------------------------------------------
 
@@ -851,7 +815,6 @@ class GarbageCard:
     def __init__(self, profile: CardProfile, mode: GarbageMode) -> None:
         self.mode = mode
         self._card = VirtualCard(profile, None)
-        self.atr = self._card.atr
 
     def reset(self) -> None:
         self._card.reset()

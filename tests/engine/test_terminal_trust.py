@@ -13,6 +13,7 @@ import pytest
 from engine_helpers import Issuer, build_issuer
 
 from hsm_sim import connect
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.issuing import load_issuer_keys
 from processor.issuing.terminals import add_terminal
@@ -23,7 +24,7 @@ from terminal_sim.pos import PosTerminal
 
 
 async def recorded(issuer: Issuer) -> int:
-    return sum((await issuer.running.store.ledger_report())["auths_by_rc"].values())
+    return sum((await ledger.invariants.report(issuer.running.store))["auths_by_rc"].values())
 
 
 async def test_an_unregistered_terminal_gets_03_for_every_message_and_nothing_is_recorded(issuer: Issuer) -> None:
@@ -102,7 +103,7 @@ async def test_a_replayed_pin_block_is_refused_and_changes_nothing(issuer: Issue
     assert (await issuer.send(newer))["39"] == "00"
     assert (await issuer.send(older))["39"] == "63"
     assert (await issuer.account("ada")).ledger_minor == 500_00 - 10_00 - 1_00
-    card = await issuer.running.store.get_card(ada.card_id)
+    card = await issuing.cards.get(issuer.running.store, ada.card_id)
     assert card.pin_tries == 0
 
 
@@ -141,7 +142,7 @@ async def test_thirty_concurrent_wrong_pins_on_two_engines_block_the_card(two_en
     codes = sorted(a["39"] for a in answers)
     # Each wrong guess counts once, in the statement that reads the count: two may say "wrong PIN".
     assert codes.count("55") == 2 and codes.count("75") == 28, codes
-    assert (await issuer.running.store.get_card(grace.card_id)).pin_tries >= 3
+    assert (await issuing.cards.get(issuer.running.store, grace.card_id)).pin_tries >= 3
     right = pads[0].card_request(grace, 5_00, entry="magstripe", with_pin=True)
     assert (await conns[1].request(right))["39"] == "75"
     assert (await issuer.account("grace")).ledger_minor == 300_00
