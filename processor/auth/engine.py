@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hsm_sim import HsmError
+from hsm_sim import HsmApi, HsmError
+from processor import issuing, tokenization
 from processor.auth import entry_modes
 from processor.auth.chip import declined_arpc, verify_chip_cryptogram
 from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
@@ -39,7 +40,7 @@ from processor.iso8583 import (
 )
 from processor.iso8583.codec import REQUEST_MTIS
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
-from processor.ledger import ops
+from processor.ledger import StoreInterface, ops
 
 log = logging.getLogger("processor.auth")
 
@@ -150,12 +151,12 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
     ctx.pan = pan
     fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
     if engine.token_bin and pan.startswith(engine.token_bin):
-        found = await engine.store.find_payment_token(fingerprints)
+        found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
         if found is None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
         return
-    card = await engine.store.find_card(fingerprints)
+    card = await issuing.cards.find_by_fingerprints(engine.store, fingerprints)
     if card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
     ctx.card = card
@@ -347,8 +348,8 @@ class Engine:
 
     def __init__(
         self,
-        store: Any,
-        hsm: Any,
+        store: StoreInterface,
+        hsm: HsmApi,
         keys: IssuerKeys,
         *,
         policy: Policy | None = None,
@@ -513,7 +514,7 @@ class Engine:
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
-    def _approval_op(self, ctx: AuthContext, *, force: bool) -> Any:
+    def _approval_op(self, ctx: AuthContext, *, force: bool) -> ops.AnyOp:
         req = ctx.request
         common = self._op_common(ctx, amount_minor=req.amount_minor or 0)
         partial_ok = bool(req.de48.get("partial_ok"))
@@ -532,7 +533,7 @@ class Engine:
             )
         return ops.Debit(**common, partial_ok=partial_ok, force=force, kind="cash" if kind == "cash" else "purchase")
 
-    def _increment_op(self, ctx: AuthContext) -> Any:
+    def _increment_op(self, ctx: AuthContext) -> ops.Increment:
         req = ctx.request
         return ops.Increment(
             **self._op_common(ctx, amount_minor=req.amount_minor or 0),
@@ -548,7 +549,7 @@ class Engine:
 
     # ------------------------------------------------------------ answers and logs
 
-    def _answer(self, ctx: AuthContext, outcome: Any) -> dict[str, Any]:
+    def _answer(self, ctx: AuthContext, outcome: ops.AuthOutcome) -> dict[str, Any]:
         req = ctx.request
         approved = outcome.rc in (rc.APPROVED, rc.PARTIAL_APPROVAL)
         balances: list[Balance] | None = None
@@ -622,7 +623,7 @@ class Engine:
         hit = self._network_cache.get(acquirer_id)
         if hit is not None and now - hit[0] < self._terminal_cache_s:
             return hit[1]
-        found = await self.store.get_config(f"network.{acquirer_id}") is not None
+        found = await issuing.config.get(self.store, f"network.{acquirer_id}") is not None
         if len(self._network_cache) >= self._terminal_cache_max:
             self._network_cache.clear()
         self._network_cache[acquirer_id] = (now, found)
@@ -636,7 +637,7 @@ class Engine:
         hit = self._terminal_cache.get(terminal_id)
         if hit is not None and now - hit[0] < self._terminal_cache_s:
             return hit[1]
-        row = await self.store.get_terminal(terminal_id)
+        row = await issuing.terminals.get(self.store, terminal_id)
         terminal = None
         if row is not None:
             terminal = Terminal(
