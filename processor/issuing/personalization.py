@@ -69,7 +69,7 @@ async def form_bureau_key(store: StoreInterface, hsm: HsmApi, components: list[s
     return result
 
 
-async def record_bureau_key(store: Any, hsm: Any, kcv: str) -> dict[str, Any]:
+async def record_bureau_key(store: StoreInterface, hsm: HsmApi, kcv: str) -> dict[str, Any]:
     """Use as the bureau's transport key an AES KEK that custodians formed (or imported) in the HSM."""
     info = await hsm.key_info(kcv)
     if info.key_type != "KEK" or info.algorithm != "AES" or info.origin not in ("components", "imported"):
@@ -77,7 +77,7 @@ async def record_bureau_key(store: Any, hsm: Any, kcv: str) -> dict[str, Any]:
             f"key {info.kcv} is a {info.algorithm} {info.key_type} ({info.origin}); the bureau's transport key is an AES KEK "
             "formed by two custodians (hsm-sim keys component KEK --algorithm AES ...) or imported"
         )
-    await store.set_config(BUREAU_KEK_CONFIG, info.kcv)
+    await config.put(store, BUREAU_KEK_CONFIG, info.kcv)
     return {"kcv": info.kcv}
 
 
