@@ -9,7 +9,6 @@ a specific status.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import hmac
 import json
