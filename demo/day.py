@@ -225,7 +225,7 @@ async def _play_scenarios(
 
 async def _close_batches(day: Day, conn: TerminalConnection, terminals: dict[str, PosTerminal]) -> None:
     """End of day at every merchant: each terminal's totals (0500) against the issuer's."""
-    from terminal_sim.batch import close_batch
+    from terminal_sim.batch_close import close_batch
 
     web = terminals["online"]
     # The web shop's journal lost its last sale (a crash between the answer and the write): out of balance.

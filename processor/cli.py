@@ -11,18 +11,15 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from processor import issuing, ledger
+from processor.commands import Runtime
 from processor.config import Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
 from processor.logs import quiet_library_deprecations
 
-if TYPE_CHECKING:
-    from hsm_sim import HsmApi
-    from processor.ledger import Store
 
 log = logging.getLogger("processor.cli")
 
@@ -34,15 +31,6 @@ CARD_ACTIONS = {
     "report-stolen": "stolen",
     "close": "closed",
 }
-
-
-@dataclass
-class Runtime:
-    """The open store and HSM a command works with."""
-
-    settings: Settings
-    store: Store
-    hsm: HsmApi
 
 
 @contextlib.asynccontextmanager
@@ -160,9 +148,9 @@ async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
 
 
 async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import issue_card, load_issuer_keys
+    from processor.issuing import issue_card
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     card = await issue_card(
         rt.store,
         rt.hsm,
@@ -194,10 +182,9 @@ async def cmd_card_reveal(rt: Runtime, args: argparse.Namespace) -> dict[str, An
 
 
 async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import load_issuer_keys
     from processor.issuing.personalization import personalize
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     record, path = await personalize(
         rt.store, rt.hsm, keys, args.card_id, directory=args.bureau_dir, cvn=args.cvn, contactless=not args.contact_only
     )
@@ -222,7 +209,7 @@ async def cmd_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]
 
     if args.cardholders < 1 or args.terminals < 1:
         raise InvalidRequest("provision needs at least one cardholder and one terminal")
-    keys = await issuing.keys.load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     population = await issuing.provisioning.provision(
         rt.store,
         rt.hsm,
@@ -275,10 +262,9 @@ async def cmd_card_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]
 
 
 async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import load_issuer_keys
     from processor.issuing.terminals import add_terminal
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     return (
         await add_terminal(
             rt.store,
@@ -297,8 +283,8 @@ async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     if await issuing.terminals.get(rt.store, args.terminal_id) is None:
         raise NotFound(f"terminal {args.terminal_id!r} does not exist")
-    closed = await ledger.batches.list_closed(rt.store, args.terminal_id, limit=args.limit)
-    open_totals = await ledger.batches.open_totals(rt.store, args.terminal_id, args.currency)
+    closed = await ledger.terminal_batches.list_closed(rt.store, args.terminal_id, limit=args.limit)
+    open_totals = await ledger.terminal_batches.open_totals(rt.store, args.terminal_id, args.currency)
     return {
         "terminal_id": args.terminal_id,
         "open": {"currency": args.currency, **open_totals.as_json()},

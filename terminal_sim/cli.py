@@ -9,11 +9,12 @@ import json
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
 from terminal_sim.load_report import ProgressDisplay, print_summary
-from terminal_sim.batch import TerminalBatch
+from terminal_sim.journal import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
 
 
@@ -267,8 +268,6 @@ def _parse_amount(text: str) -> int:
 def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any, dict[str, Any]]:
     """The terminal from its file, with its DUKPT counter and STAN carried over from its last run;
     also the state file's path and the file's entry (which may carry the terminal's mqtt_password)."""
-    from pathlib import Path
-
     entries = load_json_list(path) if not Path(path).read_text(encoding="utf-8").lstrip().startswith("{") else [
         json.loads(Path(path).read_text(encoding="utf-8"))
     ]
@@ -287,14 +286,12 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
     return terminal, state, entries[0]
 
 
-def _save_terminal(terminal: PosTerminal, state: Any) -> None:
-    import os
+def _save_terminal(terminal: PosTerminal, state: Path) -> None:
+    from terminal_sim.files import write_private
 
     next_stan = int(terminal.next_stan())  # the first STAN not yet sent
-    tmp = state.with_name(state.name + ".tmp")
     saved = {"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan, "batch": terminal.batch.as_state()}
-    tmp.write_text(json.dumps(saved), encoding="utf-8")
-    os.replace(tmp, state)
+    write_private(state, json.dumps(saved).encode())
 
 
 def _connector(args: argparse.Namespace, terminal: PosTerminal, registered: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
@@ -363,7 +360,7 @@ async def _pos(args: argparse.Namespace) -> int:
 
 async def _close_batch(args: argparse.Namespace) -> int:
     """Close the terminal's batch: its totals (0500) against the engine's (0510)."""
-    from terminal_sim.batch import close_batch
+    from terminal_sim.batch_close import close_batch
 
     terminal, state, registered = _load_terminal(args.terminal, args.terminal_id)
     try:
@@ -393,8 +390,6 @@ def _mqtt_option(p: argparse.ArgumentParser) -> None:
 async def _network(args: argparse.Namespace) -> int:
     """An acquiring network's day: authorizations of its merchants, then its clearing file."""
     import datetime as dt
-    from pathlib import Path
-
     from terminal_sim.iso_client import TerminalConnection
     from terminal_sim.network import AcquiringNetwork
 

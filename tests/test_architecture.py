@@ -145,3 +145,7 @@ def test_the_three_programs_and_the_harness_import_only_what_they_may() -> None:
     }
     assert not {t for s, t in imports if not s.startswith("demo") and t.startswith("demo")}
 
+
+
+def test_terminal_sim_has_no_import_cycle() -> None:
+    assert cycles(import_graph(["terminal_sim"])) == []
