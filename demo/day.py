@@ -14,8 +14,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import os
 import logging
+import os
 import sys
 import tempfile
 import time
