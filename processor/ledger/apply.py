@@ -31,6 +31,10 @@ class LedgerBug(AssertionError):
     """An internal consistency check failed before writing (for example postings that do not balance)."""
 
 
+class KeySerialReplayed(Exception):
+    """A terminal's message under a DUKPT counter it already used: nothing was applied."""
+
+
 class Conflict(Exception):
     """A row changed under the transaction between two of its statements; the batch is retried."""
 
@@ -231,7 +235,7 @@ def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState)
 def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.AnyOp:
     """Count a PIN try, claim the terminal's DUKPT counter and the card's ATC; a refused claim declines the op."""
     if op.ksn_counter is not None and op.terminal_id:
-        if conn.execute(_CLAIM_KSN, {"tid": op.terminal_id, "counter": op.ksn_counter}).rowcount != 1:
+        if not claim_ksn_counter(conn, op.terminal_id, op.ksn_counter):
             reason = f"DUKPT counter {op.ksn_counter} is not above the terminal's last one: replayed key serial number"
             return _declined(op, Result.REPLAYED_KEY_SERIAL, reason)
     if op.pin is not None and op.card_id is not None:
@@ -253,6 +257,11 @@ def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.A
         if conn.execute(claim, params).rowcount != 1:
             return _declined(op, Result.REPLAYED_CRYPTOGRAM, f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram")
     return op
+
+
+def claim_ksn_counter(conn: Connection, terminal_id: str, counter: int) -> bool:
+    """Make `counter` the terminal's highest DUKPT counter if it is above the last one; False otherwise."""
+    return conn.execute(_CLAIM_KSN, {"tid": terminal_id, "counter": counter}).rowcount == 1
 
 
 def _declined(op: ops.AnyOp, result: Result, reason: str) -> ops.Decline:
@@ -792,4 +801,4 @@ _HANDLERS: dict[type, Any] = {
     ops.Decline: _decline,
 }
 
-__all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]
+__all__ = ["BatchState", "claim_ksn_counter", "Conflict", "KeySerialReplayed", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]
