@@ -90,6 +90,7 @@ class PosTerminal:
     chip_capable: bool = True
     batch: TerminalBatch = field(default_factory=TerminalBatch)
     _stan: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _last_key: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_registered(cls, registered: dict[str, Any], currency_numeric: str = "978") -> "PosTerminal":
@@ -113,8 +114,14 @@ class PosTerminal:
         return f"{int(self.initial_ksn, 16) | self.dukpt_counter:020X}"
 
     def _transaction_key(self, ksn: str) -> bytes:
+        """The DUKPT transaction key of `ksn`; its PIN block, its MAC and the answer's MAC share it."""
         assert self.ipek is not None
-        return derive_transaction_key(bytes.fromhex(self.ipek), bytes.fromhex(ksn))
+        last = self._last_key
+        if last is not None and last[0] == ksn:
+            return last[1]
+        key = derive_transaction_key(bytes.fromhex(self.ipek), bytes.fromhex(ksn))
+        self._last_key = (ksn, key)
+        return key
 
     def owns(self, ksn: str) -> bool:
         """The KSN is one of this terminal's (its initial KSN but for the counter)."""

@@ -161,27 +161,20 @@ _RESET_PIN_TRIES = (
     .where(cards.c.id == bindparam("cid"), cards.c.pin_tries < bindparam("limit"))
     .values(pin_tries=0, updated_at=bindparam("at"))
 )
-_CLAIM_KSN = (
-    update(terminals)
-    .where(
-        terminals.c.terminal_id == bindparam("tid"),
-        (terminals.c.ksn_counter.is_(None)) | (terminals.c.ksn_counter < bindparam("counter")),
+def _forward_only(table: Any, key: str, key_param: str, counter: str, counter_param: str) -> Any:
+    """UPDATE that sets a counter column only when the new value is above it (or it is still NULL)."""
+    column = table.c[counter]
+    return (
+        update(table)
+        .where(table.c[key] == bindparam(key_param), column.is_(None) | (column < bindparam(counter_param)))
+        .values({counter: bindparam(counter_param)})
     )
-    .values(ksn_counter=bindparam("counter"))
-)
-_CLAIM_ATC = (
-    update(cards)
-    .where(cards.c.id == bindparam("cid"), (cards.c.last_atc.is_(None)) | (cards.c.last_atc < bindparam("atc")))
-    .values(last_atc=bindparam("atc"))
-)
-_CLAIM_TOKEN_ATC = (
-    update(payment_tokens)
-    .where(
-        payment_tokens.c.id == bindparam("tid"),
-        (payment_tokens.c.last_atc.is_(None)) | (payment_tokens.c.last_atc < bindparam("atc")),
-    )
-    .values(last_atc=bindparam("atc"))
-)
+
+
+# Counters that only move forward: a terminal's DUKPT counter, a card's and a wallet token's chip ATC.
+_CLAIM_KSN = _forward_only(terminals, "terminal_id", "tid", "ksn_counter", "counter")
+_CLAIM_ATC = _forward_only(cards, "id", "cid", "last_atc", "atc")
+_CLAIM_TOKEN_ATC = _forward_only(payment_tokens, "id", "tid", "last_atc", "atc")
 _ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.ref.in_(bindparam("refs", expanding=True)))
 _LOCK_ACCOUNTS = (
     select(accounts.c.id)
