@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hsm_sim import HsmApi, HsmError
+from hsm_sim import errors as hsm_status
 from processor import issuing, tokenization
 from processor.auth import entry_modes
 from processor.auth.answers import LEDGER_ANSWERS
@@ -55,6 +56,10 @@ CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
 MERCHANT_MTIS = CARD_REQUEST_MTIS | {"0220", "0400", "0420"}
 HANDLED_MTIS = MERCHANT_MTIS | {"0500", "0800"}
 DUKPT_COUNTER_MASK = (1 << 21) - 1
+# HSM statuses that say the HSM could not serve (answered 91), and those that refuse a PIN block (55).
+HSM_UNAVAILABLE = frozenset({hsm_status.TIMEOUT, hsm_status.CONNECTION_ERROR, hsm_status.INTERNAL_ERROR,
+                             hsm_status.KEY_STORE_ERROR, hsm_status.FRAME_ERROR})
+PIN_BLOCK_REFUSALS = frozenset({hsm_status.PIN_BLOCK_ERROR, hsm_status.INVALID_PIN})
 # What each card request may ask for (DE 3 positions 1-2, by the name messages.TRANSACTION_TYPES gives
 # them). Anything else is refused (12) before any money moves.
 TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
@@ -261,6 +266,8 @@ async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
             validation_data=pin_validation_data(ctx.pan) if card.pin_method == "ibm3624" else None,
         )
     except HsmError as exc:
+        if exc.code not in PIN_BLOCK_REFUSALS:
+            raise  # the HSM failed: answered 91 or 96 by Engine.handle, and no try is counted
         # A block that does not decipher under the terminal's key is a key problem, not a wrong guess:
         # the cardholder's try counter is left alone.
         raise Declined(rc.WRONG_PIN, f"PIN block rejected by the HSM ({exc.code})") from exc
@@ -392,6 +399,13 @@ class Engine:
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
             return await self._dispatch(payload, fields, request, started)
+        except HsmError as exc:
+            # Without the HSM nothing can be verified: the truth is "issuer inoperative", never a wrong PIN,
+            # and nothing was recorded (no PIN try spent). The client reconnects on the next call.
+            code = rc.ISSUER_INOPERATIVE if exc.code in HSM_UNAVAILABLE else rc.SYSTEM_ERROR
+            log.error("request %s stan=%s: HSM failed (%s): %s", request.mti, request.stan, exc.code, exc)
+            self._log(request, code, f"HSM failed ({exc.code})", started)
+            return encode(build_response(fields, code))
         except Exception:
             # A system error is a safe answer whatever happened: if the store had committed an outcome,
             # the terminal's retransmission (same STAN) gets that first answer back.
