@@ -18,7 +18,7 @@ from hsm_sim.crypto.mac import retail_mac
 from hsm_sim.crypto.pinblock import encode_pin_block
 from processor.iso8583 import MessageFormatError, chip_service_code, decode
 from processor.iso8583.mac import MAC_BYTES, encode_for_mac, signed_parts
-from terminal_sim.batch import TerminalBatch
+from terminal_sim.journal import TerminalBatch
 
 COUNTER_BITS = 21
 MAX_ONE_BITS = 10
