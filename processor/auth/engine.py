@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hsm_sim import HsmApi, HsmError
-from hsm_sim import errors as hsm_status
 from processor import issuing, tokenization
 from processor.auth import entry_modes
 from processor.auth.answers import LEDGER_ANSWERS
@@ -56,10 +55,11 @@ CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
 MERCHANT_MTIS = CARD_REQUEST_MTIS | {"0220", "0400", "0420"}
 HANDLED_MTIS = MERCHANT_MTIS | {"0500", "0800"}
 DUKPT_COUNTER_MASK = (1 << 21) - 1
-# HSM statuses that say the HSM could not serve (answered 91), and those that refuse a PIN block (55).
-HSM_UNAVAILABLE = frozenset({hsm_status.TIMEOUT, hsm_status.CONNECTION_ERROR, hsm_status.INTERNAL_ERROR,
-                             hsm_status.KEY_STORE_ERROR, hsm_status.FRAME_ERROR})
-PIN_BLOCK_REFUSALS = frozenset({hsm_status.PIN_BLOCK_ERROR, hsm_status.INVALID_PIN})
+# HSM answer statuses (hsm_sim/PROTOCOL.md) that say the HSM could not serve: key store error 40, internal
+# error 41, frame error 80, timeout 90, connection error 91 (answered 91); and those that refuse a PIN
+# block without saying anything of the PIN: PIN block error 20, invalid PIN 23 (answered 55, no try).
+HSM_UNAVAILABLE = frozenset({"40", "41", "80", "90", "91"})
+PIN_BLOCK_REFUSALS = frozenset({"20", "23"})
 # What each card request may ask for (DE 3 positions 1-2, by the name messages.TRANSACTION_TYPES gives
 # them). Anything else is refused (12) before any money moves.
 TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
