@@ -404,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_tokenization(sub, data_command)
 
+    from processor.api.cli import register as register_money_app
+
+    register_money_app(sub, data_command)
+
     p = sub.add_parser("serve", help="run the authorization engine")
     p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on")
     p.set_defaults(func=None, serve=True)
@@ -440,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo_cli(args)
         if getattr(args, "serve", False):
             return _run(cmd_serve(args, settings))
+        if getattr(args, "run", None) is not None:
+            return args.run(args, settings)
         return _run(_data_command(args, settings))
     except LedgerBroken as exc:
         _print(exc.result, args.json)

@@ -673,6 +673,10 @@ class Store:
         """Run `body(conn, *args)`, synchronous Core queries on the models' tables, on a consistent snapshot."""
         return await self._snapshot(body, *args)
 
+    async def run_query(self, body: Callable[..., T], *args: Any) -> T:
+        """Run read-only `body(conn, *args)` outside the write path (no snapshot across its statements)."""
+        return await self._query(body, *args)
+
     async def run_write(self, body: Callable[..., T], *args: Any) -> T:
         """Run `body(conn, *args)` in one write transaction, serialized with the hot path's batches on SQLite.
 

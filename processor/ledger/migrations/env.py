@@ -15,6 +15,11 @@ from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from processor.ledger.models import Base
 
+# Other packages keep their own tables in the same metadata, so one history describes the whole schema.
+import processor.api.models  # noqa: E402,F401
+import processor.events.models  # noqa: E402,F401
+import processor.savings.models  # noqa: E402,F401
+
 config = context.config
 target_metadata = Base.metadata
 

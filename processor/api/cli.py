@@ -1,0 +1,168 @@
+"""Operator commands of the money app: `api` (serve), `app password|operator-key`, `savings ...`, `api-load`.
+
+`register(sub, data_command)` adds them to the `processor` parser. Commands that return data are
+`async def f(rt, args) -> dict`; `api` and `api-load` run until done (`args.run(args, settings) -> int`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from processor.errors import InvalidRequest
+
+DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """From standard input (one line), or a prompt on a terminal: never from the command line."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("new password: ")
+        if getpass.getpass("again: ") != first:
+            raise InvalidRequest("the two passwords differ; nothing was changed")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+async def cmd_app_password(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import asyncio
+
+    from processor.api import security
+    from processor.api.errors import ApiError
+
+    holder = await rt.store.find_cardholder(args.handle.lstrip("@"))
+    if holder is None:
+        raise InvalidRequest(f"no cardholder with handle {args.handle!r}; create it with `processor cardholder create`")
+    try:
+        hashed = await asyncio.to_thread(security.hash_password, _read_password(args))
+        await rt.store.run_write(security.set_password, holder.id, hashed)
+    except ApiError as err:
+        raise InvalidRequest(err.message) from None
+    return {"id": holder.id, "handle": holder.handle, "password_set": True}
+
+
+async def cmd_app_operator_key(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.api import security
+    from processor.api.errors import ApiError
+
+    try:
+        operator_id, key = await rt.store.run_write(security.create_operator, args.name)
+    except ApiError as err:
+        raise InvalidRequest(err.message) from None
+    return {"id": operator_id, "name": args.name, "key": key}
+
+
+def _parse_rate(text: str) -> int:
+    """'2.25' (percent) -> 22500 parts per million."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text.rstrip("%"))
+    except InvalidOperation:
+        raise InvalidRequest(f"rate {text!r} is not a number of percent such as 2.25") from None
+    ppm = value * 10_000
+    if ppm != ppm.to_integral_value() or not 0 <= ppm <= 1_000_000:
+        raise InvalidRequest(f"rate {text!r}: 0 to 100 percent with at most 4 decimals")
+    return int(ppm)
+
+
+async def cmd_savings_product(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.savings.products import set_product
+
+    product = await rt.store.run_write(set_product, args.code, args.name or args.code, args.currency.upper(), _parse_rate(args.rate))
+    return product | {"annual_rate_percent": f"{product['annual_rate_ppm'] / 10_000:.4f}".rstrip("0").rstrip(".")}
+
+
+async def cmd_savings_open(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.cli import _account_json
+    from processor.savings.products import open_savings
+
+    account_id = await rt.store.run_write(open_savings, args.cardholder, args.product)
+    return await _account_json(rt, account_id)
+
+
+async def cmd_savings_accrue(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.savings import accrue
+
+    try:
+        day = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    except ValueError:
+        raise InvalidRequest(f"--date takes YYYY-MM-DD, got {args.date!r}") from None
+    if day > dt.datetime.now(dt.UTC).date():
+        raise InvalidRequest(f"{day} has not happened yet: interest accrues on a day's closing balance")
+    try:
+        report = await accrue(rt.store, day)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return report.as_json()
+
+
+def cmd_api(args: argparse.Namespace, settings: Any) -> int:
+    from processor.api.server import parse_http, run_api
+    from processor.cli import _run
+
+    host, port = parse_http(args.http)
+    return _run(_serve(run_api(settings, host=host, port=port), settings))
+
+
+async def _serve(coro: Awaitable[None], settings: Any) -> int:
+    import asyncio
+
+    from processor.logs import configure
+    from processor.server import flush_logs_periodically
+
+    handler = configure(settings.log_file)
+    flusher = asyncio.create_task(flush_logs_periodically(handler))
+    try:
+        await coro
+    finally:
+        flusher.cancel()
+        handler.flush()
+    return 0
+
+
+def cmd_api_load(args: argparse.Namespace, settings: Any) -> int:
+    from processor.api.load import main_from_args
+
+    return main_from_args(args, settings)
+
+
+def _group(sub: Any, name: str, help: str) -> Any:
+    from processor.tokenization.cli import _group as group
+
+    return group(sub, name, help)
+
+
+def register(sub: Any, data_command: DataCommand) -> None:
+    """Add `api`, `app ...`, `savings ...` and `api-load` to the `processor` command parser."""
+    p = sub.add_parser("api", help="serve the money app's HTTP API")
+    p.add_argument("--http", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    p.set_defaults(func=None, run=cmd_api)
+
+    app = _group(sub, "app", "money app credentials")
+    p = data_command(app, "password", cmd_app_password, "set a cardholder's app password (read from standard input)")
+    p.add_argument("handle", help="the cardholder's handle, e.g. ada")
+    p = data_command(app, "operator-key", cmd_app_operator_key, "create (or replace) an operator's API key; shown once")
+    p.add_argument("--name", required=True, help="who the key belongs to")
+
+    sv = _group(sub, "savings", "savings products and interest")
+    p = data_command(sv, "product", cmd_savings_product, "create a savings product or change its rate")
+    p.add_argument("--code", required=True)
+    p.add_argument("--name")
+    p.add_argument("--currency", default="EUR")
+    p.add_argument("--rate", required=True, help="annual rate in percent, e.g. 2.25")
+    p = data_command(sv, "open", cmd_savings_open, "open a savings account on a product")
+    p.add_argument("--cardholder", type=int, required=True)
+    p.add_argument("--product", required=True, help="product code")
+    p = data_command(sv, "accrue", cmd_savings_accrue, "accrue interest through a day (posts at month ends); idempotent")
+    p.add_argument("--date", help="YYYY-MM-DD (UTC); default yesterday")
+
+    p = sub.add_parser("api-load", help="drive the money app's API with P2P payments and measure it")
+    from processor.api.load import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=None, run=cmd_api_load)
