@@ -40,10 +40,9 @@ EVENT_TYPES = frozenset(
         "card.authorization",  # the card's holder: approved or declined, merchant and amount
         "card.reversal",  # the card's holder: an authorization undone
         "card.status",  # the card's holder: frozen, unfrozen, lost (and replaced), stolen, closed
-        "payment.sent",  # the payer
+        "payment.sent",  # the payer (data.request_id names the request it paid, if any)
         "payment.received",  # the payee
         "request.created",  # requester and payer
-        "request.paid",
         "request.declined",
         "request.cancelled",
         "request.expired",
