@@ -16,11 +16,13 @@ import secrets
 import string
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_sim import HsmError
+from processor.auth.chip import declined_arpc, verify_chip_cryptogram
+from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
 from processor.auth.policy import Policy
+from processor.auth.reconciliation import reconcile
 from processor.issuing.cards import CVV2_SERVICE_CODE, ICVV_SERVICE_CODE, PVKI, pin_validation_data
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
@@ -43,48 +45,7 @@ ENTRY_MANUAL = "01"
 ENTRY_FALLBACK = "80"
 ENTRY_MAGSTRIPE = frozenset({"02", "90", ENTRY_FALLBACK})
 ENTRY_CHIP = frozenset({"05", "07"})
-ENTRY_CONTACTLESS_MAGSTRIPE = "91"
 CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
-
-
-class Declined(Exception):
-    """A check stopped the authorization with this response code."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class Terminal:
-    """What the engine needs of a terminal: who it is and which keys protect its PIN blocks."""
-
-    terminal_id: str
-    merchant_id: str
-    mcc: str | None
-    status: str
-    bdk_kcv: str | None
-    initial_ksn: str | None
-    chip_capable: bool = True
-
-
-@dataclass(slots=True)
-class AuthContext:
-    """Everything known about one request while the checks run."""
-
-    fields: dict[str, Any]
-    request: Request
-    now: dt.datetime
-    terminal: Terminal | None = None
-    card: Any = None  # processor.ledger.CardRecord once found
-    token: Any = None  # the wallet's payment token (processor.ledger TokenRecord) when DE 2 carries one
-    pan: str | None = None
-    pin_tries: int | None = None
-    atc: int | None = None
-    icc_response: dict[str, bytes] | None = None
-    reason: str = "approved"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 Check = Callable[["Engine", AuthContext], Awaitable[None]]
@@ -117,12 +78,7 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    terminal = await engine.terminal(ctx.request.terminal_id)
-    if terminal is None:
-        raise Declined(rc.INVALID_MERCHANT, "unknown terminal")
-    if terminal.status != "active":
-        raise Declined(rc.INVALID_MERCHANT, f"terminal {terminal.status}")
-    ctx.terminal = terminal
+    ctx.terminal = active_terminal(await engine.terminal(ctx.request.terminal_id))
 
 
 async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
@@ -333,7 +289,6 @@ class Engine:
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
-        self.signed_on: set[str] = set()
 
     # ------------------------------------------------------------ entry point
 
@@ -365,9 +320,8 @@ class Engine:
         elif mti in ("0400", "0420"):
             answer, outcome_rc = await self._reversal(fields, request)
         elif mti == "0500":
-            from processor.auth.reconciliation import reconcile
-
-            answer, outcome_rc = await reconcile(self, fields, request)
+            ctx = AuthContext(fields=fields, request=request, now=self.clock())
+            answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
         else:
             answer = build_response(fields, rc.INVALID_TRANSACTION)
             outcome_rc = rc.INVALID_TRANSACTION
@@ -396,9 +350,7 @@ class Engine:
         outcome = await self.store.submit(op)
         if req.icc is not None and outcome.rc not in rc.APPROVALS and outcome.rc not in (rc.FORMAT_ERROR, rc.CVV_FAILURE):
             # A declined chip card still hears from its issuer: an ARPC over the decline code.
-            from processor.auth.chip import declined_arpc
-
-            ctx.icc_response = await declined_arpc(self, ctx)
+            ctx.icc_response = await declined_arpc(self.hsm, self.keys, ctx)
         if advice and outcome.rc not in (rc.APPROVED, rc.PARTIAL_APPROVAL):
             # The network approved in stand-in: the advice is acknowledged whatever we would have said.
             ctx.reason = f"advice acknowledged ({outcome.reason or outcome.rc})"
@@ -440,12 +392,7 @@ class Engine:
 
     def _network_management(self, fields: dict[str, Any], req: Request, started: float) -> bytes:
         code = req.network_code or "301"
-        terminal_id = req.terminal_id or "-"
-        if code == "001":
-            self.signed_on.add(terminal_id)
-        elif code == "002":
-            self.signed_on.discard(terminal_id)
-        elif code != "301":
+        if code not in ("001", "002", "301"):
             answer = build_response(fields, rc.INVALID_TRANSACTION)
             self._log(req, rc.INVALID_TRANSACTION, f"unknown network management code {code}", started)
             return encode(answer)
@@ -506,9 +453,7 @@ class Engine:
 
     async def verify_chip(self, ctx: AuthContext) -> None:
         """Verify the ARQC in DE 55 through the HSM and prepare the ARPC for the card."""
-        from processor.auth.chip import verify_chip_cryptogram
-
-        ctx.icc_response = await verify_chip_cryptogram(self, ctx)
+        ctx.icc_response = await verify_chip_cryptogram(self.hsm, self.keys, ctx)
 
     # ------------------------------------------------------------ answers and logs
 

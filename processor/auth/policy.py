@@ -21,7 +21,6 @@ class Policy:
     )
     pin_try_limit: int = 3
     amount_max_minor: int = 10_000_000_00  # above this a single card transaction is refused as invalid (13)
-    atc_window: int = 64  # an ARQC whose ATC is this far behind the highest seen is a replay
     # A chip card swiped because its chip could not be read (DE 22 = 80) is accepted up to this amount; 0
     # refuses every fallback. Skimmed stripes are copied onto cards whose chip does not work.
     fallback_max_minor: int = 250_00

@@ -10,23 +10,22 @@ and closes nothing more.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
 from processor.iso8583 import MessageFormatError, build_response, rc
 from processor.iso8583.currency import alpha_for_numeric
-from processor.iso8583.messages import Reconciliation, Request
-
-if TYPE_CHECKING:
-    from processor.auth.engine import Engine
+from processor.iso8583.messages import Reconciliation
 
 
-async def reconcile(engine: "Engine", fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
+async def reconcile(
+    store: Any, find_terminal: Callable[[str | None], Awaitable[Terminal | None]], ctx: AuthContext
+) -> tuple[dict[str, Any], str]:
     """Answer one 0500: close the terminal's batch and say whether its totals are ours."""
-    from processor.auth.engine import AuthContext, Declined, check_terminal
-
-    ctx = AuthContext(fields=fields, request=req, now=engine.clock())
+    fields, req = ctx.fields, ctx.request
     try:
-        await check_terminal(engine, ctx)
+        ctx.terminal = active_terminal(await find_terminal(req.terminal_id))
         if not req.stan or not req.transmission_time:
             raise Declined(rc.FORMAT_ERROR, "batch close without STAN (DE 11) and transmission time (DE 7)")
         try:
@@ -40,7 +39,7 @@ async def reconcile(engine: "Engine", fields: dict[str, Any], req: Request) -> t
         answer = build_response(fields, declined.code)
         answer["_reason"] = declined.reason
         return answer, declined.code
-    outcome = await engine.store.close_batch(
+    outcome = await store.close_batch(
         idem_key=req.idempotency_key(),
         terminal_id=req.terminal_id or "",
         batch_number=close.batch_number,

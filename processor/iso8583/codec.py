@@ -6,7 +6,7 @@ from typing import Any
 
 import iso8583
 
-from .spec import NUMERIC_FIELDS, SPEC
+from .spec import KSN_BYTES, NUMERIC_FIELDS, REFUSED_FIELDS, SPEC
 from .tlv import TlvError, decode_tlv
 
 REQUEST_MTIS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420", "0500", "0800"})
@@ -43,14 +43,20 @@ def decode(raw: bytes) -> dict[str, Any]:
 
 
 def validate(fields: dict[str, Any]) -> None:
-    """Checks pyiso8583 leaves to us: a known MTI, digits where digits belong, well-formed DE 48 and DE 55."""
+    """Checks pyiso8583 leaves to us: a known MTI, no refused field, digits where digits belong, a whole KSN,
+    well-formed DE 48 and DE 55."""
     mti = fields.get("t", "")
     if mti not in KNOWN_MTIS:
         raise MessageFormatError("unknown message type: field t", "t", fields)
+    for de, why in REFUSED_FIELDS.items():
+        if de in fields:
+            raise MessageFormatError(why, de, _without(fields, de))
     for de in NUMERIC_FIELDS:
         value = fields.get(de)
         if value is not None and not value.isdigit():
             raise MessageFormatError(f"field {de} must be numeric", de, _without(fields, de))
+    if "53" in fields and len(fields["53"]) != 2 * KSN_BYTES:
+        raise MessageFormatError(f"key serial number must be {KSN_BYTES} bytes: field 53", "53", _without(fields, "53"))
     if "48" in fields:
         try:
             parse_de48(fields["48"])

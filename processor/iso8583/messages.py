@@ -123,7 +123,6 @@ class Request:
     de48: dict[str, Any]
     pin_block: str | None
     ksn: str | None
-    aes_pin_block: str | None
     icc: dict[str, bytes] | None
     network_code: str | None
     original: OriginalData | None
@@ -185,7 +184,6 @@ class Request:
             de48=de48,
             pin_block=fields.get("52"),
             ksn=fields.get("53"),
-            aes_pin_block=fields.get("110"),
             icc=icc,
             network_code=fields.get("70"),
             original=original,

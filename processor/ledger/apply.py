@@ -22,14 +22,10 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from processor.ledger import ops as o
+from processor.ledger import ops
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings
 
 UNKNOWN_ACCOUNT = "14"
-
-a = accounts.c
-h = holds.c
-au = auths.c
 
 
 class LedgerBug(AssertionError):
@@ -60,65 +56,94 @@ class BatchState:
 
 # ------------------------------------------------------------------ statements, built once
 
-_NOT_INTERNAL = a.kind != "internal"
+_NOT_INTERNAL = accounts.c.kind != "internal"
+_BALANCES = (accounts.c.ledger_minor, accounts.c.held_minor)
 
 
 def _take_stmt(*, hold: bool, checked: bool) -> Any:
     """Reserve (hold) or debit :amt from account :aid; when checked, only if open and :amt is available."""
-    values = {"held_minor": a.held_minor + bindparam("amt")} if hold else {"ledger_minor": a.ledger_minor - bindparam("amt")}
-    where = [a.id == bindparam("aid"), a.currency == bindparam("cur"), _NOT_INTERNAL]
-    if checked:
-        where += [a.status == "open", a.ledger_minor - a.held_minor >= bindparam("amt")]
+    if hold:
+        values = {"held_minor": accounts.c.held_minor + bindparam("amt")}
     else:
-        where.append(a.status != "closed")
-    return update(accounts).where(*where).values(values).returning(a.ledger_minor, a.held_minor)
+        values = {"ledger_minor": accounts.c.ledger_minor - bindparam("amt")}
+    where = [accounts.c.id == bindparam("aid"), accounts.c.currency == bindparam("cur"), _NOT_INTERNAL]
+    if checked:
+        where += [accounts.c.status == "open", accounts.c.ledger_minor - accounts.c.held_minor >= bindparam("amt")]
+    else:
+        where.append(accounts.c.status != "closed")
+    return update(accounts).where(*where).values(values).returning(*_BALANCES)
 
 
 _TAKE = {(hold, checked): _take_stmt(hold=hold, checked=checked) for hold in (True, False) for checked in (True, False)}
-_ACCOUNT = select(a.kind, a.currency, a.status, a.ledger_minor, a.held_minor).where(a.id == bindparam("aid"))
+_ACCOUNT = select(accounts.c.kind, accounts.c.currency, accounts.c.status, *_BALANCES).where(
+    accounts.c.id == bindparam("aid")
+)
 _CREDIT = (
     update(accounts)
-    .where(a.id == bindparam("aid"), a.currency == bindparam("cur"), _NOT_INTERNAL, a.status != "closed")
-    .values(ledger_minor=a.ledger_minor + bindparam("amt"))
-    .returning(a.ledger_minor, a.held_minor)
+    .where(
+        accounts.c.id == bindparam("aid"),
+        accounts.c.currency == bindparam("cur"),
+        _NOT_INTERNAL,
+        accounts.c.status != "closed",
+    )
+    .values(ledger_minor=accounts.c.ledger_minor + bindparam("amt"))
+    .returning(*_BALANCES)
 )
 _ADJUST = (
     update(accounts)
-    .where(a.id == bindparam("aid"))
-    .values(ledger_minor=a.ledger_minor + bindparam("d_ledger"), held_minor=a.held_minor + bindparam("d_held"))
-    .returning(a.ledger_minor, a.held_minor, a.currency)
+    .where(accounts.c.id == bindparam("aid"))
+    .values(
+        ledger_minor=accounts.c.ledger_minor + bindparam("d_ledger"),
+        held_minor=accounts.c.held_minor + bindparam("d_held"),
+    )
+    .returning(*_BALANCES, accounts.c.currency)
 )
-_INTERNAL_DELTA = update(accounts).where(a.id == bindparam("aid")).values(ledger_minor=a.ledger_minor + bindparam("d"))
-_INS_HOLD = insert(holds).returning(h.id)
+_INTERNAL_DELTA = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("aid"))
+    .values(ledger_minor=accounts.c.ledger_minor + bindparam("d"))
+)
+_INS_HOLD = insert(holds).returning(holds.c.id)
 _INS_ENTRY = insert(journal_entries).returning(journal_entries.c.id)
 _INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
 _INS_POSTINGS = insert(postings)
-_INS_AUTHS = insert(auths).returning(au.id, sort_by_parameter_order=True)
-_AUTH_COLS = (
-    au.id, au.idem_key, au.op, au.rc, au.approved_minor, au.auth_code, au.hold_id, au.entry_id, au.card_id,
-    au.account_id, au.ledger_minor, au.available_minor, au.currency, au.reason, au.reversed,
+_INS_AUTHS = insert(auths).returning(auths.c.id, sort_by_parameter_order=True)
+_AUTH_COLS = tuple(
+    auths.c[name]
+    for name in (
+        "id", "idem_key", "op", "rc", "approved_minor", "auth_code", "hold_id", "entry_id", "card_id", "account_id",
+        "ledger_minor", "available_minor", "currency", "reason", "reversed",
+    )
 )
-_AUTH_BY_KEY = select(*_AUTH_COLS).where(au.idem_key == bindparam("k"))
-_AUTHS_BY_KEYS = select(*_AUTH_COLS).where(au.idem_key.in_(bindparam("keys", expanding=True)))
-_CLAIM_REVERSAL = update(auths).where(au.id == bindparam("oid"), au.reversed.is_(False)).values(reversed=True).returning(au.id)
-_HOLD = select(h.id, h.account_id, h.card_id, h.amount_minor, h.currency, h.status, h.expires_at, h.created_at).where(
-    h.id == bindparam("hid")
+_AUTH_BY_KEY = select(*_AUTH_COLS).where(auths.c.idem_key == bindparam("k"))
+_AUTHS_BY_KEYS = select(*_AUTH_COLS).where(auths.c.idem_key.in_(bindparam("keys", expanding=True)))
+_CLAIM_REVERSAL = (
+    update(auths)
+    .where(auths.c.id == bindparam("oid"), auths.c.reversed.is_(False))
+    .values(reversed=True)
+    .returning(auths.c.id)
 )
+_HOLD = select(
+    *(
+        holds.c[name]
+        for name in ("id", "account_id", "card_id", "amount_minor", "currency", "status", "expires_at", "created_at")
+    )
+).where(holds.c.id == bindparam("hid"))
 _CLOSE_HOLD = (
     update(holds)
-    .where(h.id == bindparam("hid"), h.status == "active")
-    .values(status=bindparam("st"), closed_at=bindparam("at"), captured_minor=bindparam("cap"))
-    .returning(h.account_id, h.card_id, h.amount_minor, h.currency)
+    .where(holds.c.id == bindparam("hid"), holds.c.status == "active")
+    .values(status=bindparam("status"), closed_at=bindparam("at"), captured_minor=bindparam("cap"))
+    .returning(holds.c.account_id, holds.c.card_id, holds.c.amount_minor, holds.c.currency)
 )
 _RESIZE_HOLD = (
     update(holds)
-    .where(h.id == bindparam("hid"), h.status == "active")
-    .values(amount_minor=h.amount_minor + bindparam("d"), expires_at=bindparam("exp"))
-    .returning(h.amount_minor)
+    .where(holds.c.id == bindparam("hid"), holds.c.status == "active")
+    .values(amount_minor=holds.c.amount_minor + bindparam("d"), expires_at=bindparam("exp"))
+    .returning(holds.c.amount_minor)
 )
-_SET_HOLD_AUTH = update(holds).where(h.id == bindparam("hid")).values(auth_id=bindparam("aid"))
+_SET_HOLD_AUTH = update(holds).where(holds.c.id == bindparam("hid")).values(auth_id=bindparam("auth"))
 _SET_ENTRY_AUTH = (
-    update(journal_entries).where(journal_entries.c.id == bindparam("eid")).values(auth_id=bindparam("aid"))
+    update(journal_entries).where(journal_entries.c.id == bindparam("eid")).values(auth_id=bindparam("auth"))
 )
 _SET_PIN_TRIES = (
     update(cards).where(cards.c.id == bindparam("cid")).values(pin_tries=bindparam("t"), updated_at=bindparam("at"))
@@ -137,15 +162,22 @@ _CLAIM_TOKEN_ATC = (
     .values(last_atc=bindparam("atc"))
 )
 CVV_FAILURE = "82"
-_ORIGINAL_ACCOUNTS = select(au.account_id).where(au.idem_key.in_(bindparam("keys", expanding=True)))
-_LOCK_ACCOUNTS = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
-_INTERNAL = select(a.id).where(a.kind == "internal", a.purpose == bindparam("p"), a.currency == bindparam("cur"))
+_ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.idem_key.in_(bindparam("keys", expanding=True)))
+_LOCK_ACCOUNTS = (
+    select(accounts.c.id)
+    .where(accounts.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(accounts.c.id)
+    .with_for_update()
+)
+_INTERNAL = select(accounts.c.id).where(
+    accounts.c.kind == "internal", accounts.c.purpose == bindparam("p"), accounts.c.currency == bindparam("cur")
+)
 
 
 # ------------------------------------------------------------------ the batch
 
 
-def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -> list[o.AuthOutcome]:
+def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState) -> list[ops.AuthOutcome]:
     """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
     if len(batch) > 1 and conn.dialect.name == "postgresql":
         # Lock the batch's accounts up front in id order: parallel writers then queue instead of deadlocking.
@@ -153,13 +185,14 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
         ids = {op.account_id for op in batch if op.account_id is not None}
         originals = [key for op in batch if (key := getattr(op, "original_key", None))]
         if originals:
-            ids.update(a_id for a_id in conn.execute(_ORIGINAL_ACCOUNTS, {"keys": originals}).scalars() if a_id is not None)
+            found = conn.execute(_ORIGINAL_ACCOUNTS, {"keys": originals}).scalars()
+            ids.update(account_id for account_id in found if account_id is not None)
         if ids:
             conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(ids)})
     keys = list({op.idem_key for op in batch})
     stored = {row.idem_key: row for row in conn.execute(_AUTHS_BY_KEYS, {"keys": keys})}
-    answered: dict[str, o.AuthOutcome] = {}
-    outcomes: list[o.AuthOutcome] = []
+    answered: dict[str, ops.AuthOutcome] = {}
+    outcomes: list[ops.AuthOutcome] = []
     for op in batch:
         first = answered.get(op.idem_key)
         if first is not None:
@@ -169,16 +202,17 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
         if row is not None:
             outcomes.append(outcome_from_row(row, duplicate=True))
             continue
-        if op.atc is not None and not isinstance(op, o.Decline) and (op.token_id is not None or op.card_id is not None):
+        chip_counter = op.token_id is not None or op.card_id is not None
+        if op.atc is not None and not isinstance(op, ops.Decline) and chip_counter:
             # A wallet token's cryptogram counts on the token's own ATC; a card's chip on the card's.
             if op.token_id is not None:
                 claim, params, owner = _CLAIM_TOKEN_ATC, {"tid": op.token_id, "atc": op.atc}, "token"
             else:
                 claim, params, owner = _CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}, "card"
             if conn.execute(claim, params).rowcount != 1:
-                common = {f.name: getattr(op, f.name) for f in dataclasses.fields(o.Op)}
+                common = {f.name: getattr(op, f.name) for f in dataclasses.fields(ops.Op)}
                 common["reason"] = f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram"
-                op = o.Decline(**common, rc=CVV_FAILURE)
+                op = ops.Decline(**common, rc=CVV_FAILURE)
         outcome = _HANDLERS[type(op)](conn, state, op)
         answered[op.idem_key] = outcome
         outcomes.append(outcome)
@@ -186,62 +220,70 @@ def apply_batch(conn: Connection, batch: Sequence[o.AnyOp], state: BatchState) -
     return outcomes
 
 
-def flush_pending(conn: Connection, st: BatchState) -> None:
+def flush_pending(conn: Connection, state: BatchState) -> None:
     """Insert the batch's pending journal entries, postings and auths rows; link new holds and entries."""
-    if st.pending_entries:
+    if state.pending_entries:
         entry_ids = conn.execute(
             _INS_ENTRIES,
             [
-                {"kind": e.kind, "reference": e.reference[:200], "auth_id": None, "forced": e.forced, "created_at": st.now}
-                for e in st.pending_entries
+                {
+                    "kind": entry.kind,
+                    "reference": entry.reference[:200],
+                    "auth_id": None,
+                    "forced": entry.forced,
+                    "created_at": state.now,
+                }
+                for entry in state.pending_entries
             ],
         ).scalars().all()
-        if len(entry_ids) != len(st.pending_entries):
-            raise LedgerBug(f"{len(st.pending_entries)} journal entries written but {len(entry_ids)} ids returned")
-        for entry, entry_id in zip(st.pending_entries, entry_ids, strict=True):
+        if len(entry_ids) != len(state.pending_entries):
+            raise LedgerBug(f"{len(state.pending_entries)} journal entries written but {len(entry_ids)} ids returned")
+        for entry, entry_id in zip(state.pending_entries, entry_ids, strict=True):
             entry.id = entry_id
         conn.execute(
             _INS_POSTINGS,
             [
-                {"entry_id": e.id, "account_id": acc, "amount_minor": amt, "currency": e.currency}
-                for e in st.pending_entries
-                for acc, amt in e.lines
+                {"entry_id": entry.id, "account_id": account_id, "amount_minor": amount, "currency": entry.currency}
+                for entry in state.pending_entries
+                for account_id, amount in entry.lines
             ],
         )
-        st.pending_entries.clear()
-    if not st.pending_auths:
+        state.pending_entries.clear()
+    if not state.pending_auths:
         return
-    for values in st.pending_auths:
+    for values in state.pending_auths:
         if isinstance(values["entry_id"], PendingEntry):
             values["entry_id"] = values["entry_id"].id
-    auth_ids = conn.execute(_INS_AUTHS, st.pending_auths).scalars().all()
-    if len(auth_ids) != len(st.pending_auths):
-        raise LedgerBug(f"{len(st.pending_auths)} auths rows written but {len(auth_ids)} ids returned")
-    for auth_id, (hold_id, entry) in zip(auth_ids, st.pending_links, strict=True):
+    auth_ids = conn.execute(_INS_AUTHS, state.pending_auths).scalars().all()
+    if len(auth_ids) != len(state.pending_auths):
+        raise LedgerBug(f"{len(state.pending_auths)} auths rows written but {len(auth_ids)} ids returned")
+    for auth_id, (hold_id, entry) in zip(auth_ids, state.pending_links, strict=True):
         if hold_id is not None:
-            st.hold_auth.append({"hid": hold_id, "aid": auth_id})
+            state.hold_auth.append({"hid": hold_id, "auth": auth_id})
         if entry is not None:
-            st.entry_auth.append({"eid": entry.id, "aid": auth_id})
-    st.pending_auths.clear()
-    st.pending_links.clear()
+            state.entry_auth.append({"eid": entry.id, "auth": auth_id})
+    state.pending_auths.clear()
+    state.pending_links.clear()
 
 
-def _finish(conn: Connection, st: BatchState) -> None:
-    flush_pending(conn, st)
-    if st.internal_delta_minor:
-        params = [{"aid": aid, "d": d} for aid, d in sorted(st.internal_delta_minor.items()) if d]
+def _finish(conn: Connection, state: BatchState) -> None:
+    flush_pending(conn, state)
+    if state.internal_delta_minor:
+        deltas = sorted(state.internal_delta_minor.items())
+        params = [{"aid": account_id, "d": delta} for account_id, delta in deltas if delta]
         if params:
             conn.execute(_INTERNAL_DELTA, params)
-    if st.hold_auth:
-        conn.execute(_SET_HOLD_AUTH, st.hold_auth)
-    if st.entry_auth:
-        conn.execute(_SET_ENTRY_AUTH, st.entry_auth)
-    if st.pin_tries:
-        conn.execute(_SET_PIN_TRIES, [{"cid": c, "t": t, "at": st.now} for c, t in sorted(st.pin_tries.items())])
+    if state.hold_auth:
+        conn.execute(_SET_HOLD_AUTH, state.hold_auth)
+    if state.entry_auth:
+        conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
+    if state.pin_tries:
+        tries = [{"cid": card_id, "t": count, "at": state.now} for card_id, count in sorted(state.pin_tries.items())]
+        conn.execute(_SET_PIN_TRIES, tries)
 
 
-def outcome_from_row(row: Any, *, duplicate: bool) -> o.AuthOutcome:
-    return o.AuthOutcome(
+def outcome_from_row(row: Any, *, duplicate: bool) -> ops.AuthOutcome:
+    return ops.AuthOutcome(
         idem_key=row.idem_key,
         rc=row.rc,
         approved_minor=row.approved_minor,
@@ -262,8 +304,8 @@ def outcome_from_row(row: Any, *, duplicate: bool) -> o.AuthOutcome:
 
 def _record(
     conn: Connection,
-    st: BatchState,
-    op: o.AnyOp,
+    state: BatchState,
+    op: ops.AnyOp,
     rc: str,
     reason: str,
     *,
@@ -276,18 +318,18 @@ def _record(
     account_id: int | None = None,
     card_id: int | None = None,
     currency: str | None = None,
-) -> o.AuthOutcome:
+) -> ops.AuthOutcome:
     """Queue the auths row (the first answer) for this transaction and return it as the outcome."""
-    approved = rc in (o.APPROVED, o.PARTIAL)
+    approved = rc in (ops.APPROVED, ops.PARTIAL)
     ledger_minor, available_minor = (balances[0], balances[0] - balances[1]) if balances else (None, None)
     account_id = account_id if account_id is not None else op.account_id
     card_id = card_id if card_id is not None else op.card_id
     currency = currency or op.currency
     auth_code = op.auth_code if approved else None
-    st.pending_auths.append(
+    state.pending_auths.append(
         {
             "idem_key": op.idem_key,
-            "op": o.OP_NAMES[type(op)],
+            "op": ops.OP_NAMES[type(op)],
             "mti": op.mti,
             "terminal_id": op.terminal_id,
             "stan": op.stan,
@@ -306,13 +348,13 @@ def _record(
             "reversed": False,
             "ledger_minor": ledger_minor,
             "available_minor": available_minor,
-            "created_at": st.now,
+            "created_at": state.now,
         }
     )
-    st.pending_links.append((hold_id if new_hold else None, entry))
+    state.pending_links.append((hold_id if new_hold else None, entry))
     if op.pin_tries is not None and op.card_id is not None:
-        st.pin_tries[op.card_id] = op.pin_tries
-    return o.AuthOutcome(
+        state.pin_tries[op.card_id] = op.pin_tries
+    return ops.AuthOutcome(
         idem_key=op.idem_key,
         rc=rc,
         approved_minor=approved_minor,
@@ -327,16 +369,16 @@ def _record(
     )
 
 
-def internal_account(conn: Connection, st: BatchState, purpose: str, currency: str) -> int:
+def internal_account(conn: Connection, state: BatchState, purpose: str, currency: str) -> int:
     """The internal account of `purpose` in `currency`, created in this transaction when missing."""
     key = (purpose, currency)
-    found = st.internal_ids.get(key) or st.new_internal_ids.get(key)
+    found = state.internal_ids.get(key) or state.new_internal_ids.get(key)
     if found is not None:
         return found
     found = conn.execute(_INTERNAL, {"p": purpose, "cur": currency}).scalar()
     if found is None:
         found = conn.execute(
-            insert(accounts).returning(a.id),
+            insert(accounts).returning(accounts.c.id),
             {
                 "cardholder_id": None,
                 "kind": "internal",
@@ -345,16 +387,16 @@ def internal_account(conn: Connection, st: BatchState, purpose: str, currency: s
                 "status": "open",
                 "ledger_minor": 0,
                 "held_minor": 0,
-                "created_at": st.now,
+                "created_at": state.now,
             },
         ).scalar_one()
-    st.new_internal_ids[key] = found
+    state.new_internal_ids[key] = found
     return found
 
 
 def post_entry(
     conn: Connection,
-    st: BatchState,
+    state: BatchState,
     kind: str,
     reference: str,
     lines: Sequence[tuple[int, int]],
@@ -366,11 +408,15 @@ def post_entry(
     if sum(amount for _, amount in lines) != 0:
         raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
     entry_id = conn.execute(
-        _INS_ENTRY, {"kind": kind, "reference": reference[:200], "auth_id": None, "forced": forced, "created_at": st.now}
+        _INS_ENTRY,
+        {"kind": kind, "reference": reference[:200], "auth_id": None, "forced": forced, "created_at": state.now},
     ).scalar_one()
     conn.execute(
         _INS_POSTINGS,
-        [{"entry_id": entry_id, "account_id": acc, "amount_minor": amt, "currency": currency} for acc, amt in lines],
+        [
+            {"entry_id": entry_id, "account_id": account_id, "amount_minor": amount, "currency": currency}
+            for account_id, amount in lines
+        ],
     )
     return entry_id
 
@@ -388,13 +434,19 @@ class PendingEntry:
 
 
 def defer_entry(
-    st: BatchState, kind: str, reference: str, lines: Sequence[tuple[int, int]], currency: str, *, forced: bool = False
+    state: BatchState,
+    kind: str,
+    reference: str,
+    lines: Sequence[tuple[int, int]],
+    currency: str,
+    *,
+    forced: bool = False,
 ) -> PendingEntry:
     """Queue one balanced journal entry for this batch; balances of the accounts are the caller's job."""
     if sum(amount for _, amount in lines) != 0:
         raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
     entry = PendingEntry(kind, reference, list(lines), currency, forced)
-    st.pending_entries.append(entry)
+    state.pending_entries.append(entry)
     return entry
 
 
@@ -412,11 +464,11 @@ def _why_not(conn: Connection, account_id: int, currency: str) -> tuple[Take | N
     if row is None:
         return Take(UNKNOWN_ACCOUNT, f"account {account_id} does not exist"), None
     if row.kind == "internal":
-        return Take(o.INVALID_TRANSACTION, f"account {account_id} is internal"), row
+        return Take(ops.INVALID_TRANSACTION, f"account {account_id} is internal"), row
     if row.currency != currency:
-        return Take(o.INVALID_TRANSACTION, f"currency {currency} differs from account currency {row.currency}"), row
+        return Take(ops.INVALID_TRANSACTION, f"currency {currency} differs from account currency {row.currency}"), row
     if row.status != "open":
-        return Take(o.RESTRICTED, f"account {row.status}", balances=(row.ledger_minor, row.held_minor)), row
+        return Take(ops.RESTRICTED, f"account {row.status}", balances=(row.ledger_minor, row.held_minor)), row
     return None, row
 
 
@@ -427,46 +479,46 @@ def take_funds(
     params = {"aid": account_id, "cur": currency, "amt": amount_minor}
     row = conn.execute(_TAKE[(hold, not force)], params).first()
     if row is not None:
-        return Take(o.APPROVED, "advice" if force else "approved", amount_minor, (row.ledger_minor, row.held_minor))
+        return Take(ops.APPROVED, "advice" if force else "approved", amount_minor, (row.ledger_minor, row.held_minor))
     for _ in range(3):  # the available amount can move between our statements on PostgreSQL
         decline, acct = _why_not(conn, account_id, currency)
         if decline is not None:
             return decline
         available = acct.ledger_minor - acct.held_minor
         if force or not partial_ok or available <= 0:
-            return Take(o.INSUFFICIENT_FUNDS, "insufficient funds", 0, (acct.ledger_minor, acct.held_minor))
+            return Take(ops.INSUFFICIENT_FUNDS, "insufficient funds", 0, (acct.ledger_minor, acct.held_minor))
         params["amt"] = min(available, amount_minor)
         row = conn.execute(_TAKE[(hold, True)], params).first()
         if row is not None:
-            return Take(o.PARTIAL, "partial approval", params["amt"], (row.ledger_minor, row.held_minor))
-    return Take(o.INSUFFICIENT_FUNDS, "insufficient funds (balance changing)", 0, None)
+            return Take(ops.PARTIAL, "partial approval", params["amt"], (row.ledger_minor, row.held_minor))
+    return Take(ops.INSUFFICIENT_FUNDS, "insufficient funds (balance changing)", 0, None)
 
 
-def _bad_amount(conn: Connection, st: BatchState, op: o.AnyOp, *, zero_ok: bool = False) -> o.AuthOutcome | None:
+def _bad_amount(conn: Connection, state: BatchState, op: ops.AnyOp, *, zero_ok: bool = False) -> ops.AuthOutcome | None:
     if op.amount_minor < 0 or (op.amount_minor == 0 and not zero_ok):
-        return _record(conn, st, op, o.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
-    if op.account_id is None and not isinstance(op, (o.Capture, o.Reverse)):
-        return _record(conn, st, op, UNKNOWN_ACCOUNT, "no account for this card")
+        return _record(conn, state, op, ops.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
+    if op.account_id is None and not isinstance(op, (ops.Capture, ops.Reverse)):
+        return _record(conn, state, op, UNKNOWN_ACCOUNT, "no account for this card")
     return None
 
 
-def _find_original(conn: Connection, st: BatchState, key: str) -> Any:
-    flush_pending(conn, st)  # the original may have been answered earlier in this batch
+def _find_original(conn: Connection, state: BatchState, key: str) -> Any:
+    flush_pending(conn, state)  # the original may have been answered earlier in this batch
     return conn.execute(_AUTH_BY_KEY, {"k": key}).first()
 
 
 # ------------------------------------------------------------------ operations
 
 
-def _place_hold(conn: Connection, st: BatchState, op: o.PlaceHold) -> o.AuthOutcome:
-    if (bad := _bad_amount(conn, st, op)) is not None:
+def _place_hold(conn: Connection, state: BatchState, op: ops.PlaceHold) -> ops.AuthOutcome:
+    if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=True, partial_ok=op.partial_ok, force=op.force
     )
     hold_id = None
-    if take.rc in (o.APPROVED, o.PARTIAL):
+    if take.rc in (ops.APPROVED, ops.PARTIAL):
         hold_id = conn.execute(
             _INS_HOLD,
             {
@@ -478,74 +530,78 @@ def _place_hold(conn: Connection, st: BatchState, op: o.PlaceHold) -> o.AuthOutc
                 "status": "active",
                 "forced": op.force,
                 "expires_at": op.expires_at,
-                "created_at": st.now,
+                "created_at": state.now,
                 "closed_at": None,
                 "captured_minor": None,
             },
         ).scalar_one()
     return _record(
-        conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
+        conn, state, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
         hold_id=hold_id, new_hold=True,
     )
 
 
-def _debit(conn: Connection, st: BatchState, op: o.Debit) -> o.AuthOutcome:
-    if (bad := _bad_amount(conn, st, op)) is not None:
+def _debit(conn: Connection, state: BatchState, op: ops.Debit) -> ops.AuthOutcome:
+    if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=False, partial_ok=op.partial_ok, force=op.force
     )
     entry = None
-    if take.rc in (o.APPROVED, o.PARTIAL):
-        clearing = internal_account(conn, st, "clearing", op.currency)
+    if take.rc in (ops.APPROVED, ops.PARTIAL):
+        clearing = internal_account(conn, state, "clearing", op.currency)
         entry = defer_entry(
-            st, op.kind, op.idem_key, [(op.account_id, -take.approved_minor), (clearing, take.approved_minor)],
+            state, op.kind, op.idem_key, [(op.account_id, -take.approved_minor), (clearing, take.approved_minor)],
             op.currency, forced=op.force,
         )
-        st.internal_delta_minor[clearing] += take.approved_minor
+        state.internal_delta_minor[clearing] += take.approved_minor
     return _record(
-        conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
+        conn, state, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
         entry=entry,
     )
 
 
-def _credit(conn: Connection, st: BatchState, op: o.Credit) -> o.AuthOutcome:
-    if (bad := _bad_amount(conn, st, op)) is not None:
+def _credit(conn: Connection, state: BatchState, op: ops.Credit) -> ops.AuthOutcome:
+    if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
     row = conn.execute(_CREDIT, {"aid": op.account_id, "cur": op.currency, "amt": op.amount_minor}).first()
     if row is None:
         decline, _ = _why_not(conn, op.account_id, op.currency)
-        decline = decline or Take(o.RESTRICTED, "account closed")
-        return _record(conn, st, op, decline.rc, decline.reason, balances=decline.balances)
-    clearing = internal_account(conn, st, "clearing", op.currency)
+        decline = decline or Take(ops.RESTRICTED, "account closed")
+        return _record(conn, state, op, decline.rc, decline.reason, balances=decline.balances)
+    clearing = internal_account(conn, state, "clearing", op.currency)
     entry = defer_entry(
-        st, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
+        state, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
     )
-    st.internal_delta_minor[clearing] -= op.amount_minor
+    state.internal_delta_minor[clearing] -= op.amount_minor
     return _record(
-        conn, st, op, o.APPROVED, "refund", approved_minor=op.amount_minor,
+        conn, state, op, ops.APPROVED, "refund", approved_minor=op.amount_minor,
         balances=(row.ledger_minor, row.held_minor), entry=entry,
     )
 
 
-def _approved_original(conn: Connection, st: BatchState, op: o.Capture | o.Increment) -> tuple[Any, o.AuthOutcome | None]:
-    orig = _find_original(conn, st, op.original_key)
-    if orig is None or orig.hold_id is None or orig.rc not in (o.APPROVED, o.PARTIAL):
-        return None, _record(conn, st, op, o.UNKNOWN_ORIGINAL, "no approved authorization with a hold for the original")
+def _approved_original(
+    conn: Connection, state: BatchState, op: ops.Capture | ops.Increment
+) -> tuple[Any, ops.AuthOutcome | None]:
+    orig = _find_original(conn, state, op.original_key)
+    if orig is None or orig.hold_id is None or orig.rc not in (ops.APPROVED, ops.PARTIAL):
+        reason = "no approved authorization with a hold for the original"
+        return None, _record(conn, state, op, ops.UNKNOWN_ORIGINAL, reason)
     return orig, None
 
 
-def _capture(conn: Connection, st: BatchState, op: o.Capture) -> o.AuthOutcome:
+def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOutcome:
     if op.amount_minor < 0:
-        return _record(conn, st, op, o.INVALID_AMOUNT, f"amount {op.amount_minor} must not be negative")
-    orig, declined = _approved_original(conn, st, op)
+        return _record(conn, state, op, ops.INVALID_AMOUNT, f"amount {op.amount_minor} must not be negative")
+    orig, declined = _approved_original(conn, state, op)
     if declined is not None:
         return declined
     hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
     if op.currency != hold.currency:
-        return _record(conn, st, op, o.INVALID_TRANSACTION, f"currency {op.currency} differs from the hold's {hold.currency}")
+        reason = f"currency {op.currency} differs from the hold's {hold.currency}"
+        return _record(conn, state, op, ops.INVALID_TRANSACTION, reason)
     extra = op.amount_minor - hold.amount_minor
     if extra > 0 and hold.status == "active":
         # A completion above the authorized amount: the hold grows to it first (the network guarantees the
@@ -554,11 +610,16 @@ def _capture(conn: Connection, st: BatchState, op: o.Capture) -> o.AuthOutcome:
             conn.execute(_ADJUST, {"aid": hold.account_id, "d_ledger": 0, "d_held": extra})
     closed = conn.execute(
         _CLOSE_HOLD,
-        {"hid": hold.id, "st": "captured" if op.amount_minor else "released", "at": st.now, "cap": op.amount_minor},
+        {
+            "hid": hold.id,
+            "status": "captured" if op.amount_minor else "released",
+            "at": state.now,
+            "cap": op.amount_minor,
+        },
     ).first()
     if closed is None:
         return _record(
-            conn, st, op, o.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}",
+            conn, state, op, ops.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}",
             original_auth_id=orig.id, hold_id=hold.id, account_id=hold.account_id,
         )
     acct = conn.execute(
@@ -566,122 +627,124 @@ def _capture(conn: Connection, st: BatchState, op: o.Capture) -> o.AuthOutcome:
     ).one()
     entry = None
     if op.amount_minor:
-        clearing = internal_account(conn, st, "clearing", closed.currency)
+        clearing = internal_account(conn, state, "clearing", closed.currency)
         entry = defer_entry(
-            st, "capture", op.idem_key, [(closed.account_id, -op.amount_minor), (clearing, op.amount_minor)],
+            state, "capture", op.idem_key, [(closed.account_id, -op.amount_minor), (clearing, op.amount_minor)],
             closed.currency, forced=acct.ledger_minor - acct.held_minor < 0,
         )
-        st.internal_delta_minor[clearing] += op.amount_minor
+        state.internal_delta_minor[clearing] += op.amount_minor
     return _record(
-        conn, st, op, o.APPROVED, "completion posted" if op.amount_minor else "completion of zero: hold released",
+        conn, state, op, ops.APPROVED, "completion posted" if op.amount_minor else "completion of zero: hold released",
         approved_minor=op.amount_minor, balances=(acct.ledger_minor, acct.held_minor), hold_id=hold.id,
         entry=entry, original_auth_id=orig.id, account_id=closed.account_id,
         card_id=op.card_id if op.card_id is not None else closed.card_id,
     )
 
 
-def _increment(conn: Connection, st: BatchState, op: o.Increment) -> o.AuthOutcome:
+def _increment(conn: Connection, state: BatchState, op: ops.Increment) -> ops.AuthOutcome:
     if op.amount_minor <= 0:
-        return _record(conn, st, op, o.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
-    orig, declined = _approved_original(conn, st, op)
+        return _record(conn, state, op, ops.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
+    orig, declined = _approved_original(conn, state, op)
     if declined is not None:
         return declined
     hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
     common = {"original_auth_id": orig.id, "hold_id": hold.id, "account_id": hold.account_id}
     if hold.status != "active":
-        return _record(conn, st, op, o.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}", **common)
+        return _record(conn, state, op, ops.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}", **common)
     if op.currency != hold.currency:
-        return _record(conn, st, op, o.INVALID_TRANSACTION, f"currency {op.currency} differs from the hold's {hold.currency}", **common)
+        reason = f"currency {op.currency} differs from the hold's {hold.currency}"
+        return _record(conn, state, op, ops.INVALID_TRANSACTION, reason, **common)
     take = take_funds(
         conn, hold.account_id, op.amount_minor, hold.currency, hold=True, partial_ok=op.partial_ok, force=False
     )
-    if take.rc in (o.APPROVED, o.PARTIAL):
-        expires_at = op.expires_at or st.now + (hold.expires_at - hold.created_at)
+    if take.rc in (ops.APPROVED, ops.PARTIAL):
+        expires_at = op.expires_at or state.now + (hold.expires_at - hold.created_at)
         expires_at = max(expires_at, hold.expires_at)
         if conn.execute(_RESIZE_HOLD, {"hid": hold.id, "d": take.approved_minor, "exp": expires_at}).first() is None:
             raise Conflict(f"hold {hold.id} closed while it was being incremented")
     return _record(
-        conn, st, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances, **common
+        conn, state, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances, **common
     )
 
 
-def _reverse(conn: Connection, st: BatchState, op: o.Reverse) -> o.AuthOutcome:
-    orig = _find_original(conn, st, op.original_key)
+def _reverse(conn: Connection, state: BatchState, op: ops.Reverse) -> ops.AuthOutcome:
+    orig = _find_original(conn, state, op.original_key)
     if orig is None:
-        return _record(conn, st, op, o.UNKNOWN_ORIGINAL, "original not found")
+        return _record(conn, state, op, ops.UNKNOWN_ORIGINAL, "original not found")
     common: dict[str, Any] = {"original_auth_id": orig.id, "account_id": orig.account_id, "currency": orig.currency}
-    if orig.op in ("reverse", "inquiry", "decline") or orig.rc not in (o.APPROVED, o.PARTIAL):
-        return _record(conn, st, op, o.APPROVED, f"original {orig.op} rc {orig.rc}: nothing to reverse", **common)
+    if orig.op in ("reverse", "inquiry", "decline") or orig.rc not in (ops.APPROVED, ops.PARTIAL):
+        return _record(conn, state, op, ops.APPROVED, f"original {orig.op} rc {orig.rc}: nothing to reverse", **common)
     if conn.execute(_CLAIM_REVERSAL, {"oid": orig.id}).first() is None:
-        return _record(conn, st, op, o.APPROVED, "already reversed", **common)
+        return _record(conn, state, op, ops.APPROVED, "already reversed", **common)
     remaining = max(0, op.remaining_minor or 0)
     if orig.op in ("hold", "increment"):
-        return _reverse_hold(conn, st, op, orig, remaining, common)
+        return _reverse_hold(conn, state, op, orig, remaining, common)
     undo = max(0, orig.approved_minor - remaining)
     if not undo or orig.entry_id is None:
-        return _record(conn, st, op, o.APPROVED, "nothing left to reverse", **common)
+        return _record(conn, state, op, ops.APPROVED, "nothing left to reverse", **common)
     sign = -1 if orig.op == "credit" else 1  # reversing a refund takes the money back
     acct = conn.execute(_ADJUST, {"aid": orig.account_id, "d_ledger": sign * undo, "d_held": 0}).one()
-    clearing = internal_account(conn, st, "clearing", acct.currency)
+    clearing = internal_account(conn, state, "clearing", acct.currency)
     entry = defer_entry(
-        st, "reversal", op.idem_key, [(orig.account_id, sign * undo), (clearing, -sign * undo)], acct.currency,
+        state, "reversal", op.idem_key, [(orig.account_id, sign * undo), (clearing, -sign * undo)], acct.currency,
         forced=acct.ledger_minor - acct.held_minor < 0,
     )
-    st.internal_delta_minor[clearing] -= sign * undo
+    state.internal_delta_minor[clearing] -= sign * undo
     return _record(
-        conn, st, op, o.APPROVED, "reversed", approved_minor=undo, balances=(acct.ledger_minor, acct.held_minor),
+        conn, state, op, ops.APPROVED, "reversed", approved_minor=undo, balances=(acct.ledger_minor, acct.held_minor),
         entry=entry, **common,
     )
 
 
 def _reverse_hold(
-    conn: Connection, st: BatchState, op: o.Reverse, orig: Any, remaining: int, common: dict[str, Any]
-) -> o.AuthOutcome:
+    conn: Connection, state: BatchState, op: ops.Reverse, orig: Any, remaining: int, common: dict[str, Any]
+) -> ops.AuthOutcome:
     hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
     common["hold_id"] = hold.id
     if hold.status != "active":
-        return _record(conn, st, op, o.APPROVED, f"hold {hold.id} already {hold.status}: nothing to release", **common)
+        reason = f"hold {hold.id} already {hold.status}: nothing to release"
+        return _record(conn, state, op, ops.APPROVED, reason, **common)
     if orig.op == "hold":
         release = max(0, hold.amount_minor - remaining)
     else:
         release = min(hold.amount_minor, max(0, orig.approved_minor - remaining))
     if release == 0:
-        return _record(conn, st, op, o.APPROVED, "nothing to release", **common)
+        return _record(conn, state, op, ops.APPROVED, "nothing to release", **common)
     if release == hold.amount_minor:
-        done = conn.execute(_CLOSE_HOLD, {"hid": hold.id, "st": "released", "at": st.now, "cap": None}).first()
+        done = conn.execute(_CLOSE_HOLD, {"hid": hold.id, "status": "released", "at": state.now, "cap": None}).first()
     else:
         done = conn.execute(_RESIZE_HOLD, {"hid": hold.id, "d": -release, "exp": hold.expires_at}).first()
     if done is None:
         raise Conflict(f"hold {hold.id} closed while it was being reversed")
     acct = conn.execute(_ADJUST, {"aid": hold.account_id, "d_ledger": 0, "d_held": -release}).one()
     return _record(
-        conn, st, op, o.APPROVED, "hold released" if release == hold.amount_minor else "hold reduced",
+        conn, state, op, ops.APPROVED, "hold released" if release == hold.amount_minor else "hold reduced",
         approved_minor=release, balances=(acct.ledger_minor, acct.held_minor), **common,
     )
 
 
-def _inquiry(conn: Connection, st: BatchState, op: o.Inquiry) -> o.AuthOutcome:
+def _inquiry(conn: Connection, state: BatchState, op: ops.Inquiry) -> ops.AuthOutcome:
     if op.account_id is None:
-        return _record(conn, st, op, UNKNOWN_ACCOUNT, "no account for this card")
+        return _record(conn, state, op, UNKNOWN_ACCOUNT, "no account for this card")
     decline, acct = _why_not(conn, op.account_id, op.currency)
     if decline is not None:
-        return _record(conn, st, op, decline.rc, decline.reason, balances=decline.balances)
-    return _record(conn, st, op, o.APPROVED, "balance inquiry", balances=(acct.ledger_minor, acct.held_minor))
+        return _record(conn, state, op, decline.rc, decline.reason, balances=decline.balances)
+    return _record(conn, state, op, ops.APPROVED, "balance inquiry", balances=(acct.ledger_minor, acct.held_minor))
 
 
-def _decline(conn: Connection, st: BatchState, op: o.Decline) -> o.AuthOutcome:
-    return _record(conn, st, op, op.rc, op.reason or f"declined {op.rc}")
+def _decline(conn: Connection, state: BatchState, op: ops.Decline) -> ops.AuthOutcome:
+    return _record(conn, state, op, op.rc, op.reason or f"declined {op.rc}")
 
 
 _HANDLERS: dict[type, Any] = {
-    o.PlaceHold: _place_hold,
-    o.Debit: _debit,
-    o.Credit: _credit,
-    o.Capture: _capture,
-    o.Increment: _increment,
-    o.Reverse: _reverse,
-    o.Inquiry: _inquiry,
-    o.Decline: _decline,
+    ops.PlaceHold: _place_hold,
+    ops.Debit: _debit,
+    ops.Credit: _credit,
+    ops.Capture: _capture,
+    ops.Increment: _increment,
+    ops.Reverse: _reverse,
+    ops.Inquiry: _inquiry,
+    ops.Decline: _decline,
 }
 
 __all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]

@@ -91,6 +91,22 @@ async def test_malformed_messages_answer_30(engine_with_short_limits, breaker):
         writer.close()
 
 
+async def test_a_pin_outside_de52_is_refused_not_ignored(engine_with_short_limits):
+    """A request whose PIN sits in DE 110 (an AES block) gets 30: it is never approved as if no PIN were given."""
+    running, cards, terminals = engine_with_short_limits
+    request = terminals["shop"].card_request(cards["ada"], 1_00, entry="magstripe")
+    request["110"] = "44" * 16
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write(encode_frame(encode(request)))
+        answer = await _read_answer(reader)
+        assert answer["39"] == "30" and answer.get("11") == request["11"] and "38" not in answer
+    finally:
+        writer.close()
+    account = await running.store.account_view(cards["ada"].account_id)
+    assert account.available_minor == account.ledger_minor == 500_00
+
+
 async def test_oversized_length_header_closes_only_that_connection(engine_with_short_limits):
     running, cards, terminals = engine_with_short_limits
     bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)

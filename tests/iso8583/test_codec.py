@@ -105,6 +105,22 @@ def test_specific_errors():
         decode(raw[:-3])
 
 
+def test_pin_fields_outside_the_interface_are_refused():
+    good = {"t": "0200", "2": "4761739001010010", "3": "000000", "4": "000000001000", "11": "000001", "41": "SHOP0001"}
+    # DE 110 once carried an AES PIN block the engine never verified: its presence is a format error now.
+    with pytest.raises(MessageFormatError, match="field 110") as info:
+        decode(encode(dict(good, **{"110": "44" * 16})))
+    assert info.value.field == "110" and info.value.partial.get("11") == "000001"
+    # DE 53 is the whole 10-byte KSN or nothing: a short one is not a key serial number of ours.
+    with pytest.raises(MessageFormatError, match="key serial number must be 10 bytes: field 53"):
+        decode(encode(dict(good, **{"52": "00" * 8, "53": "FF" * 8})))
+    with pytest.raises(MessageFormatError, match="field 53"):
+        encode(dict(good, **{"53": "FF" * 12}))
+    assert decode(encode(dict(good, **{"53": "FF" * 10})))["53"] == "FF" * 10
+    with pytest.raises(MessageFormatError, match="field 2 must be numeric"):
+        decode(encode(dict(good, **{"2": "47617390010100A0"})))
+
+
 @given(st.dictionaries(st.sampled_from(["C2", "PA", "IA", "TR", "WI", "ZZ"]), st.text("0123456789ABC", max_size=20)))
 def test_de48_round_trip(elements):
     assert parse_de48(encode_de48(elements)) == elements

@@ -1,0 +1,62 @@
+"""What the checks of one request share: the request's context, the terminal, and the way a check refuses.
+
+Kept apart from `engine` so that the chip checks and the batch close, which the engine calls, need nothing
+from the engine itself: the imports of the package point one way (engine -> chip, reconciliation -> context).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from processor.iso8583 import Request, rc
+from processor.ledger import CardRecord, TokenRecord
+
+
+class Declined(Exception):
+    """A check stopped the authorization with this response code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Terminal:
+    """What the engine needs of a terminal: who it is and which keys protect its PIN blocks."""
+
+    terminal_id: str
+    merchant_id: str
+    mcc: str | None
+    status: str
+    bdk_kcv: str | None
+    initial_ksn: str | None
+    chip_capable: bool = True
+
+
+@dataclass(slots=True)
+class AuthContext:
+    """Everything known about one request while the checks run."""
+
+    fields: dict[str, Any]
+    request: Request
+    now: dt.datetime
+    terminal: Terminal | None = None
+    card: CardRecord | None = None
+    token: TokenRecord | None = None  # the wallet's payment token when DE 2 carries one
+    pan: str | None = None
+    pin_tries: int | None = None
+    atc: int | None = None
+    icc_response: dict[str, bytes] | None = None
+    reason: str = "approved"
+
+
+def active_terminal(terminal: Terminal | None) -> Terminal:
+    """The terminal when it is registered and active; otherwise Declined(03)."""
+    if terminal is None:
+        raise Declined(rc.INVALID_MERCHANT, "unknown terminal")
+    if terminal.status != "active":
+        raise Declined(rc.INVALID_MERCHANT, f"terminal {terminal.status}")
+    return terminal

@@ -1,0 +1,107 @@
+"""The shape of the code: imports point one way, and no module needs itself back through others.
+
+The import graph is read from the source (every `import` and `from ... import` anywhere in a module,
+including those inside functions and under TYPE_CHECKING), so a cycle cannot hide behind a
+function-local import.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules(packages: Iterable[str], root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _owner(name: str, modules: dict[str, Path]) -> str | None:
+    """The module `name` lives in (a module, or the package whose __init__ defines it)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph(packages: Iterable[str], root: Path = ROOT) -> dict[str, set[str]]:
+    """{module: the modules of `packages` it imports}, from the source of every module."""
+    modules = _modules(packages, root)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            for target in targets:
+                owner = _owner(target, modules)
+                if owner is not None and owner != name:
+                    graph[name].add(owner)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_processor_has_no_import_cycle() -> None:
+    assert cycles(import_graph(["processor"])) == []
+
+
+def test_the_cycle_finder_sees_a_cycle_made_of_function_local_imports(tmp_path: Path) -> None:
+    package = tmp_path / "shop"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "engine.py").write_text("from shop import chip\n")
+    (package / "chip.py").write_text("def check():\n    from shop.engine import run\n")
+    (package / "policy.py").write_text("from . import chip\n")
+    graph = import_graph(["shop"], tmp_path)
+    assert graph["shop.policy"] == {"shop.chip"}
+    assert cycles(graph) == [["shop.chip", "shop.engine"]]
+    (package / "chip.py").write_text("def check():\n    pass\n")
+    assert cycles(import_graph(["shop"], tmp_path)) == []
