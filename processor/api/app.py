@@ -360,6 +360,13 @@ def create_app(service: ApiService) -> FastAPI:
 
         return await write(op, request, key, body.model_dump(mode="json"), _ok(set_product), body.code, body.name, body.currency, body.annual_rate_ppm)
 
+    @app.put("/v1/operator/p2p-limits", response_model=s.P2pLimits, tags=["operator"], responses=errors)
+    async def p2p_limits(op: Op, body: s.P2pLimits, request: Request, key: IdemKey = None) -> Any:
+        """The per-day limits of payments to people, per sending account (UTC days)."""
+        result = await write(op, request, key, body.model_dump(mode="json"), _set_limits, body.daily_limit_minor, body.daily_count)
+        service.desk.reload_limits()
+        return result
+
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -377,6 +384,15 @@ def _name_of(conn: Any, cardholder_id: int) -> str:
     from processor.ledger.models import cardholders
 
     return conn.execute(select(cardholders.c.name).where(cardholders.c.id == cardholder_id)).scalar_one()
+
+
+def _set_limits(conn: Any, daily_limit_minor: int, daily_count: int) -> tuple[int, dict[str, Any]]:
+    from processor.api.payments import DAILY_COUNT_CONFIG, DAILY_LIMIT_CONFIG
+    from processor.ledger import admin
+
+    admin.set_config(conn, DAILY_LIMIT_CONFIG, str(daily_limit_minor))
+    admin.set_config(conn, DAILY_COUNT_CONFIG, str(daily_count))
+    return 200, {"daily_limit_minor": daily_limit_minor, "daily_count": daily_count}
 
 
 def _sign_in_ok(conn: Any, keys: list[str], cardholder_id: int, handle: str) -> security.TokenPair:

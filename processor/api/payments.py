@@ -409,6 +409,10 @@ class TransferDesk:
         except TimeoutError:
             raise StoreBusy(f"no commit within {self.submit_timeout_s}s; retry with the same Idempotency-Key") from None
 
+    def reload_limits(self) -> None:
+        """Read the limits again before the next batch (they changed in this process)."""
+        self._limits_at = 0.0
+
     async def _limits_now(self) -> Limits:
         if time.monotonic() - self._limits_at > self.limits_refresh_s:
             with contextlib.suppress(Exception):

@@ -278,3 +278,8 @@ class Product(BaseModel):
 class PasswordSet(BaseModel):
     id: int
     password_set: bool
+
+
+class P2pLimits(Strict):
+    daily_limit_minor: int = Field(ge=0, le=AMOUNT_MAX_MINOR)
+    daily_count: int = Field(ge=0, le=1_000_000)

@@ -9,7 +9,6 @@ from api_helpers import AppEnv
 from sqlalchemy import update
 
 from processor.api.models import payment_requests
-from processor.api.payments import DAILY_COUNT_CONFIG, DAILY_LIMIT_CONFIG
 
 
 async def test_a_payment_by_handle_is_instant_and_shows_in_both_threads(app_env: AppEnv) -> None:
@@ -65,9 +64,8 @@ async def test_frozen_accounts_neither_send_nor_receive(app_env: AppEnv) -> None
 
 
 async def test_insufficient_funds_and_daily_limits(app_env: AppEnv) -> None:
-    await app_env.store.set_config(DAILY_LIMIT_CONFIG, "1000")
-    await app_env.store.set_config(DAILY_COUNT_CONFIG, "3")
-    app_env.running.service.desk._limits_at = 0  # read the new limits now
+    r = await app_env.write("PUT", "/v1/operator/p2p-limits", app_env.op, {"daily_limit_minor": 1000, "daily_count": 3})
+    assert r.status_code == 200, r.text
     ada = await app_env.enroll("ada", 10_000)
     await app_env.enroll("bob")
     pay = lambda amount: app_env.write("POST", "/v1/payments", ada, {"to": "bob", "amount_minor": amount, "currency": "EUR"})  # noqa: E731
@@ -77,8 +75,7 @@ async def test_insufficient_funds_and_daily_limits(app_env: AppEnv) -> None:
     assert (await pay(400)).status_code == 201
     assert (await pay(0)).status_code == 400
     # Two at once against the last free slot of the count: exactly one passes.
-    await app_env.store.set_config(DAILY_LIMIT_CONFIG, "100000")
-    app_env.running.service.desk._limits_at = 0
+    await app_env.write("PUT", "/v1/operator/p2p-limits", app_env.op, {"daily_limit_minor": 100_000, "daily_count": 3})
     answers = await asyncio.gather(pay(1), pay(1))
     assert sorted(r.status_code for r in answers) == [201, 422]
     assert (await pay(1)).json()["error"]["code"] == "daily_count_exceeded"
