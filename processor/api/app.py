@@ -471,6 +471,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for operation in path.values():
             responses = operation.get("responses", {})
             responses.pop("422", None)
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "header" and parameter.get("name") == "Idempotency-Key":
+                    # Optional to FastAPI so that its absence gets its own error code; required all the same.
+                    parameter["required"] = True
+                    parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}
     schemas = doc.get("components", {}).get("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)

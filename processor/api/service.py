@@ -145,6 +145,8 @@ def store_error(err: StoreError) -> ApiError:
     text = str(err)
     if "cannot become" in text or "cannot be reopened" in text:
         return ApiError("invalid_transition", text)
+    if "already taken" in text or "already exists" in text:
+        return ApiError("conflict", text)
     return ApiError("invalid_request", text)
 
 
