@@ -78,11 +78,12 @@ async def cmd_savings_product(rt: Any, args: argparse.Namespace) -> dict[str, An
 
 
 async def cmd_savings_open(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.cli import _account_json
     from processor.savings.products import open_savings
 
     account_id = await rt.store.run_write(open_savings, args.cardholder, args.product)
-    return await _account_json(rt, account_id)
+    view = await rt.store.account_view(account_id)
+    return {"id": view.id, "kind": view.kind, "currency": view.currency, "status": view.status,
+            "ledger_minor": view.ledger_minor, "product": args.product}
 
 
 async def cmd_savings_accrue(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -102,11 +103,10 @@ async def cmd_savings_accrue(rt: Any, args: argparse.Namespace) -> dict[str, Any
 
 
 def cmd_api(args: argparse.Namespace, settings: Any) -> int:
-    from processor.api.server import parse_http, run_api
-    from processor.cli import _run
+    from processor.api.server import parse_http, run_api, run_until_done
 
     host, port = parse_http(args.http)
-    return _run(_serve(run_api(settings, host=host, port=port), settings))
+    return run_until_done(_serve(run_api(settings, host=host, port=port), settings))
 
 
 async def _serve(coro: Awaitable[None], settings: Any) -> int:

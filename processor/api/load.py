@@ -268,6 +268,30 @@ async def drive(host: str, port: int, users: list[User], *, connections: int, se
     return result
 
 
+async def baseline(host: str, port: int, users: list[User], *, connections: int, seconds: float) -> dict[str, Any]:
+    """Authenticated reads (GET /v1/me) on the same connections: what HTTP and sign-in checks cost alone, now."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+
+    async def worker(n: int) -> None:
+        conn = Connection(host, port)
+        user = users[n % len(users)]
+        try:
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                status, _ = await conn.request("GET", "/v1/me", None, {"Authorization": f"Bearer {user.token}"})
+                if status == 200:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker(n) for n in range(connections)))
+    elapsed = time.perf_counter() - started
+    lat = sorted(latencies)
+    return {"requests_per_s": round(len(lat) / elapsed, 1), "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="the API, e.g. http://127.0.0.1:8080")
     p.add_argument("--operator-key", required=True, help="an operator key (`processor app operator-key`), to enroll the load's cardholders")
@@ -278,6 +302,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, default=10, help="cardholders holding an event stream open (default 10)")
     p.add_argument("--deposit", type=int, default=10_000_000, help="each cardholder's funding, minor units")
     p.add_argument("--currency", default="EUR")
+    p.add_argument("--baseline", action="store_true", help="first measure authenticated reads (GET /v1/me) for as long, to compare")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -290,16 +315,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.quiet:
         print(f"enrolling and signing in {args.users} cardholders ...", file=sys.stderr)
     users = await provision(host, port, args.operator_key, args.users, args.deposit, args.currency)
+    reference = None
+    if args.baseline:
+        reference = await baseline(host, port, users, connections=args.connections, seconds=args.seconds)
     if not args.quiet:
         print(f"driving {args.connections} connections for {args.seconds:g} s, {args.streams} event streams", file=sys.stderr)
     result = await drive(host, port, users, connections=args.connections, seconds=args.seconds, rate=args.rate,
                          streams=args.streams, quiet=args.quiet, currency=args.currency)
-    return result.summary() | {"users": args.users, "connections": args.connections, "streams": args.streams}
+    return result.summary() | {"users": args.users, "connections": args.connections, "streams": args.streams, "baseline": reference}
 
 
 def main_from_args(args: argparse.Namespace, settings: Any = None) -> int:
     """Run the load and print its summary; exit 1 when no payment succeeded."""
-    from processor.cli import _run
+    from processor.api.server import run_until_done
 
     if args.users < 2 or args.connections < 1 or args.seconds <= 0 or args.streams < 0:
         print("processor: api-load needs --users >= 2, --connections >= 1, --seconds > 0", file=sys.stderr)
@@ -321,4 +349,4 @@ def main_from_args(args: argparse.Namespace, settings: Any = None) -> int:
                   f"from commit to reader")
         return 0 if summary["payments"] else 1
 
-    return _run(go())
+    return run_until_done(go())

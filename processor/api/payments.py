@@ -21,17 +21,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
 from processor.api.models import conversation_items, p2p_daily, payment_requests
-from processor.api.threads import NOTE_MAX_CHARS, cardholder_by_handle, conversation_between, request_json
+from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
-from processor.ledger.apply import BatchState, post_entry
-from processor.ledger.models import accounts, cardholders, utcnow
+from processor.ledger.apply import Conflict, LedgerBug
+from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
 from processor.ledger.records import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
@@ -43,13 +43,6 @@ DEFAULT_DAILY_COUNT = 100
 
 a, it, rq, pd, ch = accounts.c, conversation_items.c, payment_requests.c, p2p_daily.c, cardholders.c
 
-_CHECKING = (
-    select(a.id, a.status, a.currency, a.cardholder_id)
-    .where(a.cardholder_id == bindparam("cid"), a.kind == "checking", a.currency == bindparam("cur"), a.status != "closed")
-    .order_by(a.id)
-    .limit(1)
-)
-_ACCOUNT = select(a.id, a.status, a.currency, a.cardholder_id, a.kind).where(a.id == bindparam("aid"))
 _TAKE = (
     update(accounts)
     .where(a.id == bindparam("aid"), a.status == "open", a.ledger_minor - a.held_minor >= bindparam("amt"))
@@ -92,11 +85,6 @@ class Transfer:
     to_account_id: int | None = None
 
 
-def checking_account(conn: Connection, cardholder_id: int, currency: str) -> Any:
-    """A cardholder's (first) checking account in `currency` that is not closed, or None."""
-    return conn.execute(_CHECKING, {"cid": cardholder_id, "cur": currency}).first()
-
-
 def check_amount(amount_minor: int, currency: str) -> None:
     if amount_minor <= 0:
         raise ApiError("invalid_request", "amount_minor must be a positive integer", details={"fields": ["amount_minor"]})
@@ -106,27 +94,130 @@ def check_amount(amount_minor: int, currency: str) -> None:
 
 # ------------------------------------------------------------------ the batch (inside one transaction)
 
+_UNDO_TAKE = update(accounts).where(a.id == bindparam("aid")).values(ledger_minor=a.ledger_minor + bindparam("amt"))
+_LIMIT_ROW = select(pd.sent_minor, pd.sent_count).where(pd.account_id == bindparam("aid"), pd.day == bindparam("day"))
+_LIMIT_UNDO = (
+    update(p2p_daily)
+    .where(pd.account_id == bindparam("undo_aid"), pd.day == bindparam("undo_day"))
+    .values(sent_minor=pd.sent_minor - bindparam("undo_amt"), sent_count=pd.sent_count - 1)
+)
+
+
+def _limit_upsert(insert_: Any) -> Any:
+    stmt = insert_(p2p_daily).values(account_id=bindparam("aid"), day=bindparam("day"), sent_minor=bindparam("amt"), sent_count=1)
+    return stmt.on_conflict_do_update(
+        index_elements=[pd.account_id, pd.day],
+        set_={"sent_minor": pd.sent_minor + bindparam("amt"), "sent_count": pd.sent_count + 1},
+        where=(pd.sent_minor + bindparam("amt") <= bindparam("lim")) & (pd.sent_count + 1 <= bindparam("cnt")),
+    ).returning(pd.sent_minor)
+
+
+_LIMIT_UPSERT = {"sqlite": _limit_upsert(sqlite_insert), "postgresql": _limit_upsert(pg_insert)}
+_INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
+_INS_POSTINGS = insert(postings)
+_INS_ITEMS = insert(conversation_items).returning(it.id, sort_by_parameter_order=True)
+_PAY_REQUEST = (
+    update(payment_requests)
+    .where(rq.id == bindparam("rid"), rq.status == "open")
+    .values(status="paid", payment_item_id=bindparam("iid"), closed_at=bindparam("at"))
+)
+_REQUESTS = select(rq).where(rq.id.in_(bindparam("ids", expanding=True)))
+_CARDHOLDERS = select(ch.id, ch.handle).where(or_(ch.handle.in_(bindparam("handles", expanding=True)), ch.id.in_(bindparam("ids", expanding=True))))
+_CHECKINGS = (
+    select(a.id, a.cardholder_id, a.currency, a.status)
+    .where(a.cardholder_id.in_(bindparam("ids", expanding=True)), a.kind == "checking", a.status != "closed")
+    .order_by(a.id)
+)
+_ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
+_STATUSES = select(a.id, a.status).where(a.id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass(slots=True)
+class _Moved:
+    """A transfer whose money moved; its rows are written together at the end of the batch."""
+
+    t: Transfer
+    source: int
+    target: int
+    amount_minor: int
+    currency: str
+    note: str
+    payee_id: int | None
+    source_after: Any
+    target_after: Any = None
+    entry_id: int = 0
+    item_id: int = 0
+    conversation_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """The same key twice in one batch: the second gets the first's answer."""
+
+    first: int  # index of the first in the batch
+
+
+@dataclass(frozen=True, slots=True)
+class _SamePayment:
+    """A request paid twice in one batch: the second answers with the first's payment."""
+
+    moved: int  # index in the batch's moved transfers
+
 
 @dataclass(slots=True)
 class _Batch:
+    """What one batch knows after its few look-ups: the people, their accounts and the requests it names."""
+
     now: dt.datetime
-    state: BatchState
     limits: Limits
-    conversations: dict[tuple[int, int], int]
+    limit_stmt: Any
+    handles: dict[str, int]
+    names: dict[int, str]
+    checking: dict[tuple[int, str], Any]
+    accounts: dict[int, Any]
+    requests: dict[int, Any]
+    status: dict[int, str]
     events: list[dict[str, Any]]
-    handles: dict[int, str]
+    paying: dict[int, int]  # request id -> index in `moved` of the payment paying it in this batch
+
+    def checking_of(self, cardholder_id: int, currency: str) -> Any:
+        return self.checking.get((cardholder_id, currency))
+
+
+def _load(conn: Connection, batch: Sequence[Transfer], now: dt.datetime, limits: Limits) -> _Batch:
+    request_ids = sorted({t.request_id for t in batch if t.request_id is not None})
+    requests = {r.id: r for r in conn.execute(_REQUESTS, {"ids": request_ids})} if request_ids else {}
+    handles = sorted({t.payee_handle for t in batch if t.payee_handle})
+    ids = {t.payer_id for t in batch} | {r.requester_id for r in requests.values()} | {r.payer_id for r in requests.values()}
+    names: dict[int, str] = {}
+    by_handle: dict[str, int] = {}
+    for row in conn.execute(_CARDHOLDERS, {"handles": handles, "ids": sorted(ids)}):
+        names[row.id] = row.handle
+        by_handle[row.handle] = row.id
+    people = sorted(set(names))
+    checking: dict[tuple[int, str], Any] = {}
+    for row in conn.execute(_CHECKINGS, {"ids": people}) if people else ():
+        checking.setdefault((row.cardholder_id, row.currency), row)
+    own_ids = sorted({x for t in batch if t.kind == "own" for x in (t.from_account_id, t.to_account_id) if x is not None})
+    own = {r.id: r for r in conn.execute(_ACCOUNTS, {"ids": own_ids})} if own_ids else {}
+    status = {r.id: r.status for r in checking.values()} | {r.id: r.status for r in own.values()}
+    if conn.dialect.name == "postgresql" and status:
+        # Lock every account the batch may touch in id order (parallel batches queue instead of deadlocking),
+        # then read their status again: it may have changed before the lock was ours.
+        conn.execute(_LOCK, {"ids": sorted(status)})
+        status = {r.id: r.status for r in conn.execute(_STATUSES, {"ids": sorted(status)})}
+    dialect = "sqlite" if conn.dialect.name == "sqlite" else "postgresql"
+    return _Batch(now, limits, _LIMIT_UPSERT[dialect], by_handle, names, checking, own, requests, status, [], {})
 
 
 def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits) -> list[idem.Answer]:
     """Apply `batch` in order inside the caller's transaction; the answers hold once it commits."""
     now = utcnow()
-    b = _Batch(now, BatchState(now=now, internal_ids={}), limits, {}, [], {})
     stored = idem.stored_many(conn, list({(t.principal, t.idem_key) for t in batch}))
-    if conn.dialect.name == "postgresql":
-        _lock_accounts(conn, batch)
-    answers: list[idem.Answer] = []
-    fresh: dict[tuple[str, str], tuple[str, idem.Answer]] = {}
-    records = []
+    b = _load(conn, batch, now, limits)
+    answers: list[idem.Answer | _Moved | _Replay | _SamePayment] = []
+    fresh: dict[tuple[str, str], tuple[str, int]] = {}
+    moved: list[_Moved] = []
     for t in batch:
         k = (t.principal, t.idem_key)
         try:
@@ -134,7 +225,7 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
                 rhash, first = fresh[k]
                 if rhash != t.rhash:
                     raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used for a different request")
-                answers.append(idem.Answer(first.status, first.body, replayed=True))
+                answers.append(_Replay(first))
                 continue
             if k in stored:
                 answers.append(idem.answer_from_row(stored[k], t.rhash))
@@ -142,73 +233,47 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
         except ApiError as err:
             answers.append(idem.Answer(err.status, err.body()))
             continue
-        mark = len(b.events)
+        fresh[k] = (t.rhash, len(answers))
         try:
-            with conn.begin_nested():
-                answer = _own(conn, b, t) if t.kind == "own" else _p2p(conn, b, t)
+            result = _own(conn, b, t) if t.kind == "own" else _p2p(conn, b, t, moved)
         except ApiError as err:
-            del b.events[mark:]
-            answer = idem.Answer(err.status, err.body())
-        fresh[k] = (t.rhash, answer)
-        records.append(idem.record_row(t.principal, t.idem_key, t.rhash, answer, now))
-        answers.append(answer)
+            result = idem.Answer(err.status, err.body())
+        if isinstance(result, _Moved):
+            moved.append(result)
+        answers.append(result)
+    _write_moved(conn, b, moved)
+    final: list[idem.Answer] = []
+    records = []
+    for index, answer in enumerate(answers):
+        if isinstance(answer, _Replay):
+            first = final[answer.first]
+            final.append(idem.Answer(first.status, first.body, replayed=True))
+            continue
+        if isinstance(answer, _SamePayment):
+            final.append(idem.Answer(200, _payment_body(b, moved[answer.moved], with_balance=False)))
+        elif isinstance(answer, _Moved):
+            final.append(_moved_answer(b, answer))
+        else:
+            final.append(answer)
+        t = batch[index]
+        if fresh.get((t.principal, t.idem_key), ("", -1))[1] == index:  # answered here, not read back
+            records.append(idem.record_row(t.principal, t.idem_key, t.rhash, final[-1], now))
     if records:
         conn.execute(insert(idem.idempotency), records)
     write_events(conn, b.events)
-    return answers
-
-
-def _lock_accounts(conn: Connection, batch: Sequence[Transfer]) -> None:
-    """PostgreSQL: lock every account the batch may touch, in id order, so parallel batches never deadlock."""
-    ids: set[int] = set()
-    for t in batch:
-        if t.kind == "own":
-            ids.update(x for x in (t.from_account_id, t.to_account_id) if x is not None)
-            continue
-        payer = checking_account(conn, t.payer_id, t.currency) if t.currency else None
-        if payer is not None:
-            ids.add(payer.id)
-        payee_id = None
-        if t.request_id is not None:
-            row = conn.execute(select(rq.requester_id, rq.currency).where(rq.id == t.request_id)).first()
-            if row is not None:
-                payer = checking_account(conn, t.payer_id, row.currency)
-                ids.update([payer.id] if payer is not None else [])
-                payee_id, currency = row.requester_id, row.currency
-        elif t.payee_handle:
-            found = conn.execute(select(ch.id).where(ch.handle == t.payee_handle.lstrip("@"))).scalar()
-            payee_id, currency = found, t.currency
-        if payee_id is not None:
-            payee = checking_account(conn, payee_id, currency)
-            if payee is not None:
-                ids.add(payee.id)
-    if ids:
-        conn.execute(_LOCK, {"ids": sorted(ids)})
-
-
-def _handle(conn: Connection, b: _Batch, cardholder_id: int) -> str:
-    found = b.handles.get(cardholder_id)
-    if found is None:
-        found = b.handles[cardholder_id] = conn.execute(select(ch.handle).where(ch.id == cardholder_id)).scalar_one()
-    return found
+    return final
 
 
 def _count_against_limits(conn: Connection, b: _Batch, account_id: int, amount_minor: int) -> None:
-    day = b.now.date()
     limit_minor, limit_count = b.limits.daily_minor, b.limits.daily_count
     if amount_minor > limit_minor:
         raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
                        details={"limit_minor": limit_minor})
-    insert_ = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    stmt = insert_(p2p_daily).values(account_id=account_id, day=day, sent_minor=amount_minor, sent_count=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[pd.account_id, pd.day],
-        set_={"sent_minor": pd.sent_minor + amount_minor, "sent_count": pd.sent_count + 1},
-        where=(pd.sent_minor + amount_minor <= limit_minor) & (pd.sent_count + 1 <= limit_count),
-    ).returning(pd.sent_minor)
-    if conn.execute(stmt).first() is not None:
+    day = b.now.date()
+    params = {"aid": account_id, "day": day, "amt": amount_minor, "lim": limit_minor, "cnt": limit_count}
+    if conn.execute(b.limit_stmt, params).first() is not None:
         return
-    row = conn.execute(select(pd.sent_minor, pd.sent_count).where(pd.account_id == account_id, pd.day == day)).one()
+    row = conn.execute(_LIMIT_ROW, {"aid": account_id, "day": day}).one()
     if row.sent_count + 1 > limit_count:
         raise ApiError("daily_count_exceeded", f"at most {limit_count} payments to people a day",
                        details={"limit_count": limit_count, "sent_count": row.sent_count})
@@ -216,25 +281,34 @@ def _count_against_limits(conn: Connection, b: _Batch, account_id: int, amount_m
                    details={"limit_minor": limit_minor, "sent_minor": row.sent_minor})
 
 
-def _take(conn: Connection, account_id: int, amount_minor: int) -> Any:
+def _take(conn: Connection, b: _Batch, account_id: int, amount_minor: int) -> Any:
     row = conn.execute(_TAKE, {"aid": account_id, "amt": amount_minor}).first()
     if row is not None:
         return row
-    status = conn.execute(select(a.status).where(a.id == account_id)).scalar()
-    if status != "open":
-        raise ApiError("account_not_open", f"your account {account_id} is {status}: it can neither send nor receive")
+    if b.status.get(account_id) != "open":
+        raise ApiError("account_not_open", f"your account {account_id} is {b.status.get(account_id)}: it can neither send nor receive")
     raise ApiError("insufficient_funds", f"account {account_id} does not have {amount_minor} minor units available")
 
 
-def _p2p(conn: Connection, b: _Batch, t: Transfer) -> idem.Answer:
+def _give(conn: Connection, account_id: int, amount_minor: int) -> Any:
+    row = conn.execute(_GIVE, {"aid": account_id, "amt": amount_minor}).first()
+    if row is None:
+        # The status was read open in this transaction (and locked on PostgreSQL): try the batch again.
+        raise Conflict(f"account {account_id} changed during the batch")
+    return row
+
+
+def _p2p(conn: Connection, b: _Batch, t: Transfer, moved: list[_Moved]) -> idem.Answer | _Moved | _SamePayment:
     request = None
     amount_minor, currency, note = t.amount_minor, t.currency, t.note
     if t.request_id is not None:
-        request = conn.execute(select(rq).where(rq.id == t.request_id)).first()
+        request = b.requests.get(t.request_id)
         if request is None or t.payer_id not in (request.payer_id, request.requester_id):
             raise ApiError("not_found", f"payment request {t.request_id} not found")
         if request.payer_id != t.payer_id:
             raise ApiError("forbidden", "only the request's payer can pay it")
+        if request.id in b.paying:
+            return _SamePayment(b.paying[request.id])
         if request.status == "paid":
             return _paid_already(conn, b, request)
         if request.status == "open" and request.expires_at <= b.now:
@@ -244,80 +318,40 @@ def _p2p(conn: Connection, b: _Batch, t: Transfer) -> idem.Answer:
         amount_minor, currency, note, payee_id = request.amount_minor, request.currency, request.note, request.requester_id
     else:
         check_amount(amount_minor, currency)
-        payee_id = cardholder_by_handle(conn, t.payee_handle or "").id
+        found = b.handles.get(t.payee_handle or "")
+        if found is None:
+            raise ApiError("recipient_not_found", f"no cardholder with handle @{t.payee_handle}")
+        payee_id = found
     if payee_id == t.payer_id:
         raise ApiError("cannot_pay_yourself", "payer and payee are the same cardholder")
-    payer = checking_account(conn, t.payer_id, currency)
+    payer = b.checking_of(t.payer_id, currency)
     if payer is None:
         raise ApiError("currency_mismatch", f"you have no account in {currency}")
-    payee = checking_account(conn, payee_id, currency)
+    payee = b.checking_of(payee_id, currency)
     if payee is None:
         raise ApiError("recipient_not_found", f"the recipient has no account in {currency}")
-    if payer.status != "open":
-        raise ApiError("account_not_open", f"your account {payer.id} is {payer.status}: it can neither send nor receive")
-    if payee.status != "open":
+    if b.status[payer.id] != "open":
+        raise ApiError("account_not_open", f"your account {payer.id} is {b.status[payer.id]}: it can neither send nor receive")
+    if b.status[payee.id] != "open":
         raise ApiError("recipient_cannot_receive", "the recipient's account cannot receive payments now")
     _count_against_limits(conn, b, payer.id, amount_minor)
-    after = _take(conn, payer.id, amount_minor)
-    if conn.execute(_GIVE, {"aid": payee.id, "amt": amount_minor}).first() is None:
-        raise ApiError("recipient_cannot_receive", "the recipient's account cannot receive payments now")
-    entry_id = post_entry(conn, b.state, "p2p", f"p2p {t.principal} {t.idem_key}", [(payer.id, -amount_minor), (payee.id, amount_minor)], currency)
-    conversation_id = conversation_between(conn, t.payer_id, payee_id, b.now, b.conversations)
-    item_id = conn.execute(
-        _INS_ITEM,
-        {"conversation_id": conversation_id, "kind": "payment", "sender_id": t.payer_id, "text": note, "amount_minor": amount_minor,
-         "currency": currency, "entry_id": entry_id, "request_id": t.request_id, "created_at": b.now},
-    ).scalar_one()
+    try:
+        after = _take(conn, b, payer.id, amount_minor)
+    except ApiError:
+        conn.execute(_LIMIT_UNDO, {"undo_aid": payer.id, "undo_day": b.now.date(), "undo_amt": amount_minor})
+        raise
+    _give(conn, payee.id, amount_minor)
     if request is not None:
-        moved = conn.execute(
-            update(payment_requests).where(rq.id == request.id, rq.status == "open").values(status="paid", payment_item_id=item_id, closed_at=b.now)
-        ).rowcount
-        if not moved:
-            raise ApiError("conflict", f"payment request {request.id} changed meanwhile; read it again")
-    payer_handle, payee_handle = _handle(conn, b, t.payer_id), _handle(conn, b, payee_id)
-    payment = {
-        "id": item_id,
-        "conversation_id": conversation_id,
-        "from": payer_handle,
-        "to": payee_handle,
-        "amount_minor": amount_minor,
-        "currency": currency,
-        "note": note,
-        "request_id": t.request_id,
-        "created_at": b.now.isoformat(),
-    }
-    b.events.append(cardholder_event(t.payer_id, "payment.sent", payment, b.now))
-    b.events.append(cardholder_event(payee_id, "payment.received", payment, b.now))
-    return idem.Answer(201, payment | {"balance": {"account_id": payer.id, "ledger_minor": after.ledger_minor,
-                                                     "available_minor": after.ledger_minor - after.held_minor}})
+        b.paying[request.id] = len(moved)
+    return _Moved(t, payer.id, payee.id, amount_minor, currency, note, payee_id, after)
 
 
-def _paid_already(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
-    """Paying a paid request again answers with the payment that paid it, and moves nothing."""
-    item = conn.execute(select(it.id, it.conversation_id, it.text, it.created_at).where(it.id == request.payment_item_id)).one()
-    return idem.Answer(200, {
-        "id": item.id, "conversation_id": item.conversation_id, "from": _handle(conn, b, request.payer_id),
-        "to": _handle(conn, b, request.requester_id), "amount_minor": request.amount_minor, "currency": request.currency,
-        "note": item.text, "request_id": request.id, "created_at": item.created_at.isoformat(),
-    })
-
-
-def _expired(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
-    """An open request past its expiry: it becomes expired now (with its events) and cannot be paid."""
-    conn.execute(update(payment_requests).where(rq.id == request.id, rq.status == "open").values(status="expired", closed_at=b.now))
-    handles = {request.payer_id: _handle(conn, b, request.payer_id), request.requester_id: _handle(conn, b, request.requester_id)}
-    body = request_json(request, handles) | {"status": "expired", "closed_at": b.now.isoformat()}
-    b.events += [cardholder_event(who, "request.expired", body, b.now) for who in (request.requester_id, request.payer_id)]
-    err = ApiError("request_expired", f"payment request {request.id} expired at {request.expires_at.isoformat()}")
-    return idem.Answer(err.status, err.body())
-
-
-def _own(conn: Connection, b: _Batch, t: Transfer) -> idem.Answer:
+def _own(conn: Connection, b: _Batch, t: Transfer) -> _Moved:
     if t.amount_minor <= 0:
         raise ApiError("invalid_request", "amount_minor must be a positive integer", details={"fields": ["amount_minor"]})
     rows = {}
     for which, account_id in (("from_account_id", t.from_account_id), ("to_account_id", t.to_account_id)):
-        row = conn.execute(_ACCOUNT, {"aid": account_id}).first()
+        row = b.accounts.get(account_id or 0)
         if row is None or row.cardholder_id != t.payer_id:
             raise ApiError("not_found", f"account {account_id} not found", details={"fields": [which]})
         rows[which] = row
@@ -327,26 +361,121 @@ def _own(conn: Connection, b: _Batch, t: Transfer) -> idem.Answer:
     if source.currency != target.currency:
         raise ApiError("currency_mismatch", f"account {source.id} is in {source.currency}, account {target.id} in {target.currency}")
     for row in (source, target):
-        if row.status != "open":
-            raise ApiError("account_not_open", f"account {row.id} is {row.status}")
-    after = _take(conn, source.id, t.amount_minor)
-    target_after = conn.execute(_GIVE, {"aid": target.id, "amt": t.amount_minor}).first()
-    if target_after is None:
-        raise ApiError("account_not_open", f"account {target.id} is not open")
-    entry_id = post_entry(conn, b.state, "transfer", f"own {t.principal} {t.idem_key}", [(source.id, -t.amount_minor), (target.id, t.amount_minor)], source.currency)
-    transfer = {
-        "id": entry_id,
-        "from_account_id": source.id,
-        "to_account_id": target.id,
-        "amount_minor": t.amount_minor,
-        "currency": source.currency,
-        "note": t.note,
+        if b.status[row.id] != "open":
+            raise ApiError("account_not_open", f"account {row.id} is {b.status[row.id]}")
+    after = _take(conn, b, source.id, t.amount_minor)
+    target_after = _give(conn, target.id, t.amount_minor)
+    return _Moved(t, source.id, target.id, t.amount_minor, source.currency, t.note, None, after, target_after)
+
+
+def _write_moved(conn: Connection, b: _Batch, moved: list[_Moved]) -> None:
+    """One multi-row INSERT each for the batch's journal entries, postings and conversation items."""
+    if not moved:
+        return
+    entry_ids = conn.execute(_INS_ENTRIES, [
+        {"kind": "p2p" if m.t.kind == "p2p" else "transfer", "reference": f"{m.t.kind} {m.t.principal} {m.t.idem_key}"[:200],
+         "auth_id": None, "forced": False, "created_at": b.now}
+        for m in moved
+    ]).scalars().all()
+    if len(entry_ids) != len(moved):
+        raise LedgerBug(f"{len(moved)} journal entries written but {len(entry_ids)} ids returned")
+    lines = []
+    for m, entry_id in zip(moved, entry_ids, strict=True):
+        m.entry_id = entry_id
+        lines += [{"entry_id": entry_id, "account_id": m.source, "amount_minor": -m.amount_minor, "currency": m.currency},
+                  {"entry_id": entry_id, "account_id": m.target, "amount_minor": m.amount_minor, "currency": m.currency}]
+    if sum(line["amount_minor"] for line in lines) != 0:
+        raise LedgerBug("transfer postings do not balance")
+    conn.execute(_INS_POSTINGS, lines)
+    payments = [m for m in moved if m.t.kind == "p2p"]
+    if not payments:
+        return
+    pairs = {(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id)) for m in payments if m.payee_id is not None}
+    conversations = conversations_of(conn, pairs, b.now)
+    item_ids = conn.execute(_INS_ITEMS, [
+        {"conversation_id": conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))], "kind": "payment",
+         "sender_id": m.t.payer_id, "text": m.note, "amount_minor": m.amount_minor, "currency": m.currency,
+         "entry_id": m.entry_id, "request_id": m.t.request_id, "created_at": b.now}
+        for m in payments
+    ]).scalars().all()
+    for m, item_id in zip(payments, item_ids, strict=True):
+        m.item_id = item_id
+        assert m.payee_id is not None
+        m.conversation_id = conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))]
+        if m.t.request_id is not None:
+            if conn.execute(_PAY_REQUEST, {"rid": m.t.request_id, "iid": item_id, "at": b.now}).rowcount != 1:
+                raise Conflict(f"payment request {m.t.request_id} changed during the batch")
+
+
+def _payment_body(b: _Batch, m: _Moved, *, with_balance: bool) -> dict[str, Any]:
+    after = m.source_after
+    body = {
+        "id": m.item_id,
+        "conversation_id": m.conversation_id,
+        "from": b.names[m.t.payer_id],
+        "to": b.names[m.payee_id] if m.payee_id is not None else "",
+        "amount_minor": m.amount_minor,
+        "currency": m.currency,
+        "note": m.note,
+        "request_id": m.t.request_id,
         "created_at": b.now.isoformat(),
-        "from_balance_minor": after.ledger_minor,
-        "to_balance_minor": target_after.ledger_minor,
     }
-    b.events.append(cardholder_event(t.payer_id, "transfer.completed", transfer, b.now))
-    return idem.Answer(201, transfer)
+    if with_balance:
+        body["balance"] = {"account_id": m.source, "ledger_minor": after.ledger_minor, "available_minor": after.ledger_minor - after.held_minor}
+    return body
+
+
+def _moved_answer(b: _Batch, m: _Moved) -> idem.Answer:
+    if m.t.kind == "own":
+        after, target_after = m.source_after, m.target_after
+        transfer = {
+            "id": m.entry_id, "from_account_id": m.source, "to_account_id": m.target, "amount_minor": m.amount_minor,
+            "currency": m.currency, "note": m.note, "created_at": b.now.isoformat(),
+            "from_balance_minor": after.ledger_minor, "to_balance_minor": target_after.ledger_minor,
+        }
+        b.events.append(cardholder_event(m.t.payer_id, "transfer.completed", transfer, b.now))
+        return idem.Answer(201, transfer)
+    body = _payment_body(b, m, with_balance=True)
+    event = {k: v for k, v in body.items() if k != "balance"}
+    b.events.append(cardholder_event(m.t.payer_id, "payment.sent", event, b.now))
+    assert m.payee_id is not None
+    b.events.append(cardholder_event(m.payee_id, "payment.received", event, b.now))
+    return idem.Answer(201, body)
+
+
+def conversations_of(conn: Connection, pairs: set[tuple[int, int]], now: dt.datetime) -> dict[tuple[int, int], int]:
+    """The conversation id of each (low, high) cardholder pair, creating the missing ones."""
+    from processor.api.models import conversations
+
+    cv = conversations.c
+    found = {(r.low_id, r.high_id): r.id for r in conn.execute(
+        select(cv.id, cv.low_id, cv.high_id).where(tuple_(cv.low_id, cv.high_id).in_(sorted(pairs))))}
+    missing = sorted(pairs - set(found))
+    if missing:
+        ids = conn.execute(insert(conversations).returning(cv.id, sort_by_parameter_order=True),
+                           [{"low_id": lo, "high_id": hi, "created_at": now} for lo, hi in missing]).scalars().all()
+        found.update(zip(missing, ids, strict=True))
+    return found
+
+
+def _paid_already(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
+    """Paying a paid request again answers with the payment that paid it, and moves nothing."""
+    item = conn.execute(select(it.id, it.conversation_id, it.text, it.created_at).where(it.id == request.payment_item_id)).one()
+    return idem.Answer(200, {
+        "id": item.id, "conversation_id": item.conversation_id, "from": b.names[request.payer_id],
+        "to": b.names[request.requester_id], "amount_minor": request.amount_minor, "currency": request.currency,
+        "note": item.text, "request_id": request.id, "created_at": item.created_at.isoformat(),
+    })
+
+
+def _expired(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
+    """An open request past its expiry: it becomes expired now (with its events) and cannot be paid."""
+    conn.execute(update(payment_requests).where(rq.id == request.id, rq.status == "open").values(status="expired", closed_at=b.now))
+    handles = {request.payer_id: b.names[request.payer_id], request.requester_id: b.names[request.requester_id]}
+    body = request_json(request, handles) | {"status": "expired", "closed_at": b.now.isoformat()}
+    b.events += [cardholder_event(who, "request.expired", body, b.now) for who in (request.requester_id, request.payer_id)]
+    err = ApiError("request_expired", f"payment request {request.id} expired at {request.expires_at.isoformat()}")
+    return idem.Answer(err.status, err.body())
 
 
 # ------------------------------------------------------------------ the desk (group commit)

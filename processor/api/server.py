@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -81,6 +82,16 @@ async def run_api(settings: Settings, *, host: str, port: int) -> None:
         print(f"money app API listening on {running.url} (OpenAPI at {running.url}/openapi.json)", flush=True)
         await stop.wait()
         log.info("stopping the API")
+
+
+def run_until_done(coro: Any) -> Any:
+    """Run a coroutine on uvloop (asyncio's own loop when uvloop is missing)."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
 
 
 def parse_http(text: str, default_port: int = 8080) -> tuple[str, int]:

@@ -10,12 +10,12 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from processor.api.errors import ApiError
 from processor.api.models import conversation_items, conversations, payment_requests
 from processor.events.outbox import cardholder_event, write_events
-from processor.ledger.models import cardholders, utcnow
+from processor.ledger.models import accounts, cardholders, utcnow
 
 MESSAGE_MAX_CHARS = 1000
 NOTE_MAX_CHARS = 280
@@ -23,7 +23,18 @@ REQUEST_TTL_DEFAULT = dt.timedelta(days=7)
 REQUEST_TTL_MAX = dt.timedelta(days=30)
 PAGE_MAX = 100
 
-cv, it, rq, ch = conversations.c, conversation_items.c, payment_requests.c, cardholders.c
+cv, it, rq, ch, a = conversations.c, conversation_items.c, payment_requests.c, cardholders.c, accounts.c
+_CHECKING = (
+    select(a.id, a.status, a.currency, a.cardholder_id)
+    .where(a.cardholder_id == bindparam("cid"), a.kind == "checking", a.currency == bindparam("cur"), a.status != "closed")
+    .order_by(a.id)
+    .limit(1)
+)
+
+
+def checking_account(conn: Connection, cardholder_id: int, currency: str) -> Any:
+    """A cardholder's (first) checking account in `currency` that is not closed, or None."""
+    return conn.execute(_CHECKING, {"cid": cardholder_id, "cur": currency}).first()
 
 
 def normalize_handle(text: str) -> str:
@@ -215,8 +226,6 @@ def open_conversation(conn: Connection, me: int, with_handle: str) -> tuple[int,
 
 
 def create_request(conn: Connection, me: int, payer_handle: str, amount_minor: int, currency: str, note: str, ttl: dt.timedelta) -> tuple[int, dict[str, Any]]:
-    from processor.api.payments import checking_account
-
     payer = cardholder_by_handle(conn, payer_handle)
     if payer.id == me:
         raise ApiError("cannot_pay_yourself", "a payment request goes to someone else")
