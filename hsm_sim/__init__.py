@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from hsm_sim.api import HsmApi
 from hsm_sim.errors import HsmError
 from hsm_sim.hsm import COMMANDS, Hsm, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 
-__all__ = ["COMMANDS", "Hsm", "HsmClient", "HsmError", "KeyInfo", "TokenizedPan", "connect"]
+__all__ = ["COMMANDS", "Hsm", "HsmApi", "HsmClient", "HsmError", "KeyInfo", "TokenizedPan", "connect"]
 
 
-async def connect(url: str | None) -> Any:
+async def connect(url: str | None) -> HsmApi:
     """An HSM by URL: "memory:" (ephemeral), "file:PATH" or a plain path (in process), "tcp://HOST:PORT"."""
     if not url or url == "memory:":
         return Hsm.ephemeral()

@@ -32,7 +32,7 @@ async def _keys(args: argparse.Namespace) -> Any:
     hsm = Hsm.open(_keystore(args))
     try:
         if args.keys_command == "generate":
-            return asdict(await hsm.generate_key(args.key_type, args.algorithm))
+            return asdict(await hsm.generate_key(args.key_type, args.algorithm, key_bits=args.bits))
         if args.keys_command == "list":
             return [asdict(k) for k in await hsm.list_keys()]
         if args.keys_command == "export":
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("generate", "components"):
             p.add_argument("key_type")
             p.add_argument("--algorithm", default="TDES", choices=["TDES", "AES", "HMAC"])
+        if name == "generate":
+            p.add_argument("--bits", type=int, help="key length: TDES 128 or 192, AES 128, 192 or 256 (default by key type)")
         if name == "components":
             p.add_argument("--component", action="append", required=True, help="hex; give two or more")
         if name == "export":

@@ -1,4 +1,4 @@
-"""`HsmClient`: the same coroutines as `Hsm`, answered by `hsm-sim serve` over one pipelined connection."""
+"""`HsmClient`: the host commands of `HsmApi`, answered by `hsm-sim serve` over one pipelined connection."""
 
 from __future__ import annotations
 
@@ -9,27 +9,10 @@ from typing import Any
 
 from hsm_sim import errors as st
 from hsm_sim.errors import HsmError
+from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
 from hsm_sim.hsm import CODE_OF, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.protocol import ProtocolError, decode_answer, encode_request
-
-_KEY_INFO_RESULTS = frozenset({"generate_key", "import_key", "form_key_from_components", "key_info"})
-_TUPLE_RESULTS = frozenset({"verify_arqc", "rotate_tokenization_keys"})
-
-
-def _convert(name: str, result: Any) -> Any:
-    if name in _KEY_INFO_RESULTS:
-        return KeyInfo(**result)
-    if name == "list_keys":
-        return [KeyInfo(**item) for item in result]
-    if name in ("tokenize_pan", "reseal_pan"):
-        return TokenizedPan(**result)
-    if name == "fingerprint_pan":
-        return [tuple(item) for item in result]
-    if name in _TUPLE_RESULTS:
-        return tuple(result)
-    return result
-
 
 class HsmClient:
     """Connect with `await HsmClient.connect(host, port)`; every call has a timeout and a clear HsmError."""
@@ -90,7 +73,7 @@ class HsmClient:
             self._pending.clear()
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Send one host command and wait for its answer."""
+        """Send one host command and wait for its answer: the result as JSON, or HsmError."""
         code = CODE_OF[name]
         async with self._slots:
             writer = await self._ensure_connected()
@@ -113,10 +96,151 @@ class HsmClient:
             finally:
                 self._pending.pop(header, None)
         if status == st.VERIFICATION_FAILED:
-            return _convert(name, body.get("result", False))
+            return body.get("result", False)
         if status != st.OK:
             raise HsmError(status, body.get("error", f"{name} refused"))
-        return _convert(name, body.get("result"))
+        return body.get("result")
+
+    # ------------------------------------------------------------ host commands (HsmApi)
+
+    async def generate_key(self, key_type: str, algorithm: str = "TDES", *, key_bits: int | None = None) -> KeyInfo:
+        return KeyInfo(**await self.call("generate_key", key_type, algorithm, key_bits=key_bits))
+
+    async def import_key(self, key_type: str, key_block: str, zmk: str) -> KeyInfo:
+        return KeyInfo(**await self.call("import_key", key_type, key_block, zmk))
+
+    async def export_key(self, kcv: str, zmk: str, *, version: str | None = None) -> str:
+        return str(await self.call("export_key", kcv, zmk, version=version))
+
+    async def form_key_from_components(self, key_type: str, components: list[str], algorithm: str = "TDES") -> KeyInfo:
+        return KeyInfo(**await self.call("form_key_from_components", key_type, components, algorithm))
+
+    async def key_info(self, kcv: str) -> KeyInfo:
+        return KeyInfo(**await self.call("key_info", kcv))
+
+    async def list_keys(self) -> list[KeyInfo]:
+        return [KeyInfo(**item) for item in await self.call("list_keys")]
+
+    async def generate_pin_verification(
+        self,
+        pin_value: str,
+        pan: str,
+        pvk: str,
+        method: str = "pvv",
+        *,
+        pvki: int = 1,
+        validation_data: str | None = None,
+        dectab: str = DEFAULT_DECIMALIZATION,
+    ) -> str:
+        return str(
+            await self.call(
+                "generate_pin_verification", pin_value, pan, pvk, method, pvki=pvki, validation_data=validation_data, dectab=dectab
+            )
+        )
+
+    async def translate_pin(
+        self, pin_block: str, pan: str, source_key: str, source_format: int, dest_key: str, dest_format: int, *, ksn: str | None = None
+    ) -> str:
+        return str(await self.call("translate_pin", pin_block, pan, source_key, source_format, dest_key, dest_format, ksn=ksn))
+
+    async def verify_pin(
+        self,
+        pin_block: str,
+        pan: str,
+        pin_key: str,
+        pin_format: int,
+        pvk: str,
+        *,
+        method: str,
+        verification_value: str,
+        ksn: str | None = None,
+        pvki: int = 1,
+        validation_data: str | None = None,
+        dectab: str = DEFAULT_DECIMALIZATION,
+    ) -> bool:
+        return bool(
+            await self.call(
+                "verify_pin", pin_block, pan, pin_key, pin_format, pvk, method=method, verification_value=verification_value,
+                ksn=ksn, pvki=pvki, validation_data=validation_data, dectab=dectab,
+            )
+        )
+
+    async def generate_cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str) -> str:
+        return str(await self.call("generate_cvv", cvk, pan, expiry_yymm, service_code))
+
+    async def verify_cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str, cvv: str) -> bool:
+        return bool(await self.call("verify_cvv", cvk, pan, expiry_yymm, service_code, cvv))
+
+    async def inject_ipek(self, bdk: str, ksn: str) -> str:
+        return str(await self.call("inject_ipek", bdk, ksn))
+
+    async def inject_aes_initial_key(self, bdk: str, initial_key_id: str) -> str:
+        return str(await self.call("inject_aes_initial_key", bdk, initial_key_id))
+
+    async def verify_arqc(
+        self,
+        imk: str,
+        pan: str,
+        psn: str,
+        atc: str,
+        arqc: str,
+        transaction_data: str,
+        *,
+        cvn: int,
+        unpredictable_number: str | None = None,
+        arc: str | None = None,
+        csu: str | None = None,
+    ) -> tuple[bool, str | None]:
+        ok, arpc = await self.call(
+            "verify_arqc", imk, pan, psn, atc, arqc, transaction_data, cvn=cvn, unpredictable_number=unpredictable_number,
+            arc=arc, csu=csu,
+        )
+        return bool(ok), arpc
+
+    async def personalization_data(
+        self,
+        imk: str,
+        cvk: str,
+        sealed_pan: str,
+        data_key_version: int,
+        psn: str,
+        expiry_yymm: str,
+        transport_key: str,
+        *,
+        cvn: int,
+    ) -> dict[str, str]:
+        return dict(
+            await self.call(
+                "personalization_data", imk, cvk, sealed_pan, data_key_version, psn, expiry_yymm, transport_key, cvn=cvn
+            )
+        )
+
+    async def generate_mac(self, key: str, data: bytes, *, algorithm: str | None = None, ksn: str | None = None) -> str:
+        return str(await self.call("generate_mac", key, data, algorithm=algorithm, ksn=ksn))
+
+    async def verify_mac(
+        self, key: str, data: bytes, mac_value: str, *, algorithm: str | None = None, ksn: str | None = None
+    ) -> bool:
+        return bool(await self.call("verify_mac", key, data, mac_value, algorithm=algorithm, ksn=ksn))
+
+    async def tokenize_pan(self, pan: str) -> TokenizedPan:
+        return TokenizedPan(**await self.call("tokenize_pan", pan))
+
+    async def fingerprint_pan(self, pan: str) -> list[tuple[int, str]]:
+        return [(int(version), str(fingerprint)) for version, fingerprint in await self.call("fingerprint_pan", pan)]
+
+    async def reveal_pan(self, sealed_pan: str, data_key_version: int, *, operator: str, reason: str) -> str:
+        return str(await self.call("reveal_pan", sealed_pan, data_key_version, operator=operator, reason=reason))
+
+    async def reseal_pan(self, sealed_pan: str, data_key_version: int) -> TokenizedPan:
+        return TokenizedPan(**await self.call("reseal_pan", sealed_pan, data_key_version))
+
+    async def rotate_tokenization_keys(self) -> tuple[int, int]:
+        dek_version, fpk_version = await self.call("rotate_tokenization_keys")
+        return int(dek_version), int(fpk_version)
+
+    async def diagnostics(self) -> dict[str, Any]:
+        return dict(await self.call("diagnostics"))
 
     async def close(self) -> None:
         if self._reader_task is not None:
@@ -132,17 +256,3 @@ class HsmClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _method(name: str) -> Any:
-    async def method(self: HsmClient, *args: Any, **kwargs: Any) -> Any:
-        return await self.call(name, *args, **kwargs)
-
-    method.__name__ = name
-    method.__qualname__ = f"HsmClient.{name}"
-    method.__doc__ = f"The `{name}` host command ({CODE_OF[name]}), answered by the HSM server."
-    return method
-
-
-for _name in CODE_OF:
-    setattr(HsmClient, _name, _method(_name))

@@ -7,6 +7,7 @@ VERIFICATION_FAILED = "01"
 UNKNOWN_KEY = "10"
 KEY_TYPE_NOT_ALLOWED = "11"
 KEY_ALGORITHM_MISMATCH = "12"
+MODE_NOT_ALLOWED = "13"
 INVALID_INPUT = "15"
 PIN_BLOCK_ERROR = "20"
 INVALID_PIN = "23"
@@ -24,10 +25,11 @@ STATUS_MEANINGS: dict[str, str] = {
     UNKNOWN_KEY: "no key with this KCV in the key store",
     KEY_TYPE_NOT_ALLOWED: "key type not allowed for this command",
     KEY_ALGORITHM_MISMATCH: "key algorithm or length not usable for this command",
+    MODE_NOT_ALLOWED: "the key's mode of use does not allow this operation",
     INVALID_INPUT: "invalid input data (length, hex, digits)",
     PIN_BLOCK_ERROR: "PIN block format error or PIN block does not decipher",
     INVALID_PIN: "PIN length or digits invalid",
-    EXPORT_REFUSED: "key may not be exported this way",
+    EXPORT_REFUSED: "key may not be exported or imported this way (exportability, protecting key, origin)",
     KEY_STORE_ERROR: "key store cannot be read or written",
     INTERNAL_ERROR: "internal error",
     UNKNOWN_COMMAND: "unknown command code",

@@ -18,20 +18,22 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsm_sim import errors as st
+from hsm_sim import keyblock
 from hsm_sim.crypto import cvv as cvv_alg
 from hsm_sim.crypto import dukpt, dukpt_aes, emv, mac, pin, pinblock, tokens
 from hsm_sim.crypto.des import tdes_ecb_decrypt, tdes_ecb_encrypt
-from hsm_sim.errors import HsmError
-from hsm_sim.keystore import KeyInfo, KeyStore, check_type, key_length, new_key_bytes, unwrap, wrap
 from hsm_sim.crypto.des import kcv as compute_kcv
+from hsm_sim.errors import HsmError
+from hsm_sim.keyblock import DECRYPT, DERIVE, ENCRYPT, GENERATE, VERIFY
+from hsm_sim.keystore import KeyInfo, KeyStore, new_key_bytes
 
 log = logging.getLogger("hsm_sim.audit")
 P = ParamSpec("P")
@@ -67,7 +69,6 @@ COMMANDS: dict[str, str] = {
     "GI": "inject_ipek",
     "GK": "inject_aes_initial_key",
     "KQ": "verify_arqc",
-    "KW": "icc_master_key_for_personalization",
     "KY": "personalization_data",
     "M6": "generate_mac",
     "M8": "verify_mac",
@@ -160,17 +161,21 @@ class AuditLog:
             self._fh = None
 
 
-def command(*key_params: str) -> Callable[[Callable[..., T]], Callable[..., Awaitable[T]]]:
-    """Turn a synchronous operation into an audited host command; `key_params` name the KCV arguments."""
+def command(
+    *key_params: str,
+) -> Callable[[Callable[Concatenate[Hsm, P], T]], Callable[Concatenate[Hsm, P], Coroutine[Any, Any, T]]]:
+    """Turn a synchronous operation into an audited host command; `key_params` name the KCV arguments.
 
-    def decorate(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    The coroutine keeps the operation's signature, so `Hsm` meets `HsmApi` for a type checker too.
+    """
+
+    def decorate(fn: Callable[Concatenate[Hsm, P], T]) -> Callable[Concatenate[Hsm, P], Coroutine[Any, Any, T]]:
         name = fn.__name__
 
         @functools.wraps(fn)
-        async def run(self: "Hsm", *args: Any, **kwargs: Any) -> T:
+        async def run(self: Hsm, *args: P.args, **kwargs: P.kwargs) -> T:
             return self._execute(fn, name, key_params, args, kwargs)
 
-        run.sync = fn  # type: ignore[attr-defined]
         return run
 
     return decorate
@@ -182,7 +187,7 @@ class Hsm:
     def __init__(self, store: KeyStore, audit: AuditLog) -> None:
         self.store = store
         self.audit = audit
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, tuple[bytes, KeyInfo]] = {}  # KCV -> key and its authenticated header
         self._ipek_cache: dict[tuple[str, bytes], bytes] = {}
 
     @classmethod
@@ -228,8 +233,19 @@ class Hsm:
         self.audit.write(name, status, kcvs)
         return result
 
-    def _key(self, kcv: str, allowed: tuple[str, ...], command_name: str, *, algorithm: str | None = None) -> tuple[bytes, KeyInfo]:
-        info = self.store.info(kcv)
+    def _key(
+        self, kcv: str, allowed: tuple[str, ...], command_name: str, *, use: str | None, algorithm: str | None = None
+    ) -> tuple[bytes, KeyInfo]:
+        """A key for one use by one command, after checking its type, algorithm and TR-31 mode of use.
+
+        `use` is E, D, G, V or X (see keyblock.MODE_USES); None only for export, which carries the key
+        without using it.
+        """
+        cached = self._keys.get(str(kcv).upper())
+        if cached is None:
+            cached = self.store.clear_key(kcv)
+            self._keys[cached[1].kcv] = cached
+        key, info = cached
         if info.key_type not in allowed:
             raise HsmError(
                 st.KEY_TYPE_NOT_ALLOWED,
@@ -237,54 +253,84 @@ class Hsm:
             )
         if algorithm is not None and info.algorithm != algorithm:
             raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: key {info.kcv} is {info.algorithm}, expected {algorithm}")
-        key = self._keys.get(info.kcv)
-        if key is None:
-            key = self.store.clear_key(info.kcv)
-            self._keys[info.kcv] = key
+        if use is not None:
+            _check_use(info, use, command_name)
+        return key, info
+
+    def _trusted_kbpk(self, kcv: str, command_name: str, use: str) -> tuple[bytes, KeyInfo]:
+        """A ZMK or KEK that custodians formed under dual control or imported: the only keys keys travel under."""
+        key, info = self._key(kcv, ("ZMK", "KEK"), command_name, use=use)
+        if info.origin not in ("components", "imported"):
+            raise HsmError(
+                st.EXPORT_REFUSED,
+                f"{command_name}: {info.key_type} {info.kcv} was generated inside the HSM; keys travel only under a "
+                "ZMK or KEK formed by custodians from components (dual control) or imported under one",
+            )
         return key, info
 
     # ------------------------------------------------------------ key management
 
     @command()
-    def generate_key(self, key_type: str, algorithm: str = "TDES") -> KeyInfo:
-        """A new random key of this type, stored under the LMK."""
+    def generate_key(self, key_type: str, algorithm: str = "TDES", *, key_bits: int | None = None) -> KeyInfo:
+        """A new random key of this type, stored under the LMK (default length: see keyblock.KEY_TYPES)."""
         if key_type == "FPK":
             algorithm = "HMAC"
-        check_type(key_type, algorithm)
-        return self.store.add(new_key_bytes(algorithm), key_type, algorithm)
+        bits = keyblock.check_type(key_type, algorithm, key_bits)
+        return self.store.add(new_key_bytes(algorithm, bits), key_type, algorithm, origin="generated")
 
     @command("zmk")
     def import_key(self, key_type: str, key_block: str, zmk: str) -> KeyInfo:
-        """A key received as a TR-31 block under a ZMK."""
-        kbpk, info = self._key(zmk, ("ZMK", "KEK"), "import_key", algorithm="AES")
-        algorithm = {"T": "TDES", "A": "AES", "H": "HMAC"}.get(key_block[5:6] if len(key_block) > 6 else "", "")
-        if not algorithm:
-            raise HsmError(st.INVALID_INPUT, "import_key: key block header has no known algorithm")
-        check_type(key_type, algorithm)
-        key = unwrap(kbpk, key_block, key_type, algorithm)
-        return self.store.add(key, key_type, algorithm)
+        """A key received as a TR-31 block (version D under an AES ZMK/KEK, B or C under a TDES one)."""
+        kbpk, kbpk_info = self._trusted_kbpk(zmk, "import_key", DECRYPT)
+        header, key = keyblock.unwrap(kbpk, kbpk_info.algorithm, key_block, "import_key")
+        algorithm = keyblock.algorithm_of(header)
+        spec = keyblock.key_type_spec(key_type)
+        if header.key_usage != spec.usage:
+            raise HsmError(
+                st.KEY_TYPE_NOT_ALLOWED,
+                f"import_key: the block holds a key of usage {header.key_usage}; a {key_type} is {spec.usage}",
+            )
+        bits = keyblock.check_type(key_type, algorithm, len(key) * 8)
+        keyblock.check_mode(key_type, header.mode_of_use, "import_key")
+        if header.exportability not in keyblock.EXPORTABILITY:
+            raise HsmError(st.INVALID_INPUT, f"import_key: exportability {header.exportability!r} is not E, S or N")
+        keyblock.check_protection(algorithm, bits, kbpk_info.algorithm, kbpk_info.key_bits, "import_key")
+        return self.store.add(
+            key, key_type, algorithm, origin="imported", mode=header.mode_of_use, exportability=header.exportability
+        )
 
     @command("kcv", "zmk")
-    def export_key(self, kcv: str, zmk: str) -> str:
-        """The key as a TR-31 block under a ZMK (AES); never in clear."""
-        kbpk, _ = self._key(zmk, ("ZMK", "KEK"), "export_key", algorithm="AES")
-        info = self.store.info(kcv)
-        if info.key_type in ("ZMK", "KEK") and info.kcv == self.store.info(zmk).kcv:
+    def export_key(self, kcv: str, zmk: str, *, version: str | None = None) -> str:
+        """The key as a TR-31 block under a ZMK/KEK formed under dual control or imported; never in clear.
+
+        Version D under an AES ZMK, B (or C when asked) under a TDES one; the block keeps the key's
+        usage, mode of use and exportability.
+        """
+        kbpk, kbpk_info = self._trusted_kbpk(zmk, "export_key", ENCRYPT)
+        key, info = self._key(kcv, keyblock.KEY_TYPE_NAMES, "export_key", use=None)
+        if info.kcv == kbpk_info.kcv:
             raise HsmError(st.EXPORT_REFUSED, "export_key: a key cannot be exported under itself")
-        key, _ = self._key(kcv, tuple(KEY_TYPES_ALL), "export_key")
-        return wrap(kbpk, key, info.key_type, info.algorithm)
+        if info.exportability == "N":
+            raise HsmError(st.EXPORT_REFUSED, f"export_key: key {info.kcv} is marked non-exportable")
+        keyblock.check_protection(info.algorithm, info.key_bits, kbpk_info.algorithm, kbpk_info.key_bits, "export_key")
+        header = keyblock.header_for(
+            keyblock.version_for(kbpk_info.algorithm, version, "export_key"), info.key_type, info.algorithm, info.mode_of_use, info.exportability
+        )
+        return keyblock.wrap(kbpk, key, header)
 
     @command()
     def form_key_from_components(self, key_type: str, components: list[str], algorithm: str = "TDES") -> KeyInfo:
-        """Key ceremony: the key is the XOR of clear components held by different custodians."""
-        if len(components) < 2:
+        """Key ceremony in one call: the key is the XOR of two or more clear components of equal length."""
+        if key_type == "FPK":
+            algorithm = "HMAC"
+        if not isinstance(components, list) or len(components) < 2:
             raise HsmError(st.INVALID_INPUT, "form_key_from_components: at least two components are needed")
-        length = key_length("HMAC" if key_type == "FPK" else algorithm)
-        parts = [_hex(c, "component", length=length) for c in components]
-        key = bytes(length)
-        for part in parts:
-            key = bytes(a ^ b for a, b in zip(key, part))
-        return self.store.add(key, key_type, "HMAC" if key_type == "FPK" else algorithm)
+        parts = [_hex(c, "component") for c in components]
+        if len({len(p) for p in parts}) != 1:
+            raise HsmError(st.INVALID_INPUT, "form_key_from_components: components must all have the same length")
+        keyblock.check_type(key_type, algorithm, len(parts[0]) * 8)
+        key = functools.reduce(lambda a, b: bytes(x ^ y for x, y in zip(a, b)), parts)
+        return self.store.add(key, key_type, algorithm, origin="components")
 
     @command("kcv")
     def key_info(self, kcv: str) -> KeyInfo:
@@ -309,7 +355,7 @@ class Hsm:
         dectab: str = pin.DEFAULT_DECIMALIZATION,
     ) -> str:
         """PVV or IBM 3624 offset of a PIN being set; the PIN itself goes no further."""
-        key, _ = self._key(pvk, ("PVK",), "generate_pin_verification", algorithm="TDES")
+        key, _ = self._key(pvk, ("PVK",), "generate_pin_verification", use=GENERATE, algorithm="TDES")
         if not isinstance(pin_value, str) or not pin_value.isdigit() or not 4 <= len(pin_value) <= 12:
             raise HsmError(st.INVALID_PIN, "generate_pin_verification: PIN must be 4 to 12 digits")
         _digits(pan, "PAN", 12, 19)
@@ -325,25 +371,36 @@ class Hsm:
 
     def _pin_key(self, kcv: str, ksn: str | None, command_name: str) -> tuple[bytes, str]:
         """The key a PIN block is encrypted under: a TPK/ZPK, or the DUKPT PIN key of a BDK and KSN."""
-        key, info = self._key(kcv, PIN_KEY_TYPES + ("BDK",), command_name)
+        key, info = self._key(kcv, PIN_KEY_TYPES + ("BDK",), command_name, use=None)
         if info.key_type != "BDK":
+            _check_use(info, DECRYPT, command_name)
             return key, info.algorithm
+        return self._dukpt_key(key, info, ksn, "pin", command_name), info.algorithm
+
+    def _dukpt_key(self, bdk: bytes, info: KeyInfo, ksn: str | None, usage: str, command_name: str) -> bytes:
+        """The working key of a terminal's transaction: `usage` is "pin", "mac-request" or "mac-response".
+
+        TDES DUKPT (X9.24-1): the transaction key's PIN or MAC variant. AES DUKPT (X9.24-3): the working
+        key, as long as the BDK, of usage PIN encryption, MAC generation (the terminal's requests) or MAC
+        verification (the host's responses).
+        """
+        _check_use(info, DERIVE, command_name)
         if ksn is None:
-            raise HsmError(st.INVALID_INPUT, f"{command_name}: a BDK needs the KSN of the PIN block")
+            raise HsmError(st.INVALID_INPUT, f"{command_name}: a BDK needs the KSN of the transaction")
         if info.algorithm == "AES":
             raw_ksn = _hex(ksn, "KSN", length=12)
             initial = self._ipek_cache.get((info.kcv, raw_ksn[:8]))
             if initial is None:
-                initial = dukpt_aes.derive_initial_key(key, raw_ksn[:8], _aes_key_type(key))
+                initial = dukpt_aes.derive_initial_key(bdk, raw_ksn[:8], _aes_key_type(bdk))
                 self._remember_ipek((info.kcv, raw_ksn[:8]), initial)
-            return dukpt_aes.derive_working_key(initial, raw_ksn, dukpt_aes.KeyUsage.PIN_ENCRYPTION), "AES"
+            return dukpt_aes.derive_working_key(initial, raw_ksn, _AES_DUKPT_USAGE[usage], _aes_key_type(bdk))
         raw_ksn = _hex(ksn, "KSN", length=10)
         base = (int.from_bytes(raw_ksn, "big") & ~dukpt.COUNTER_MASK).to_bytes(10, "big")
         ipek = self._ipek_cache.get((info.kcv, base))
         if ipek is None:
-            ipek = dukpt.derive_ipek(key, raw_ksn)
+            ipek = dukpt.derive_ipek(bdk, raw_ksn)
             self._remember_ipek((info.kcv, base), ipek)
-        return dukpt.pin_encryption_key(dukpt.derive_transaction_key(ipek, raw_ksn)), "TDES"
+        return _TDES_DUKPT_VARIANT[usage](dukpt.derive_transaction_key(ipek, raw_ksn))
 
     def _remember_ipek(self, key: tuple[str, bytes], value: bytes) -> None:
         """Initial keys per terminal, kept in HSM memory (bounded) so each PIN costs one derivation."""
@@ -371,7 +428,7 @@ class Hsm:
     ) -> str:
         """Re-encrypt a PIN block from a terminal key (or DUKPT) to a zone key, possibly changing format."""
         clear_pin = self._clear_pin(pin_block, pan, source_key, source_format, ksn, "translate_pin")
-        key, info = self._key(dest_key, PIN_KEY_TYPES, "translate_pin")
+        key, info = self._key(dest_key, PIN_KEY_TYPES, "translate_pin", use=ENCRYPT)
         if dest_format == 4:
             if info.algorithm != "AES":
                 raise HsmError(st.KEY_ALGORITHM_MISMATCH, "translate_pin: format 4 needs an AES destination key")
@@ -398,7 +455,7 @@ class Hsm:
     ) -> bool:
         """True when the PIN in the block matches the stored PVV or IBM 3624 offset."""
         clear_pin = self._clear_pin(pin_block, pan, pin_key, pin_format, ksn, "verify_pin")
-        key, _ = self._key(pvk, ("PVK",), "verify_pin", algorithm="TDES")
+        key, _ = self._key(pvk, ("PVK",), "verify_pin", use=VERIFY, algorithm="TDES")
         if method == "pvv":
             if len(clear_pin) != 4:
                 return False
@@ -413,33 +470,33 @@ class Hsm:
 
     # ------------------------------------------------------------ card verification
 
-    def _cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str, command_name: str) -> str:
-        key, _ = self._key(cvk, ("CVK",), command_name, algorithm="TDES")
+    def _cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str, command_name: str, use: str) -> str:
+        key, _ = self._key(cvk, ("CVK",), command_name, use=use, algorithm="TDES")
         return cvv_alg.generate_cvv(key, pan, expiry_yymm, service_code)
 
     @command("cvk")
     def generate_cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str) -> str:
         """CVV/CVC (service code of the track), CVV2 (000) or iCVV (999)."""
-        return self._cvv(cvk, pan, expiry_yymm, service_code, "generate_cvv")
+        return self._cvv(cvk, pan, expiry_yymm, service_code, "generate_cvv", GENERATE)
 
     @command("cvk")
     def verify_cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str, cvv: str) -> bool:
         if not isinstance(cvv, str) or len(cvv) != 3 or not cvv.isdigit():
             return False
-        return hmac.compare_digest(self._cvv(cvk, pan, expiry_yymm, service_code, "verify_cvv"), cvv)
+        return hmac.compare_digest(self._cvv(cvk, pan, expiry_yymm, service_code, "verify_cvv", VERIFY), cvv)
 
     # ------------------------------------------------------------ DUKPT
 
     @command("bdk")
     def inject_ipek(self, bdk: str, ksn: str) -> str:
         """The IPEK for a terminal's initial KSN, for the key-loading device that injects it (audited)."""
-        key, _ = self._key(bdk, ("BDK",), "inject_ipek", algorithm="TDES")
+        key, _ = self._key(bdk, ("BDK",), "inject_ipek", use=DERIVE, algorithm="TDES")
         return dukpt.derive_ipek(key, _hex(ksn, "KSN", length=10)).hex().upper()
 
     @command("bdk")
     def inject_aes_initial_key(self, bdk: str, initial_key_id: str) -> str:
         """AES DUKPT (X9.24-3) initial key of a terminal's 8-byte initial key ID, for its key-loading device."""
-        key, _ = self._key(bdk, ("BDK",), "inject_aes_initial_key", algorithm="AES")
+        key, _ = self._key(bdk, ("BDK",), "inject_aes_initial_key", use=DERIVE, algorithm="AES")
         initial_key_id_raw = _hex(initial_key_id, "initial key ID", length=8)
         return dukpt_aes.derive_initial_key(key, initial_key_id_raw, _aes_key_type(key)).hex().upper()
 
@@ -461,8 +518,8 @@ class Hsm:
         csu: str | None = None,
     ) -> tuple[bool, str | None]:
         """(ARQC verifies, ARPC): method 1 over `arc`, or method 2 over `csu`; no ARPC for a bad ARQC."""
-        key, _ = self._key(imk, ("IMK-AC",), "verify_arqc", algorithm="TDES")
-        icc_mk = emv.derive_icc_master_key(key, pan, psn)
+        key, _ = self._key(imk, ("IMK-AC",), "verify_arqc", use=DERIVE, algorithm="TDES")
+        icc_mk = emv.derive_icc_master_key(key, pan, psn, cvn=cvn)
         un = _hex(unpredictable_number, "unpredictable number", length=4) if unpredictable_number else None
         session = emv.derive_session_key(icc_mk, _hex(atc, "ATC", length=2), cvn=cvn, unpredictable_number=un)
         arqc_raw = _hex(arqc, "ARQC", length=8)
@@ -476,18 +533,6 @@ class Hsm:
             return True, emv.generate_arpc_method2(response_key, arqc_raw, _hex(csu, "CSU", length=4)).hex().upper()
         return True, None
 
-    @command("imk", "transport_key")
-    def icc_master_key_for_personalization(self, imk: str, pan: str, psn: str, transport_key: str) -> str:
-        """The card's ICC master key, encrypted (TDES ECB) under a transport key for the card bureau."""
-        key, _ = self._key(imk, ("IMK-AC",), "icc_master_key_for_personalization", algorithm="TDES")
-        kek, info = self._key(transport_key, ("KEK", "ZMK"), "icc_master_key_for_personalization")
-        icc_mk = emv.derive_icc_master_key(key, pan, psn)
-        if info.algorithm == "AES":
-            from hsm_sim.crypto.des import aes_ecb_encrypt
-
-            return aes_ecb_encrypt(kek, icc_mk).hex().upper()
-        return tdes_ecb_encrypt(kek, icc_mk).hex().upper()
-
     @command("imk", "cvk", "transport_key")
     def personalization_data(
         self,
@@ -498,67 +543,80 @@ class Hsm:
         psn: str,
         expiry_yymm: str,
         transport_key: str,
+        *,
+        cvn: int,
     ) -> dict[str, str]:
         """What a card bureau needs to personalize a chip, sealed under the bureau's AES transport key.
 
         The PAN is opened from the vault inside the HSM and leaves it only sealed (AES-GCM) under the
-        transport key, together with the chip's iCVV, and so does the card's ICC master key. Values are
-        base64 of nonce (12) || ciphertext || tag; associated data b"bureau:card" for the JSON
-        {"pan", "icvv"} and b"bureau:icc_mk:" + PSN for the key.
+        transport key, together with the chip's iCVV, and so does the card's ICC master key (derived as
+        the card's cryptogram version `cvn` requires). Values are base64 of nonce (12) || ciphertext ||
+        tag; associated data b"bureau:card" for the JSON {"pan", "icvv"} and b"bureau:icc_mk:" + PSN for
+        the key. The transport key must have been formed by custodians or imported (see export_key).
         """
-        key, _ = self._key(imk, ("IMK-AC",), "personalization_data", algorithm="TDES")
-        kek, _ = self._key(transport_key, ("KEK", "ZMK"), "personalization_data", algorithm="AES")
+        key, _ = self._key(imk, ("IMK-AC",), "personalization_data", use=DERIVE, algorithm="TDES")
+        kek, kek_info = self._trusted_kbpk(transport_key, "personalization_data", ENCRYPT)
+        if kek_info.algorithm != "AES":
+            raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"personalization_data: transport key {kek_info.kcv} must be AES")
         pan = self._open(sealed_pan, data_key_version, "personalization_data")
-        icvv = self._cvv(cvk, pan, expiry_yymm, "999", "personalization_data")
-        icc_mk = emv.derive_icc_master_key(key, pan, psn)
+        icvv = self._cvv(cvk, pan, expiry_yymm, "999", "personalization_data", GENERATE)
+        icc_mk = emv.derive_icc_master_key(key, pan, psn, cvn=cvn)
         gcm = AESGCM(kek)
         n1, n2 = os.urandom(12), os.urandom(12)
         card = json.dumps({"pan": pan, "icvv": icvv}).encode()
         return {
             "card": base64.b64encode(n1 + gcm.encrypt(n1, card, b"bureau:card")).decode(),
             "icc_mk": base64.b64encode(n2 + gcm.encrypt(n2, icc_mk, b"bureau:icc_mk:" + psn.encode())).decode(),
-            "transport_key": self.store.info(transport_key).kcv,
+            "transport_key": kek_info.kcv,
         }
 
     # ------------------------------------------------------------ MAC
 
-    def _mac(self, key_kcv: str, data: bytes, algorithm: str, command_name: str) -> bytes:
-        key, info = self._key(key_kcv, ("TAK", "ZAK"), command_name)
-        if algorithm == "retail":
-            if info.algorithm != "TDES":
-                raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: retail MAC needs a TDES key")
-            return mac.retail_mac(key, bytes(data))
-        if algorithm == "cmac":
-            if info.algorithm != "AES":
-                raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: CMAC needs an AES key")
-            return mac.aes_cmac(key, bytes(data))
-        raise HsmError(st.INVALID_INPUT, f"{command_name}: unknown MAC algorithm {algorithm!r}")
+    def _mac(self, key_kcv: str, data: bytes, algorithm: str | None, ksn: str | None, command_name: str, use: str) -> bytes:
+        """The MAC under a TAK/ZAK, or under the DUKPT MAC key of a BDK and KSN (requests verified,
+        responses generated): ISO 9797-1 algorithm 3 with TDES keys, AES-CMAC (8 bytes) with AES keys."""
+        key, info = self._key(key_kcv, ("TAK", "ZAK", "BDK"), command_name, use=None)
+        if info.key_type == "BDK":
+            key = self._dukpt_key(key, info, ksn, "mac-request" if use == VERIFY else "mac-response", command_name)
+        else:
+            if ksn is not None:
+                raise HsmError(st.INVALID_INPUT, f"{command_name}: a KSN goes with a BDK, not a {info.key_type}")
+            _check_use(info, use, command_name)
+        expected = {"TDES": "retail", "AES": "cmac"}[info.algorithm]
+        if algorithm not in (None, expected):
+            if algorithm not in ("retail", "cmac"):
+                raise HsmError(st.INVALID_INPUT, f"{command_name}: unknown MAC algorithm {algorithm!r}")
+            raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: a {info.algorithm} key makes {expected} MACs, not {algorithm}")
+        return mac.retail_mac(key, bytes(data)) if expected == "retail" else mac.aes_cmac(key, bytes(data))
 
     @command("key")
-    def generate_mac(self, key: str, data: bytes, *, algorithm: str = "retail") -> str:
-        return self._mac(key, data, algorithm, "generate_mac").hex().upper()
+    def generate_mac(self, key: str, data: bytes, *, algorithm: str | None = None, ksn: str | None = None) -> str:
+        """MAC of `data` (16 hex digits) under a TAK/ZAK, or the DUKPT response-MAC key of a BDK and KSN."""
+        return self._mac(key, data, algorithm, ksn, "generate_mac", GENERATE).hex().upper()
 
     @command("key")
-    def verify_mac(self, key: str, data: bytes, mac_value: str, *, algorithm: str = "retail") -> bool:
-        return hmac.compare_digest(self._mac(key, data, algorithm, "verify_mac").hex().upper(), mac_value.upper())
+    def verify_mac(self, key: str, data: bytes, mac_value: str, *, algorithm: str | None = None, ksn: str | None = None) -> bool:
+        """True when `mac_value` is the MAC of `data` under a TAK/ZAK, or the DUKPT request-MAC key of a BDK and KSN."""
+        expected = self._mac(key, data, algorithm, ksn, "verify_mac", VERIFY).hex().upper()
+        return isinstance(mac_value, str) and hmac.compare_digest(expected, mac_value.upper())
 
     # ------------------------------------------------------------ tokenization
 
-    def _current(self, key_type: str, command_name: str) -> tuple[bytes, KeyInfo]:
+    def _current(self, key_type: str, command_name: str, use: str) -> tuple[bytes, KeyInfo]:
         kcv = self.store.current.get(key_type)
         if kcv is None:
             raise HsmError(st.UNKNOWN_KEY, f"{command_name}: no {key_type} has been generated")
-        return self._key(kcv, (key_type,), command_name)
+        return self._key(kcv, (key_type,), command_name, use=use)
 
     def _dek_version(self, version: int, command_name: str) -> bytes:
         for info in self.store.versions("DEK"):
             if info.version == version:
-                return self._key(info.kcv, ("DEK",), command_name)[0]
+                return self._key(info.kcv, ("DEK",), command_name, use=DECRYPT)[0]
         raise HsmError(st.UNKNOWN_KEY, f"{command_name}: no data key version {version}")
 
     def _tokenize(self, pan: str, command_name: str) -> TokenizedPan:
-        fpk, fpk_info = self._current("FPK", command_name)
-        dek, dek_info = self._current("DEK", command_name)
+        fpk, fpk_info = self._current("FPK", command_name, GENERATE)
+        dek, dek_info = self._current("DEK", command_name, ENCRYPT)
         sealed = tokens.seal_pan(dek, pan, aad=f"pan:v{dek_info.version}".encode())
         return TokenizedPan(
             fingerprint=tokens.pan_fingerprint(fpk, pan),
@@ -577,7 +635,7 @@ class Hsm:
         """The PAN's fingerprint under every fingerprint-key version, newest first (one look-up query)."""
         out = []
         for info in self.store.versions("FPK"):
-            key, _ = self._key(info.kcv, ("FPK",), "fingerprint_pan")
+            key, _ = self._key(info.kcv, ("FPK",), "fingerprint_pan", use=GENERATE)
             out.append((info.version, tokens.pan_fingerprint(key, pan)))
         if not out:
             raise HsmError(st.UNKNOWN_KEY, "fingerprint_pan: no FPK has been generated")
@@ -608,8 +666,8 @@ class Hsm:
     @command()
     def rotate_tokenization_keys(self) -> tuple[int, int]:
         """New DEK and FPK versions become current; older versions stay for opening and look-up."""
-        dek = self.store.add(new_key_bytes("AES"), "DEK", "AES")
-        fpk = self.store.add(new_key_bytes("HMAC"), "FPK", "HMAC")
+        dek = self.store.add(new_key_bytes("AES", 256), "DEK", "AES", origin="generated")
+        fpk = self.store.add(new_key_bytes("HMAC", 256), "FPK", "HMAC", origin="generated")
         return dek.version, fpk.version
 
     @command()
@@ -618,7 +676,23 @@ class Hsm:
         return {"lmk_kcv": compute_kcv(self.store._lmk, "AES"), "keys": len(self.store.keys)}
 
 
-KEY_TYPES_ALL = ("ZMK", "KEK", "ZPK", "TPK", "PVK", "CVK", "BDK", "IMK-AC", "TAK", "ZAK", "DEK", "FPK")
+_USE_NAMES = {ENCRYPT: "encryption or wrapping", DECRYPT: "decryption or unwrapping", GENERATE: "generation",
+              VERIFY: "verification", DERIVE: "key derivation"}
+_AES_DUKPT_USAGE = {
+    "pin": dukpt_aes.KeyUsage.PIN_ENCRYPTION,
+    "mac-request": dukpt_aes.KeyUsage.MAC_GENERATION,
+    "mac-response": dukpt_aes.KeyUsage.MAC_VERIFICATION,
+}
+_TDES_DUKPT_VARIANT = {"pin": dukpt.pin_encryption_key, "mac-request": dukpt.mac_request_key, "mac-response": dukpt.mac_response_key}
+
+
+def _check_use(info: KeyInfo, use: str, command_name: str) -> None:
+    """Refuse a use the key's TR-31 mode of use does not grant."""
+    if use not in keyblock.MODE_USES.get(info.mode_of_use, ()):
+        raise HsmError(
+            st.MODE_NOT_ALLOWED,
+            f"{command_name}: key {info.kcv} has mode of use {info.mode_of_use}, which does not allow {_USE_NAMES[use]}",
+        )
 
 
 def _aes_key_type(key: bytes) -> "dukpt_aes.KeyType":

@@ -12,98 +12,43 @@ import datetime as dt
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from psec import tr31
-
+from hsm_sim import keyblock
 from hsm_sim.crypto.des import adjust_odd_parity, kcv
 from hsm_sim.errors import KEY_STORE_ERROR, KEY_TYPE_NOT_ALLOWED, UNKNOWN_KEY, HsmError
 
 FILE_FORMAT = "hsm-sim key store 1"
 PASSPHRASE_ENV = "HSM_LMK_PASSPHRASE"
-
-# key type -> (TR-31 key usage, mode of use, allowed algorithms)
-KEY_TYPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "ZMK": ("K0", "B", ("TDES", "AES")),
-    "KEK": ("K0", "B", ("TDES", "AES")),
-    "ZPK": ("P0", "B", ("TDES", "AES")),
-    "TPK": ("P0", "B", ("TDES", "AES")),
-    "PVK": ("V2", "C", ("TDES",)),
-    "CVK": ("C0", "C", ("TDES",)),
-    "BDK": ("B0", "X", ("TDES", "AES")),
-    "IMK-AC": ("E0", "X", ("TDES",)),
-    "TAK": ("M3", "C", ("TDES", "AES")),
-    "ZAK": ("M3", "C", ("TDES", "AES")),
-    "DEK": ("D0", "B", ("AES",)),
-    "FPK": ("M7", "C", ("HMAC",)),
-}
-_TR31_ALGORITHM = {"TDES": "T", "AES": "A", "HMAC": "H"}
-_KEY_BYTES = {"TDES": 16, "AES": 32, "HMAC": 32}
+LMK_ALGORITHM = "AES"
 
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
-    """What may be known of a key outside the HSM."""
+    """What may be known of a key outside the HSM.
+
+    `mode_of_use` and `exportability` are the TR-31 header's (see keyblock.py); `origin` is how the key
+    came in: generated inside the HSM, formed from custodians' components, or imported under a ZMK/KEK.
+    """
 
     kcv: str
     key_type: str
     algorithm: str
     version: int
     created_at: str
+    key_bits: int = 0
+    mode_of_use: str = ""
+    exportability: str = "E"
+    origin: str = "generated"
 
 
-def key_length(algorithm: str) -> int:
-    return _KEY_BYTES[algorithm]
-
-
-def check_type(key_type: str, algorithm: str) -> None:
-    """Refuse a key type we do not know, or an algorithm that type cannot have."""
-    spec = KEY_TYPES.get(key_type)
-    if spec is None:
-        raise HsmError(KEY_TYPE_NOT_ALLOWED, f"unknown key type {key_type!r}; known: {', '.join(KEY_TYPES)}")
-    if algorithm not in spec[2]:
-        raise HsmError(KEY_TYPE_NOT_ALLOWED, f"a {key_type} cannot be {algorithm} (allowed: {', '.join(spec[2])})")
-
-
-def new_key_bytes(algorithm: str) -> bytes:
-    raw = os.urandom(_KEY_BYTES[algorithm])
+def new_key_bytes(algorithm: str, bits: int) -> bytes:
+    raw = os.urandom(bits // 8)
     return adjust_odd_parity(raw) if algorithm == "TDES" else raw
-
-
-def check_value(key: bytes, algorithm: str) -> str:
-    return kcv(key, algorithm)
-
-
-def wrap(kbpk: bytes, key: bytes, key_type: str, algorithm: str, *, exportable: bool = True) -> str:
-    usage, mode, _ = KEY_TYPES[key_type]
-    header = tr31.Header(
-        version_id="D",
-        key_usage=usage,
-        algorithm=_TR31_ALGORITHM[algorithm],
-        mode_of_use=mode,
-        version_num="00",
-        exportability="E" if exportable else "N",
-    )
-    return tr31.wrap(kbpk, header, key)
-
-
-def unwrap(kbpk: bytes, block: str, key_type: str, algorithm: str) -> bytes:
-    """The key inside a TR-31 block, after checking the block's header says what we expect of it."""
-    try:
-        header, key = tr31.unwrap(kbpk, block)
-    except Exception as exc:  # psec raises several types for a bad MAC, length or header
-        raise HsmError(KEY_STORE_ERROR, f"key block does not unwrap: {type(exc).__name__}") from None
-    usage, mode, _ = KEY_TYPES[key_type]
-    if header.key_usage != usage or header.algorithm != _TR31_ALGORITHM[algorithm]:
-        raise HsmError(
-            KEY_TYPE_NOT_ALLOWED,
-            f"key block header says usage {header.key_usage}/{header.algorithm}, expected {key_type} ({usage}/{_TR31_ALGORITHM[algorithm]})",
-        )
-    return key
 
 
 @dataclass
@@ -186,15 +131,28 @@ class KeyStore:
 
     # ------------------------------------------------------------ keys
 
-    def add(self, key: bytes, key_type: str, algorithm: str) -> KeyInfo:
+    def add(
+        self,
+        key: bytes,
+        key_type: str,
+        algorithm: str,
+        *,
+        origin: str,
+        mode: str | None = None,
+        exportability: str = "E",
+    ) -> KeyInfo:
         """Store a key; a second key with the same KCV is refused (the KCV is its identity)."""
-        check_type(key_type, algorithm)
-        value = check_value(key, algorithm)
+        bits = keyblock.check_type(key_type, algorithm, len(key) * 8)
+        mode = mode or keyblock.KEY_TYPES[key_type].mode
+        keyblock.check_mode(key_type, mode, "key store")
+        value = kcv(key, algorithm)
         if value in self.keys:
             raise HsmError(KEY_TYPE_NOT_ALLOWED, f"a key with KCV {value} is already in the key store")
         version = 1 + sum(1 for k in self.keys.values() if k.info.key_type == key_type)
-        info = KeyInfo(value, key_type, algorithm, version, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        self.keys[value] = StoredKey(info, wrap(self._lmk, key, key_type, algorithm))
+        created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        info = KeyInfo(value, key_type, algorithm, version, created_at, bits, mode, exportability, origin)
+        header = keyblock.header_for("D", key_type, algorithm, mode, exportability, origin=origin)
+        self.keys[value] = StoredKey(info, keyblock.wrap(self._lmk, key, header))
         self._versions.pop(key_type, None)
         if key_type in ("DEK", "FPK"):
             self.current[key_type] = value
@@ -202,17 +160,35 @@ class KeyStore:
         return info
 
     def info(self, kcv_value: str) -> KeyInfo:
-        stored = self.keys.get(kcv_value.upper())
+        stored = self.keys.get(str(kcv_value).upper())
         if stored is None:
             raise HsmError(UNKNOWN_KEY, f"no key with KCV {kcv_value}")
         return stored.info
 
-    def clear_key(self, kcv_value: str) -> bytes:
-        """The key itself, for use inside the HSM only."""
-        stored = self.keys.get(kcv_value.upper())
+    def clear_key(self, kcv_value: str) -> tuple[bytes, KeyInfo]:
+        """The key itself, for use inside the HSM only, with what its LMK block's authenticated header says.
+
+        An entry whose block was swapped or whose listed type, algorithm or KCV was edited is refused.
+        """
+        stored = self.keys.get(str(kcv_value).upper())
         if stored is None:
             raise HsmError(UNKNOWN_KEY, f"no key with KCV {kcv_value}")
-        return unwrap(self._lmk, stored.block, stored.info.key_type, stored.info.algorithm)
+        listed = stored.info
+        try:
+            header, key = keyblock.unwrap(self._lmk, LMK_ALGORITHM, stored.block, f"key {listed.kcv} in the key store")
+        except HsmError as exc:
+            raise HsmError(KEY_STORE_ERROR, exc.message) from None
+        spec = keyblock.KEY_TYPES.get(listed.key_type)
+        if (
+            spec is None
+            or header.key_usage != spec.usage
+            or keyblock.ALGORITHM_OF.get(header.algorithm) != listed.algorithm
+            or kcv(key, listed.algorithm) != listed.kcv
+        ):
+            raise HsmError(KEY_STORE_ERROR, f"key {listed.kcv} in the key store does not match its LMK block: refusing it")
+        origin = header.blocks[keyblock.ORIGIN_BLOCK] if keyblock.ORIGIN_BLOCK in header.blocks else "generated"
+        info = replace(listed, key_bits=len(key) * 8, mode_of_use=header.mode_of_use, exportability=header.exportability, origin=origin)
+        return key, info
 
     def versions(self, key_type: str) -> list[KeyInfo]:
         """Every key of a type, newest version first (cached: asked on every PAN look-up)."""

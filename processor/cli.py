@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -283,8 +284,24 @@ class LedgerBroken(ProcessorError):
 async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from processor.server import run_server
 
+    from processor.transport.mqtt import MqttEndpoint
+
+    if args.mqtt:
+        settings = dataclasses.replace(settings, mqtt_url=args.mqtt)
+    if settings.mqtt_url:
+        try:
+            MqttEndpoint.parse(settings.mqtt_url)
+        except ValueError as exc:
+            raise ConfigurationError(f"broker URL: {exc}") from None
+    if args.tcp == "off":
+        if not settings.mqtt_url:
+            raise ConfigurationError("--tcp off needs a broker to answer on: give --mqtt URL or set PROCESSOR_MQTT_URL")
+        await run_server(settings, host="", port=0, tcp=False)
+        return 0
     host, _, port = args.tcp.rpartition(":")
-    await run_server(settings, host=host or "127.0.0.1", port=int(port or 8583))
+    if not port.isdigit():
+        raise ConfigurationError(f"--tcp expects HOST:PORT or off, not {args.tcp!r}")
+    await run_server(settings, host=host or "127.0.0.1", port=int(port), reuse_port=args.reuse_port)
     return 0
 
 
@@ -401,15 +418,25 @@ def build_parser() -> argparse.ArgumentParser:
     data_command(ho, "expire", cmd_holds_expire, "release holds past their expiry")
 
     from processor.tokenization.cli import register as register_tokenization
+    from processor.transport.cli import register as register_transport
 
     register_tokenization(sub, data_command)
+    register_transport(sub, data_command)
+
+    from processor.settlement.cli import register as register_settlement
+
+    register_settlement(sub, data_command)
 
     from processor.api.cli import register as register_money_app
 
     register_money_app(sub, data_command)
 
     p = sub.add_parser("serve", help="run the authorization engine")
-    p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on")
+    p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on, or off (MQTT only)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share the TCP port with other engine processes (SO_REUSEPORT): the kernel spreads connections")
+    p.add_argument("--mqtt", help="also answer terminals through this broker: mqtt://USER:PASSWORD@HOST:PORT "
+                   "(default: PROCESSOR_MQTT_URL)")
     p.set_defaults(func=None, serve=True)
 
     p = sub.add_parser("demo", help="run a whole simulated business day and print its summary")
@@ -444,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo_cli(args)
         if getattr(args, "serve", False):
             return _run(cmd_serve(args, settings))
+        if getattr(args, "standalone", None) is not None:
+            from processor.transport.cli import run_standalone
+
+            return run_standalone(args, settings)
         if getattr(args, "run", None) is not None:
             return args.run(args, settings)
         return _run(_data_command(args, settings))
@@ -467,8 +498,10 @@ def _is_user_error(exc: Exception) -> bool:
     """Store and HSM errors carry messages written for operators."""
     from hsm_sim import HsmError
     from processor.ledger import StoreError
+    from processor.transport.broker import BrokerError
+    from processor.transport.mqtt import MqttUnavailable
 
-    return isinstance(exc, (StoreError, HsmError))
+    return isinstance(exc, (StoreError, HsmError, MqttUnavailable, BrokerError))
 
 
 async def _data_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -54,6 +54,7 @@ class Day:
     balances: dict[str, Any] = field(default_factory=dict)
     ledger_failures: list[str] = field(default_factory=list)
     ledger_report: dict[str, Any] = field(default_factory=dict)
+    settlement: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -139,6 +140,8 @@ async def _play_scenarios(
         card = {h: CardData.from_issued(p, p["pin"]) for h, p in people.items()}
         chip = people["hana"]["chip"]
         shop, hotel, web = terminals["grocery"], terminals["hotel"], terminals["online"]
+        # The fuel station's stripe reader swipes chip cards too: the day's PIN-pad scenarios happen there.
+        fuel = terminals["fuel"]
 
         by_id = {t.terminal_id: t for t in terminals.values()}
 
@@ -153,7 +156,7 @@ async def _play_scenarios(
 
         await play("echo test", "00", shop.echo("301"))
         await play("sign-on", "00", shop.echo("001"))
-        await play("purchase with online PIN (DUKPT)", "00", shop.card_request(card["ada"], 42_50, entry="chip", with_pin=True))
+        await play("purchase with online PIN (DUKPT)", "00", fuel.card_request(card["ada"], 42_50, entry="magstripe", with_pin=True))
         await play("magstripe purchase (card without a chip)", "00", shop.card_request(card["bob"], 2_00, entry="magstripe"))
         # A terminal that ignores the rule and swipes a chip card anyway: the issuer refuses the stripe.
         careless = dataclasses.replace(shop, chip_capable=False)
@@ -163,44 +166,43 @@ async def _play_scenarios(
         await play("online purchase with CVV2", "00", web.card_request(card["ada"], 19_99, entry="manual", cvv2=card["ada"].cvv2))
         wrong_cvv2 = "000" if card["ada"].cvv2 != "000" else "111"
         await play("online purchase, wrong CVV2", "N7", web.card_request(card["ada"], 19_99, entry="manual", cvv2=wrong_cvv2))
-        await play("wrong PIN (1st)", "55", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9999"))
-        await play("wrong PIN (2nd)", "55", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9998"))
-        await play("wrong PIN (3rd): tries exceeded", "75", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True, pin="9997"))
-        await play("right PIN after the limit", "75", shop.card_request(card["grace"], 5_00, entry="chip", with_pin=True))
+        await play("wrong PIN (1st)", "55", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True, pin="9999"))
+        await play("wrong PIN (2nd)", "55", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True, pin="9998"))
+        await play("wrong PIN (3rd): tries exceeded", "75", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True, pin="9997"))
+        await play("right PIN after the limit", "75", fuel.card_request(card["grace"], 5_00, entry="magstripe", with_pin=True))
         await play("insufficient funds", "51", shop.card_request(card["bob"], 50_00, entry="magstripe"))
         partial = await play("partial approval", "10", shop.card_request(card["bob"], 50_00, entry="magstripe", partial_ok=True))
         day.scenarios[-1].detail = f"approved {int(partial.get('4', '0'))} of 5000 minor units"
-        await play("frozen card", "62", shop.card_request(card["carol"], 5_00, entry="chip"))
-        await play("lost card", "41", shop.card_request(card["dave"], 5_00, entry="chip"))
-        await play("stolen card", "43", shop.card_request(card["erin"], 5_00, entry="chip"))
-        await play("expired card", "54", shop.card_request(card["frank"], 5_00, entry="chip"))
+        await play("frozen card", "62", fuel.card_request(card["carol"], 5_00, entry="magstripe"))
+        await play("lost card", "41", fuel.card_request(card["dave"], 5_00, entry="magstripe"))
+        await play("stolen card", "43", fuel.card_request(card["erin"], 5_00, entry="magstripe"))
+        await play("expired card", "54", fuel.card_request(card["frank"], 5_00, entry="magstripe"))
         stranger = CardData(pan="4000000000000002", expiry="3012", track2="4000000000000002=30121010000000000", cvv2="123")
         await play("card not issued here", "14", shop.card_request(stranger, 5_00, entry="magstripe"))
 
-        preauth = hotel.card_request(card["ada"], 150_00, mti="0100", entry="chip", with_pin=True)
+        preauth = hotel.card_request(card["ada"], 150_00, mti="0100", entry="manual", cvv2=card["ada"].cvv2)
         await play("hotel pre-authorization", "00", preauth)
         await play("incremental authorization", "00", hotel.incremental(preauth, 30_00))
         await play("completion for less than held", "00", hotel.completion(preauth, 170_00))
 
-        purchase = shop.card_request(card["ada"], 7_25, entry="chip", with_pin=True)
+        purchase = fuel.card_request(card["ada"], 7_25, entry="magstripe", with_pin=True)
         first = await play("purchase", "00", purchase)
         again = await play("retransmitted purchase (duplicate)", "00", dict(purchase))
         same = first.get("38") == again.get("38")
         day.scenarios[-1].detail = "same approval code, no second posting" if same else "DIFFERENT approval code"
         if not same:
             day.scenarios[-1].got = "mismatch"
-        await play("reversal", "00", shop.reversal(purchase))
-        await play("repeated reversal changes nothing", "00", shop.reversal(purchase))
+        await play("reversal", "00", fuel.reversal(purchase))
+        await play("repeated reversal changes nothing", "00", fuel.reversal(purchase))
         orphan = dict(purchase)
         orphan["11"] = "999999"
-        await play("reversal of an unknown original", "25", shop.reversal(orphan))
+        await play("reversal of an unknown original", "25", fuel.reversal(orphan))
 
-        fuel = terminals["fuel"]
         pump = fuel.card_request(card["ada"], 100_00, mti="0100", entry="magstripe")
         await play("fuel pre-authorization", "00", pump)
         await play("partial reversal: fuel pumped for 35.00", "00", fuel.reversal(pump, remaining_minor=35_00))
-        await play("refund", "00", shop.card_request(card["ada"], 5_00, processing_code="200000", entry="chip"))
-        await play("balance inquiry", "00", shop.card_request(card["ada"], 0, processing_code="310000", entry="chip", with_pin=True))
+        await play("refund", "00", fuel.card_request(card["ada"], 5_00, processing_code="200000", entry="magstripe"))
+        await play("balance inquiry", "00", fuel.card_request(card["ada"], 0, processing_code="310000", entry="magstripe", with_pin=True))
         await play(
             "stand-in advice past available funds",
             "00",
@@ -341,6 +343,7 @@ async def run_day(
             close_batches=True,
         )
         store = running.store
+        day.settlement = await _settle_the_day(running, people, workdir)
         day.ledger_failures = await store.check_invariants()
         day.ledger_report = await store.ledger_report()
         for handle in ("ada", "bob", "grace"):
@@ -352,6 +355,52 @@ async def run_day(
             }
     log_handler.flush()
     return day
+
+
+async def _settle_the_day(running: Any, people: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """End of day: an acquiring network's authorizations and clearing file, then settlement and its report.
+
+    The demo's day ends now: its cutoff is set to the next second (UTC), so everything played above falls
+    in the day that is settled.
+    """
+    from processor.settlement import add_network, build_report, load_config, save_config, settle_day, write_html
+    from processor.settlement.day import COMMIT_GRACE
+    from processor.settlement.ingest import ingest_file
+    from terminal_sim.network import AcquiringNetwork
+
+    store, hsm = running.store, running.hsm
+    await add_network(store, "400001", "EuroNet")
+    network = AcquiringNetwork("400001", merchants=3)
+    cards = [CardData.from_issued(people[h], "1234") for h in ("ada", "grace")]
+    async with await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0) as conn:
+        network_day = await network.run(conn, cards, 12)
+    now = dt.datetime.now(dt.UTC)
+    cutoff = now + dt.timedelta(seconds=1)
+    config = await save_config(store, cutoff=cutoff.strftime("%H:%M:%S"), timezone="UTC")
+    business_day = config.calendar.day_of(now)
+    clearing = workdir / "clearing" / "euronet.ipm"
+    written = network.write_clearing_file(
+        network_day, clearing, file_id=f"EURONET-{business_day:%Y%m%d}", business_date=business_day, scenarios=True
+    )
+    ingested = await ingest_file(store, hsm, clearing, config, now=now)
+    end = config.calendar.window(business_day)[1]
+    await asyncio.sleep(max(0.0, (end - dt.datetime.now(dt.UTC)).total_seconds()))
+    summary = await settle_day(store, business_day, config, out_dir=workdir / "settlement", now=end + COMMIT_GRACE)
+    report = await build_report(store, business_day)
+    html = write_html(report, workdir / "settlement" / f"report-{business_day}.html")
+    return {
+        "business_date": business_day.isoformat(),
+        "network": network_day.as_json(),
+        "clearing_file": written["path"],
+        "ingested": {k: ingested[k] for k in ("records", "by_status", "posted", "exceptions")},
+        "merchants": len(summary["merchants"]),
+        "items": summary["items"],
+        "totals": summary["totals"],
+        "networks": summary["networks"],
+        "exceptions": summary["exceptions"],
+        "files": {name: f["path"] for name, f in summary["files"].items()},
+        "report": html,
+    }
 
 
 def _log_to(path: Path) -> logging.Handler:
@@ -377,6 +426,7 @@ def summarize(day: Day) -> dict[str, Any]:
         "load": load,
         "balances": day.balances,
         "ledger": {"ok": not day.ledger_failures, "failures": day.ledger_failures, "report": day.ledger_report},
+        "settlement": day.settlement,
         "elapsed_s": round(time.perf_counter() - day.started, 1),
     }
 
@@ -423,6 +473,16 @@ def print_day(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     print(f"\nLedger check: {'OK' if ledger['ok'] else 'BROKEN'}", file=out)
     for failure in ledger["failures"]:
         print(f"  {failure}", file=out)
+    settled = summary.get("settlement") or {}
+    if settled:
+        print(f"\nSettlement of business day {settled['business_date']}: {settled['items']} transactions, "
+              f"{settled['merchants']} merchants paid; network {settled['network']['approved']} authorizations, "
+              f"clearing file {settled['ingested']['records']} presentments ({settled['ingested']['posted']} posted)", file=out)
+        for kind, n in sorted(settled["exceptions"].items()):
+            print(f"  exception {kind}: {n}", file=out)
+        for name, path in settled["files"].items():
+            print(f"  {name}: {path}", file=out)
+        print(f"  report: {settled['report']}", file=out)
     verdict = "every scenario answered as expected" if summary["ok"] else "SOMETHING WENT WRONG (see above)"
     print(f"\nDay finished in {summary['elapsed_s']} s: {verdict}.", file=out)
 

@@ -14,6 +14,7 @@ from typing import Any
 from processor.auth.engine import Engine
 from processor.auth.policy import Policy
 from processor.config import Settings
+from processor.transport.mqtt import MqttLimits, MqttServer
 from processor.transport.tcp import TcpLimits, TcpServer
 
 log = logging.getLogger("processor.server")
@@ -22,15 +23,17 @@ HOLD_EXPIRY_INTERVAL_S = 60.0
 
 @dataclass
 class RunningEngine:
-    """An engine listening on TCP; `port` is the bound port (useful with port 0)."""
+    """An engine listening on TCP, on MQTT, or both; `port` is the bound TCP port (useful with port 0)."""
 
     engine: Engine
-    tcp: TcpServer
+    tcp: TcpServer | None
     store: Any
     hsm: Any
+    mqtt: MqttServer | None = None
 
     @property
     def port(self) -> int:
+        assert self.tcp is not None, "this engine does not listen on TCP"
         return self.tcp.port
 
 
@@ -42,32 +45,49 @@ async def running_engine(
     port: int = 0,
     policy: Policy | None = None,
     limits: TcpLimits | None = None,
+    tcp: bool = True,
+    reuse_port: bool = False,
+    mqtt_limits: MqttLimits | None = None,
 ) -> AsyncIterator[RunningEngine]:
-    """Open everything, listen, and on exit drain in-flight requests before closing the store."""
+    """Open everything, listen, and on exit drain in-flight requests before closing the store.
+
+    The engine answers on TCP unless `tcp` is False, and also on MQTT when `settings.mqtt_url` names a
+    broker. With `reuse_port`, several engine processes can listen on one TCP port (SO_REUSEPORT) and
+    the kernel spreads the connections between them.
+    """
     from hsm_sim import connect
     from processor.issuing import load_issuer_keys
     from processor.ledger import Store
     from processor.tokenization.wallet import token_bin
 
+    if not tcp and not settings.mqtt_url:
+        raise ValueError("the engine needs a transport: TCP, or MQTT with a broker URL")
     store = await Store.open(settings.db_url)
     hsm = None
-    tcp = None
+    tcp_server = None
+    mqtt_server = None
     expiry_task = None
     try:
         hsm = await connect(settings.hsm_url)
         keys = await load_issuer_keys(store, hsm)
         engine = Engine(store, hsm, keys, policy=policy, token_bin=await token_bin(store))
-        tcp = TcpServer(engine.handle, limits=limits)
-        await tcp.start(host, port)
+        if tcp:
+            tcp_server = TcpServer(engine.handle, limits=limits)
+            await tcp_server.start(host, port, reuse_port=reuse_port)
+        if settings.mqtt_url:
+            mqtt_server = MqttServer(engine.handle, settings.mqtt_url, limits=mqtt_limits)
+            await mqtt_server.start()
         expiry_task = asyncio.create_task(_expire_holds_periodically(store))
-        yield RunningEngine(engine, tcp, store, hsm)
+        yield RunningEngine(engine, tcp_server, store, hsm, mqtt_server)
     finally:
         if expiry_task is not None:
             expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await expiry_task
-        if tcp is not None:
-            await tcp.close()
+        if mqtt_server is not None:
+            await mqtt_server.close()
+        if tcp_server is not None:
+            await tcp_server.close()
         if hsm is not None:
             await hsm.close()
         await store.close()
@@ -93,7 +113,7 @@ async def flush_logs_periodically(handler: logging.Handler) -> None:
         handler.flush()
 
 
-async def run_server(settings: Settings, *, host: str, port: int) -> None:
+async def run_server(settings: Settings, *, host: str, port: int, tcp: bool = True, reuse_port: bool = False) -> None:
     """`processor serve`: run until SIGINT/SIGTERM, then stop accepting and drain."""
     from processor.logs import configure
 
@@ -104,8 +124,12 @@ async def run_server(settings: Settings, *, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with running_engine(settings, host=host, port=port) as running:
-        print(f"processor listening on {host}:{running.port}", flush=True)
+    async with running_engine(settings, host=host, port=port, tcp=tcp, reuse_port=reuse_port) as running:
+        if running.tcp is not None:
+            print(f"processor listening on {host}:{running.port}", flush=True)
+        if running.mqtt is not None:
+            print(f"processor answering on {running.mqtt.endpoint.safe()} ($share/{running.mqtt.group}/pos/+/request)",
+                  flush=True)
         await stop.wait()
         log.info("stopping: draining in-flight requests")
     flusher.cancel()

@@ -8,10 +8,12 @@ import itertools
 import json
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from processor.logs import quiet_library_deprecations
-from terminal_sim.load import load_json_list, parse_mix, print_summary, run_load
+from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
+from terminal_sim.load_report import ProgressDisplay, print_summary
 from terminal_sim.batch import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -104,6 +106,14 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
     return chips
 
 
+async def _broker_accounts(directory: str, terminal_ids: list[str]) -> dict[str, str]:
+    """Broker accounts for the terminals, created through the broker's admin account (same machine)."""
+    from processor.transport.broker import BrokerAdmin, BrokerDir
+
+    async with BrokerAdmin(BrokerDir(directory).url("admin")) as admin:
+        return await admin.add_terminals(list(dict.fromkeys(terminal_ids)))
+
+
 def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
     """In-process chips of the cards that have a bureau record in `directory`."""
     from terminal_sim.bureau import load_profile, record_path, state_path, transport_key_from_env
@@ -125,6 +135,9 @@ def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
 
 async def _load(args: argparse.Namespace) -> int:
     host, port = args.tcp
+    # Refuse a bad mix or expectation before --provision writes anything.
+    mix = parse_mix(args.mix) if args.mix else None
+    expected = parse_expect(args.expect)
     chips: list[Any] = []
     if args.cards and args.terminals:
         cards_json, terminals_json = load_json_list(args.cards), load_json_list(args.terminals)
@@ -137,28 +150,42 @@ async def _load(args: argparse.Namespace) -> int:
         return 2
     cards = [CardData.from_issued(c, c.get("pin")) for c in cards_json]
     terminals = [PosTerminal.from_registered(t) for t in terminals_json]
+    mqtt = None
+    if args.mqtt:
+        passwords = {str(t["terminal_id"]): str(t["mqtt_password"]) for t in terminals_json if t.get("mqtt_password")}
+        if args.broker_dir:
+            passwords.update(await _broker_accounts(args.broker_dir, [t.terminal_id for t in terminals]))
+        missing = [t.terminal_id for t in terminals if t.terminal_id not in passwords]
+        if missing:
+            print(f"terminal-sim: no broker password for terminal {missing[0]}: give each terminal an mqtt_password "
+                  "in the --terminals file, or --broker-dir to create the accounts", file=sys.stderr)
+            return 2
+        mqtt = MqttTarget(args.mqtt, passwords, retry_after_s=args.retry_after)
     # A terminal's STAN never restarts: two runs a moment apart must not reuse (terminal, STAN, second).
     start = secrets.randbelow(900_000) + 1
     for terminal in terminals:
         terminal._stan = itertools.count(start)
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    display = ProgressDisplay()
     try:
-        result = await run_load(
-            host,
-            port,
-            terminals,
-            cards,
-            connections=args.connections,
-            seconds=args.seconds,
-            rate=args.rate,
-            mix=parse_mix(args.mix) if args.mix else None,
-            timeout_s=args.timeout,
-            progress=progress,
-            seed=args.seed,
-            chip_cards=chips,
-            contactless_limit_minor=args.contactless_limit,
-            close_batches=args.close_batches,
-        )
+        with display:
+            result = await run_load(
+                host,
+                port,
+                terminals,
+                cards,
+                connections=args.connections,
+                seconds=args.seconds,
+                rate=args.rate,
+                mix=mix,
+                timeout_s=args.timeout,
+                progress=None if args.quiet else display,
+                seed=args.seed,
+                chip_cards=chips,
+                contactless_limit_minor=args.contactless_limit,
+                close_batches=args.close_batches,
+                expected=expected,
+                mqtt=mqtt,
+            )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
         for chip in chips:
@@ -168,6 +195,10 @@ async def _load(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print_summary(summary)
+    if summary["failures"]:
+        for failure in summary["failures"]:
+            print(f"terminal-sim load: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -225,8 +256,9 @@ def _parse_amount(text: str) -> int:
     return int(minor)
 
 
-def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any]:
-    """The terminal from its file, with its DUKPT counter and STAN carried over from its last run."""
+def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any, dict[str, Any]]:
+    """The terminal from its file, with its DUKPT counter and STAN carried over from its last run;
+    also the state file's path and the file's entry (which may carry the terminal's mqtt_password)."""
     from pathlib import Path
 
     entries = load_json_list(path) if not Path(path).read_text(encoding="utf-8").lstrip().startswith("{") else [
@@ -244,7 +276,7 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
         terminal._stan = itertools.count(int(saved.get("next_stan", 1)))
         if saved.get("batch"):
             terminal.batch = TerminalBatch.from_state(saved["batch"])
-    return terminal, state
+    return terminal, state, entries[0]
 
 
 def _save_terminal(terminal: PosTerminal, state: Any) -> None:
@@ -257,21 +289,37 @@ def _save_terminal(terminal: PosTerminal, state: Any) -> None:
     os.replace(tmp, state)
 
 
+def _connector(args: argparse.Namespace, terminal: PosTerminal, registered: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+    """Opens the terminal's link to the engine: TCP (--tcp), or its own broker account (--mqtt)."""
+    if args.mqtt:
+        from terminal_sim.mqtt_client import MqttTerminalConnection
+
+        async def over_mqtt() -> Any:
+            return await MqttTerminalConnection.connect(args.mqtt, terminal.terminal_id,
+                                                        password=registered.get("mqtt_password"), timeout_s=args.timeout)
+
+        return over_mqtt
+    from terminal_sim.iso_client import TerminalConnection
+
+    host, port = args.tcp
+
+    async def over_tcp() -> Any:
+        return await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+
+    return over_tcp
+
+
 async def _pos(args: argparse.Namespace) -> int:
     """One chip or contactless transaction with the card in a PC/SC reader."""
     from terminal_sim.chip_pos import chip_transaction
-    from terminal_sim.iso_client import TerminalConnection
     from terminal_sim.nfc import ContactlessTerminal, PinRequired
     from terminal_sim.pcsc import PcscReader
 
-    host, port = args.tcp
-    terminal, state = _load_terminal(args.terminal, args.terminal_id)
+    terminal, state, registered = _load_terminal(args.terminal, args.terminal_id)
     reader = PcscReader(args.reader)
     reader.connect(timeout_s=args.card_timeout)
     contactless = args.interface == "contactless"
-
-    async def reconnect() -> TerminalConnection:
-        return await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+    reconnect = _connector(args, terminal, registered)
 
     try:
         conn = await reconnect()
@@ -308,12 +356,10 @@ async def _pos(args: argparse.Namespace) -> int:
 async def _close_batch(args: argparse.Namespace) -> int:
     """Close the terminal's batch: its totals (0500) against the engine's (0510)."""
     from terminal_sim.batch import close_batch
-    from terminal_sim.iso_client import TerminalConnection
 
-    host, port = args.tcp
-    terminal, state = _load_terminal(args.terminal, args.terminal_id)
+    terminal, state, registered = _load_terminal(args.terminal, args.terminal_id)
     try:
-        conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+        conn = await _connector(args, terminal, registered)()
         try:
             report = await close_batch(conn, terminal, timeout_s=args.timeout)
         finally:
@@ -331,11 +377,60 @@ async def _close_batch(args: argparse.Namespace) -> int:
     return 0 if report.in_balance else 1
 
 
+def _mqtt_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mqtt", metavar="URL", help="reach the engines through this MQTT broker instead of --tcp: "
+                   "mqtt://[TERMINAL:PASSWORD@]HOST:PORT (else each terminal's mqtt_password from its file)")
+
+
+async def _network(args: argparse.Namespace) -> int:
+    """An acquiring network's day: authorizations of its merchants, then its clearing file."""
+    import datetime as dt
+    from pathlib import Path
+
+    from terminal_sim.iso_client import TerminalConnection
+    from terminal_sim.network import AcquiringNetwork
+
+    cards = [CardData.from_issued(c, c.get("pin")) for c in load_json_list(args.cards)]
+    if not cards:
+        raise ValueError(f"{args.cards} lists no card")
+    network = AcquiringNetwork(args.acquirer, merchants=args.merchants, seed=args.seed)
+    host, port = args.tcp
+    conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
+    try:
+        day = await network.run(conn, cards, args.transactions)
+    finally:
+        await conn.close()
+    business_date = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
+    written = network.write_clearing_file(
+        day, Path(args.clearing_file), file_id=args.file_id or f"{args.acquirer}-{business_date:%Y%m%d}-{secrets.token_hex(3)}",
+        business_date=business_date, scenarios=args.scenarios,
+    )
+    result = {**day.as_json(), "clearing_file": written}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"network {args.acquirer}: {result['authorizations']} authorizations, {result['approved']} approved {day.codes}")
+        print(f"clearing file {written['path']} ({written['file_id']}): {written['records']} presentments, "
+              f"control sum {written['control_sum_minor']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("load", help="drive many terminal connections against a running engine")
+    p = sub.add_parser(
+        "load",
+        help="drive many terminal connections against a running engine",
+        description="Drive many terminal connections against a running engine and report throughput, latency "
+        "(percentiles to p99.99, histogram) and answers by kind. Exit 0 when every answer is one its kind expects "
+        "(see --expect), nothing timed out and every batch closed in balance; 1 otherwise; 2 on a usage error.",
+    )
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    _mqtt_option(p)
+    p.add_argument("--broker-dir", help="with --mqtt: the processor's broker folder, to create the terminals' "
+                   "broker accounts (same machine)")
+    p.add_argument("--retry-after", type=float, default=1.0,
+                   help="with --mqtt: seconds before an unanswered request is published again (an engine may have died)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, help="fixed overall request rate per second (default: as fast as answered)")
@@ -359,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--close-batches", action="store_true",
                    help="at the end, every terminal closes its batch (0500) and the summary says which were in balance")
+    p.add_argument("--expect", action="append", metavar="KIND=CODES",
+                   help="response codes a kind may get without failing the run, e.g. purchase=00 (repeatable; default: "
+                   "00 or 51 for purchase, pin, manual, preauth, chip, contactless, wallet; 00 for completion, balance, refund)")
     p.set_defaults(func=_load)
 
     p = sub.add_parser("card", help="serve a personalized chip card (bureau record) to pcscd through vpcd")
@@ -371,25 +469,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=35963, help="vpcd driver port")
     p.set_defaults(func=_card)
 
-    p = sub.add_parser("pos", help="one chip transaction with the card in a PC/SC reader (exit 0 approved, 1 declined)")
+    for name, interface, text in (
+        ("pos", "contact", "one chip transaction with the card in a PC/SC reader (exit 0 approved, 1 declined)"),
+        ("nfc", "contactless", "one contactless tap of the card in a PC/SC reader (exit 0 approved, 1 declined)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+        _mqtt_option(p)
+        p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
+        p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
+                       "its DUKPT counter and STAN are kept next to it in FILE.ID.state")
+        p.add_argument("--terminal-id", help="which terminal when the file lists several")
+        p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
+        p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
+        p.add_argument("--interface", choices=("contact", "contactless"), default=interface)
+        p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
+        p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization")
+        p.add_argument("--processing-code", default="000000")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
+        p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
+        p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+        p.set_defaults(func=_pos)
+
+    p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
-    p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
-    p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
-                   "its DUKPT counter and STAN are kept next to it in FILE.ID.state")
-    p.add_argument("--terminal-id", help="which terminal when the file lists several")
-    p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
-    p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
-    p.add_argument("--interface", choices=("contact", "contactless"), default="contact")
-    p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
-    p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization")
-    p.add_argument("--processing-code", default="000000")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
-    p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
-    p.set_defaults(func=_pos)
+    p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer")
+    p.add_argument("--cards", required=True, help="JSON list of cards as `processor card issue --json` prints them")
+    p.add_argument("--merchants", type=int, default=3, help="merchants behind the connection (1-4)")
+    p.add_argument("--transactions", type=int, default=20)
+    p.add_argument("--clearing-file", required=True, help="where the end-of-day clearing file goes (0600)")
+    p.add_argument("--file-id", help="the file's id (default: acquirer, date and a random suffix)")
+    p.add_argument("--date", help="the network's business date in the file header (default today)")
+    p.add_argument("--scenarios", action="store_true", help="add over-tolerance, unauthorized, duplicate and refund presentments")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_network)
 
     p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    _mqtt_option(p)
     p.add_argument("--terminal", required=True, help="terminal JSON file, as for `pos` (its batch is kept in FILE.ID.state)")
     p.add_argument("--terminal-id", help="which terminal when the file lists several")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (the 0500 is sent again)")

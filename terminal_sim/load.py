@@ -19,17 +19,18 @@ import asyncio
 import contextlib
 import json
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from processor.iso8583 import rc
 from terminal_sim.batch import BatchReport, close_batch
 from terminal_sim.chip_pos import ChipCard, ReversalFailed, chip_transaction
 from terminal_sim.emv.kernel import CardError
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
+from terminal_sim.load_report import Latencies, LoadProgress, distribution_json, histogram_json
 from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -39,6 +40,16 @@ CHIP_KINDS = ("chip", "contactless", "wallet")
 # Kinds that swipe the stripe: at a terminal with a chip reader only a card without a chip may be swiped.
 SWIPE_KINDS = ("purchase", "preauth", "balance", "refund")
 KINDS = ("purchase", "pin", "manual", "preauth", "balance", "refund", *CHIP_KINDS)
+# What the issuer may rightly answer to each kind the load sends, with valid cards, PINs and cryptograms:
+# an approval, or 51 once an account runs dry. Anything else (14 unknown card, 55 wrong PIN, 82 cryptogram,
+# 96 system error...) means the run is not measuring what it claims, and fails it.
+FUNDS_DEPENDENT = frozenset({rc.APPROVED, rc.INSUFFICIENT_FUNDS})
+EXPECTED_CODES: dict[str, frozenset[str]] = {
+    **{kind: FUNDS_DEPENDENT for kind in ("purchase", "pin", "manual", "preauth", *CHIP_KINDS)},
+    "completion": frozenset({rc.APPROVED}),
+    "balance": frozenset({rc.APPROVED}),
+    "refund": frozenset({rc.APPROVED}),
+}
 
 
 def parse_mix(text: str | None) -> dict[str, int]:
@@ -59,62 +70,143 @@ def parse_mix(text: str | None) -> dict[str, int]:
     return mix
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (0 when empty)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[rank]
+def parse_expect(entries: list[str] | None) -> dict[str, frozenset[str]]:
+    """EXPECTED_CODES with each 'kind=00,51' entry replacing its kind's codes; bad kinds and codes are refused."""
+    expected = dict(EXPECTED_CODES)
+    for entry in entries or []:
+        name, _, codes = entry.partition("=")
+        name = name.strip()
+        if name not in expected:
+            raise ValueError(f"--expect: unknown transaction kind {name!r}; known: {', '.join(expected)}")
+        parsed = frozenset(c.strip().upper() for c in codes.split(",") if c.strip())
+        if not parsed or any(len(c) != 2 or not c.isalnum() for c in parsed):
+            raise ValueError(f"--expect {name}: give two-character response codes separated by commas, e.g. {name}=00,51")
+        expected[name] = parsed
+    return expected
 
 
 @dataclass
 class LoadResult:
-    """What one run measured."""
+    """What one run measured: answers by kind and code, HdrHistogram latencies, and what fails the run."""
 
     seconds: float
     connections: int
-    latencies_ms: list[float] = field(default_factory=list)
+    expected: dict[str, frozenset[str]] = field(default_factory=lambda: dict(EXPECTED_CODES))
+    latencies: Latencies = field(default_factory=Latencies)
     codes: Counter[str] = field(default_factory=Counter)
     by_kind: dict[str, Counter[str]] = field(default_factory=dict)
-    latencies_by_kind: dict[str, list[float]] = field(default_factory=dict)
+    latencies_by_kind: dict[str, Latencies] = field(default_factory=dict)
     timeouts: int = 0
     errors: int = 0
     reversals: int = 0  # approved by the issuer, then refused by the card, and reversed
     batches: list[BatchReport] = field(default_factory=list)  # the terminals' closes at the end, when asked
+    unexpected: int = 0
+    _since_progress: Latencies = field(default_factory=Latencies)
 
     def record(self, kind: str, code: str, latency_ms: float) -> None:
-        self.latencies_ms.append(latency_ms)
+        self.latencies.record(latency_ms)
+        self._since_progress.record(latency_ms)
         self.codes[code] += 1
         self.by_kind.setdefault(kind, Counter())[code] += 1
-        self.latencies_by_kind.setdefault(kind, []).append(latency_ms)
+        self.latencies_by_kind.setdefault(kind, Latencies()).record(latency_ms)
+        if code not in self.expected.get(kind, frozenset()):
+            self.unexpected += 1
+
+    @property
+    def count(self) -> int:
+        return self.latencies.count
+
+    def declined_codes(self) -> Counter[str]:
+        return Counter({code: n for code, n in self.codes.items() if code not in rc.APPROVALS})
+
+    def progress(self, elapsed_s: float) -> LoadProgress:
+        """The live line's figures; the per-second ones start again from here."""
+        declined = self.declined_codes()
+        line = LoadProgress(
+            elapsed_s=elapsed_s,
+            answered=self.count,
+            answered_last_s=self._since_progress.count,
+            approved=self.count - sum(declined.values()),
+            declined=declined,
+            unexpected=self.unexpected,
+            timeouts=self.timeouts,
+            errors=self.errors,
+            p99_last_s_ms=self._since_progress.percentile_ms(99),
+        )
+        self._since_progress.reset()
+        return line
+
+    def failures(self) -> list[str]:
+        """Why the run does not show what its mix should: one sentence each; empty when it does."""
+        failures = []
+        if not self.count:
+            failures.append("no request was answered")
+        if self.unexpected:
+            detail = "; ".join(
+                f"{kind} {', '.join(f'{code}={n}' for code, n in sorted(wrong.items()))} (expected {'/'.join(sorted(self.expected.get(kind, ())))})"
+                for kind, wrong in self._unexpected_by_kind().items()
+            )
+            failures.append(f"{self.unexpected} answers not expected for their kind: {detail}")
+        if self.timeouts:
+            failures.append(f"{self.timeouts} requests unanswered in time (reversed)")
+        if self.errors:
+            failures.append(f"{self.errors} errors (connection lost, or a card that refused to finish)")
+        unbalanced = [b for b in self.batches if not b.in_balance]
+        if unbalanced:
+            failures.append(f"{len(unbalanced)} of {len(self.batches)} terminal batches not closed in balance")
+        return failures
+
+    def _unexpected_by_kind(self) -> dict[str, Counter[str]]:
+        out = {}
+        for kind, codes in sorted(self.by_kind.items()):
+            wrong = Counter({c: n for c, n in codes.items() if c not in self.expected.get(kind, frozenset())})
+            if wrong:
+                out[kind] = wrong
+        return out
 
     def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies_ms)
-        count = len(lat)
+        lat = self.latencies
+        unexpected = self._unexpected_by_kind()
         kinds = {}
         for kind, codes in sorted(self.by_kind.items()):
-            kl = sorted(self.latencies_by_kind.get(kind, []))
+            kl = self.latencies_by_kind[kind]
             kinds[kind] = {
                 "count": sum(codes.values()),
                 "codes": dict(sorted(codes.items())),
-                "p50_ms": round(percentile(kl, 50), 2),
-                "p99_ms": round(percentile(kl, 99), 2),
+                "expected": sorted(self.expected.get(kind, ())),
+                "unexpected": sum(unexpected.get(kind, Counter()).values()),
+                "p50_ms": round(kl.percentile_ms(50), 2),
+                "p99_ms": round(kl.percentile_ms(99), 2),
+                "p99_9_ms": round(kl.percentile_ms(99.9), 2),
             }
+        declined = self.declined_codes()
+        failures = self.failures()
         return {
-            "tps": round(count / self.seconds, 1) if self.seconds else 0.0,
-            "p50_ms": round(percentile(lat, 50), 2),
-            "p95_ms": round(percentile(lat, 95), 2),
-            "p99_ms": round(percentile(lat, 99), 2),
-            "max_ms": round(lat[-1], 2) if lat else 0.0,
-            "count": count,
+            "tps": round(self.count / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": round(lat.percentile_ms(50), 2),
+            "p95_ms": round(lat.percentile_ms(95), 2),
+            "p99_ms": round(lat.percentile_ms(99), 2),
+            "p99_9_ms": round(lat.percentile_ms(99.9), 2),
+            "max_ms": round(lat.max_ms, 2),
+            "mean_ms": round(lat.mean_ms, 2),
+            "count": self.count,
             "seconds": round(self.seconds, 2),
             "connections": self.connections,
             "codes": dict(sorted(self.codes.items())),
+            "approved": self.count - sum(declined.values()),
+            "declined": sum(declined.values()),
+            "declined_codes": dict(sorted(declined.items())),
+            "unexpected": self.unexpected,
             "timeouts": self.timeouts,
             "errors": self.errors,
             "reversals": self.reversals,
             "by_kind": kinds,
+            "latency_distribution_ms": distribution_json(lat),
+            "latency_histogram_ms": histogram_json(lat),
+            "latency_hdr": lat.encoded(),
             **({"batches": self.batches_summary()} if self.batches else {}),
+            "ok": not failures,
+            "failures": failures,
         }
 
     def batches_summary(self) -> dict[str, Any]:
@@ -148,7 +240,6 @@ class Workload:
             raise ValueError("no cards to load with")
         self.cards = cards
         self.stripe_cards = [c for c in cards if not c.has_chip]
-        self.pin_cards = [c for c in cards if c.chip_track2 is not None and c.pin is not None]
         self.kinds = [k for k, w in mix.items() if w > 0 and (cards or k in CHIP_KINDS)]
         if not self.kinds:
             raise ValueError("no kind of the mix can run with these cards (the chip kinds need bureau records)")
@@ -192,8 +283,10 @@ class Workload:
             raise ValueError(f"kind {kind!r} is a chip transaction, not a single request")
         amount = self.amount()
         if kind == "pin":
-            if self.pin_cards and terminal.ipek is not None:
-                return kind, terminal.card_request(self.random.choice(self.pin_cards), amount, entry="chip", with_pin=True)
+            # A swipe with an online PIN: the stripe proves the card (CVV1), the PIN pad the cardholder.
+            pin_cards = [c for c in self.swipeable(terminal) if c.pin is not None]
+            if pin_cards and terminal.ipek is not None:
+                return kind, terminal.card_request(self.random.choice(pin_cards), amount, entry="magstripe", with_pin=True)
             kind = "purchase"
         card = self.random.choice(self.swipeable(terminal) if kind in SWIPE_KINDS else self.cards)
         if kind == "purchase":
@@ -218,14 +311,18 @@ async def run_load(
     rate: float | None = None,
     mix: dict[str, int] | None = None,
     timeout_s: float = 5.0,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[LoadProgress], None] | None = None,
     seed: int | None = None,
     chip_cards: list[ChipCard] | None = None,
     contactless_limit_minor: int = DEFAULT_CONTACTLESS_LIMIT_MINOR,
     close_batches: bool = False,
+    expected: dict[str, frozenset[str]] | None = None,
+    mqtt: MqttTarget | None = None,
 ) -> LoadResult:
     """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does.
 
+    Over TCP (host, port) each of the `connections` sessions has a connection of its own. Over MQTT
+    (`mqtt` given; host and port unused) each terminal has one broker connection, shared by its sessions.
     With `close_batches`, every terminal closes its batch (0500) at the end and the result says which
     were in balance with the engine's totals.
     """
@@ -235,10 +332,15 @@ async def run_load(
     if workload.cards and any(k in SWIPE_KINDS for k in workload.kinds):
         for terminal in terminals:
             workload.swipeable(terminal)
-    result = LoadResult(seconds=seconds, connections=connections)
-    conns = [
-        await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
-    ]
+    result = LoadResult(seconds=seconds, connections=connections, expected=expected or dict(EXPECTED_CODES))
+    if mqtt is None:
+        conns: list[Any] = [
+            await TerminalConnection.connect(host, port, timeout_s=timeout_s) for _ in range(connections)
+        ]
+        by_terminal: dict[str, Any] = {}
+    else:
+        by_terminal = await mqtt.connect_all(terminals, timeout_s=timeout_s)
+        conns = [by_terminal[terminals[i % len(terminals)].terminal_id] for i in range(connections)]
     started = time.perf_counter()
     deadline = started + seconds
     tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
@@ -327,18 +429,11 @@ async def run_load(
                 tokens.put_nowait(None)
 
     async def reporter() -> None:
-        last = 0
         while True:
             await asyncio.sleep(1.0)
-            done = len(result.latencies_ms)
-            elapsed = time.perf_counter() - started
+            line = result.progress(time.perf_counter() - started)
             if progress:
-                lat = sorted(result.latencies_ms[last:])
-                progress(
-                    f"[{elapsed:5.1f}s] {done:7d} answered  {done - last:6d}/s  "
-                    f"p99 {percentile(lat, 99):6.2f} ms  timeouts {result.timeouts}"
-                )
-            last = done
+                progress(line)
 
     tasks = [asyncio.create_task(session(i)) for i in range(connections)]
     helpers = [asyncio.create_task(reporter())]
@@ -347,30 +442,63 @@ async def run_load(
     try:
         await asyncio.wait(tasks, timeout=seconds + timeout_s * 2 + 5)
         if close_batches:
-            result.batches = await _close_batches(conns, terminals, timeout_s)
+            result.batches = await _close_batches(conns, by_terminal, terminals, timeout_s)
     finally:
         for task in tasks + helpers:
             task.cancel()
         await asyncio.gather(*tasks, *helpers, return_exceptions=True)
-        for conn in conns:
+        for conn in {id(c): c for c in [*conns, *by_terminal.values()]}.values():
             await conn.close()
     result.seconds = time.perf_counter() - started
     return result
 
 
-async def _close_batches(conns: list[TerminalConnection], terminals: list[PosTerminal], timeout_s: float) -> list[BatchReport]:
-    """Close each terminal's batch once, on the first connection still open."""
+async def _close_batches(
+    conns: list[Any], by_terminal: dict[str, Any], terminals: list[PosTerminal], timeout_s: float
+) -> list[BatchReport]:
+    """Close each terminal's batch once: on its own broker connection, or on the first TCP connection still open."""
     reports = []
     seen: set[int] = set()
     for terminal in terminals:
         if id(terminal) in seen:
             continue
         seen.add(id(terminal))
-        conn = next((c for c in conns if not c.closed), None)
-        if conn is None:
-            raise ConnectionError("no connection left to close the terminals' batches on")
+        conn = by_terminal.get(terminal.terminal_id) or next((c for c in conns if not c.closed), None)
+        if conn is None or conn.closed:
+            raise ConnectionError(f"no connection left to close the batch of terminal {terminal.terminal_id} on")
         reports.append(await close_batch(conn, terminal, timeout_s=timeout_s))
     return reports
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    """Drive the engines through a broker: its URL, and each terminal's broker password."""
+
+    url: str
+    passwords: dict[str, str] = field(default_factory=dict)
+    retry_after_s: float = 1.0
+    max_in_flight: int = 64
+
+    async def connect_all(self, terminals: list[PosTerminal], *, timeout_s: float) -> dict[str, Any]:
+        """One connection per distinct terminal, opened concurrently; all closed again if one fails."""
+        from terminal_sim.mqtt_client import MqttTerminalConnection
+
+        ids = list(dict.fromkeys(t.terminal_id for t in terminals))
+        opened = await asyncio.gather(
+            *(
+                MqttTerminalConnection.connect(self.url, tid, password=self.passwords.get(tid), timeout_s=timeout_s,
+                                               retry_after_s=self.retry_after_s, max_in_flight=self.max_in_flight)
+                for tid in ids
+            ),
+            return_exceptions=True,
+        )
+        failure = next((c for c in opened if isinstance(c, BaseException)), None)
+        if failure is not None:
+            for conn in opened:
+                if not isinstance(conn, BaseException):
+                    await conn.close()
+            raise failure
+        return dict(zip(ids, opened, strict=True))
 
 
 def load_json_list(path: str) -> list[dict[str, Any]]:
@@ -384,24 +512,3 @@ def load_json_list(path: str) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
         raise ValueError(f"{path}: expected a JSON list of objects")
     return data
-
-
-def print_summary(summary: dict[str, Any], out: Any = sys.stdout) -> None:
-    print(
-        f"{summary['count']} answers in {summary['seconds']} s over {summary['connections']} connections: "
-        f"{summary['tps']} tps, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms, "
-        f"max {summary['max_ms']} ms; timeouts {summary['timeouts']}, errors {summary['errors']}"
-        + (f", reversals {summary['reversals']}" if summary.get("reversals") else ""),
-        file=out,
-    )
-    if summary.get("batches"):
-        b = summary["batches"]
-        print(
-            f"batches closed {b['closed']}, in balance {b['in_balance']}: debits {b['debits_count']} "
-            f"({b['debits_minor']}), credits {b['credits_count']} ({b['credits_minor']}); slowest close {b['close_max_ms']} ms",
-            file=out,
-        )
-    print("response codes: " + ", ".join(f"{c}={n}" for c, n in summary["codes"].items()), file=out)
-    for kind, info in summary["by_kind"].items():
-        codes = ", ".join(f"{c}={n}" for c, n in info["codes"].items())
-        print(f"  {kind:<11} {info['count']:7d}  p50 {info['p50_ms']:6.2f} ms  p99 {info['p99_ms']:6.2f} ms  {codes}", file=out)

@@ -1,29 +1,36 @@
 """EMV issuer cryptography: ICC master keys, AC session keys, ARQC and ARPC by cryptogram version.
 
-The algorithms are pyemv's (kd, ac); this module fixes which one applies to each cryptogram version
-number (CVN), validates inputs, and leaves the choice of transaction data to the caller (the issuer
-builds it from DE 55 in the order the card's CVN defines).
+This module fixes which algorithm applies to each cryptogram version number (CVN), validates inputs,
+and leaves the choice of transaction data to the caller (the issuer builds it from DE 55 in the order
+the card's CVN defines).
 
-CVN    session key (AC)                 ARQC padding   ARPC
-10     none: the ICC master key         Visa (00..)    method 1 under the ICC master key
-18/22  EMV common: ATC||000000000000    EMV (80 00..)  method 2 under the session key
-16/17  Mastercard: ATC||0000||UN        EMV            method 1 under the ICC master key
-20/21  EMV common: ATC||000000000000    EMV            method 1 under the session key
+CVN    ICC master key (PAN > 16)   session key (AC)              ARQC padding   ARPC
+10     option A                    none: the ICC master key      Visa (00..)    method 1 under the ICC MK
+18/22  option B                    EMV common: ATC||000000000000 EMV (80 00..)  method 2 under the session key
+16/17  option A                    Mastercard: ATC||0000||UN     EMV            method 1 under the ICC MK
+20/21  option A                    EMV common: ATC||000000000000 EMV            method 1 under the session key
+
+ICC master keys are derived here, independently of pyemv; session keys and MACs are pyemv's (kd, ac).
+All are checked against pyemv's published examples and its CVN classes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 from cryptography.utils import CryptographyDeprecationWarning
 from pyemv import ac as _ac
 from pyemv import kd as _kd
 
+from hsm_sim.crypto.des import adjust_odd_parity, tdes_ecb_encrypt
+
 # pyemv hands 16-byte keys to cryptography's deprecated TripleDES location; the results are right and
 # the warning would repeat on every HSM start, so it is silenced for pyemv's modules only.
 warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, module=r"pyemv\.")
 
 SUPPORTED_CVNS = (10, 16, 17, 18, 20, 21, 22)
+_OPTION_B_CVNS = (18, 22)
 _MASTERCARD_SKD = (16, 17)
 _ARPC_UNDER_ICC_MK = (10, 16, 17)
 
@@ -38,18 +45,37 @@ def _check_key(key: bytes, name: str) -> None:
         raise ValueError(f"{name} must be 16 bytes, got {len(key)}")
 
 
-def derive_icc_master_key(imk: bytes, pan: str, psn: str, *, option: str | None = None) -> bytes:
+def master_key_option(cvn: int, pan: str) -> str:
+    """The EMV Book 2 A1.4 ICC master key derivation the cryptogram version uses for this PAN: "A" or "B".
+
+    Option B (SHA-1 of PAN || PSN, decimalized) exists for PANs longer than 16 digits; Visa's CVN 18 and
+    22 use it for those, while CVN 10 and Mastercard's 16, 17, 20 and 21 derive with option A (the
+    rightmost 16 digits) whatever the PAN's length. For PANs of up to 16 digits both options agree.
+
+    >>> master_key_option(18, "4761739001010010123"), master_key_option(10, "4761739001010010123")
+    ('B', 'A')
+    """
+    _check_cvn(cvn)
+    return "B" if cvn in _OPTION_B_CVNS and len(pan) > 16 else "A"
+
+
+def derive_icc_master_key(imk: bytes, pan: str, psn: str, *, cvn: int | None = None, option: str | None = None) -> bytes:
     """16-byte ICC master key from the issuer master key (IMK-AC, 16 bytes), PAN and 2-digit PSN.
 
-    EMV Book 2 A1.4: option "A" (rightmost 16 digits of PAN||PSN encrypted, then inverted) is used
-    for PANs of up to 16 digits, option "B" (SHA-1 based) for longer ones unless `option` forces one.
-    Raises ValueError naming the bad input.
+    Give the card's cryptogram version (`cvn`, which picks the option by master_key_option) or the
+    `option` itself ("A" or "B"). Raises ValueError naming the bad input.
 
-    pyemv's published example (option A):
+    Option A takes the rightmost 16 digits of PAN || PSN as block Y and returns TDES(IMK, Y) ||
+    TDES(IMK, Y XOR FF..FF) with odd parity. Option B, for PANs longer than 16 digits, first replaces Y
+    by 16 decimal digits of SHA-1(PAN || PSN): the hash's digits in order, then its letters A-F as 0-5.
 
-    >>> derive_icc_master_key(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "99012345678901234", "45",
-    ...                       option="A").hex().upper()
-    '67F8292358083E5EA7AB7FDA58D53B6B'
+    pyemv's published examples (IMK 0123456789ABCDEFFEDCBA9876543210, PAN 12345678901234567, PSN 01):
+
+    >>> imk = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    >>> derive_icc_master_key(imk, "12345678901234567", "01", option="A").hex().upper()
+    '73AD54688CEF2934B0979857E3C719F1'
+    >>> derive_icc_master_key(imk, "12345678901234567", "01", cvn=18).hex().upper()
+    'AD406D7F6D7570916D75E5DCAB8CF737'
     """
     _check_key(imk, "IMK")
     if not isinstance(pan, str) or not pan.isascii() or not pan.isdigit() or not 12 <= len(pan) <= 19:
@@ -57,12 +83,26 @@ def derive_icc_master_key(imk: bytes, pan: str, psn: str, *, option: str | None 
     if not isinstance(psn, str) or len(psn) != 2 or not psn.isascii() or not psn.isdigit():
         raise ValueError("PAN sequence number must be 2 decimal digits")
     if option is None:
-        option = "A" if len(pan) <= 16 else "B"
+        if cvn is None:
+            raise ValueError("ICC master key derivation needs the cryptogram version or the option")
+        option = master_key_option(cvn, pan)
     if option == "A":
-        return _kd.derive_icc_mk_a(imk, pan, psn)
-    if option == "B":
-        return _kd.derive_icc_mk_b(imk, pan, psn)
-    raise ValueError(f"ICC master key derivation option must be 'A' or 'B', got {option!r}")
+        y = (pan + psn)[-16:].rjust(16, "0")
+    elif option == "B":
+        y = _option_b_digits(pan, psn) if len(pan) > 16 else (pan + psn)[-16:].rjust(16, "0")
+    else:
+        raise ValueError(f"ICC master key derivation option must be 'A' or 'B', got {option!r}")
+    block = bytes.fromhex(y)
+    inverted = bytes(b ^ 0xFF for b in block)
+    return adjust_odd_parity(tdes_ecb_encrypt(imk, block, cache=False) + tdes_ecb_encrypt(imk, inverted, cache=False))
+
+
+def _option_b_digits(pan: str, psn: str) -> str:
+    data = pan + psn
+    digest = hashlib.sha1(bytes.fromhex(data.rjust(len(data) + len(data) % 2, "0"))).hexdigest()
+    decimal = [d for d in digest if d.isdigit()]
+    letters = [str(int(d, 16) - 10) for d in digest if not d.isdigit()]
+    return "".join((decimal + letters)[:16])
 
 
 def derive_session_key(icc_mk: bytes, atc: bytes, *, cvn: int, unpredictable_number: bytes | None = None) -> bytes:

@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from processor.auth.entry_modes import EntryMode
 from processor.iso8583 import Request, rc
 from processor.ledger import CardRecord, TokenRecord
 
@@ -44,6 +45,7 @@ class AuthContext:
     request: Request
     now: dt.datetime
     terminal: Terminal | None = None
+    mode: EntryMode | None = None  # the accepted POS entry mode, once check_entry_mode has run
     card: CardRecord | None = None
     token: TokenRecord | None = None  # the wallet's payment token when DE 2 carries one
     pan: str | None = None

@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hsm_sim import HsmError
+from processor.auth import entry_modes
 from processor.auth.chip import declined_arpc, verify_chip_cryptogram
 from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
+from processor.auth.entry_modes import Proof
 from processor.auth.policy import Policy
 from processor.auth.reconciliation import reconcile
-from processor.issuing.cards import CVV2_SERVICE_CODE, ICVV_SERVICE_CODE, PVKI, pin_validation_data
+from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
 from processor.iso8583 import (
@@ -35,17 +37,26 @@ from processor.iso8583 import (
     encode,
     rc,
 )
+from processor.iso8583.codec import REQUEST_MTIS
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
 from processor.ledger import ops
 
 log = logging.getLogger("processor.auth")
 
 _APPROVAL_ALPHABET = string.ascii_uppercase + string.digits
-ENTRY_MANUAL = "01"
 ENTRY_FALLBACK = "80"
 ENTRY_MAGSTRIPE = frozenset({"02", "90", ENTRY_FALLBACK})
-ENTRY_CHIP = frozenset({"05", "07"})
 CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
+# What each card request may ask for (DE 3 positions 1-2, by the name messages.TRANSACTION_TYPES gives
+# them). Anything else is refused (12) before any money moves.
+TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
+    "0100": frozenset({"purchase", "cash", "cashback", "refund", "balance"}),
+    "0200": frozenset({"purchase", "cash", "cashback", "refund", "balance"}),
+    "0120": frozenset({"purchase", "cash", "cashback", "refund"}),
+}
+# DE 3 positions 3-4 (from account) and 5-6 (to account): default, savings, checking.
+FROM_ACCOUNTS = frozenset({"00", "10", "20"})
+TO_ACCOUNTS = frozenset({"00"})
 
 
 Check = Callable[["Engine", AuthContext], Awaitable[None]]
@@ -78,13 +89,64 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    ctx.terminal = active_terminal(await engine.terminal(ctx.request.terminal_id))
+    req = ctx.request
+    if await engine.is_network(req.acquirer_id):
+        # An acquiring network answers for its own merchants' terminals: none of them is registered here.
+        if not req.terminal_id or not req.merchant_id:
+            raise Declined(rc.FORMAT_ERROR, "network request without terminal (DE 41) and merchant (DE 42)")
+        ctx.terminal = Terminal(
+            terminal_id=req.terminal_id, merchant_id=req.merchant_id, mcc=req.mcc, status="active",
+            bdk_kcv=None, initial_ksn=None, chip_capable=True,
+        )
+        return
+    ctx.terminal = active_terminal(await engine.terminal(req.terminal_id))
+
+
+async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
+    """Only the transactions this MTI may carry, on account types we know; nothing else reaches the store."""
+    req = ctx.request
+    pc = req.processing_code
+    if pc is None:
+        raise Declined(rc.FORMAT_ERROR, "no processing code (DE 3)")
+    allowed = TRANSACTIONS_BY_MTI.get(req.mti, frozenset())
+    if req.transaction_type not in allowed:
+        raise Declined(rc.INVALID_TRANSACTION, f"processing code {pc[:2]} is not accepted in an {req.mti}")
+    if pc[2:4] not in FROM_ACCOUNTS or pc[4:6] not in TO_ACCOUNTS:
+        raise Declined(rc.INVALID_TRANSACTION, f"processing code {pc}: unknown account type")
+
+
+async def check_entry_mode(engine: "Engine", ctx: AuthContext) -> None:
+    """The POS entry mode must be one the table accepts, and the request must carry what it needs."""
+    req = ctx.request
+    mode = entry_modes.lookup(req.entry_mode)
+    if mode is None:
+        if req.entry_mode is None:
+            raise Declined(rc.NOT_PERMITTED_TERMINAL, "no POS entry mode (DE 22)")
+        why = entry_modes.REFUSED_MODES.get(req.entry_mode, "not an accepted entry mode")
+        raise Declined(rc.NOT_PERMITTED_TERMINAL, f"POS entry mode {req.entry_mode}: {why}")
+    missing = [de for de in mode.requires if not _carries(req, de)]
+    if missing:
+        raise Declined(rc.NOT_PERMITTED_TERMINAL, f"{mode.name} (DE 22 {mode.code}) without {', '.join(f'DE {de}' for de in missing)}")
+    ctx.mode = mode
+
+
+def _carries(req: Request, de: str) -> bool:
+    if de == "48 C2":
+        return bool(req.de48.get("cvv2"))
+    if de == "35":
+        return req.track2 is not None
+    if de == "55":
+        return bool(req.icc)
+    return bool(req.fields.get(de))
 
 
 async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
-    pan = ctx.request.pan or (ctx.request.track2.pan if ctx.request.track2 else None)
+    req = ctx.request
+    pan = req.pan or (req.track2.pan if req.track2 else None)
     if not pan:
         raise Declined(rc.FORMAT_ERROR, "no PAN in DE 2 or DE 35")
+    if req.pan and req.track2 is not None and req.track2.pan != req.pan:
+        raise Declined(rc.FORMAT_ERROR, "DE 2 and the track 2 data in DE 35 name different cards")
     ctx.pan = pan
     fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
     if engine.token_bin and pan.startswith(engine.token_bin):
@@ -120,9 +182,16 @@ async def check_card_status(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.EXPIRED_CARD, "card past its expiry date")
     # A wallet presents its token's own expiry date, not the card's.
     expected = ctx.token.expiry if ctx.token is not None else card.expiry
-    presented = ctx.request.expiry or (ctx.request.track2.expiry if ctx.request.track2 else None)
-    if presented is not None and presented != expected:
-        raise Declined(rc.EXPIRED_CARD, "expiry date does not match the card")
+    req = ctx.request
+    track2_expiry = req.track2.expiry if req.track2 else None
+    if ctx.mode is not None:
+        # The mode's own expiry must be there (check_entry_mode saw to it) and match.
+        presented = req.expiry if ctx.mode.expiry_from == "14" else track2_expiry
+        if presented != expected:
+            raise Declined(rc.EXPIRED_CARD, f"expiry date in DE {ctx.mode.expiry_from} does not match the card")
+    for presented in (req.expiry, track2_expiry):
+        if presented is not None and presented != expected:
+            raise Declined(rc.EXPIRED_CARD, "expiry date does not match the card")
 
 
 _TOKEN_STATUS_CODES = {
@@ -131,9 +200,9 @@ _TOKEN_STATUS_CODES = {
 }
 
 
-async def check_token_domain(engine: "Engine", ctx: AuthContext) -> None:
-    """A payment token is usable only as its domain restrictions allow (EMVCo token domain controls)."""
-    token, req = ctx.token, ctx.request
+async def check_token_lifecycle(engine: "Engine", ctx: AuthContext) -> None:
+    """A suspended, deleted or expired payment token serves no request of any kind."""
+    token = ctx.token
     if token is None:
         return
     if token.status != "active":
@@ -141,6 +210,14 @@ async def check_token_domain(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(code, reason)
     if is_expired(token.expiry, ctx.now):
         raise Declined(rc.EXPIRED_CARD, "payment token past its expiry date")
+
+
+async def check_token_domain(engine: "Engine", ctx: AuthContext) -> None:
+    """A payment token is usable only as its domain restrictions allow (EMVCo token domain controls)."""
+    token, req = ctx.token, ctx.request
+    if token is None:
+        return
+    await check_token_lifecycle(engine, ctx)
     if req.entry_mode not in token.allowed_entry_modes:
         raise Declined(rc.NOT_PERMITTED, f"payment token not allowed with POS entry mode {req.entry_mode}")
     mcc = req.mcc or (ctx.terminal.mcc if ctx.terminal else None)
@@ -212,22 +289,21 @@ async def check_fallback(engine: "Engine", ctx: AuthContext) -> None:
 
 
 async def check_card_verification(engine: "Engine", ctx: AuthContext) -> None:
-    """CVV1 on a swiped stripe, iCVV on chip track 2 equivalent, CVV2 on a keyed entry, ARQC on chip."""
-    req, card, keys = ctx.request, ctx.card, engine.keys
-    entry = req.entry_mode
-    if entry in ENTRY_MAGSTRIPE and req.track2 is not None:
+    """The proof the entry mode requires (CVV1, ARQC or CVV2) must verify; a CVV2 sent anyway must too."""
+    req, card, keys, mode = ctx.request, ctx.card, engine.keys, ctx.mode
+    if mode is None:
+        raise Declined(rc.NOT_PERMITTED_TERMINAL, "no accepted POS entry mode: nothing to verify the card with")
+    cvv2 = req.de48.get("cvv2")
+    if mode.proof is Proof.STRIPE_CVV:
+        assert req.track2 is not None
         if req.track2.service_code != card.service_code:
             raise Declined(rc.CVV_FAILURE, "service code does not match the card")
         if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, card.service_code, req.track2.cvv or ""):
             raise Declined(rc.CVV_FAILURE, "CVV on the magnetic stripe does not verify")
-    elif entry in ENTRY_CHIP and req.icc is not None:
+    elif mode.proof is Proof.ARQC:
         await engine.verify_chip(ctx)
-    elif entry in ENTRY_CHIP and req.track2 is not None:
-        if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, ICVV_SERVICE_CODE, req.track2.cvv or ""):
-            raise Declined(rc.CVV_FAILURE, "iCVV on the chip's track 2 does not verify")
-    cvv2 = req.de48.get("cvv2") if req.de48 else None
-    if entry == ENTRY_MANUAL and cvv2 is None and engine.require_cvv2_on_manual:
-        raise Declined(rc.CVV2_FAILURE, "manual entry without CVV2")
+    elif mode.proof is not Proof.CVV2:
+        raise Declined(rc.NOT_PERMITTED_TERMINAL, f"no verification known for {mode.proof}")
     if cvv2 is not None:
         if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, CVV2_SERVICE_CODE, cvv2):
             raise Declined(rc.CVV2_FAILURE, "CVV2 does not verify")
@@ -247,6 +323,8 @@ async def check_amount(engine: "Engine", ctx: AuthContext) -> None:
 
 CARD_CHECKS: tuple[Check, ...] = (
     check_terminal,
+    check_processing_code,
+    check_entry_mode,
     check_card_known,
     check_card_status,
     check_token_domain,
@@ -256,10 +334,12 @@ CARD_CHECKS: tuple[Check, ...] = (
     check_amount,
 )
 # A stand-in advice was approved by the network already: only what is needed to find the card runs.
-ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_card_known)
-# An increment tops up a hold the cardholder already authorized: the card must still be usable.
-INCREMENTAL_CHECKS: tuple[Check, ...] = (check_terminal, check_card_known, check_card_status, check_amount)
-# An advice or increment on a wallet token still respects the token's lifecycle, not its cryptogram.
+ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_processing_code, check_card_known, check_token_lifecycle)
+# An increment tops up a hold the cardholder already authorized: the card (and a wallet token) must still
+# be usable, but the card need not be presented again.
+INCREMENTAL_CHECKS: tuple[Check, ...] = (
+    check_terminal, check_processing_code, check_card_known, check_card_status, check_token_lifecycle, check_amount,
+)
 
 
 class Engine:
@@ -274,7 +354,6 @@ class Engine:
         policy: Policy | None = None,
         clock: Callable[[], dt.datetime] | None = None,
         terminal_cache_s: float = 5.0,
-        require_cvv2_on_manual: bool = True,
         token_bin: str | None = None,
         card_checks: tuple[Check, ...] = CARD_CHECKS,
     ) -> None:
@@ -283,23 +362,32 @@ class Engine:
         self.keys = keys
         self.policy = policy or Policy()
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self.require_cvv2_on_manual = require_cvv2_on_manual
         self.token_bin = token_bin
         self.card_checks = card_checks
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
+        self._network_cache: dict[str, tuple[float, bool]] = {}
 
     # ------------------------------------------------------------ entry point
 
-    async def handle(self, payload: bytes) -> bytes | None:
-        """Answer one framed payload; None means there is nothing sensible to answer (close quietly)."""
+    async def handle(self, payload: bytes, *, sender: str | None = None) -> bytes | None:
+        """Answer one framed payload; None means it cannot be answered and the connection should close.
+
+        `sender` is the terminal id the transport has authenticated, when it has (the broker's account on
+        MQTT). A request whose DE 41 names another terminal is then refused with 03 and nothing is recorded:
+        its idempotency key belongs to that other terminal.
+        """
         started = time.perf_counter()
         try:
             fields = decode(payload)
             request = Request.from_fields(fields)
         except MessageFormatError as exc:
             return self._format_error(payload, exc, started)
+        if sender is not None and request.terminal_id != sender:
+            log.warning("terminal %s sent a request naming terminal %s in DE 41: refused", sender, request.terminal_id)
+            self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
+            return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
             return await self._dispatch(fields, request, started)
         except Exception:
@@ -309,7 +397,7 @@ class Engine:
             self._log(request, rc.SYSTEM_ERROR, "system error", started)
             return encode(build_response(fields, rc.SYSTEM_ERROR))
 
-    async def _dispatch(self, fields: dict[str, Any], request: Request, started: float) -> bytes:
+    async def _dispatch(self, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
         mti = request.mti
         if mti == "0800":
             return self._network_management(fields, request, started)
@@ -323,10 +411,9 @@ class Engine:
             ctx = AuthContext(fields=fields, request=request, now=self.clock())
             answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
         else:
-            answer = build_response(fields, rc.INVALID_TRANSACTION)
-            outcome_rc = rc.INVALID_TRANSACTION
-            self._log(request, outcome_rc, f"MTI {mti} is not a request", started)
-            return encode(answer)
+            # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
+            log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
+            return None
         self._log(request, outcome_rc, answer.pop("_reason", ""), started)
         return encode(answer)
 
@@ -419,6 +506,10 @@ class Engine:
             reason=ctx.reason,
             pin_tries=ctx.pin_tries,
             atc=ctx.atc,
+            acquirer_id=req.acquirer_id or "",
+            merchant_id=req.merchant_id or (ctx.terminal.merchant_id if ctx.terminal else ""),
+            mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal and ctx.terminal.mcc else ""),
+            entry_mode=(req.entry_mode or "")[:2],
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
@@ -486,8 +577,8 @@ class Engine:
     def _format_error(self, payload: bytes, exc: MessageFormatError, started: float) -> bytes | None:
         partial = getattr(exc, "partial", None) or {}
         mti = payload[:4].decode("ascii", "replace")
-        if not (len(mti) == 4 and mti.isdigit() and mti[2] in "02468"):
-            log.warning("format error: %s; unreadable MTI, no answer", exc)
+        if mti not in REQUEST_MTIS:
+            log.warning("format error: %s; MTI %r is not a request this host answers, no answer", exc, mti if mti.isprintable() else "?")
             return None
         answer: dict[str, Any] = {"t": f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}", "39": rc.FORMAT_ERROR}
         for de in ("3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49"):
@@ -522,6 +613,20 @@ class Engine:
         )
 
     # ------------------------------------------------------------ look-ups
+
+    async def is_network(self, acquirer_id: str | None) -> bool:
+        """True when DE 32 names a registered acquiring network (`processor settle network add`), cached briefly."""
+        if not acquirer_id:
+            return False
+        now = time.monotonic()
+        hit = self._network_cache.get(acquirer_id)
+        if hit is not None and now - hit[0] < self._terminal_cache_s:
+            return hit[1]
+        found = await self.store.get_config(f"network.{acquirer_id}") is not None
+        if len(self._network_cache) >= self._terminal_cache_max:
+            self._network_cache.clear()
+        self._network_cache[acquirer_id] = (now, found)
+        return found
 
     async def terminal(self, terminal_id: str | None) -> Terminal | None:
         """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""

@@ -12,6 +12,8 @@ from .tlv import TlvError, decode_tlv
 REQUEST_MTIS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420", "0500", "0800"})
 RESPONSE_MTIS = frozenset({"0110", "0130", "0210", "0230", "0410", "0430", "0510", "0810"})
 KNOWN_MTIS = REQUEST_MTIS | RESPONSE_MTIS
+PAN_DIGITS_MIN = 12
+PAN_DIGITS_MAX = 19
 
 
 class MessageFormatError(ValueError):
@@ -55,6 +57,11 @@ def validate(fields: dict[str, Any]) -> None:
         value = fields.get(de)
         if value is not None and not value.isdigit():
             raise MessageFormatError(f"field {de} must be numeric", de, _without(fields, de))
+    pan = fields.get("2")
+    if pan is not None and not (pan.isdigit() and PAN_DIGITS_MIN <= len(pan) <= PAN_DIGITS_MAX):
+        raise MessageFormatError(
+            f"PAN must be {PAN_DIGITS_MIN} to {PAN_DIGITS_MAX} digits: field 2", "2", _without(fields, "2")
+        )
     if "53" in fields and len(fields["53"]) != 2 * KSN_BYTES:
         raise MessageFormatError(f"key serial number must be {KSN_BYTES} bytes: field 53", "53", _without(fields, "53"))
     if "48" in fields:

@@ -16,9 +16,12 @@ INSUFFICIENT_FUNDS = "51"
 EXPIRED_CARD = "54"
 WRONG_PIN = "55"
 NOT_PERMITTED = "57"
+NOT_PERMITTED_TERMINAL = "58"
 RESTRICTED_CARD = "62"
+SECURITY_VIOLATION = "63"
 PIN_TRIES_EXCEEDED = "75"
 CVV_FAILURE = "82"
+ISSUER_INOPERATIVE = "91"
 RECONCILE_ERROR = "95"
 SYSTEM_ERROR = "96"
 CVV2_FAILURE = "N7"
@@ -38,9 +41,12 @@ MEANINGS: dict[str, str] = {
     EXPIRED_CARD: "expired card",
     WRONG_PIN: "incorrect PIN",
     NOT_PERMITTED: "transaction not permitted to card",
+    NOT_PERMITTED_TERMINAL: "transaction not permitted to terminal",
     RESTRICTED_CARD: "restricted card",
+    SECURITY_VIOLATION: "security violation",
     PIN_TRIES_EXCEEDED: "PIN tries exceeded",
     CVV_FAILURE: "CVV, iCVV or cryptogram failure",
+    ISSUER_INOPERATIVE: "issuer or switch inoperative",
     RECONCILE_ERROR: "reconcile error (totals differ)",
     SYSTEM_ERROR: "system malfunction",
     CVV2_FAILURE: "CVV2 failure",

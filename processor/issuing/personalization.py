@@ -93,7 +93,7 @@ async def personalize(
     if not chip_service_code(card.service_code):
         raise InvalidRequest(f"card {card_id} is magstripe-only (service code {card.service_code}): it has no chip to personalize")
     sealed = await hsm.personalization_data(
-        keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek
+        keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek, cvn=cvn
     )
     record = BureauRecord(
         format=BUREAU_FORMAT,
@@ -140,7 +140,7 @@ async def personalize_wallet(
     kek = await store.get_config(BUREAU_KEK_CONFIG)
     if kek is None:
         raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
-    sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek)
+    sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek, cvn=cvn)
     record = BureauRecord(
         format=BUREAU_FORMAT,
         card_id=token_id,

@@ -381,6 +381,11 @@ def get_terminal(conn: Connection, terminal_id: str) -> TerminalRecord | None:
     return TerminalRecord(**row._asdict()) if row is not None else None
 
 
+def list_terminals(conn: Connection, limit: int) -> list[TerminalRecord]:
+    rows = conn.execute(TERMINAL_SELECT.order_by(terminals.c.terminal_id).limit(limit))
+    return [TerminalRecord(**row._asdict()) for row in rows]
+
+
 def account_view(conn: Connection, account_id: int) -> AccountView:
     row = conn.execute(
         select(a.id, a.cardholder_id, a.kind, a.purpose, a.currency, a.status, a.ledger_minor, a.held_minor).where(

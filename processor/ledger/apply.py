@@ -348,6 +348,10 @@ def _record(
             "reversed": False,
             "ledger_minor": ledger_minor,
             "available_minor": available_minor,
+            "acquirer_id": op.acquirer_id[:11],
+            "merchant_id": op.merchant_id[:15],
+            "mcc": op.mcc[:4],
+            "entry_mode": op.entry_mode[:2],
             "created_at": state.now,
         }
     )

@@ -235,7 +235,11 @@ class TerminalBatch(Base):
 
 class Auth(Base):
     __tablename__ = "auths"
-    __table_args__ = (Index("ix_auths_terminal_id_batch_id", "terminal_id", "batch_id"),)
+    __table_args__ = (
+        Index("ix_auths_terminal_id_batch_id", "terminal_id", "batch_id"),
+        # Clearing matches a presentment to its authorization by approval code (then RRN, card, amount).
+        Index("ix_auths_auth_code", "auth_code"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     idem_key: Mapped[str] = mapped_column(String(255), unique=True)
@@ -262,6 +266,12 @@ class Auth(Base):
     available_minor: Mapped[int | None] = mapped_column(BigInteger)
     # The terminal batch this request was counted in, set when the terminal closes its batch (0500).
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("terminal_batches.id"))
+    # Where the request came from, as settlement needs it: acquirer (DE 32), merchant (DE 42), MCC (DE 18)
+    # and POS entry mode (DE 22, first two digits) decide who is paid and which fee applies.
+    acquirer_id: Mapped[str] = mapped_column(String(11), default="", server_default="")
+    merchant_id: Mapped[str] = mapped_column(String(15), default="", server_default="")
+    mcc: Mapped[str] = mapped_column(String(4), default="", server_default="")
+    entry_mode: Mapped[str] = mapped_column(String(2), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

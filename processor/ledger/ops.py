@@ -41,6 +41,11 @@ class Op:
     atc: int | None = None
     # With `atc`: a wallet token's cryptogram; the ATC is claimed on that payment token, not on the card.
     token_id: int | None = None
+    # Recorded for settlement: acquirer (DE 32), merchant (DE 42), MCC (DE 18), POS entry mode (DE 22).
+    acquirer_id: str = ""
+    merchant_id: str = ""
+    mcc: str = ""
+    entry_mode: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

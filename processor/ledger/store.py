@@ -762,6 +762,10 @@ class Store:
     async def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
         return await self._query(admin.get_terminal, terminal_id)
 
+    async def list_terminals(self, limit: int = 10_000) -> list[TerminalRecord]:
+        """Registered terminals by terminal id, at most `limit`."""
+        return await self._query(admin.list_terminals, limit)
+
     async def close_batch(
         self,
         *,

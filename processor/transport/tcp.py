@@ -128,9 +128,15 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s: request failed", self.peer)
             return
-        if answer is None or self.closed or self.transport is None or self.transport.is_closing():
-            if answer is not None:
-                log.info("%s went away before its answer was written", self.peer)
+        if answer is None:
+            # The engine could not read far enough to answer: a terminal left waiting on an open socket
+            # would hang, so the connection ends here.
+            self.server.stats["bad_frames"] += 1
+            log.warning("%s sent a frame that cannot be answered: closing", self.peer)
+            self.close()
+            return
+        if self.closed or self.transport is None or self.transport.is_closing():
+            log.info("%s went away before its answer was written", self.peer)
             return
         self.transport.write(encode_frame(answer))
         self.server.stats["answers"] += 1
@@ -186,9 +192,12 @@ class TcpServer:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8583) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 8583, *, reuse_port: bool = False) -> None:
+        """Listen; with `reuse_port` other processes may listen on the same port (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
+        )
         log.info("listening on %s:%d", host, self.port)
 
     async def serve_forever(self) -> None:

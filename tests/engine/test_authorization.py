@@ -22,7 +22,7 @@ async def test_purchase_approved_and_posted(issuer):
 
 async def test_chip_purchase_with_dukpt_pin(issuer):
     shop, ada = issuer.terminals["shop"], issuer.cards["ada"]
-    answer = await issuer.send(shop.card_request(ada, 10_00, entry="chip", with_pin=True))
+    answer = await issuer.send(shop.card_request(ada, 10_00, entry="magstripe", with_pin=True))
     assert answer["39"] == "00"
     assert shop.dukpt_counter == 1
 
@@ -65,7 +65,7 @@ async def test_wrong_pin_three_times_blocks_the_pin(issuer):
     shop, grace = issuer.terminals["shop"], issuer.cards["grace"]
     codes = []
     for pin in ("1111", "2222", "3333", "1234"):
-        answer = await issuer.send(shop.card_request(grace, 5_00, entry="chip", with_pin=True, pin=pin))
+        answer = await issuer.send(shop.card_request(grace, 5_00, entry="magstripe", with_pin=True, pin=pin))
         codes.append(answer["39"])
     assert codes == ["55", "55", "75", "75"]
     assert (await issuer.account("grace")).ledger_minor == 300_00
@@ -73,8 +73,8 @@ async def test_wrong_pin_three_times_blocks_the_pin(issuer):
 
 async def test_right_pin_resets_the_try_counter(issuer):
     shop, grace = issuer.terminals["shop"], issuer.cards["grace"]
-    assert (await issuer.send(shop.card_request(grace, 1_00, entry="chip", with_pin=True, pin="1111")))["39"] == "55"
-    assert (await issuer.send(shop.card_request(grace, 1_00, entry="chip", with_pin=True)))["39"] == "00"
+    assert (await issuer.send(shop.card_request(grace, 1_00, entry="magstripe", with_pin=True, pin="1111")))["39"] == "55"
+    assert (await issuer.send(shop.card_request(grace, 1_00, entry="magstripe", with_pin=True)))["39"] == "00"
     card = await issuer.running.store.get_card(grace.card_id)
     assert card.pin_tries == 0
 
@@ -102,7 +102,7 @@ async def test_amount_and_currency_checks(issuer):
 
 async def test_preauth_increment_completion(issuer):
     hotel, ada = issuer.terminals["hotel"], issuer.cards["ada"]
-    preauth = hotel.card_request(ada, 150_00, mti="0100", entry="chip", with_pin=True)
+    preauth = hotel.card_request(ada, 150_00, mti="0100", entry="manual", cvv2=ada.cvv2)
     assert (await issuer.send(preauth))["39"] == "00"
     view = await issuer.account("ada")
     assert (view.ledger_minor, view.available_minor) == (500_00, 350_00)
@@ -139,7 +139,7 @@ async def test_partial_reversal_of_a_hold(issuer):
 async def test_refund_and_balance_inquiry(issuer):
     shop, ada = issuer.terminals["shop"], issuer.cards["ada"]
     assert (await issuer.send(shop.card_request(ada, 5_00, processing_code="200000", entry="magstripe")))["39"] == "00"
-    answer = await issuer.send(shop.card_request(ada, 0, processing_code="310000", entry="chip", with_pin=True))
+    answer = await issuer.send(shop.card_request(ada, 0, processing_code="310000", entry="magstripe", with_pin=True))
     assert answer["39"] == "00"
     amounts = {b.amount_type: b.amount_minor for b in Balance.parse_all(answer["54"])}
     assert amounts == {"01": 505_00, "02": 505_00}

@@ -41,11 +41,11 @@ async def engine_with_short_limits(tmp_path: Path):
     cards, accounts, terminals = await build_issuer(settings)
     limits = TcpLimits(frame_timeout_s=0.5, idle_timeout_s=30.0, max_frame_bytes=2048)
     async with running_engine(settings, limits=limits) as running:
-        yield running, cards, terminals
+        yield running, cards, accounts, terminals
 
 
 async def test_non_numeric_amount_gets_30_and_connection_keeps_serving(engine_with_short_limits):
-    running, cards, terminals = engine_with_short_limits
+    running, cards, accounts, terminals = engine_with_short_limits
     shop = terminals["shop"]
     good = shop.card_request(cards["ada"], 1_00, entry="magstripe")
     raw = encode(good)
@@ -74,26 +74,69 @@ def _missing_field(good: dict) -> bytes:
     return encode(good)[:-8]
 
 
+def _pan_with_letters(good: dict) -> bytes:
+    raw = encode(good)
+    return raw.replace(good["2"].encode(), good["2"][:-4].encode() + b"ABCD")
+
+
+def _pan_too_short(good: dict) -> dict:
+    return dict(good, **{"2": good["2"][:10]})
+
+
+@pytest.mark.parametrize("breaker", [_field_too_short, _missing_field, _pan_with_letters, _pan_too_short], ids=lambda f: f.__name__)
+async def test_malformed_messages_answer_30(engine_with_short_limits, breaker):
+    running, cards, accounts, terminals = engine_with_short_limits
+    good = terminals["shop"].card_request(cards["ada"], 1_00, entry="manual", cvv2=cards["ada"].cvv2)
+    broken = breaker(good)
+    if isinstance(broken, dict):
+        broken = iso8583.encode(broken, SPEC)[0]  # pyiso8583 itself: our encoder refuses such a PAN
+    reader, writer = await _raw(running.port)
+    try:
+        writer.write(encode_frame(bytes(broken)))
+        answer = await _read_answer(reader)
+        assert answer["39"] == "30"
+        assert answer.get("11") == good["11"]
+    finally:
+        writer.close()
+    view = await running.store.account_view(accounts["ada"])
+    assert (view.ledger_minor, view.available_minor) == (500_00, 500_00)
+
+
 def _unknown_mti(good: dict) -> bytes:
     return b"0300" + encode(good)[4:]
 
 
-@pytest.mark.parametrize("breaker", [_field_too_short, _missing_field, _unknown_mti], ids=lambda f: f.__name__)
-async def test_malformed_messages_answer_30(engine_with_short_limits, breaker):
-    running, cards, terminals = engine_with_short_limits
+def _letters_for_mti(good: dict) -> bytes:
+    return b"01A0" + encode(good)[4:]
+
+
+def _response_mti(good: dict) -> bytes:
+    return b"0210" + encode(good)[4:]
+
+
+@pytest.mark.parametrize(
+    "breaker", [_unknown_mti, _letters_for_mti, _response_mti, lambda good: b""], ids=["unknown", "letters", "response", "empty"]
+)
+async def test_frames_that_cannot_be_answered_close_the_connection(engine_with_short_limits, breaker, caplog):
+    """A terminal must not be left waiting on an open socket for an answer that will never come."""
+    running, cards, accounts, terminals = engine_with_short_limits
+    caplog.set_level(logging.WARNING)
     good = terminals["shop"].card_request(cards["ada"], 1_00, entry="magstripe")
     reader, writer = await _raw(running.port)
     try:
         writer.write(encode_frame(breaker(good)))
-        answer = await _read_answer(reader)
-        assert answer["39"] == "30"
+        await writer.drain()
+        assert await _closed(reader)
+        assert any("cannot be answered" in r.getMessage() for r in caplog.records)
     finally:
         writer.close()
+    view = await running.store.account_view(accounts["ada"])
+    assert view.ledger_minor == 500_00
 
 
 async def test_a_pin_outside_de52_is_refused_not_ignored(engine_with_short_limits):
     """A request whose PIN sits in DE 110 (an AES block) gets 30: it is never approved as if no PIN were given."""
-    running, cards, terminals = engine_with_short_limits
+    running, cards, accounts, terminals = engine_with_short_limits
     request = terminals["shop"].card_request(cards["ada"], 1_00, entry="magstripe")
     request["110"] = "44" * 16
     reader, writer = await _raw(running.port)
@@ -108,7 +151,7 @@ async def test_a_pin_outside_de52_is_refused_not_ignored(engine_with_short_limit
 
 
 async def test_oversized_length_header_closes_only_that_connection(engine_with_short_limits):
-    running, cards, terminals = engine_with_short_limits
+    running, cards, accounts, terminals = engine_with_short_limits
     bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
     reader, writer = await _raw(running.port)
     try:
@@ -123,7 +166,7 @@ async def test_oversized_length_header_closes_only_that_connection(engine_with_s
 
 
 async def test_half_frame_then_stall_is_closed(engine_with_short_limits, caplog):
-    running, cards, terminals = engine_with_short_limits
+    running, cards, accounts, terminals = engine_with_short_limits
     caplog.set_level(logging.WARNING, logger="processor.transport.tcp")
     reader, writer = await _raw(running.port)
     try:
@@ -135,14 +178,16 @@ async def test_half_frame_then_stall_is_closed(engine_with_short_limits, caplog)
         writer.close()
 
 
-async def test_garbage_is_dropped_and_the_connection_keeps_serving(engine_with_short_limits):
-    running, cards, terminals = engine_with_short_limits
+async def test_garbage_closes_only_that_connection(engine_with_short_limits):
+    running, cards, accounts, terminals = engine_with_short_limits
+    bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
     reader, writer = await _raw(running.port)
     try:
         writer.write(encode_frame(b"\xff\xfe garbage that is not ISO 8583"))
-        writer.write(encode_frame(encode(terminals["shop"].echo())))
         await writer.drain()
-        answer = await _read_answer(reader)
+        assert await _closed(reader)
+        answer = await bystander.request(terminals["shop"].echo())
         assert (answer["t"], answer["39"]) == ("0810", "00")
     finally:
         writer.close()
+        await bystander.close()

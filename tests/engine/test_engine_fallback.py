@@ -24,7 +24,7 @@ async def test_chip_card_swiped_at_a_chip_terminal_is_refused_and_costs_no_pin_t
     after = await issuer.account("ada")
     assert (after.ledger_minor, after.available_minor) == (before.ledger_minor, before.available_minor)
     # The wrong PIN of the refused swipe was never checked: the right PIN still works first time.
-    assert (await issuer.send(market.card_request(ada, 1_00, entry="chip", with_pin=True)))["39"] == "00"
+    assert (await issuer.send(issuer.terminals["shop"].card_request(ada, 1_00, entry="magstripe", with_pin=True)))["39"] == "00"
     card = await issuer.running.store.get_card(await _card_id(issuer, "ada"))
     assert card.pin_tries == 0
 

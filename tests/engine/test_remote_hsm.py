@@ -24,8 +24,8 @@ async def test_authorizations_through_a_networked_hsm(tmp_path: Path):
         async with running_engine(settings) as running:
             async with await TerminalConnection.connect("127.0.0.1", running.port) as conn:
                 codes = [
-                    (await conn.request(shop.card_request(cards["ada"], 10_00, entry="chip", with_pin=True)))["39"],
-                    (await conn.request(shop.card_request(cards["ada"], 10_00, entry="chip", with_pin=True, pin="0000")))["39"],
+                    (await conn.request(shop.card_request(cards["ada"], 10_00, entry="magstripe", with_pin=True)))["39"],
+                    (await conn.request(shop.card_request(cards["ada"], 10_00, entry="magstripe", with_pin=True, pin="0000")))["39"],
                     (await conn.request(shop.card_request(cards["ada"], 10_00, entry="manual", cvv2=cards["ada"].cvv2)))["39"],
                     (await conn.request(shop.card_request(cards["carol"], 1_00, entry="magstripe")))["39"],
                 ]

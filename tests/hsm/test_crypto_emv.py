@@ -20,7 +20,8 @@ def test_docstring_examples_run():
 
 def test_published_examples():
     assert emv.derive_icc_master_key(IMK, "12345678901234567", "01", option="A").hex().upper() == "73AD54688CEF2934B0979857E3C719F1"
-    assert emv.derive_icc_master_key(IMK, "12345678901234567", "01").hex().upper() == "AD406D7F6D7570916D75E5DCAB8CF737"
+    assert emv.derive_icc_master_key(IMK, "12345678901234567", "01", cvn=18).hex().upper() == "AD406D7F6D7570916D75E5DCAB8CF737"
+    assert emv.derive_icc_master_key(IMK, "12345678901234567", "01", cvn=10).hex().upper() == "73AD54688CEF2934B0979857E3C719F1"
     sk = bytes.fromhex("29B33180E567CE38EA4CBC9D753B0E61")
     arqc = emv.generate_arqc(sk, bytes.fromhex("0123456789ABCDEF0123456789ABCDEF"), cvn=18)
     assert arqc.hex().upper() == "FA624250B008B59A"
@@ -44,7 +45,7 @@ FIELD_SIZES = (6, 6, 2, 5, 2, 3, 1, 4, 2, 2)  # 9F02 9F03 9F1A 95 5F2A 9A 9C 9F3
 @given(
     cvn=st.sampled_from(sorted(CLASSES)),
     imk=st.binary(min_size=16, max_size=16),
-    pan=st.text("0123456789", min_size=12, max_size=16),
+    pan=st.text("0123456789", min_size=12, max_size=19),
     psn=st.text("0123456789", min_size=2, max_size=2),
     tags=st.tuples(*(st.binary(min_size=n, max_size=n) for n in FIELD_SIZES)),
     iad=st.binary(min_size=6, max_size=32),
@@ -58,7 +59,7 @@ def test_matches_pyemv_cvn_classes(cvn, imk, pan, psn, tags, iad, counters, arc,
     expected_arqc = card.generate_ac(*args)
     un, atc = tags[7], tags[9]
 
-    icc_mk = emv.derive_icc_master_key(imk, pan, psn)
+    icc_mk = emv.derive_icc_master_key(imk, pan, psn, cvn=cvn)
     assert icc_mk == card.icc_mk_ac
     sk = emv.derive_session_key(icc_mk, atc, cvn=cvn, unpredictable_number=un)
     data = b"".join(args)
@@ -74,6 +75,23 @@ def test_matches_pyemv_cvn_classes(cvn, imk, pan, psn, tags, iad, counters, arc,
         assert emv.generate_arpc_method1(key, arqc, arc) == card.generate_arpc(arqc, arc)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    cvn=st.sampled_from(sorted(CLASSES)),
+    imk=st.binary(min_size=16, max_size=16),
+    pan=st.text("0123456789", min_size=17, max_size=19),
+    psn=st.text("0123456789", min_size=2, max_size=2),
+)
+def test_long_pans_derive_as_each_cryptogram_version_requires(cvn, imk, pan, psn):
+    """PANs of 17 to 19 digits: option B for Visa CVN 18 and 22, option A for the others, as pyemv's cards do."""
+    reference = CLASSES[cvn](imk, imk, imk, pan, psn)
+    option = emv.master_key_option(cvn, pan)
+    assert option == ("B" if cvn in (18, 22) else "A")
+    assert emv.derive_icc_master_key(imk, pan, psn, cvn=cvn) == reference.icc_mk_ac
+    assert emv.derive_icc_master_key(imk, pan, psn, option=option) == reference.icc_mk_ac
+    assert emv.derive_icc_master_key(imk, pan, psn, option="A") != emv.derive_icc_master_key(imk, pan, psn, option="B")
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -81,6 +99,7 @@ def test_matches_pyemv_cvn_classes(cvn, imk, pan, psn, tags, iad, counters, arc,
         (lambda: emv.derive_icc_master_key(IMK, "41234567890", "01"), "PAN must be 12 to 19 decimal digits"),
         (lambda: emv.derive_icc_master_key(IMK, "4123456789012345", "1"), "PAN sequence number must be 2 decimal digits"),
         (lambda: emv.derive_icc_master_key(IMK, "4123456789012345", "01", option="C"), "option must be 'A' or 'B'"),
+        (lambda: emv.derive_icc_master_key(IMK, "4123456789012345", "01"), "needs the cryptogram version or the option"),
         (lambda: emv.derive_session_key(IMK, b"\0", cvn=18), "ATC must be 2 bytes, got 1"),
         (lambda: emv.derive_session_key(IMK, b"\0\1", cvn=16), "needs a 4-byte unpredictable number, got none"),
         (lambda: emv.derive_session_key(IMK, b"\0\1", cvn=17, unpredictable_number=b"\1"), "got 1 bytes"),

@@ -117,7 +117,7 @@ terminal_data = st.tuples(_b(6), _b(6), _b(2), _b(5), _b(2), _b(3), _b(1), _b(4)
 @given(imk=keys16, pan=digits(12, 16), psn=digits(2, 2), atc=_b(2), tags=terminal_data, cvr=_b(4), arc=_b(2))
 def test_visa_cvn10_matches_pyemv(imk, pan, psn, atc, tags, cvr, arc):
     reference = pyemv_cvn.VisaCVN10(imk, imk, imk, pan, psn)
-    icc_mk = emv.derive_icc_master_key(imk, pan, psn)
+    icc_mk = emv.derive_icc_master_key(imk, pan, psn, cvn=10)
     assert icc_mk == reference.icc_mk_ac
     session_key = emv.derive_session_key(icc_mk, atc, cvn=10)
     arqc = emv.generate_arqc(session_key, b"".join(tags) + atc + cvr, cvn=10)
@@ -131,7 +131,7 @@ def test_visa_cvn10_matches_pyemv(imk, pan, psn, atc, tags, cvr, arc):
        iad=st.binary(min_size=7, max_size=32), csu=_b(4), prop=st.binary(max_size=8))
 def test_visa_cvn18_matches_pyemv(imk, pan, psn, atc, tags, iad, csu, prop):
     reference = pyemv_cvn.VisaCVN18(imk, imk, imk, pan, psn)
-    icc_mk = emv.derive_icc_master_key(imk, pan, psn)
+    icc_mk = emv.derive_icc_master_key(imk, pan, psn, cvn=18)
     assert icc_mk == reference.icc_mk_ac
     session_key = emv.derive_session_key(icc_mk, atc, cvn=18)
     arqc = emv.generate_arqc(session_key, b"".join(tags) + atc + iad, cvn=18)

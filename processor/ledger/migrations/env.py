@@ -14,11 +14,10 @@ from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from processor.ledger.models import Base
-
-# Other packages keep their own tables in the same metadata, so one history describes the whole schema.
-import processor.api.models  # noqa: E402,F401
-import processor.events.models  # noqa: E402,F401
-import processor.savings.models  # noqa: E402,F401
+import processor.settlement.models  # noqa: F401  (settlement tables share this history)
+import processor.api.models  # noqa: F401  (so do the money app's, the outbox's and savings')
+import processor.events.models  # noqa: F401
+import processor.savings.models  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,243 @@
+"""Clearing files: an acquiring network's first presentments, as ISO 8583 1240 records (pyiso8583).
+
+Layout `clearing-file/1`, a file of records, each a 4-digit ASCII length then that many bytes of one
+ISO 8583 message under `CLEARING_SPEC` (`iso8583.specs.default_ascii`, hex-text bitmaps, with the changes
+marked below), in this order:
+
+| record | MTI | DE 24 | carries |
+|---|---|---|---|
+| header | 1644 | 697 | DE 32 network's acquirer id, DE 71 record number 1, DE 72 `file_id=...;date=YYYY-MM-DD` |
+| presentment | 1240 | 200 (first presentment) | DE 2 PAN, 3 processing code (`00` purchase, `20` refund), 4 amount (minor units), 12 local date and time `YYMMDDhhmmss`, 18 MCC, 22 POS entry mode, 31 acquirer reference number, 32 acquirer id, 37 RRN, 38 approval code (absent when none), 41 terminal, 42 merchant, 43 name and location, 49 currency (ISO 4217 numeric), 71 record number |
+| trailer | 1644 | 695 | DE 71 record number, DE 74 number of presentments, DE 86 sum of their DE 4 |
+
+A file holds clear PANs: it is written 0600, through a temp file renamed into place. Its checksum of a
+presentment (`record_checksum`) is the SHA-256 of the record's fields without its record number, so the
+same presentment in two files has the same checksum.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import iso8583
+from iso8583.specs import default_ascii as _default_ascii
+
+FORMAT = "clearing-file/1"
+FIRST_PRESENTMENT = "200"
+HEADER, TRAILER = "697", "695"
+MAX_RECORD = 2048
+
+CLEARING_SPEC: dict[str, dict[str, Any]] = copy.deepcopy(dict(_default_ascii))
+# changed: DE 12 is the 1993 local date and time YYMMDDhhmmss.
+CLEARING_SPEC["12"] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 12, "desc": "Date and Time, Local Transaction"}
+# changed: DE 24 is the 1993 function code (200 first presentment, 697 file header, 695 file trailer).
+CLEARING_SPEC["24"] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 3, "desc": "Function Code"}
+# changed: DE 31 is the acquirer reference data (the ARN, up to 23 characters).
+CLEARING_SPEC["31"] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 2, "max_len": 23, "desc": "Acquirer Reference Data"}
+# changed: DE 71 numbers the records of the file.
+# changed: DE 72 is the 1993 data record (variable, up to 999): the file header's id and date.
+CLEARING_SPEC["72"] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 3, "max_len": 999, "desc": "Data Record"}
+CLEARING_SPEC["71"] = {"data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 8, "desc": "Message Number"}
+
+
+class ClearingFileError(ValueError):
+    """The file is not a well-formed clearing file; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Presentment:
+    """One first presentment as the acquirer sends it."""
+
+    pan: str
+    amount_minor: int
+    currency_numeric: str
+    local_time: dt.datetime
+    mcc: str
+    entry_mode: str
+    acquirer_id: str
+    rrn: str
+    approval_code: str
+    terminal_id: str
+    merchant_id: str
+    name_location: str
+    arn: str
+    processing_code: str = "000000"
+
+    @property
+    def is_credit(self) -> bool:
+        return self.processing_code[:2] == "20"
+
+    def fields(self, seq: int) -> dict[str, Any]:
+        out = {
+            "t": "1240", "2": self.pan, "3": self.processing_code, "4": f"{self.amount_minor:012d}",
+            "12": self.local_time.strftime("%y%m%d%H%M%S"), "18": self.mcc, "22": self.entry_mode.ljust(3, "0")[:3],
+            "24": FIRST_PRESENTMENT, "31": self.arn, "32": self.acquirer_id, "37": self.rrn.ljust(12)[:12],
+            "41": self.terminal_id.ljust(8)[:8], "42": self.merchant_id.ljust(15)[:15],
+            "43": self.name_location.ljust(40)[:40], "49": self.currency_numeric, "71": f"{seq:08d}",
+        }
+        if self.approval_code:
+            out["38"] = self.approval_code.ljust(6)[:6]
+        return out
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> "Presentment":
+        try:
+            return cls(
+                pan=f["2"], amount_minor=int(f["4"]), currency_numeric=f["49"],
+                local_time=dt.datetime.strptime(f["12"], "%y%m%d%H%M%S"), mcc=f["18"], entry_mode=f["22"][:2],
+                acquirer_id=f["32"].lstrip("0") or "0", rrn=f["37"].strip(), approval_code=f.get("38", "").strip(),
+                terminal_id=f["41"].strip(), merchant_id=f["42"].strip(), name_location=f["43"].strip(), arn=f["31"],
+                processing_code=f["3"],
+            )
+        except (KeyError, ValueError) as exc:
+            raise ClearingFileError(f"presentment record {f.get('71', '?')}: field {exc} missing or malformed") from None
+
+
+def _encode(fields: dict[str, Any]) -> bytes:
+    raw, _ = iso8583.encode(dict(fields), CLEARING_SPEC)
+    return f"{len(raw):04d}".encode() + bytes(raw)
+
+
+def record_checksum(fields: dict[str, Any]) -> str:
+    """SHA-256 of a record's fields without its record number (DE 71) and bitmaps."""
+    canonical = "|".join(f"{k}={fields[k]}" for k in sorted(fields, key=lambda k: (len(k), k)) if k not in ("71", "p", "1"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ClearingWriter:
+    """Writes a clearing file: `with ClearingWriter(path, file_id, network, date) as w: w.add(p)`."""
+
+    def __init__(self, path: Path, *, file_id: str, network: str, business_date: dt.date) -> None:
+        if not file_id or ";" in file_id or "=" in file_id or len(file_id) > 64:
+            raise ValueError(f"file id {file_id!r} must be 1-64 characters without ';' or '='")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.fchmod(fd, 0o600)
+        self._tmp = Path(tmp)
+        self._f: BinaryIO = os.fdopen(fd, "wb")
+        self.count = 0
+        self.control_sum = 0
+        self._seq = 1
+        self._f.write(_encode({"t": "1644", "24": HEADER, "32": network, "71": f"{self._seq:08d}",
+                               "72": f"file_id={file_id};date={business_date.isoformat()}"}))
+
+    def add(self, presentment: Presentment) -> None:
+        self._seq += 1
+        self._f.write(_encode(presentment.fields(self._seq)))
+        self.count += 1
+        self.control_sum += presentment.amount_minor
+
+    def close(self) -> None:
+        self._seq += 1
+        self._f.write(_encode({"t": "1644", "24": TRAILER, "71": f"{self._seq:08d}", "74": f"{self.count:010d}",
+                               "86": f"{self.control_sum:016d}"}))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ClearingWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class ClearingHeader:
+    file_id: str
+    network: str
+    business_date: dt.date
+    count: int
+    control_sum: int
+    sha256: str
+
+
+def _records(path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    with path.open("rb") as f:
+        number = 0
+        while True:
+            head = f.read(4)
+            if not head:
+                return
+            number += 1
+            if len(head) < 4 or not head.isdigit():
+                raise ClearingFileError(f"record {number}: length prefix {head!r} is not 4 digits")
+            size = int(head)
+            if size > MAX_RECORD:
+                raise ClearingFileError(f"record {number}: length {size} is above {MAX_RECORD}")
+            raw = f.read(size)
+            if len(raw) < size:
+                raise ClearingFileError(f"record {number}: truncated ({len(raw)} of {size} bytes)")
+            try:
+                fields, _ = iso8583.decode(raw, CLEARING_SPEC)
+            except iso8583.DecodeError as exc:
+                raise ClearingFileError(f"record {number}: {exc}") from None
+            yield raw, fields
+
+
+def scan_clearing_file(path: Path) -> ClearingHeader:
+    """Check a whole file (header, record numbers, trailer count and control sum) without keeping it."""
+    digest = hashlib.sha256()
+    header: dict[str, Any] | None = None
+    count = total = 0
+    trailer: dict[str, Any] | None = None
+    expected = 1
+    for raw, fields in _records(path):
+        digest.update(f"{len(raw):04d}".encode() + raw)
+        if trailer is not None:
+            raise ClearingFileError("records after the trailer")
+        if fields.get("71") != f"{expected:08d}":
+            raise ClearingFileError(f"record {expected}: record number is {fields.get('71')!r}")
+        expected += 1
+        mti, function = fields["t"], fields.get("24")
+        if header is None:
+            if mti != "1644" or function != HEADER:
+                raise ClearingFileError("the file does not start with a header (1644, DE 24 697)")
+            header = fields
+        elif mti == "1644" and function == TRAILER:
+            trailer = fields
+        elif mti == "1240" and function == FIRST_PRESENTMENT:
+            count += 1
+            total += int(fields["4"])
+        else:
+            raise ClearingFileError(f"record {expected - 1}: MTI {mti} function {function} is not a first presentment")
+    if header is None:
+        raise ClearingFileError("the file is empty")
+    if trailer is None:
+        raise ClearingFileError("the file has no trailer (1644, DE 24 695): it is incomplete")
+    if int(trailer.get("74", "-1")) != count or int(trailer.get("86", "-1")) != total:
+        raise ClearingFileError(
+            f"trailer says {trailer.get('74')} presentments summing to {trailer.get('86')}, the file has {count} summing to {total}"
+        )
+    meta = dict(part.split("=", 1) for part in header.get("72", "").split(";") if "=" in part)
+    if not meta.get("file_id") or not meta.get("date"):
+        raise ClearingFileError("the header has no file_id and date in DE 72")
+    try:
+        business_date = dt.date.fromisoformat(meta["date"])
+    except ValueError:
+        raise ClearingFileError(f"the header's date {meta['date']!r} is not YYYY-MM-DD") from None
+    return ClearingHeader(meta["file_id"], header.get("32", "").lstrip("0") or "0", business_date, count, total, digest.hexdigest())
+
+
+def read_presentments(path: Path) -> Iterator[tuple[int, Presentment, str]]:
+    """(record number, presentment, record checksum) for each 1240 of a file `scan_clearing_file` accepted."""
+    for _, fields in _records(path):
+        if fields["t"] == "1240":
+            yield int(fields["71"]), Presentment.from_fields(fields), record_checksum(fields)

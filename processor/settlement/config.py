@@ -1,0 +1,92 @@
+"""Settlement settings, kept in the store's config table so every process reads the same ones.
+
+    settlement.cutoff         HH:MM[:SS] local time that ends a business day (default 22:00)
+    settlement.timezone       IANA zone of the cutoff (default Europe/Paris)
+    settlement.fees           the fee table as JSON (default: fees.DEFAULT_RULES)
+    settlement.tolerance_bps  how far a presentment may exceed its authorization, in basis points (default 1500)
+    network.<acquirer id>     a registered acquiring network: JSON {"name": ...}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from processor.errors import InvalidRequest
+from processor.settlement.calendar import DEFAULT_CUTOFF, DEFAULT_TIMEZONE, BusinessCalendar
+from processor.settlement.fees import FeeTable
+
+DEFAULT_TOLERANCE_BPS = 1500
+OWN_ACQUIRER = "1"  # DE 32 of our own terminals (000001)
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementConfig:
+    calendar: BusinessCalendar = field(default_factory=BusinessCalendar)
+    fees: FeeTable = field(default_factory=FeeTable)
+    tolerance_bps: int = DEFAULT_TOLERANCE_BPS
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "cutoff": self.calendar.cutoff,
+            "timezone": self.calendar.timezone,
+            "tolerance_bps": self.tolerance_bps,
+            "fees": self.fees.as_json(),
+        }
+
+
+async def load_config(store: Any) -> SettlementConfig:
+    """The settings in force (defaults where nothing was set)."""
+    cutoff = await store.get_config("settlement.cutoff") or DEFAULT_CUTOFF
+    zone = await store.get_config("settlement.timezone") or DEFAULT_TIMEZONE
+    fees_text = await store.get_config("settlement.fees")
+    tolerance = await store.get_config("settlement.tolerance_bps")
+    return SettlementConfig(
+        BusinessCalendar(cutoff, zone),
+        FeeTable.from_json(fees_text) if fees_text else FeeTable(),
+        int(tolerance) if tolerance else DEFAULT_TOLERANCE_BPS,
+    )
+
+
+async def save_config(
+    store: Any,
+    *,
+    cutoff: str | None = None,
+    timezone: str | None = None,
+    fees_json: str | None = None,
+    tolerance_bps: int | None = None,
+) -> SettlementConfig:
+    """Validate and store the given settings; the others stay as they were."""
+    current = await load_config(store)
+    calendar = BusinessCalendar(cutoff or current.calendar.cutoff, timezone or current.calendar.timezone)
+    fees = FeeTable.from_json(fees_json) if fees_json is not None else current.fees
+    if tolerance_bps is not None and not 0 <= tolerance_bps <= 100_000:
+        raise InvalidRequest(f"tolerance {tolerance_bps} bp must be between 0 and 100000")
+    if cutoff:
+        await store.set_config("settlement.cutoff", calendar.cutoff)
+    if timezone:
+        await store.set_config("settlement.timezone", calendar.timezone)
+    if fees_json is not None:
+        await store.set_config("settlement.fees", fees.to_json())
+    if tolerance_bps is not None:
+        await store.set_config("settlement.tolerance_bps", str(tolerance_bps))
+    return await load_config(store)
+
+
+async def add_network(store: Any, acquirer_id: str, name: str) -> dict[str, Any]:
+    """Register an acquiring network by its DE 32 id: the engine then takes its merchants' requests."""
+    acq = acquirer_id.lstrip("0") or "0"
+    if not acquirer_id.isdigit() or len(acquirer_id) > 11:
+        raise InvalidRequest(f"acquirer id {acquirer_id!r} must be up to 11 digits (DE 32)")
+    if acq in (OWN_ACQUIRER, "0"):
+        raise InvalidRequest(f"acquirer id {acquirer_id} is our own terminals' (DE 32 000001); choose another")
+    if not name.strip():
+        raise InvalidRequest("a network needs a name")
+    await store.set_config(f"network.{acq}", json.dumps({"name": name.strip()}))
+    return {"acquirer_id": acq, "name": name.strip()}
+
+
+async def network_name(store: Any, acquirer_id: str) -> str | None:
+    raw = await store.get_config(f"network.{acquirer_id}")
+    return json.loads(raw)["name"] if raw else None

@@ -1,0 +1,343 @@
+"""Ingesting a network's clearing file: match each first presentment to its authorization, post it, release
+the hold, and list what a person must look at.
+
+Matching: the authorization with the presentment's approval code (DE 38), RRN (DE 37) and card (the HSM's
+keyed fingerprint of DE 2). Then, per presentment:
+
+| case | what happens | exception |
+|---|---|---|
+| matched, hold active, amount within tolerance | posted, hold captured | - |
+| matched, amount above the authorization beyond tolerance | posted (forced), hold captured | `amount_over_tolerance` |
+| no authorization (no approval code, or none matches) | posted (forced) | `no_authorization` |
+| matched, but the hold had expired or was released | posted (forced) | `late_presentment` |
+| the same record again, or its authorization already presented | not posted | `duplicate_presentment` |
+| card closed | posted (forced) unless the account is closed | `closed_card` |
+| card unknown, or in another currency than its account | not posted | `unmatched_presentment` |
+
+A refund presentment (DE 3 `20`) credits the cardholder; it needs no authorization.
+
+The file is checked whole first (record numbers, trailer count and control sum); then it is ingested in
+chunks, each one transaction (presentment rows, journal entries, account balances, hold captures,
+settlement items, exceptions). A file id that was ingested completely is not ingested again: nothing
+changes. A run killed half-way resumes at the first record not yet in (presentments are unique by file
+and record number). Presentments belong to the business day in which they are ingested (their capture),
+and settle with the network in that day's run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from processor.errors import InvalidRequest
+from processor.iso8583.clearing import ClearingFileError, Presentment, read_presentments, scan_clearing_file
+from processor.iso8583.currency import alpha_for_numeric
+from processor.ledger.apply import BatchState, internal_account
+from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings, utcnow
+from processor.settlement.config import SettlementConfig
+from processor.settlement.models import (
+    clearing_files,
+    presentments,
+    settlement_days,
+    settlement_exceptions,
+    settlement_items,
+)
+
+CHUNK = 2000
+a, au, c, h, cf, pr = accounts.c, auths.c, cards.c, holds.c, clearing_files.c, presentments.c
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    p: Presentment
+    checksum: str
+    fingerprints: tuple[str, ...]
+
+
+def _ingest_day(conn: Connection, today: dt.date) -> str:
+    """The first business day from `today` on that is not settled."""
+    day = today
+    while conn.execute(select(settlement_days.c.state).where(settlement_days.c.business_date == day.isoformat())).scalar() == "settled":
+        day += dt.timedelta(days=1)
+    return day.isoformat()
+
+
+def begin_file(conn: Connection, header: Any, today: dt.date) -> dict[str, Any]:
+    row = conn.execute(select(clearing_files).where(cf.file_id == header.file_id)).first()
+    if row is not None:
+        if row.sha256 != header.sha256:
+            raise InvalidRequest(
+                f"clearing file {header.file_id} was ingested before with other content; ask the network for a new file id"
+            )
+        return {"id": row.id, "status": row.status, "business_date": row.business_date}
+    key = _ingest_day(conn, today)
+    file_row_id = conn.execute(
+        insert(clearing_files).returning(cf.id),
+        {"file_id": header.file_id, "network": header.network, "sha256": header.sha256, "records": header.count,
+         "control_sum_minor": header.control_sum, "status": "ingesting", "business_date": key, "ingested_at": utcnow()},
+    ).scalar_one()
+    return {"id": file_row_id, "status": "ingesting", "business_date": key}
+
+
+def _done_seqs(conn: Connection, file_row_id: int, low: int, high: int) -> set[int]:
+    return set(conn.execute(
+        select(pr.seq).where(pr.clearing_file_id == file_row_id, pr.seq >= low, pr.seq <= high)
+    ).scalars())
+
+
+def apply_chunk(
+    conn: Connection, file_row_id: int, file_id: str, network: str, key: str, records: list[Record], config: SettlementConfig
+) -> dict[str, int]:
+    """Ingest one chunk of presentments in the caller's transaction; counts by status."""
+    if conn.execute(select(settlement_days.c.state).where(settlement_days.c.business_date == key)).scalar() == "settled":
+        raise InvalidRequest(f"business day {key} was settled while the file was being ingested; ingest it again")
+    done = _done_seqs(conn, file_row_id, records[0].seq, records[-1].seq)
+    records = [r for r in records if r.seq not in done]
+    if not records:
+        return {}
+    now = utcnow()
+    calendar = config.calendar
+    all_fps = sorted({fp for r in records for fp in r.fingerprints})
+    card_by_fp = {
+        row.pan_fingerprint: row
+        for row in conn.execute(
+            select(c.id, c.pan_fingerprint, c.status, c.account_id, a.currency, a.status.label("account_status"))
+            .join(accounts, a.id == c.account_id).where(c.pan_fingerprint.in_(all_fps))
+        )
+    }
+    codes = sorted({r.p.approval_code for r in records if r.p.approval_code})
+    auth_rows: dict[tuple[str, str, int], Any] = {}
+    if codes:
+        for row in conn.execute(
+            select(au.id, au.auth_code, au.rrn, au.card_id, au.approved_minor, au.hold_id, au.created_at)
+            .where(au.auth_code.in_(codes), au.op == "hold", au.rc.in_(("00", "10")))
+        ):
+            auth_rows[(row.auth_code, row.rrn.strip(), row.card_id)] = row
+    checksums = [r.checksum for r in records]
+    seen_checksums = set(conn.execute(select(pr.record_checksum).where(pr.record_checksum.in_(checksums))).scalars())
+    auth_ids = [row.id for row in auth_rows.values()]
+    presented = set()
+    if auth_ids:
+        presented = set(conn.execute(
+            select(pr.auth_id).where(pr.auth_id.in_(auth_ids), pr.status.in_(("matched", "forced")))
+        ).scalars())
+    hold_rows = {}
+    hold_ids = [row.hold_id for row in auth_rows.values() if row.hold_id is not None]
+    if hold_ids:
+        hold_rows = {
+            row.id: {"id": row.id, "status": row.status, "amount_minor": row.amount_minor}
+            for row in conn.execute(select(h.id, h.status, h.amount_minor).where(h.id.in_(hold_ids)))
+        }
+
+    st = BatchState(now=now, internal_ids={})
+    clearing_ids: dict[str, int] = {}
+    account_delta: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])  # ledger, held
+    decisions: list[dict[str, Any]] = []
+    exceptions: list[dict[str, Any]] = []
+    captures: list[dict[str, Any]] = []
+    counts: defaultdict[str, int] = defaultdict(int)
+
+    def exception(kind: str, r: Record, detail: str, currency: str) -> None:
+        exceptions.append({"business_date": key, "kind": kind, "reference": f"{file_id}:{r.seq}", "detail": detail[:300],
+                           "amount_minor": r.p.amount_minor, "currency": currency, "created_at": now})
+
+    for r in records:
+        p = r.p
+        currency = alpha_for_numeric(p.currency_numeric) or p.currency_numeric
+        card = next((card_by_fp[fp] for fp in r.fingerprints if fp in card_by_fp), None)
+        status, reason, auth, post, forced = "rejected", "", None, False, True
+        if r.checksum in seen_checksums:
+            status, reason = "duplicate", "the same presentment was ingested before"
+            exception("duplicate_presentment", r, f"ARN {p.arn}: {reason}", currency)
+        elif card is None:
+            reason = "card not issued here"
+            exception("unmatched_presentment", r, f"ARN {p.arn} card ****{p.pan[-4:]}: {reason}", currency)
+        elif card.currency != currency:
+            reason = f"currency {currency} differs from the account's {card.currency}"
+            exception("unmatched_presentment", r, f"ARN {p.arn}: {reason}", currency)
+        elif card.status == "closed" and card.account_status == "closed":
+            reason = "card and account closed"
+            exception("closed_card", r, f"ARN {p.arn} card {card.id}: {reason}; not posted", currency)
+        else:
+            auth = auth_rows.get((p.approval_code, p.rrn, card.id)) if p.approval_code and not p.is_credit else None
+            post, status = True, "matched"
+            if card.status == "closed":
+                status, reason = "forced", "card closed"
+                exception("closed_card", r, f"ARN {p.arn} card {card.id}: presented after the card was closed", currency)
+            if p.is_credit:
+                forced = False
+            elif auth is None:
+                status, reason = "forced", "no authorization matches"
+                exception("no_authorization", r, f"ARN {p.arn} code {p.approval_code or '-'} RRN {p.rrn}: force posted", currency)
+            elif auth.id in presented:
+                post, status, reason = False, "duplicate", f"authorization {auth.id} was already presented"
+                exception("duplicate_presentment", r, f"ARN {p.arn}: {reason}", currency)
+            else:
+                hold = hold_rows.get(auth.hold_id)
+                if hold is None or hold["status"] != "active":
+                    status, reason = "forced", f"hold {auth.hold_id} is {hold['status'] if hold else 'missing'}"
+                    exception("late_presentment", r, f"ARN {p.arn} auth {auth.id}: {reason}; force posted", currency)
+                else:
+                    captures.append({"hid": hold["id"], "cap": min(p.amount_minor, hold["amount_minor"]), "at": now})
+                    account_delta[card.account_id][1] -= hold["amount_minor"]
+                    hold["status"] = "captured"
+                    forced = False
+                over = p.amount_minor - auth.approved_minor
+                if over > 0 and over * 10_000 > auth.approved_minor * config.tolerance_bps:
+                    status, forced = "forced", True
+                    reason = f"{p.amount_minor} presented for {auth.approved_minor} authorized"
+                    exception("amount_over_tolerance", r, f"ARN {p.arn} auth {auth.id}: {reason}", currency)
+                presented.add(auth.id)
+        seen_checksums.add(r.checksum)
+        counts[status] += 1
+        signed = -p.amount_minor if p.is_credit else p.amount_minor
+        if post:
+            account_delta[card.account_id][0] -= signed
+            if currency not in clearing_ids:
+                clearing_ids[currency] = internal_account(conn, st, "clearing", currency)
+        decisions.append({"r": r, "status": status, "reason": reason, "auth": auth, "card": card, "post": post,
+                          "forced": forced, "currency": currency, "signed": signed})
+
+    if conn.dialect.name == "postgresql":
+        ids = sorted(set(account_delta) | set(clearing_ids.values()))
+        if ids:
+            conn.execute(select(a.id).where(a.id.in_(ids)).order_by(a.id).with_for_update())
+    if captures:
+        done_holds = conn.execute(
+            update(holds).where(h.id == bindparam("hid"), h.status == "active")
+            .values(status="captured", captured_minor=bindparam("cap"),
+                    closed_at=bindparam("at")),
+            captures,
+        )
+        if done_holds.rowcount not in (-1, len(captures)):
+            raise InvalidRequest("a hold changed while its presentment was posted; ingest the file again")
+    posted = [d for d in decisions if d["post"]]
+    entry_ids: list[int] = []
+    if posted:
+        entry_ids = list(conn.execute(
+            insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True),
+            [{"kind": "presentment", "reference": f"presentment:{file_id}:{d['r'].seq}", "auth_id": d["auth"].id if d["auth"] else None,
+              "forced": d["forced"], "created_at": now} for d in posted],
+        ).scalars())
+        lines = []
+        for d, entry_id in zip(posted, entry_ids, strict=True):
+            d["entry_id"] = entry_id
+            lines.append({"entry_id": entry_id, "account_id": d["card"].account_id, "amount_minor": -d["signed"], "currency": d["currency"]})
+            lines.append({"entry_id": entry_id, "account_id": clearing_ids[d["currency"]], "amount_minor": d["signed"], "currency": d["currency"]})
+        conn.execute(insert(postings), lines)
+        clearing_delta: defaultdict[int, int] = defaultdict(int)
+        for d in posted:
+            clearing_delta[clearing_ids[d["currency"]]] += d["signed"]
+        conn.execute(
+            update(accounts).where(a.id == bindparam("aid"))
+            .values(ledger_minor=a.ledger_minor + bindparam("dl"), held_minor=a.held_minor + bindparam("dh")),
+            [{"aid": aid, "dl": dl, "dh": dh} for aid, (dl, dh) in sorted(account_delta.items())]
+            + [{"aid": aid, "dl": d, "dh": 0} for aid, d in sorted(clearing_delta.items())],
+        )
+    presentment_ids = list(conn.execute(
+        insert(presentments).returning(pr.id, sort_by_parameter_order=True),
+        [{"clearing_file_id": file_row_id, "seq": d["r"].seq, "record_checksum": d["r"].checksum, "status": d["status"],
+          "auth_id": d["auth"].id if d["auth"] else None, "card_id": d["card"].id if d["card"] else None,
+          "amount_minor": d["r"].p.amount_minor, "currency": d["currency"][:3], "auth_code": d["r"].p.approval_code[:8],
+          "rrn": d["r"].p.rrn[:12], "arn": d["r"].p.arn[:23], "merchant_id": d["r"].p.merchant_id[:15],
+          "pan_last4": d["r"].p.pan[-4:], "business_date": key, "entry_id": d.get("entry_id"), "reason": d["reason"][:200]}
+         for d in decisions],
+    ).scalars())
+    items = []
+    for d, pid in zip(decisions, presentment_ids, strict=True):
+        if not d["post"]:
+            continue
+        p = d["r"].p
+        kind = "presentment_credit" if p.is_credit else "presentment"
+        _, interchange = config.fees.fees("refund" if p.is_credit else "purchase", p.amount_minor, p.mcc, p.entry_mode)
+        origin = calendar.day_of(d["auth"].created_at).isoformat() if d["auth"] is not None else key
+        items.append(
+            {"source_key": f"pres:{pid}", "business_date": key, "origin_date": min(origin, key), "side": "off_us",
+             "kind": kind, "party": network, "terminal_id": p.terminal_id[:16], "mcc": p.mcc, "entry_mode": p.entry_mode[:2],
+             "auth_id": d["auth"].id if d["auth"] else None, "card_id": d["card"].id, "amount_minor": d["signed"],
+             "fee_minor": 0, "interchange_minor": interchange, "currency": d["currency"], "captured_at": now}
+        )
+    if items:
+        conn.execute(insert(settlement_items), items)
+    if exceptions:
+        conn.execute(insert(settlement_exceptions), exceptions)
+    return dict(counts)
+
+
+def finish_file(conn: Connection, file_row_id: int) -> dict[str, Any]:
+    conn.execute(update(clearing_files).where(cf.id == file_row_id).values(status="complete"))
+    return summarize_file(conn, file_row_id)
+
+
+def summarize_file(conn: Connection, file_row_id: int) -> dict[str, Any]:
+    row = conn.execute(select(clearing_files).where(cf.id == file_row_id)).one()
+    by_status = {r.status: r.n for r in conn.execute(
+        select(pr.status, func.count().label("n")).where(pr.clearing_file_id == file_row_id).group_by(pr.status)
+    )}
+    se = settlement_exceptions.c
+    by_kind = {r.kind: r.n for r in conn.execute(
+        select(se.kind, func.count().label("n")).where(se.reference.like(f"{row.file_id}:%")).group_by(se.kind)
+    )}
+    posted = conn.execute(
+        select(func.count(), func.coalesce(func.sum(pr.amount_minor), 0))
+        .where(pr.clearing_file_id == file_row_id, pr.entry_id.is_not(None))
+    ).one()
+    return {"file_id": row.file_id, "network": row.network, "business_date": row.business_date, "status": row.status,
+            "records": row.records, "control_sum_minor": row.control_sum_minor, "by_status": by_status,
+            "posted": posted[0], "posted_minor": int(posted[1]), "exceptions": by_kind}
+
+
+async def ingest_file(
+    store: Any,
+    hsm: Any,
+    path: Path,
+    config: SettlementConfig,
+    *,
+    now: dt.datetime | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest a clearing file (see the module); ingesting the same file again changes nothing."""
+    from processor.settlement.queries import network_ids
+
+    try:
+        header = scan_clearing_file(path)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the clearing file {path}: {exc.strerror or exc}") from None
+    except ClearingFileError as exc:
+        raise InvalidRequest(f"clearing file {path} refused: {exc}") from None
+    if header.network not in await store.run_read(network_ids):
+        raise InvalidRequest(
+            f"network {header.network} is not registered; `processor settle network add --acquirer {header.network} --name ...`"
+        )
+    today = config.calendar.day_of(now or utcnow())
+    state = await store.run_write(begin_file, header, today)
+    if state["status"] == "complete":
+        result = await store.run_read(summarize_file, state["id"])
+        result["already_ingested"] = True
+        return result
+    batch: list[Record] = []
+    done = 0
+    for seq, presentment, checksum in read_presentments(path):
+        fingerprints = tuple(fp for _, fp in await hsm.fingerprint_pan(presentment.pan))
+        batch.append(Record(seq, presentment, checksum, fingerprints))
+        if len(batch) >= CHUNK:
+            await store.run_write(apply_chunk, state["id"], header.file_id, header.network, state["business_date"], batch, config)
+            done += len(batch)
+            batch = []
+            if progress:
+                progress("ingest", done, header.count)
+    if batch:
+        await store.run_write(apply_chunk, state["id"], header.file_id, header.network, state["business_date"], batch, config)
+        done += len(batch)
+        if progress:
+            progress("ingest", done, header.count)
+    result = await store.run_write(finish_file, state["id"])
+    result["already_ingested"] = False
+    return result
