@@ -248,6 +248,17 @@ def create_app(service: ApiService) -> FastAPI:
         return await claimed(me, request, key, body.model_dump(mode="json"),
                              lambda: card_actions.set_pin(service, me.id, card_id, body.pin, body.current_pin))
 
+    @app.get("/v1/cards/{card_id}/controls", response_model=s.Controls, tags=["cards"], responses=errors)
+    async def get_controls(me: Me, card_id: Annotated[int, _id]) -> Any:
+        """The card's spending controls: limits, blocked merchant categories, countries, channels."""
+        return await service.store.run_query(card_actions.controls_of, me.id, card_id)
+
+    @app.put("/v1/cards/{card_id}/controls", response_model=s.Controls, tags=["cards"], responses=errors)
+    async def put_controls(me: Me, card_id: Annotated[int, _id], body: s.Controls, request: Request, key: IdemKey = None) -> Any:
+        """Replace the card's spending controls; the next authorization applies them (61, 65, 57, 62)."""
+        payload = body.model_dump(mode="json")
+        return await write(me, request, key, payload, card_actions.set_controls, me.id, card_id, payload)
+
     # ------------------------------------------------------------------ conversations and payments
 
     @app.get("/v1/conversations", response_model=list[s.Conversation], tags=["conversations"], responses=errors)

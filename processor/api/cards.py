@@ -9,18 +9,12 @@ from sqlalchemy import Connection, select, update
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
 from processor.api.views import card_json, own_card_row
-from processor.events.outbox import cardholder_event, write_events
 from processor.ledger import admin
 from processor.ledger.models import cards, utcnow
 
 c = cards.c
 PIN_TRY_LIMIT = 3
 USABLE_FOR_PIN = ("active", "frozen", "inactive")
-
-
-def _status_event(conn: Connection, me: int, card_id: int, status: str, extra: dict[str, Any] | None = None) -> None:
-    row = own_card_row(conn, me, card_id)
-    write_events(conn, [cardholder_event(me, "card.status", {"card_id": card_id, "status": status, "last4": row.last4, **(extra or {})}, utcnow())])
 
 
 def freeze(conn: Connection, me: int, card_id: int, frozen: bool) -> tuple[int, dict[str, Any]]:
@@ -31,10 +25,7 @@ def freeze(conn: Connection, me: int, card_id: int, frozen: bool) -> tuple[int, 
         return 200, card_json(row)
     if row.status != source:
         raise ApiError("invalid_transition", f"card {card_id} is {row.status}: only an {source} card can be {'frozen' if frozen else 'unfrozen'}")
-    moved = conn.execute(update(cards).where(c.id == card_id, c.status == source).values(status=target, updated_at=utcnow())).rowcount
-    if not moved:
-        raise ApiError("conflict", f"card {card_id} changed meanwhile; read it again")
-    _status_event(conn, me, card_id, target)
+    admin.set_card_status(conn, card_id, target)
     return 200, card_json(own_card_row(conn, me, card_id))
 
 
@@ -43,7 +34,6 @@ def mark_lost(conn: Connection, me: int, card_id: int) -> Any:
     row = own_card_row(conn, me, card_id)
     if row.status in ("active", "frozen"):
         admin.set_card_status(conn, card_id, "lost")
-        _status_event(conn, me, card_id, "lost")
         return own_card_row(conn, me, card_id)
     if row.status == "lost":
         return row
@@ -51,15 +41,15 @@ def mark_lost(conn: Connection, me: int, card_id: int) -> Any:
 
 
 def finish_replacement(conn: Connection, me: int, old_id: int, new_id: int) -> list[int]:
-    """Point the lost card at its replacement, activate the replacement, move the wallet tokens to it."""
+    """Point the lost card at its replacement, move the wallet tokens to it, and activate it."""
+    own_card_row(conn, me, old_id)
     claimed = conn.execute(
         update(cards).where(c.id == old_id, c.replaced_by_card_id.is_(None)).values(replaced_by_card_id=new_id, updated_at=utcnow())
     ).rowcount
     if not claimed:
         raise ApiError("conflict", f"card {old_id} was replaced meanwhile")
-    admin.set_card_status(conn, new_id, "active")
     moved = admin.repoint_tokens(conn, old_id, new_id)
-    _status_event(conn, me, new_id, "active", {"replaces_card_id": old_id, "repointed_token_ids": moved})
+    admin.set_card_status(conn, new_id, "active", {"replaces_card_id": old_id, "repointed_token_ids": moved})
     return moved
 
 
@@ -131,3 +121,28 @@ async def set_pin(service: Any, me: int, card_id: int, pin: str, current_pin: st
     method, value = await pin_verification_for(service.hsm, keys, pan, pin)
     del pan
     return idem.Answer(200, await store.run_write(_store_pin, me, card_id, record.pin_value, method, value))
+
+
+def controls_of(conn: Connection, me: int, card_id: int) -> dict[str, Any]:
+    """The card's spending controls (the defaults, nothing limited, when none were set)."""
+    from processor.issuing.controls import CardControls, get_controls
+
+    own_card_row(conn, me, card_id)
+    return (get_controls(conn, card_id) or CardControls()).as_json()
+
+
+def set_controls(conn: Connection, me: int, card_id: int, values: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Replace the card's spending controls; the next authorization applies them."""
+    from processor.issuing import controls
+
+    row = own_card_row(conn, me, card_id)
+    if row.status in ("closed", "lost", "stolen", "expired"):
+        raise ApiError("card_not_usable", f"card {card_id} is {row.status}")
+    countries = values.get("allowed_countries")
+    wanted = controls.CardControls(**{
+        **values,
+        "blocked_mccs": tuple(values.get("blocked_mccs", ())),
+        "blocked_categories": tuple(values.get("blocked_categories", ())),
+        "allowed_countries": tuple(countries) if countries is not None else None,
+    })
+    return 200, controls.set_controls(conn, card_id, wanted).as_json()

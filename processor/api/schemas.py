@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from processor.issuing.controls import CATEGORIES
 
 from pydantic import BaseModel, ConfigDict, Field
 
 AMOUNT_MAX_MINOR = 10**12
+CATEGORY_NAMES = tuple(sorted(CATEGORIES))
 Handle = Field(min_length=1, max_length=65, pattern=r"^@?[A-Za-z0-9_.\-]{1,64}$")
 Currency = Field(pattern=r"^[A-Z]{3}$")
 
@@ -283,3 +286,20 @@ class PasswordSet(BaseModel):
 class P2pLimits(Strict):
     daily_limit_minor: int = Field(ge=0, le=AMOUNT_MAX_MINOR)
     daily_count: int = Field(ge=0, le=1_000_000)
+
+
+class Controls(Strict):
+    """A card's spending controls; PUT replaces them all (a field left out takes the value shown here)."""
+
+    per_transaction_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MAX_MINOR)
+    daily_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MAX_MINOR)
+    daily_count: int | None = Field(default=None, ge=0, le=1_000_000)
+    monthly_minor: int | None = Field(default=None, ge=0, le=AMOUNT_MAX_MINOR)
+    monthly_count: int | None = Field(default=None, ge=0, le=1_000_000)
+    blocked_mccs: list[Annotated[str, Field(pattern=r"^[0-9]{4}$")]] = Field(default_factory=list, max_length=200)
+    blocked_categories: list[Literal[CATEGORY_NAMES]] = Field(default_factory=list, max_length=50)  # type: ignore[valid-type]
+    allowed_countries: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] | None = Field(default=None, max_length=200)
+    contactless: bool = True
+    ecommerce: bool = True
+    atm: bool = True
+    abroad: bool = True

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import (
     accounts,
@@ -263,7 +264,8 @@ def create_card(conn: Connection, new: NewCard) -> int:
     return card_id
 
 
-def set_card_status(conn: Connection, card_id: int, status: str) -> None:
+def set_card_status(conn: Connection, card_id: int, status: str, detail: dict[str, Any] | None = None) -> None:
+    """Move a card to `status` if its lifecycle allows; the cardholder's feed gets a `card.status` event."""
     if status not in CARD_STATUSES:
         raise StoreError(f"card status must be one of {sorted(CARD_STATUSES)}, got {status!r}")
     current = conn.execute(select(c.status).where(c.id == card_id)).scalar()
@@ -273,10 +275,14 @@ def set_card_status(conn: Connection, card_id: int, status: str) -> None:
         return
     if status not in CARD_TRANSITIONS[current]:
         raise StoreError(f"card {card_id} is {current} and cannot become {status}")
-    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
     if current == "inactive" and status == "active":
         values["pin_tries"] = 0
     conn.execute(update(cards).where(c.id == card_id).values(values))
+    holder = conn.execute(select(a.cardholder_id, c.last4).join(accounts, a.id == c.account_id).where(c.id == card_id)).one()
+    data = {"card_id": card_id, "status": status, "previous_status": current, "last4": holder.last4, **(detail or {})}
+    write_events(conn, [cardholder_event(holder.cardholder_id, "card.status", data, now)])
 
 
 def reset_pin_tries(conn: Connection, card_id: int) -> None:

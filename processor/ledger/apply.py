@@ -22,7 +22,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from processor.ledger import ops
+from processor.events.cards import card_events
+from processor.events.outbox import write_events
+from processor.ledger import ops, spend
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings
 
 UNKNOWN_ACCOUNT = "14"
@@ -52,6 +54,8 @@ class BatchState:
     hold_auth: list[dict[str, int]] = field(default_factory=list)
     entry_auth: list[dict[str, int]] = field(default_factory=list)
     pin_tries: dict[int, int] = field(default_factory=dict)
+    # Every auths row this batch answered: each becomes the cardholder's feed event in the same transaction.
+    answered: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ statements, built once
@@ -280,6 +284,9 @@ def _finish(conn: Connection, state: BatchState) -> None:
     if state.pin_tries:
         tries = [{"cid": card_id, "t": count, "at": state.now} for card_id, count in sorted(state.pin_tries.items())]
         conn.execute(_SET_PIN_TRIES, tries)
+    if state.answered:
+        # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
+        write_events(conn, card_events(conn, state.answered, state.now))
 
 
 def outcome_from_row(row: Any, *, duplicate: bool) -> ops.AuthOutcome:
@@ -355,6 +362,7 @@ def _record(
             "created_at": state.now,
         }
     )
+    state.answered.append(state.pending_auths[-1])
     state.pending_links.append((hold_id if new_hold else None, entry))
     if op.pin_tries is not None and op.card_id is not None:
         state.pin_tries[op.card_id] = op.pin_tries
@@ -514,13 +522,40 @@ def _find_original(conn: Connection, state: BatchState, key: str) -> Any:
 # ------------------------------------------------------------------ operations
 
 
+def _over_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Debit) -> ops.AuthOutcome | None:
+    """Count the request on the card's day and month totals; its refusal when a limit would be passed."""
+    if op.spend is None or op.card_id is None or op.force:
+        return None
+    if conn.dialect.name == "postgresql":
+        # Accounts before spend totals, in every transaction: the order that keeps two batches from deadlocking.
+        conn.execute(_LOCK_ACCOUNTS, {"ids": [op.account_id]})
+    refusal = spend.claim(conn, op.card_id, op.spend, op.amount_minor, state.now)
+    if refusal is None:
+        return None
+    what = "amount" if refusal == ops.AMOUNT_LIMIT else "number of payments"
+    return _record(conn, state, op, refusal, f"card's daily or monthly {what} limit reached")
+
+
+def _settle_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Debit, take: "Take") -> None:
+    """Give back what was counted but not approved (funds refused, or a partial approval)."""
+    if op.spend is None or op.card_id is None or op.force:
+        return
+    if take.rc not in (ops.APPROVED, ops.PARTIAL):
+        spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor, 1, state.now)
+    elif take.approved_minor < op.amount_minor:
+        spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor - take.approved_minor, 0, state.now)
+
+
 def _place_hold(conn: Connection, state: BatchState, op: ops.PlaceHold) -> ops.AuthOutcome:
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
+    if (limited := _over_limit(conn, state, op)) is not None:
+        return limited
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=True, partial_ok=op.partial_ok, force=op.force
     )
+    _settle_limit(conn, state, op, take)
     hold_id = None
     if take.rc in (ops.APPROVED, ops.PARTIAL):
         hold_id = conn.execute(
@@ -549,9 +584,12 @@ def _debit(conn: Connection, state: BatchState, op: ops.Debit) -> ops.AuthOutcom
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
+    if (limited := _over_limit(conn, state, op)) is not None:
+        return limited
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=False, partial_ok=op.partial_ok, force=op.force
     )
+    _settle_limit(conn, state, op, take)
     entry = None
     if take.rc in (ops.APPROVED, ops.PARTIAL):
         clearing = internal_account(conn, state, "clearing", op.currency)

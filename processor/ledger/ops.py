@@ -17,6 +17,18 @@ INVALID_AMOUNT = "13"
 UNKNOWN_ORIGINAL = "25"
 INSUFFICIENT_FUNDS = "51"
 RESTRICTED = "62"
+AMOUNT_LIMIT = "61"
+COUNT_LIMIT = "65"
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimits:
+    """A card's daily and monthly limits (None: no limit), counted with the funds in the store."""
+
+    daily_minor: int | None = None
+    daily_count: int | None = None
+    monthly_minor: int | None = None
+    monthly_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +53,8 @@ class Op:
     atc: int | None = None
     # With `atc`: a wallet token's cryptogram; the ATC is claimed on that payment token, not on the card.
     token_id: int | None = None
+    # The card's spending limits: a hold or debit is counted on its day and month, or refused past them.
+    spend: SpendLimits | None = None
     # Recorded for settlement: acquirer (DE 32), merchant (DE 42), MCC (DE 18), POS entry mode (DE 22).
     acquirer_id: str = ""
     merchant_id: str = ""

@@ -178,6 +178,9 @@ class _InlineCardReader:
     """
 
     def __init__(self, path: str) -> None:
+        self.path = path
+        self._sa: Connection | None = None
+        self._sa_engine: Engine | None = None
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.conn.execute("PRAGMA busy_timeout=5000")
         self.conn.execute("PRAGMA query_only=ON")
@@ -209,6 +212,26 @@ class _InlineCardReader:
 
     def close(self) -> None:
         self.conn.close()
+        if self._sa is not None:
+            self._sa.close()
+            self._sa_engine.dispose()
+
+    def run(self, body: Callable[..., T], *args: Any) -> T:
+        """Run read-only Core `body(conn, *args)` right here, on a query-only connection of this thread."""
+        if self._sa is None:
+            self._sa_engine = create_engine(f"sqlite+pysqlite:///{self.path}", poolclass=NullPool)
+
+            @event.listens_for(self._sa_engine, "connect")
+            def _connect(dbapi_conn: Any, record: Any) -> None:
+                dbapi_conn.isolation_level = None
+                dbapi_conn.execute("PRAGMA busy_timeout=5000")
+                dbapi_conn.execute("PRAGMA query_only=ON")
+
+            self._sa = self._sa_engine.connect()
+        try:
+            return body(self._sa, *args)
+        finally:
+            self._sa.rollback()
 
 
 class _PgCardReader:
@@ -672,6 +695,12 @@ class Store:
     async def run_read(self, body: Callable[..., T], *args: Any) -> T:
         """Run `body(conn, *args)`, synchronous Core queries on the models' tables, on a consistent snapshot."""
         return await self._snapshot(body, *args)
+
+    async def read_now(self, body: Callable[..., T], *args: Any) -> T:
+        """A one-statement read on the hot path: inline on SQLite (microseconds under WAL), pooled on PostgreSQL."""
+        if self._inline is not None:
+            return self._inline.run(body, *args)
+        return await self._query(body, *args)
 
     async def run_query(self, body: Callable[..., T], *args: Any) -> T:
         """Run read-only `body(conn, *args)` outside the write path (no snapshot across its statements)."""

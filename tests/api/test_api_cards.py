@@ -83,3 +83,18 @@ async def test_set_and_change_pin_through_the_hsm(app_env: AppEnv) -> None:
         for path in (f"/v1/cards/{card.id}/pin",):
             guess = hashlib.sha256(json.dumps(["PUT", path, {"pin": pin}], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
             assert guess not in recorded
+
+
+async def test_controls_are_set_and_read_through_the_api(app_env: AppEnv) -> None:
+    ada = await app_env.enroll("ada")
+    card = await _card(app_env, ada)
+    r = await app_env.client.get(f"/v1/cards/{card.id}/controls", headers=ada.auth)
+    assert r.status_code == 200 and r.json()["per_transaction_minor"] is None and r.json()["contactless"] is True
+    wanted = {"per_transaction_minor": 50_00, "daily_count": 3, "blocked_categories": ["gambling"], "allowed_countries": ["DE", "FR"],
+              "contactless": False}
+    r = await app_env.write("PUT", f"/v1/cards/{card.id}/controls", ada, wanted)
+    assert r.status_code == 200, r.text
+    got = (await app_env.client.get(f"/v1/cards/{card.id}/controls", headers=ada.auth)).json()
+    assert {k: got[k] for k in wanted} == wanted and got["atm"] is True
+    r = await app_env.write("PUT", f"/v1/cards/{card.id}/controls", ada, {"blocked_categories": ["casinos"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"

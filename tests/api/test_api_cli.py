@@ -57,6 +57,15 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
     future = run(tmp_path, "savings", "accrue", "--date", (today + dt.timedelta(days=2)).isoformat(), check=False)
     assert future.returncode == 2 and "has not happened yet" in future.stderr
 
+    checking = data(tmp_path, "account", "open", "--cardholder", str(ada["id"]), "--deposit", "10.00")
+    card = data(tmp_path, "card", "issue", "--account", str(checking["id"]))
+    controls = data(tmp_path, "card", "controls", str(card["id"]), "--per-transaction", "25.00", "--daily-count", "3",
+                    "--block-category", "gambling", "--abroad", "off")
+    assert (controls["per_transaction_minor"], controls["daily_count"], controls["blocked_categories"], controls["abroad"]) == (2500, 3, ["gambling"], False)
+    assert data(tmp_path, "card", "controls", str(card["id"]))["per_transaction_minor"] == 2500
+    bad = run(tmp_path, "card", "controls", str(card["id"]), "--block-category", "casinos", check=False)
+    assert bad.returncode == 2 and "unknown category" in bad.stderr and "Traceback" not in bad.stderr
+
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "processor.cli", "api", "--http", f"127.0.0.1:{port}"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -75,7 +84,7 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
         assert r.status_code == 200
         token = r.json()["access_token"]
         accounts = httpx.get(f"http://127.0.0.1:{port}/v1/accounts", headers={"Authorization": f"Bearer {token}"}).json()
-        assert [a["kind"] for a in accounts] == ["savings"] and accounts[0]["ledger_minor"] == 100_000
+        assert [a["kind"] for a in accounts] == ["savings", "checking"] and accounts[0]["ledger_minor"] == 100_000
     finally:
         server.terminate()
         server.wait(timeout=15)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from api_helpers import AppEnv
 
 # A body for each write that takes one (the ids in the path are what is tried).
 BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/cards/{card_id}/pin"): {"pin": "9876"},
     ("POST", "/v1/conversations/{conversation_id}/messages"): {"text": "hello from eve"},
+    ("PUT", "/v1/cards/{card_id}/controls"): {"per_transaction_minor": 0},
 }
+
+
+@pytest.fixture
+def app_env(app_env_both: AppEnv) -> AppEnv:
+    """These money rules run on SQLite and on PostgreSQL."""
+    return app_env_both
 
 
 async def test_every_route_with_an_id_refuses_another_cardholders_objects(app_env: AppEnv) -> None:

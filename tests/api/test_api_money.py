@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
 from api_helpers import AppEnv
 from sqlalchemy import update
 
 from processor.api.models import payment_requests
+
+
+@pytest.fixture
+def app_env(app_env_both: AppEnv) -> AppEnv:
+    """These money rules run on SQLite and on PostgreSQL."""
+    return app_env_both
 
 
 async def test_a_payment_by_handle_is_instant_and_shows_in_both_threads(app_env: AppEnv) -> None:

@@ -18,6 +18,8 @@ import processor.settlement.models  # noqa: F401  (settlement tables share this 
 import processor.api.models  # noqa: F401  (so do the money app's, the outbox's and savings')
 import processor.events.models  # noqa: F401
 import processor.savings.models  # noqa: F401
+import processor.issuing.controls  # noqa: F401  (card controls; the spend totals are processor.ledger.spend)
+import processor.ledger.spend  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,105 @@
+"""What a card has spent per day and per month, counted in the transaction that takes the funds.
+
+A limited authorization carries its limits (`ops.SpendLimits`); the store adds the amount and one to the
+card's day and month totals with one conditional upsert each, before it takes the funds, and takes
+them back if the funds or the other period refuse. The totals are row-locked by the upsert, so concurrent
+authorizations of one card, in one process or several, are counted one after the other and can never
+together pass a limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import BigInteger, Connection, ForeignKey, Integer, String, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, mapped_column
+
+from processor.ledger import ops
+from processor.ledger.models import Base
+
+UNLIMITED_MINOR = 2**62
+UNLIMITED_COUNT = 2**31 - 1  # the count column is a 32-bit integer
+
+
+class CardSpend(Base):
+    """A card's total and count in one period: 'D2026-11-29' (a UTC day) or 'M2026-11' (a month)."""
+
+    __tablename__ = "card_spend"
+
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(11), primary_key=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+card_spend = CardSpend.__table__
+s = card_spend.c
+
+
+def _upsert(insert_: Any) -> Any:
+    stmt = insert_(card_spend).values(card_id=bindparam("cid"), period=bindparam("p"), amount_minor=bindparam("amt"), count=1)
+    return stmt.on_conflict_do_update(
+        index_elements=[s.card_id, s.period],
+        set_={"amount_minor": s.amount_minor + bindparam("amt"), "count": s.count + 1},
+        where=(s.amount_minor + bindparam("amt") <= bindparam("max_amt")) & (s.count + 1 <= bindparam("max_cnt")),
+    ).returning(s.amount_minor)
+
+
+_CLAIM = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(pg_insert)}
+_ROW = select(s.amount_minor, s.count).where(s.card_id == bindparam("cid"), s.period == bindparam("p"))
+_GIVE_BACK = (
+    update(card_spend)
+    .where(s.card_id == bindparam("back_cid"), s.period == bindparam("back_p"))
+    .values(amount_minor=s.amount_minor - bindparam("back_amt"), count=s.count - bindparam("back_cnt"))
+)
+
+
+def periods(now: dt.datetime) -> tuple[str, str]:
+    return f"D{now:%Y-%m-%d}", f"M{now:%Y-%m}"
+
+
+def claim(conn: Connection, card_id: int, limits: ops.SpendLimits, amount_minor: int, now: dt.datetime) -> str | None:
+    """Count `amount_minor` on the card's day and month; the refusal (ops.AMOUNT_LIMIT or COUNT_LIMIT) or None."""
+    day, month = periods(now)
+    done: list[str] = []
+    for period, max_minor, max_count in ((day, limits.daily_minor, limits.daily_count),
+                                         (month, limits.monthly_minor, limits.monthly_count)):
+        if max_minor is None and max_count is None:
+            continue
+        max_minor = UNLIMITED_MINOR if max_minor is None else max_minor
+        max_count = UNLIMITED_COUNT if max_count is None else min(max_count, UNLIMITED_COUNT)
+        refusal = None
+        if amount_minor > max_minor:
+            refusal = ops.AMOUNT_LIMIT
+        elif max_count < 1:
+            refusal = ops.COUNT_LIMIT
+        elif conn.execute(_CLAIM[_dialect(conn)], {"cid": card_id, "p": period, "amt": amount_minor,
+                                                   "max_amt": max_minor, "max_cnt": max_count}).first() is None:
+            row = conn.execute(_ROW, {"cid": card_id, "p": period}).one()
+            refusal = ops.COUNT_LIMIT if row.count + 1 > max_count else ops.AMOUNT_LIMIT
+        if refusal is not None:
+            for counted in done:
+                give_back(conn, card_id, counted, amount_minor, 1)
+            return refusal
+        done.append(period)
+    return None
+
+
+def give_back(conn: Connection, card_id: int, period: str, amount_minor: int, count: int) -> None:
+    """Take an amount (and a count) off a period's total: funds refused, or a partial approval."""
+    conn.execute(_GIVE_BACK, {"back_cid": card_id, "back_p": period, "back_amt": amount_minor, "back_cnt": count})
+
+
+def give_back_all(conn: Connection, card_id: int, limits: ops.SpendLimits, amount_minor: int, count: int, now: dt.datetime) -> None:
+    day, month = periods(now)
+    if limits.daily_minor is not None or limits.daily_count is not None:
+        give_back(conn, card_id, day, amount_minor, count)
+    if limits.monthly_minor is not None or limits.monthly_count is not None:
+        give_back(conn, card_id, month, amount_minor, count)
+
+
+def _dialect(conn: Connection) -> str:
+    return "sqlite" if conn.dialect.name == "sqlite" else "postgresql"
