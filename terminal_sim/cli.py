@@ -210,15 +210,16 @@ def _card(args: argparse.Namespace) -> int:
 
     from terminal_sim.bureau import load_profile, state_path
     from terminal_sim.emv.card import VirtualCard
-    from terminal_sim.vpcd import VpcdCardServer
+    from terminal_sim.vpcd import VpcdCardServer, card_protocol
 
     if not args.vpcd:
         print("terminal-sim card: only --vpcd is offered (serve the card to pcscd's vpcd reader)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    protocol = card_protocol(args.interface == "contactless", args.protocol)
     profile = load_profile(args.bureau_dir, args.card_id, contactless=args.interface == "contactless")
     card = VirtualCard(profile, state_path(args.bureau_dir, args.card_id))
-    server = VpcdCardServer(card, args.host, args.port)
+    server = VpcdCardServer(card, args.host, args.port, protocol=protocol)
 
     def _on_signal(signum: int, frame: object) -> None:
         server.request_stop()
@@ -235,8 +236,8 @@ def _announce(server: Any, profile: Any, args: argparse.Namespace) -> None:
 
     if server.wait_connected(30.0):
         print(
-            f"card {args.card_id} ({mask_pan(profile.pan)}, {args.interface}, ATC {server.card.atc}) "
-            f"in the vpcd reader at {args.host}:{args.port}",
+            f"card {args.card_id} ({mask_pan(profile.pan)}, {args.interface}, {server.protocol}, ATR {server.atr.hex().upper()}, "
+            f"ATC {server.card.atc}) in the vpcd reader at {args.host}:{args.port}",
             file=sys.stderr,
             flush=True,
         )
@@ -465,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bureau-dir", default="card-bureau", help="folder of bureau records (default ./card-bureau)")
     p.add_argument("--interface", choices=("contact", "contactless"), default="contact",
                    help="answer as a contact (PSE) or contactless (PPSE, qVSDC) card")
+    p.add_argument("--protocol", choices=("T=0", "T=1"),
+                   help="transmission protocol the ATR offers and the card speaks (default: T=0 contact, T=1 contactless)")
     p.add_argument("--host", default="127.0.0.1", help="vpcd driver address")
     p.add_argument("--port", type=int, default=35963, help="vpcd driver port")
     p.set_defaults(func=_card)

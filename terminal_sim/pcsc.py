@@ -38,10 +38,15 @@ def list_readers() -> list[str]:
 class PcscReader:
     """One named PC/SC reader slot; connect, transmit APDUs, disconnect."""
 
-    def __init__(self, name: str = "Virtual PCD 00 00") -> None:
+    def __init__(self, name: str = "Virtual PCD 00 00", protocol: str | None = None) -> None:
+        """`protocol` "T=0" or "T=1" asks pcscd for that protocol; by default it takes the card's first offer."""
+        if protocol not in (None, "T=0", "T=1"):
+            raise ValueError(f"protocol must be T=0 or T=1, not {protocol!r}")
         self.name = name
+        self.requested_protocol = protocol
         self._connection = None
         self.atr: bytes | None = None
+        self.protocol: str | None = None
 
     @staticmethod
     def list_readers() -> list[str]:
@@ -60,10 +65,13 @@ class PcscReader:
             except Exception as e:  # pcscd not (yet) running
                 reader, last_error = None, f"{type(e).__name__}: {e}"
             if reader is not None:
+                from smartcard.CardConnection import CardConnection
+
+                wanted = {"T=0": CardConnection.T0_protocol, "T=1": CardConnection.T1_protocol}.get(self.requested_protocol or "")
                 conn = reader.createConnection()
                 try:
-                    conn.connect()
-                except Exception as e:  # NoCardException, CardConnectionException
+                    conn.connect(protocol=wanted)
+                except Exception as e:  # NoCardException, CardConnectionException (also: protocol not offered)
                     last_error = f"{type(e).__name__}: {e}"
                     try:
                         conn.release()
@@ -72,6 +80,7 @@ class PcscReader:
                 else:
                     self._connection = conn
                     self.atr = bytes(conn.getATR())
+                    self.protocol = {CardConnection.T0_protocol: "T=0", CardConnection.T1_protocol: "T=1"}.get(conn.getProtocol())
                     return self.atr
             if time.monotonic() >= deadline:
                 raise PcscError(f"reader {self.name!r}: no card within {timeout_s} s ({last_error})")

@@ -5,6 +5,12 @@ The vpcd driver (loaded by pcscd from /etc/reader.conf.d/vpcd) listens on
 big-endian length and a payload. A 1-byte payload from the reader is a control code
 (0 power off, 1 power on, 2 reset, 4 "send your ATR"); a longer one is a command APDU,
 answered with response data followed by SW1 SW2.
+
+The card speaks one transmission protocol, named in its ATR (`terminal_sim.emv.atr`):
+T=0 by default, as most contact EMV cards, or T=1. pcscd lets an application connect only
+with a protocol the ATR offers; vpcd itself passes APDUs through whatever was chosen, so
+the server plays the card's side of T=0 itself (`T0Transmission`): 61xx and GET RESPONSE
+for data in both directions, 6Cxx for a wrong length.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["VPCD_PORT", "ApduCard", "VpcdCardServer", "VpcdError", "serve_card"]
+from terminal_sim.emv.atr import PROTOCOLS, build_atr
+
+__all__ = ["VPCD_PORT", "ApduCard", "T0Transmission", "VpcdCardServer", "VpcdError", "card_protocol", "serve_card"]
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +39,79 @@ _POLL_S = 0.2
 
 
 class ApduCard(Protocol):
-    """What a card offers the reader: its ATR, a reset, and APDU processing."""
-
-    @property
-    def atr(self) -> bytes: ...
+    """A card's application: a reset, and command APDUs answered with data and SW1 SW2."""
 
     def reset(self) -> None: ...
 
     def process_apdu(self, apdu: bytes) -> bytes: ...
+
+
+_SW_WRONG_LENGTH = b"\x67\x00"
+_SW_WRONG_P1P2 = b"\x6a\x86"
+_SW_NOTHING_WAITING = b"\x69\x85"
+
+
+class T0Transmission:
+    """The card's side of T=0 (ISO/IEC 7816-3 section 10; EMV Book 1 Annex A) in front of its application.
+
+    A T=0 exchange carries data one way only. A command that sends data and gets data back (case 4, or
+    a case 3 header whose answer carries data) is answered 61xx, "xx bytes wait", and the reader fetches
+    them with GET RESPONSE (00 C0 00 00 xx); the final status word comes with the last of them. A command
+    that asks for a number of bytes the card does not have (case 2 with Le = 00, meaning 256, or a GET
+    RESPONSE asking for more than waits) is answered 6Cxx, "ask again with Le = xx". Any other command
+    forgets what was waiting.
+    """
+
+    def __init__(self, card: ApduCard) -> None:
+        self.card = card
+        self._waiting = b""
+        self._final_sw = b""
+
+    def reset(self) -> None:
+        self._waiting = b""
+        self.card.reset()
+
+    def process_apdu(self, apdu: bytes) -> bytes:
+        if len(apdu) >= 2 and apdu[0] == 0x00 and apdu[1] == 0xC0:
+            return self._get_response(apdu)
+        self._waiting = b""
+        answer = self.card.process_apdu(apdu)
+        data, sw = answer[:-2], answer[-2:]
+        if not data or len(apdu) < 5:
+            return answer
+        if len(apdu) > 5:  # case 3 or 4: data went in, so the answer's data must wait for GET RESPONSE
+            self._waiting, self._final_sw = data, sw
+            return bytes([0x61, len(data) & 0xFF])
+        if len(data) != (apdu[4] or 256):
+            return bytes([0x6C, len(data) & 0xFF])
+        return answer
+
+    def _get_response(self, apdu: bytes) -> bytes:
+        if len(apdu) != 5:
+            return _SW_WRONG_LENGTH
+        if apdu[2:4] != b"\x00\x00":
+            return _SW_WRONG_P1P2
+        if not self._waiting:
+            return _SW_NOTHING_WAITING
+        wanted = apdu[4] or 256
+        if wanted > len(self._waiting):
+            return bytes([0x6C, len(self._waiting) & 0xFF])
+        chunk, self._waiting = self._waiting[:wanted], self._waiting[wanted:]
+        if self._waiting:
+            return chunk + bytes([0x61, min(len(self._waiting), 256) & 0xFF])
+        return chunk + self._final_sw
+
+
+def card_protocol(contactless: bool, requested: str | None = None) -> str:
+    """The protocol to serve a card with: T=0 for contact cards unless asked otherwise; a contactless card
+    speaks ISO/IEC 14443-4 (T=CL), a block protocol that PC/SC presents as T=1."""
+    if requested is not None and requested not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {requested!r}")
+    if contactless:
+        if requested == "T=0":
+            raise ValueError("a contactless card speaks T=CL, a block protocol: serve it as T=1 (or leave --protocol out)")
+        return "T=1"
+    return requested or "T=0"
 
 
 class VpcdError(RuntimeError):
@@ -62,10 +135,15 @@ class VpcdCardServer:
         max_connect_attempts: int = 50,
         retry_delay_s: float = 0.1,
         connect_timeout_s: float = 1.0,
+        protocol: str = "T=0",
     ) -> None:
         if max_connect_attempts < 1:
             raise ValueError("max_connect_attempts must be at least 1")
         self.card = card
+        self.protocol = protocol
+        self.atr = build_atr(protocol)
+        # T=1 carries a whole APDU and its whole answer in one exchange: the application answers as is.
+        self._link: ApduCard = T0Transmission(card) if protocol == "T=0" else card
         self.host = host
         self.port = port
         self._max_attempts = max_connect_attempts
@@ -173,7 +251,7 @@ class VpcdCardServer:
                     sock.close()
                 if not self._stop.is_set():
                     log.info("vpcd closed the connection; reconnecting")
-                    self.card.reset()
+                    self._link.reset()
         except BaseException as e:  # surfaced through .error / run_forever
             self.error = e
             log.error("vpcd card server stopped: %s", e)
@@ -214,13 +292,13 @@ class VpcdCardServer:
                 if size == 1:
                     code = payload[0]
                     if code == _CTRL_ATR:
-                        self._send(sock, self.card.atr)
+                        self._send(sock, self.atr)
                     elif code in (_CTRL_OFF, _CTRL_ON, _CTRL_RESET):
-                        self.card.reset()
+                        self._link.reset()
                     else:
                         log.warning("vpcd sent unknown control code %d; ignored", code)
                     continue
-                self._send(sock, self.card.process_apdu(payload))
+                self._send(sock, self._link.process_apdu(payload))
                 self.apdus_served += 1
             except OSError:
                 return
@@ -234,10 +312,12 @@ def serve_card(
     host: str = "127.0.0.1",
     transport_key: bytes | None = None,
     contactless: bool | None = None,
+    protocol: str | None = None,
 ) -> None:
     """Load a sealed card profile and serve it to vpcd until SIGINT/SIGTERM.
 
-    The transport key defaults to the hex in ``TERMINAL_SIM_TRANSPORT_KEY``.
+    The transport key defaults to the hex in ``TERMINAL_SIM_TRANSPORT_KEY``; the protocol to
+    `card_protocol`'s choice.
     """
     from terminal_sim.emv.card import CardProfile, VirtualCard
 
@@ -249,7 +329,7 @@ def serve_card(
     profile = CardProfile.load(Path(profile_path), transport_key)
     if contactless is not None and contactless != profile.contactless:
         profile = replace(profile, contactless=contactless)
-    server = VpcdCardServer(VirtualCard(profile, state_path), host, port)
+    server = VpcdCardServer(VirtualCard(profile, state_path), host, port, protocol=card_protocol(profile.contactless, protocol))
 
     def _on_signal(signum: int, frame: object) -> None:
         server.request_stop()

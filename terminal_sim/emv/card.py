@@ -91,8 +91,6 @@ APPROVING_ARCS = frozenset({b"00", b"08", b"10", b"11", b"Y1", b"Y3"})
 
 DEFAULT_PDOL = "9F66049F02069F03069F1A0295055F2A029A039C019F3704"
 DEFAULT_CDOL1 = "9F02069F03069F1A0295055F2A029A039C019F3704"
-# Answer to reset: T=1 only (TD1 = 01), historical bytes "VCARD", TCK.
-DEFAULT_ATR = "3B85015643415244C6"
 _MAX_ATC = 0xFFFF
 _ISSUER_AUTH_LEN = {1: 10, 2: 8}  # tag 91 length by ARPC method
 
@@ -176,7 +174,6 @@ class CardProfile:
     payment_account_reference: str | None = None
     gen_ac_format1: bool = False
     arpc_method: int = 1
-    atr: str = DEFAULT_ATR
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ValueError:
@@ -386,15 +383,9 @@ class VirtualCard:
         self,
         profile: CardProfile,
         state_path: Path | None = None,
-        *,
-        t0_get_response: bool = False,
     ) -> None:
         self.profile = profile
         self._state_path = Path(state_path) if state_path is not None else None
-        # Answer case 4 commands with 61xx and hand the data out by GET RESPONSE, as a
-        # T=0 card does.
-        self._t0 = t0_get_response
-        self._pending = b""
         self._state = self._load_state()
         self._reset_transaction()
 
@@ -418,10 +409,6 @@ class VirtualCard:
     def pin_tries_left(self) -> int:
         return self._state.pin_tries_left
 
-    @property
-    def atr(self) -> bytes:
-        return bytes.fromhex(self.profile.atr)
-
     # ---- transaction state ------------------------------------------------
 
     def _reset_transaction(self) -> None:
@@ -431,7 +418,6 @@ class VirtualCard:
         self._completed = False
         self._pin_verified = False
         self._pin_failed = False
-        self._pending = b""
 
     def reset(self) -> None:
         """Cold/warm reset: the selected application and transaction are forgotten."""
@@ -440,31 +426,17 @@ class VirtualCard:
     # ---- APDU dispatch ----------------------------------------------------
 
     def process_apdu(self, apdu: bytes) -> bytes:
-        """Answer one command APDU with response data followed by SW1 SW2."""
+        """Answer one command APDU with response data followed by SW1 SW2, as at the APDU level (T=1, or
+        T=CL contactless); `terminal_sim.vpcd.T0Transmission` carries the same answers over T=0."""
         try:
             cmd = _Apdu(bytes(apdu))
-            if cmd.cla == 0x00 and cmd.ins == 0xC0:
-                return self._get_response(cmd)
-            self._pending = b""
             data = self._dispatch(cmd)
         except _SwError as e:
             return e.sw
-        if self._t0 and cmd.case == 4 and data:
-            self._pending = data
-            return bytes([0x61, len(data) & 0xFF])
         if cmd.case == 2 and cmd.le not in (None, 256) and cmd.le != len(data) and data:
             # Wrong Le on a case 2 command: tell the terminal the right one.
             return bytes([0x6C, len(data) & 0xFF])
         return data + SW_OK
-
-    def _get_response(self, cmd: _Apdu) -> bytes:
-        if not self._pending:
-            return SW_CONDITIONS
-        n = cmd.le or 256
-        chunk, self._pending = self._pending[:n], self._pending[n:]
-        if self._pending:
-            return chunk + bytes([0x61, min(len(self._pending), 256) & 0xFF])
-        return chunk + SW_OK
 
     def _dispatch(self, cmd: _Apdu) -> bytes:
         table = {
@@ -851,7 +823,6 @@ class GarbageCard:
     def __init__(self, profile: CardProfile, mode: GarbageMode) -> None:
         self.mode = mode
         self._card = VirtualCard(profile, None)
-        self.atr = self._card.atr
 
     def reset(self) -> None:
         self._card.reset()

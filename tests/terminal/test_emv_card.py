@@ -14,6 +14,7 @@ from terminal_sim.emv import tlv
 from terminal_sim.emv.card import CardProfile, GarbageCard, GarbageMode, SealError, VirtualCard
 from processor.auth.cryptogram import arqc_transaction_data
 from terminal_sim.emv.kernel import CardError, complete, read_card
+from terminal_sim.vpcd import T0Transmission
 
 # pyemv and psec reach TripleDES through cryptography's deprecated import path.
 pytestmark = pytest.mark.filterwarnings("ignore:.*TripleDES.*")
@@ -236,12 +237,12 @@ def test_wrong_le_gets_6cxx_and_t0_cards_hand_out_data_by_get_response(emv):
     sw = card.process_apdu(bytes.fromhex("00B2010C05"))
     assert sw == bytes([0x6C, len(full) - 2])
 
-    t0 = VirtualCard(emv.build_profile(18), t0_get_response=True)
+    t0 = T0Transmission(VirtualCard(emv.build_profile(18)))
     first = t0.process_apdu(bytes.fromhex("00A4040007A000000003101000"))
     assert first[0] == 0x61
     body = t0.process_apdu(bytes([0x00, 0xC0, 0x00, 0x00, first[1]]))
     assert body[-2:] == b"\x90\x00" and tlv.parse(body[:-2])[0].tag == "6F"
-    # The kernel follows 61xx by itself.
+    # The kernel follows 61xx and 6Cxx by itself.
     assert _read(emv, t0, False).cryptogram_type == "ARQC"
 
 
