@@ -428,8 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_settlement(sub, data_command)
 
     from processor.api.cli import register as register_money_app
+    from processor.savings.cli import register as register_savings
 
     register_money_app(sub, data_command)
+    register_savings(sub, data_command)
 
     p = sub.add_parser("serve", help="run the authorization engine")
     p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on, or off (MQTT only)")

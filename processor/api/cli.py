@@ -1,4 +1,4 @@
-"""Operator commands of the money app: `api` (serve), `app password|operator-key`, `savings ...`, `api-load`.
+"""Operator commands of the money app: `api` (serve), `app password|operator-key`, `card controls`, `api-load`.
 
 `register(sub, data_command)` adds them to the `processor` parser. Commands that return data are
 `async def f(rt, args) -> dict`; `api` and `api-load` run until done (`args.run(args, settings) -> int`).
@@ -54,52 +54,6 @@ async def cmd_app_operator_key(rt: Any, args: argparse.Namespace) -> dict[str, A
     except ApiError as err:
         raise InvalidRequest(err.message) from None
     return {"id": operator_id, "name": args.name, "key": key}
-
-
-def _parse_rate(text: str) -> int:
-    """'2.25' (percent) -> 22500 parts per million."""
-    from decimal import Decimal, InvalidOperation
-
-    try:
-        value = Decimal(text.rstrip("%"))
-    except InvalidOperation:
-        raise InvalidRequest(f"rate {text!r} is not a number of percent such as 2.25") from None
-    ppm = value * 10_000
-    if ppm != ppm.to_integral_value() or not 0 <= ppm <= 1_000_000:
-        raise InvalidRequest(f"rate {text!r}: 0 to 100 percent with at most 4 decimals")
-    return int(ppm)
-
-
-async def cmd_savings_product(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.savings.products import set_product
-
-    product = await rt.store.run_write(set_product, args.code, args.name or args.code, args.currency.upper(), _parse_rate(args.rate))
-    return product | {"annual_rate_percent": f"{product['annual_rate_ppm'] / 10_000:.4f}".rstrip("0").rstrip(".")}
-
-
-async def cmd_savings_open(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.savings.products import open_savings
-
-    account_id = await rt.store.run_write(open_savings, args.cardholder, args.product)
-    view = await rt.store.account_view(account_id)
-    return {"id": view.id, "kind": view.kind, "currency": view.currency, "status": view.status,
-            "ledger_minor": view.ledger_minor, "product": args.product}
-
-
-async def cmd_savings_accrue(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.savings import accrue
-
-    try:
-        day = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    except ValueError:
-        raise InvalidRequest(f"--date takes YYYY-MM-DD, got {args.date!r}") from None
-    if day > dt.datetime.now(dt.UTC).date():
-        raise InvalidRequest(f"{day} has not happened yet: interest accrues on a day's closing balance")
-    try:
-        report = await accrue(rt.store, day)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-    return report.as_json()
 
 
 _ON_OFF = {"on": True, "off": False}
@@ -198,14 +152,10 @@ def cmd_api_load(args: argparse.Namespace, settings: Any) -> int:
     return main_from_args(args, settings)
 
 
-def _group(sub: Any, name: str, help: str) -> Any:
-    from processor.tokenization.cli import _group as group
-
-    return group(sub, name, help)
-
-
 def register(sub: Any, data_command: DataCommand) -> None:
-    """Add `api`, `app ...`, `savings ...` and `api-load` to the `processor` command parser."""
+    """Add `api`, `app ...`, `card controls` and `api-load` to the `processor` command parser."""
+    from processor.tokenization.cli import _group
+
     p = sub.add_parser("api", help="serve the money app's HTTP API")
     p.add_argument("--http", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
     p.set_defaults(func=None, run=cmd_api)
@@ -232,18 +182,6 @@ def register(sub: Any, data_command: DataCommand) -> None:
                           ("atm", "cash withdrawals"), ("abroad", "payments outside the issuer's country")):
         p.add_argument(f"--{channel}", choices=["on", "off"], help=what)
     p.add_argument("--clear", action="store_true", help="start from no controls at all")
-
-    sv = _group(sub, "savings", "savings products and interest")
-    p = data_command(sv, "product", cmd_savings_product, "create a savings product or change its rate")
-    p.add_argument("--code", required=True)
-    p.add_argument("--name")
-    p.add_argument("--currency", default="EUR")
-    p.add_argument("--rate", required=True, help="annual rate in percent, e.g. 2.25")
-    p = data_command(sv, "open", cmd_savings_open, "open a savings account on a product")
-    p.add_argument("--cardholder", type=int, required=True)
-    p.add_argument("--product", required=True, help="product code")
-    p = data_command(sv, "accrue", cmd_savings_accrue, "accrue interest through a day (posts at month ends); idempotent")
-    p.add_argument("--date", help="YYYY-MM-DD (UTC); default yesterday")
 
     p = sub.add_parser("api-load", help="drive the money app's API with P2P payments and measure it")
     from processor.api.load import add_arguments

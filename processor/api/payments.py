@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
@@ -32,6 +30,7 @@ from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
 from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
+from processor.ledger.spend import capped_increment
 from processor.ledger.records import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
@@ -103,16 +102,7 @@ _LIMIT_UNDO = (
 )
 
 
-def _limit_upsert(insert_: Any) -> Any:
-    stmt = insert_(p2p_daily).values(account_id=bindparam("aid"), day=bindparam("day"), sent_minor=bindparam("amt"), sent_count=1)
-    return stmt.on_conflict_do_update(
-        index_elements=[pd.account_id, pd.day],
-        set_={"sent_minor": pd.sent_minor + bindparam("amt"), "sent_count": pd.sent_count + 1},
-        where=(pd.sent_minor + bindparam("amt") <= bindparam("lim")) & (pd.sent_count + 1 <= bindparam("cnt")),
-    ).returning(pd.sent_minor)
-
-
-_LIMIT_UPSERT = {"sqlite": _limit_upsert(sqlite_insert), "postgresql": _limit_upsert(pg_insert)}
+_LIMIT_UPSERT = capped_increment(p2p_daily, ("account_id", "day"), "sent_minor", "sent_count")
 _INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
 _INS_POSTINGS = insert(postings)
 _INS_ITEMS = insert(conversation_items).returning(it.id, sort_by_parameter_order=True)
@@ -270,7 +260,7 @@ def _count_against_limits(conn: Connection, b: _Batch, account_id: int, amount_m
         raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
                        details={"limit_minor": limit_minor})
     day = b.now.date()
-    params = {"aid": account_id, "day": day, "amt": amount_minor, "lim": limit_minor, "cnt": limit_count}
+    params = {"k1": account_id, "k2": day, "amt": amount_minor, "max_amt": limit_minor, "max_cnt": limit_count}
     if conn.execute(b.limit_stmt, params).first() is not None:
         return
     row = conn.execute(_LIMIT_ROW, {"aid": account_id, "day": day}).one()

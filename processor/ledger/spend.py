@@ -39,16 +39,26 @@ card_spend = CardSpend.__table__
 s = card_spend.c
 
 
-def _upsert(insert_: Any) -> Any:
-    stmt = insert_(card_spend).values(card_id=bindparam("cid"), period=bindparam("p"), amount_minor=bindparam("amt"), count=1)
-    return stmt.on_conflict_do_update(
-        index_elements=[s.card_id, s.period],
-        set_={"amount_minor": s.amount_minor + bindparam("amt"), "count": s.count + 1},
-        where=(s.amount_minor + bindparam("amt") <= bindparam("max_amt")) & (s.count + 1 <= bindparam("max_cnt")),
-    ).returning(s.amount_minor)
+def capped_increment(table: Any, keys: tuple[str, str], amount: str, count: str) -> dict[str, Any]:
+    """Per dialect, an upsert adding :amt and one to a row's totals only while they stay within :max_amt and :max_cnt.
+
+    The row is found by its two key columns (bound as :k1 and :k2); the statement returns a row when it
+    counted, none when a cap would be passed. One statement, so concurrent callers are counted one by one.
+    """
+    c = table.c
+
+    def build(insert_: Any) -> Any:
+        stmt = insert_(table).values({keys[0]: bindparam("k1"), keys[1]: bindparam("k2"), amount: bindparam("amt"), count: 1})
+        return stmt.on_conflict_do_update(
+            index_elements=[c[keys[0]], c[keys[1]]],
+            set_={amount: c[amount] + bindparam("amt"), count: c[count] + 1},
+            where=(c[amount] + bindparam("amt") <= bindparam("max_amt")) & (c[count] + 1 <= bindparam("max_cnt")),
+        ).returning(c[amount])
+
+    return {"sqlite": build(sqlite_insert), "postgresql": build(pg_insert)}
 
 
-_CLAIM = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(pg_insert)}
+_CLAIM = capped_increment(card_spend, ("card_id", "period"), "amount_minor", "count")
 _ROW = select(s.amount_minor, s.count).where(s.card_id == bindparam("cid"), s.period == bindparam("p"))
 _GIVE_BACK = (
     update(card_spend)
@@ -76,7 +86,7 @@ def claim(conn: Connection, card_id: int, limits: ops.SpendLimits, amount_minor:
             refusal = ops.AMOUNT_LIMIT
         elif max_count < 1:
             refusal = ops.COUNT_LIMIT
-        elif conn.execute(_CLAIM[_dialect(conn)], {"cid": card_id, "p": period, "amt": amount_minor,
+        elif conn.execute(_CLAIM[_dialect(conn)], {"k1": card_id, "k2": period, "amt": amount_minor,
                                                    "max_amt": max_minor, "max_cnt": max_count}).first() is None:
             row = conn.execute(_ROW, {"cid": card_id, "p": period}).one()
             refusal = ops.COUNT_LIMIT if row.count + 1 > max_count else ops.AMOUNT_LIMIT

@@ -16,4 +16,9 @@ async def accrue(store: Any, through: dt.date) -> AccrualReport:
     return await store.run_write(accrue_through, through)
 
 
-__all__ = ["AccrualReport", "accrue", "accrue_day", "accrue_through", "round_half_even"]
+async def end_of_day(store: Any, day: dt.date, window: tuple[dt.datetime, dt.datetime]) -> dict[str, Any]:
+    """Settlement's end-of-day job: accrue through the settled business day (idempotent for that day)."""
+    return (await accrue(store, day)).as_json()
+
+
+__all__ = ["AccrualReport", "accrue", "end_of_day", "accrue_day", "accrue_through", "round_half_even"]

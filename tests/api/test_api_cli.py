@@ -54,6 +54,8 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
     first = data(tmp_path, "savings", "accrue", "--date", today.isoformat())
     assert first["days_accrued"] == 1 and first["accrued_minor"] == {"EUR": 7}  # 1000.00 at 2.5% for a day: 6.849 cents
     assert data(tmp_path, "savings", "accrue", "--date", today.isoformat())["days_accrued"] == 0
+    settled = data(tmp_path, "settle", "run", "--date", (today - dt.timedelta(days=1)).isoformat(), "--out", str(tmp_path / "settlement"))
+    assert settled["jobs"]["savings_interest"]["date"] == (today - dt.timedelta(days=1)).isoformat()  # the end-of-day job ran
     future = run(tmp_path, "savings", "accrue", "--date", (today + dt.timedelta(days=2)).isoformat(), check=False)
     assert future.returncode == 2 and "has not happened yet" in future.stderr
 
