@@ -221,15 +221,18 @@ async def drive(host: str, port: int, users: list[User], *, connections: int, se
                 now = time.perf_counter()
                 if now >= deadline:
                     return
+                scheduled = now
                 if interval:
+                    # Open loop: latency counts from when the payment was due, so a slow answer delays no measurement.
                     if next_at > now:
                         await asyncio.sleep(next_at - now)
+                    scheduled = next_at
                     next_at += interval
                 payer = rng.choice(mine)
                 payee = rng.choice(users)
                 if payee is payer:
                     payee = users[(users.index(payer) + 1) % len(users)]
-                sent = time.perf_counter()
+                sent = scheduled if interval else time.perf_counter()
                 try:
                     status, body = await conn.request(
                         "POST", "/v1/payments",

@@ -47,10 +47,11 @@ class RunningApi:
 async def running_api(settings: Settings, *, host: str = "127.0.0.1", port: int = 0, poll_interval_s: float = 0.02) -> AsyncIterator[RunningApi]:
     """Open the service, serve it on HOST:PORT (0: a free port), and stop cleanly on exit."""
     from processor.api.app import create_app
+    from processor.api.fastpath import PaymentsFastPath
 
     async with open_service(settings, poll_interval_s=poll_interval_s) as service:
         config = uvicorn.Config(
-            create_app(service), host=host, port=port, http="httptools", lifespan="off", access_log=False,
+            PaymentsFastPath(create_app(service), service), host=host, port=port, http="httptools", lifespan="off", access_log=False,
             log_level="warning", limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S, server_header=False,
         )
