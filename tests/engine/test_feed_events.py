@@ -33,3 +33,26 @@ async def test_approvals_declines_and_reversals_become_feed_events(issuer):
     declined = (await _events_of(issuer, "bob"))[-1]
     assert declined.type == "card.authorization" and declined.data["approved"] is False and declined.data["response_code"] == "51"
     assert all(e.envelope()["schema_version"] == 1 for e in ada_events)
+
+
+async def test_the_apps_history_shows_card_transactions_with_merchant_and_status(issuer):
+    from processor.api.views import transactions
+
+    shop, ada = issuer.terminals["shop"], issuer.cards["ada"]
+    shop.name_location = f"{'Corner Shop':<23}{'Berlin':<13}DE"
+    pending = shop.card_request(ada, 5_00, mti="0100", entry="magstripe")
+    posted = shop.card_request(ada, 7_00, entry="magstripe")
+    reversed_ = shop.card_request(ada, 9_00, entry="magstripe")
+    for request in (pending, posted, reversed_):
+        assert (await issuer.send(request))["39"] == "00"
+    assert (await issuer.send(shop.reversal(reversed_)))["39"] == "00"
+    store = issuer.running.store
+    account_id = issuer.accounts["ada"]
+    holder = await store.run_query(lambda conn: conn.execute(select(accounts.c.cardholder_id).where(accounts.c.id == account_id)).scalar_one())
+    page = await store.run_query(transactions, holder, account_id, None, 2)
+    cards = [t for t in page["items"] if t["type"] == "card_payment"]
+    assert [(t["amount_minor"], t["status"]) for t in cards] == [(-9_00, "reversed"), (-7_00, "posted")]
+    assert cards[0]["merchant"]["mcc"] == "5411" and page["next_cursor"] is not None
+    rest = await store.run_query(transactions, holder, account_id, page["next_cursor"], 10)
+    assert [(t["type"], t["amount_minor"], t["status"]) for t in rest["items"]] == [
+        ("card_payment", -5_00, "pending"), ("deposit", 500_00, "posted")]
