@@ -23,7 +23,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 PASSWORD = "schema password 1"
-EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "15"))
 
 
 def _processor(workdir: Path, *args: str, stdin: str | None = None) -> dict[str, Any]:
