@@ -35,7 +35,7 @@ THROTTLE_BASE_LOCK_S = 30
 THROTTLE_MAX_LOCK_S = 15 * 60
 ACCESS_PREFIX, REFRESH_PREFIX, OPERATOR_PREFIX = "at_", "rt_", "opk_"
 
-# argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): about 20 ms a sign-in on these machines.
+# argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane): tens of milliseconds a sign-in.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
 _DUMMY_HASH = _hasher.hash("not a password of anyone " + secrets.token_hex(8))
 

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import (
     accounts,
@@ -280,6 +279,9 @@ def set_card_status(conn: Connection, card_id: int, status: str, detail: dict[st
     if current == "inactive" and status == "active":
         values["pin_tries"] = 0
     conn.execute(update(cards).where(c.id == card_id).values(values))
+    # (imported here: processor.events reads the ledger's models, so the ledger package must load first)
+    from processor.events.outbox import cardholder_event, write_events
+
     holder = conn.execute(select(a.cardholder_id, c.last4).join(accounts, a.id == c.account_id).where(c.id == card_id)).one()
     data = {"card_id": card_id, "status": status, "previous_status": current, "last4": holder.last4, **(detail or {})}
     write_events(conn, [cardholder_event(holder.cardholder_id, "card.status", data, now)])

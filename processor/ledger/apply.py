@@ -22,8 +22,6 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from processor.events.cards import card_events
-from processor.events.outbox import write_events
 from processor.ledger import ops, spend
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings
 
@@ -286,6 +284,10 @@ def _finish(conn: Connection, state: BatchState) -> None:
         conn.execute(_SET_PIN_TRIES, tries)
     if state.answered:
         # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
+        # (Imported here: processor.events reads the ledger's models, so the ledger package must load first.)
+        from processor.events.cards import card_events
+        from processor.events.outbox import write_events
+
         write_events(conn, card_events(conn, state.answered, state.now))
 
 
