@@ -1,7 +1,7 @@
 """A software HSM: LMK-protected key store, PIN, CVV, DUKPT, EMV, MAC and tokenization commands.
 
     from hsm_sim import connect
-    hsm = await connect("file:/var/lib/issuer/hsm.json")   # or "memory:", or "tcp://127.0.0.1:1500"
+    hsm = await connect("file:/var/lib/issuer/hsm.json")   # or "memory:", or "tcps://127.0.0.1:1500" with tls=
     info = await hsm.generate_key("CVK")
     cvv2 = await hsm.generate_cvv(info.kcv, "4761739001010010", "3012", "000")
 """
@@ -10,23 +10,41 @@ from __future__ import annotations
 
 from typing import Any
 
+from hsm_sim.access import ROLES, Identity
 from hsm_sim.api import HsmApi
-from hsm_sim.errors import HsmError
-from hsm_sim.hsm import COMMANDS, Hsm, TokenizedPan
+from hsm_sim.errors import INVALID_INPUT, HsmError
+from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
+from hsm_sim.pki import ClientTls
 
-__all__ = ["COMMANDS", "Hsm", "HsmApi", "HsmClient", "HsmError", "KeyInfo", "TokenizedPan", "connect"]
+__all__ = [
+    "COMMANDS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
+    "TokenizedPan", "connect",
+]
 
 
-async def connect(url: str | None) -> HsmApi:
-    """An HSM by URL: "memory:" (ephemeral), "file:PATH" or a plain path (in process), "tcp://HOST:PORT"."""
+async def connect(url: str | None, *, tls: ClientTls | None = None) -> HsmApi:
+    """An HSM by URL.
+
+    "memory:" (ephemeral), "file:PATH" or a plain path: in this process, with every right.
+    "tcps://HOST:PORT": `hsm-sim serve`, over mutual TLS as the client whose certificate `tls` holds.
+    "tcp://HOST:PORT": a server that authenticates no one (only the benchmark's baseline runs one).
+    """
     if not url or url == "memory:":
         return Hsm.ephemeral()
-    if url.startswith("tcp://"):
-        from hsm_sim.client import HsmClient
+    for scheme in ("tcps://", "tcp://"):
+        if url.startswith(scheme):
+            from hsm_sim.client import HsmClient
 
-        host, _, port = url[len("tcp://") :].rstrip("/").rpartition(":")
-        return await HsmClient.connect(host or "127.0.0.1", int(port))
+            host, _, port = url[len(scheme) :].rstrip("/").rpartition(":")
+            if not port.isdigit():
+                raise HsmError(INVALID_INPUT, f"HSM URL {url!r} needs a port: {scheme}HOST:PORT")
+            host = host.strip("[]") or "127.0.0.1"
+            if scheme == "tcp://":
+                return await HsmClient.connect(host, int(port))
+            if tls is None:
+                raise HsmError(INVALID_INPUT, f"{url} is an authenticated HSM: give this client's certificate (ClientTls)")
+            return await HsmClient.connect(host, int(port), tls=tls.context())
     path = url[len("file:") :] if url.startswith("file:") else url
     return Hsm.open(path)
 

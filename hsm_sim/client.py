@@ -5,22 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from typing import Any
 
 from hsm_sim import errors as st
 from hsm_sim.errors import HsmError
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
-from hsm_sim.hsm import CODE_OF, TokenizedPan
+from hsm_sim.hsm import CODE_OF, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.protocol import ProtocolError, decode_answer, encode_request
 
-class HsmClient:
-    """Connect with `await HsmClient.connect(host, port)`; every call has a timeout and a clear HsmError."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 5.0, max_in_flight: int = 256) -> None:
+READ_BYTES = 256 * 1024
+
+
+class HsmClient:
+    """Connect with `await HsmClient.connect(host, port, tls=...)`; every call has a timeout and a clear HsmError.
+
+    With `tls` (the client's certificate, see pki.ClientTls) the connection is mutually authenticated TLS
+    and `connect` asks the HSM who it takes the client for (`identity`), so a refused certificate is
+    reported at once; without it the connection is plain TCP, which `hsm-sim serve` refuses.
+    """
+
+    def __init__(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, timeout_s: float = 5.0, max_in_flight: int = 256
+    ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
         self.timeout_s = timeout_s
+        self.identity: dict[str, Any] | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._headers = itertools.count(1)
         self._pending: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
@@ -29,9 +43,17 @@ class HsmClient:
         self._connecting = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout_s: float = 5.0, max_in_flight: int = 256) -> "HsmClient":
-        client = cls(host, port, timeout_s=timeout_s, max_in_flight=max_in_flight)
-        await client._ensure_connected()
+    async def connect(
+        cls, host: str, port: int, *, tls: ssl.SSLContext | None = None, timeout_s: float = 5.0, max_in_flight: int = 256
+    ) -> "HsmClient":
+        client = cls(host, port, tls=tls, timeout_s=timeout_s, max_in_flight=max_in_flight)
+        try:
+            await client._ensure_connected()
+            if tls is not None:
+                client.identity = await client.who_am_i()
+        except BaseException:
+            await client.close()
+            raise
         return client
 
     async def _ensure_connected(self) -> asyncio.StreamWriter:
@@ -40,27 +62,43 @@ class HsmClient:
         async with self._connecting:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
+            where = f"{self.host}:{self.port}"
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None),
+                    self.timeout_s,
+                )
+            except ssl.SSLCertVerificationError as exc:
+                raise HsmError(st.CONNECTION_ERROR, f"the HSM at {where} is not the one the CA vouches for: {exc.verify_message}") from None
+            except ssl.SSLError as exc:
+                raise HsmError(st.NOT_PERMITTED, f"the HSM at {where} refused the connection: {_reason(exc)}") from None
             except (OSError, TimeoutError) as exc:
-                raise HsmError(st.CONNECTION_ERROR, f"cannot reach the HSM at {self.host}:{self.port}: {exc.__class__.__name__}") from None
+                raise HsmError(st.CONNECTION_ERROR, f"cannot reach the HSM at {where}: {exc.__class__.__name__}") from None
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read(reader))
             return writer
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         error = HsmError(st.CONNECTION_ERROR, f"connection to the HSM at {self.host}:{self.port} lost")
+        buffer = bytearray()
         try:
-            while True:
-                header = await reader.readexactly(2)
-                payload = await reader.readexactly(int.from_bytes(header, "big"))
-                try:
-                    tag, _, status, body = decode_answer(payload)
-                except ProtocolError:
-                    continue
-                future = self._pending.pop(tag, None)
-                if future is not None and not future.done():
-                    future.set_result((status, body))
+            # Answers arrive many to a read when requests are pipelined: cut every complete frame per read.
+            while chunk := await reader.read(READ_BYTES):
+                buffer += chunk
+                while len(buffer) >= 2 and len(buffer) >= 2 + (length := int.from_bytes(buffer[:2], "big")):
+                    payload = bytes(buffer[2 : 2 + length])
+                    del buffer[: 2 + length]
+                    try:
+                        tag, _, status, body = decode_answer(payload)
+                    except ProtocolError:
+                        continue
+                    future = self._pending.pop(tag, None)
+                    if future is not None and not future.done():
+                        future.set_result((status, body))
+        except ssl.SSLError as exc:
+            # TLS 1.3 finishes the client's side of the handshake before the HSM has checked its
+            # certificate: a refused certificate arrives as an alert on the first read.
+            error = HsmError(st.NOT_PERMITTED, f"the HSM at {self.host}:{self.port} refused this client: {_reason(exc)}")
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
@@ -114,6 +152,13 @@ class HsmClient:
 
     async def form_key_from_components(self, key_type: str, components: list[str], algorithm: str = "TDES") -> KeyInfo:
         return KeyInfo(**await self.call("form_key_from_components", key_type, components, algorithm))
+
+    async def add_key_component(
+        self, key_type: str, component: str, algorithm: str = "TDES", *, ceremony: str | None = None
+    ) -> KeyCeremony:
+        result = await self.call("add_key_component", key_type, component, algorithm, ceremony=ceremony)
+        key = result.pop("key")
+        return KeyCeremony(**result, key=KeyInfo(**key) if key else None)
 
     async def key_info(self, kcv: str) -> KeyInfo:
         return KeyInfo(**await self.call("key_info", kcv))
@@ -242,6 +287,9 @@ class HsmClient:
     async def diagnostics(self) -> dict[str, Any]:
         return dict(await self.call("diagnostics"))
 
+    async def who_am_i(self) -> dict[str, Any]:
+        return dict(await self.call("who_am_i"))
+
     async def close(self) -> None:
         if self._reader_task is not None:
             self._reader_task.cancel()
@@ -256,3 +304,9 @@ class HsmClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """'tlsv13 alert certificate required' rather than OpenSSL's full line with its source location."""
+    reason = getattr(exc, "reason", None)
+    return str(reason).replace("_", " ").lower() if reason else exc.__class__.__name__

@@ -9,6 +9,7 @@ KEY_TYPE_NOT_ALLOWED = "11"
 KEY_ALGORITHM_MISMATCH = "12"
 MODE_NOT_ALLOWED = "13"
 INVALID_INPUT = "15"
+NOT_PERMITTED = "17"
 PIN_BLOCK_ERROR = "20"
 INVALID_PIN = "23"
 EXPORT_REFUSED = "27"
@@ -27,6 +28,7 @@ STATUS_MEANINGS: dict[str, str] = {
     KEY_ALGORITHM_MISMATCH: "key algorithm or length not usable for this command",
     MODE_NOT_ALLOWED: "the key's mode of use does not allow this operation",
     INVALID_INPUT: "invalid input data (length, hex, digits)",
+    NOT_PERMITTED: "refused: the client is not authenticated, revoked, or its role may not run this command",
     PIN_BLOCK_ERROR: "PIN block format error or PIN block does not decipher",
     INVALID_PIN: "PIN length or digits invalid",
     EXPORT_REFUSED: "key may not be exported or imported this way (exportability, protecting key, origin)",

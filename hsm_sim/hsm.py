@@ -8,16 +8,14 @@ a specific status.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import collections
 import datetime as dt
 import functools
 import hmac
 import json
 import logging
 import os
-import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsm_sim import errors as st
 from hsm_sim import keyblock
+from hsm_sim.access import CALLER, LOCAL
+from hsm_sim.audit import AuditLog
 from hsm_sim.crypto import cvv as cvv_alg
 from hsm_sim.crypto import dukpt, dukpt_aes, emv, mac, pin, pinblock, tokens
 from hsm_sim.crypto.des import tdes_ecb_decrypt, tdes_ecb_encrypt
@@ -39,7 +39,6 @@ log = logging.getLogger("hsm_sim.audit")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-AUDIT_MEMORY_LINES = 10_000
 PIN_KEY_TYPES = ("TPK", "ZPK")
 
 
@@ -53,12 +52,45 @@ class TokenizedPan:
     data_key_version: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyCeremony:
+    """A key being formed from custodians' components: who gave one (and its KCV), and the key once formed."""
+
+    ceremony: str
+    key_type: str
+    algorithm: str
+    custodians: list[str]
+    component_kcvs: list[str]
+    key: KeyInfo | None = None
+
+
+CEREMONY_TIMEOUT_S = 900
+MAX_CEREMONIES = 16
+COMPONENTS_NEEDED = 2
+
+
+@dataclass
+class _Ceremony:
+    ceremony: str
+    key_type: str
+    algorithm: str
+    started: float
+    parts: list[tuple[str, bytes]]
+
+    def view(self, key: KeyInfo | None = None) -> KeyCeremony:
+        return KeyCeremony(
+            self.ceremony, self.key_type, self.algorithm, [name for name, _ in self.parts],
+            [compute_kcv(part, self.algorithm) for _, part in self.parts], key,
+        )
+
+
 # command code -> method name; answers use the code with its second character advanced (A0 -> A1).
 COMMANDS: dict[str, str] = {
     "A0": "generate_key",
     "A6": "import_key",
     "A8": "export_key",
     "GC": "form_key_from_components",
+    "FK": "add_key_component",
     "KI": "key_info",
     "KL": "list_keys",
     "DG": "generate_pin_verification",
@@ -78,6 +110,7 @@ COMMANDS: dict[str, str] = {
     "T6": "reseal_pan",
     "T8": "rotate_tokenization_keys",
     "NC": "diagnostics",
+    "ID": "who_am_i",
 }
 CODE_OF = {name: code for code, name in COMMANDS.items()}
 
@@ -100,65 +133,6 @@ def _digits(value: str, what: str, lo: int, hi: int) -> str:
     if not isinstance(value, str) or not value.isdigit() or not lo <= len(value) <= hi:
         raise HsmError(st.INVALID_INPUT, f"{what} must be {lo} to {hi} digits")
     return value
-
-
-class AuditLog:
-    """One JSON line per command: time, command, KCVs, status. Never a key, PIN, PAN or CVV.
-
-    Lines are buffered and flushed within FLUSH_INTERVAL_S (and at close): a system call per command
-    would cost more than the command itself.
-    """
-
-    FLUSH_INTERVAL_S = 0.05
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.memory: collections.deque[str] = collections.deque(maxlen=AUDIT_MEMORY_LINES)
-        self._fh = open(path, "a", encoding="utf-8") if path else None
-        if path:
-            os.chmod(path, 0o600)
-        self._lock = threading.Lock()
-        self._flush_pending = False
-
-    def flush(self) -> None:
-        self._flush_pending = False
-        if self._fh is not None:
-            with self._lock:
-                self._fh.flush()
-
-    def _schedule_flush(self) -> None:
-        if self._flush_pending:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._flush_pending = True
-        loop.call_later(self.FLUSH_INTERVAL_S, self.flush)
-
-    def write(self, command: str, status: str, kcvs: tuple[str, ...], **extra: Any) -> None:
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        if extra or not all(k.isalnum() and k.isascii() for k in kcvs):
-            record = {"t": now, "cmd": command, "status": status, **({"keys": kcvs} if kcvs else {}), **extra}
-            line = json.dumps(record, separators=(",", ":"))
-        else:
-            # Command names and statuses are ours and KCVs were just checked to be alphanumeric ASCII: no
-            # escaping needed on the hot path.
-            keys = ',"keys":[' + ",".join(f'"{k}"' for k in kcvs) + "]" if kcvs else ""
-            line = f'{{"t":"{now}","cmd":"{command}","status":"{status}"{keys}}}'
-        if self._fh is not None:
-            with self._lock:
-                self._fh.write(line + "\n")
-            self._schedule_flush()
-        else:
-            self.memory.append(line)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            self._fh.close()
-            self._fh = None
 
 
 def command(
@@ -189,6 +163,8 @@ class Hsm:
         self.audit = audit
         self._keys: dict[str, tuple[bytes, KeyInfo]] = {}  # KCV -> key and its authenticated header
         self._ipek_cache: dict[tuple[str, bytes], bytes] = {}
+        self._ceremonies: dict[str, _Ceremony] = {}
+        self._audit_extra: dict[str, str] = {}  # what the running command adds to its audit line
 
     @classmethod
     def ephemeral(cls) -> "Hsm":
@@ -215,22 +191,31 @@ class Hsm:
     # ------------------------------------------------------------ plumbing
 
     def _execute(self, fn: Callable[..., T], name: str, key_params: tuple[str, ...], args: tuple, kwargs: dict) -> T:
+        caller = CALLER.get()
+        if not caller.may(name):
+            why = f"role {caller.role} may not run {name}"
+            self.audit.refusal(caller.name, caller.role, name, why)
+            raise HsmError(st.NOT_PERMITTED, f"{name}: {caller.name} is refused: {why}")
         kcvs = tuple(str(kwargs.get(p) if p in kwargs else _positional(fn, p, args)) for p in key_params)
         kcvs = tuple(k for k in kcvs if k and k != "None")
         try:
             result = fn(self, *args, **kwargs)
         except HsmError as exc:
-            self.audit.write(name, exc.code, kcvs)
+            if exc.code == st.NOT_PERMITTED:
+                self.audit.refusal(caller.name, caller.role, name, exc.message)
+            else:
+                self.audit.write(caller.name, caller.role, name, exc.code, kcvs)
             raise
         except pinblock.PinBlockError as exc:
             code = st.INVALID_PIN if exc.reason in ("pin_length", "pin_digits") else st.PIN_BLOCK_ERROR
-            self.audit.write(name, code, kcvs)
+            self.audit.write(caller.name, caller.role, name, code, kcvs)
             raise HsmError(code, f"{name}: {exc}") from None
         except (ValueError, TypeError, KeyError) as exc:
-            self.audit.write(name, st.INVALID_INPUT, kcvs)
+            self.audit.write(caller.name, caller.role, name, st.INVALID_INPUT, kcvs)
             raise HsmError(st.INVALID_INPUT, f"{name}: {_safe(exc)}") from None
         status = st.VERIFICATION_FAILED if result is False or (isinstance(result, tuple) and result and result[0] is False) else st.OK
-        self.audit.write(name, status, kcvs)
+        extra, self._audit_extra = self._audit_extra, {}
+        self.audit.write(caller.name, caller.role, name, status, kcvs, **extra)
         return result
 
     def _key(
@@ -331,6 +316,53 @@ class Hsm:
         keyblock.check_type(key_type, algorithm, len(parts[0]) * 8)
         key = functools.reduce(lambda a, b: bytes(x ^ y for x, y in zip(a, b)), parts)
         return self.store.add(key, key_type, algorithm, origin="components")
+
+    @command()
+    def add_key_component(self, key_type: str, component: str, algorithm: str = "TDES", *, ceremony: str | None = None) -> KeyCeremony:
+        """Key ceremony under dual control: the first custodian's clear component opens a ceremony, a second
+        custodian's component (naming the ceremony) completes the key, their XOR.
+
+        The same client cannot give both components; a ceremony left open expires after CEREMONY_TIMEOUT_S.
+        """
+        caller = CALLER.get()
+        if key_type == "FPK":
+            algorithm = "HMAC"
+        part = _hex(component, "component")
+        keyblock.check_type(key_type, algorithm, len(part) * 8)
+        now = time.monotonic()
+        for expired in [c for c in self._ceremonies.values() if now - c.started > CEREMONY_TIMEOUT_S]:
+            del self._ceremonies[expired.ceremony]
+        if ceremony is None:
+            if len(self._ceremonies) >= MAX_CEREMONIES:
+                raise HsmError(st.INVALID_INPUT, f"add_key_component: {MAX_CEREMONIES} ceremonies are open; complete one first")
+            opened = _Ceremony(os.urandom(4).hex().upper(), key_type, algorithm, now, [(caller.name, part)])
+            self._ceremonies[opened.ceremony] = opened
+            return opened.view()
+        held = self._ceremonies.get(str(ceremony).upper())
+        if held is None:
+            raise HsmError(st.INVALID_INPUT, f"add_key_component: no open ceremony {ceremony!r} (they expire after {CEREMONY_TIMEOUT_S // 60} minutes)")
+        if (key_type, algorithm, len(part)) != (held.key_type, held.algorithm, len(held.parts[0][1])):
+            raise HsmError(
+                st.INVALID_INPUT,
+                f"add_key_component: ceremony {held.ceremony} forms a {len(held.parts[0][1]) * 8}-bit {held.algorithm} {held.key_type}",
+            )
+        if any(name == caller.name for name, _ in held.parts):
+            raise HsmError(
+                st.NOT_PERMITTED,
+                f"add_key_component: {caller.name} already gave a component to ceremony {held.ceremony}; dual control needs another custodian",
+            )
+        held.parts.append((caller.name, part))
+        if len(held.parts) < COMPONENTS_NEEDED:
+            return held.view()
+        del self._ceremonies[held.ceremony]
+        key = functools.reduce(lambda a, b: bytes(x ^ y for x, y in zip(a, b)), (p for _, p in held.parts))
+        return held.view(self.store.add(key, key_type, algorithm, origin="components"))
+
+    @command()
+    def who_am_i(self) -> dict[str, Any]:
+        """The caller as the HSM knows it: name, role and the commands it may run."""
+        caller = CALLER.get()
+        return {"name": caller.name, "role": caller.role, "commands": caller.commands}
 
     @command("kcv")
     def key_info(self, kcv: str) -> KeyInfo:
@@ -651,11 +683,17 @@ class Hsm:
 
     @command()
     def reveal_pan(self, sealed_pan: str, data_key_version: int, *, operator: str, reason: str) -> str:
-        """Detokenize for an operator; the audit line records who and why."""
-        if not operator.strip() or not reason.strip():
+        """Detokenize for an operator; the audit line records who and why.
+
+        Over the network the operator is the client's certificate: naming anyone else is refused.
+        """
+        caller = CALLER.get()
+        if not isinstance(operator, str) or not operator.strip() or not isinstance(reason, str) or not reason.strip():
             raise HsmError(st.INVALID_INPUT, "reveal_pan: operator and reason are required")
+        if caller is not LOCAL and operator != caller.name:
+            raise HsmError(st.NOT_PERMITTED, f"reveal_pan: {caller.name} may not reveal a PAN in the name of {operator[:64]!r}")
         pan = self._open(sealed_pan, data_key_version, "reveal_pan")
-        self.audit.write("reveal_pan.by", st.OK, (), operator=operator[:64], reason=reason[:200])
+        self._audit_extra = {"operator": operator[:64], "reason": reason[:200]}
         return pan
 
     @command()
@@ -717,7 +755,7 @@ def _safe(exc: BaseException) -> str:
 
 def to_jsonable(value: Any) -> Any:
     """Results as JSON for the host-command protocol."""
-    if isinstance(value, (KeyInfo, TokenizedPan)):
+    if isinstance(value, (KeyInfo, TokenizedPan, KeyCeremony)):
         return asdict(value)
     if isinstance(value, tuple):
         return [to_jsonable(v) for v in value]

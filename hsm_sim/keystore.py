@@ -11,16 +11,17 @@ import base64
 import datetime as dt
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
 from hsm_sim import keyblock
 from hsm_sim.crypto.des import adjust_odd_parity, kcv
 from hsm_sim.errors import KEY_STORE_ERROR, KEY_TYPE_NOT_ALLOWED, UNKNOWN_KEY, HsmError
+from hsm_sim.files import write_private
 
 FILE_FORMAT = "hsm-sim key store 1"
 PASSPHRASE_ENV = "HSM_LMK_PASSPHRASE"
@@ -127,7 +128,7 @@ class KeyStore:
             "keys": [{"info": asdict(k.info), "block": k.block} for k in self.keys.values()],
             "current": self.current,
         }
-        _atomic_write(self.path, json.dumps(doc, indent=1).encode())
+        write_private(self.path, json.dumps(doc, indent=1).encode())
 
     # ------------------------------------------------------------ keys
 
@@ -201,21 +202,3 @@ class KeyStore:
 
 def _passphrase_key(passphrase: str, salt: bytes) -> bytes:
     return Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(passphrase.encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

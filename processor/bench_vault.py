@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Any
 
+from processor import issuing
 from processor.auth.engine import CARD_CHECKS, AuthContext, Declined, Engine, check_card_known
 from processor.config import Settings
 from processor.iso8583 import encode, rc
@@ -44,7 +45,7 @@ async def run(cards: int, requests_per_round: int, rounds: int, batch: int) -> d
             keys = await ensure_issuer_keys(store, hsm)
             population = await provision(store, hsm, keys, cardholders=cards, terminals=1, deposit_minor=10_000_000_00, label="vault")
             terminal = PosTerminal.from_registered(population.terminals[0])
-            by_pan = {c["pan"]: await store.get_card(c["id"]) for c in population.cards}
+            by_pan = {c["pan"]: await issuing.cards.get(store, c["id"]) for c in population.cards}
             card_data = [CardData.from_issued(c, c["pin"]) for c in population.cards]
 
             async def free_lookup(engine: Engine, ctx: AuthContext) -> None:

@@ -13,11 +13,16 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
 from processor.logs import quiet_library_deprecations
+
+if TYPE_CHECKING:
+    from hsm_sim import HsmApi
+    from processor.ledger import Store
 
 log = logging.getLogger("processor.cli")
 
@@ -36,19 +41,19 @@ class Runtime:
     """The open store and HSM a command works with."""
 
     settings: Settings
-    store: Any
-    hsm: Any
+    store: Store
+    hsm: HsmApi
 
 
 @contextlib.asynccontextmanager
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Open the store and the HSM named by the settings, and close both afterwards."""
-    from hsm_sim import connect
+async def runtime(settings: Settings, hsm_role: str = "engine", *, hsm_name: str | None = None) -> AsyncIterator[Runtime]:
+    """Open the store and the HSM named by the settings (a networked HSM as `hsm_role`), and close both afterwards."""
+    from processor.config import open_hsm
     from processor.ledger import Store
 
     store = await Store.open(settings.db_url)
     try:
-        hsm = await connect(settings.hsm_url)
+        hsm = await open_hsm(settings, hsm_role, name=hsm_name)
         try:
             yield Runtime(settings, store, hsm)
         finally:
@@ -86,18 +91,18 @@ async def cmd_init(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import ensure_issuer_keys
 
     if args.bin:
-        await rt.store.set_config("issuer.bin", args.bin)
+        await issuing.config.put(rt.store, issuing.config.ISSUER_BIN, args.bin)
     keys = await ensure_issuer_keys(rt.store, rt.hsm)
     return {
         "db_url": _safe_url(rt.settings.db_url),
         "hsm_url": rt.settings.hsm_url,
-        "bin": await rt.store.get_config("issuer.bin") or _default_bin(),
+        "bin": await issuing.config.issuer_bin(rt.store),
         "keys": keys.as_dict(),
     }
 
 
 async def cmd_cardholder_create(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    cardholder_id = await rt.store.create_cardholder(args.name, args.handle)
+    cardholder_id = await issuing.cardholders.create(rt.store, args.name, args.handle)
     return {"id": cardholder_id, "name": args.name, "handle": args.handle}
 
 
@@ -109,20 +114,20 @@ async def cmd_account_open(rt: Runtime, args: argparse.Namespace) -> dict[str, A
         exponent = exponent_for_alpha(currency)
     except KeyError:
         raise InvalidRequest(f"currency {currency} is not supported") from None
-    account_id = await rt.store.open_account(args.cardholder, args.type, currency)
+    account_id = await ledger.accounts.open_account(rt.store, args.cardholder, args.type, currency)
     if args.deposit:
         amount_minor = parse_amount_minor(args.deposit, exponent)
         if amount_minor:
-            await rt.store.deposit(account_id, amount_minor, reference="opening deposit")
+            await ledger.accounts.deposit(rt.store, account_id, amount_minor, reference="opening deposit")
     return await _account_json(rt, account_id)
 
 
 async def cmd_account_deposit(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.iso8583.currency import exponent_for_alpha
 
-    view = await rt.store.account_view(args.account_id)
+    view = await ledger.accounts.get(rt.store, args.account_id)
     amount_minor = parse_amount_minor(args.amount, exponent_for_alpha(view.currency))
-    await rt.store.deposit(args.account_id, amount_minor, reference=args.reference)
+    await ledger.accounts.deposit(rt.store, args.account_id, amount_minor, reference=args.reference)
     return await _account_json(rt, args.account_id)
 
 
@@ -131,7 +136,7 @@ async def cmd_account_show(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 
 
 async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
-    view = await rt.store.account_view(account_id)
+    view = await ledger.accounts.get(rt.store, account_id)
     return {
         "id": view.id,
         "kind": view.kind,
@@ -164,7 +169,7 @@ async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
         keys,
         account_id=args.account,
         pin=args.pin,
-        bin_prefix=await rt.store.get_config("issuer.bin") or _default_bin(),
+        bin_prefix=await issuing.config.issuer_bin(rt.store),
         chip=not args.magstripe_only,
         active=not args.inactive,
         validity_years=args.years,
@@ -182,7 +187,7 @@ async def cmd_card_reveal(rt: Runtime, args: argparse.Namespace) -> dict[str, An
     """Detokenize for an operator: the HSM opens the sealed PAN and its audit log records who and why."""
     if not args.operator.strip() or not args.reason.strip():
         raise InvalidRequest("card reveal needs --operator and --reason")
-    card = await rt.store.get_card(args.card_id)
+    card = await issuing.cards.get(rt.store, args.card_id)
     pan = await rt.hsm.reveal_pan(card.sealed_pan, card.data_key_version, operator=args.operator, reason=args.reason)
     log.warning("card %d revealed by %s: %s", args.card_id, args.operator, args.reason)
     return {"id": args.card_id, "pan": pan, "token": card.token, "operator": args.operator, "reason": args.reason}
@@ -200,20 +205,27 @@ async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[st
 
 
 async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing.personalization import form_bureau_key
+    from processor.issuing.personalization import form_bureau_key, record_bureau_key
 
+    if args.kcv:
+        return await record_bureau_key(rt.store, rt.hsm, args.kcv)
+    if rt.settings.hsm_url.startswith("tcps://"):
+        raise InvalidRequest(
+            "a networked HSM forms keys under dual control: two custodians run `hsm-sim keys component KEK --algorithm AES "
+            "...`, then `processor bureau key --kcv KCV` records the key"
+        )
     return await form_bureau_key(rt.store, rt.hsm, args.component or None)
 
 
 async def cmd_card_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     status = CARD_ACTIONS[args.card_command]
-    await rt.store.set_card_status(args.card_id, status)
-    card = await rt.store.get_card(args.card_id)
+    await issuing.cards.set_status(rt.store, args.card_id, status)
+    card = await issuing.cards.get(rt.store, args.card_id)
     return {"id": args.card_id, "status": card.status, "last4": card.last4, "token": card.token}
 
 
 async def cmd_card_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    card = await rt.store.get_card(args.card_id)
+    card = await issuing.cards.get(rt.store, args.card_id)
     return {
         "id": card.card_id,
         "account_id": card.account_id,
@@ -248,10 +260,10 @@ async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 
 
 async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    if await rt.store.get_terminal(args.terminal_id) is None:
+    if await issuing.terminals.get(rt.store, args.terminal_id) is None:
         raise NotFound(f"terminal {args.terminal_id!r} does not exist")
-    closed = await rt.store.list_batches(args.terminal_id, limit=args.limit)
-    open_totals = await rt.store.open_batch_totals(args.terminal_id, args.currency)
+    closed = await ledger.batches.list_closed(rt.store, args.terminal_id, limit=args.limit)
+    open_totals = await ledger.batches.open_totals(rt.store, args.terminal_id, args.currency)
     return {
         "terminal_id": args.terminal_id,
         "open": {"currency": args.currency, **open_totals.as_json()},
@@ -260,8 +272,8 @@ async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[st
 
 
 async def cmd_ledger_check(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    failures = await rt.store.check_invariants()
-    report = await rt.store.ledger_report()
+    failures = await ledger.invariants.check(rt.store)
+    report = await ledger.invariants.report(rt.store)
     result = {"ok": not failures, "failures": failures, "report": report}
     if failures:
         raise LedgerBroken(result)
@@ -269,7 +281,7 @@ async def cmd_ledger_check(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 
 
 async def cmd_holds_expire(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    released = await rt.store.expire_holds(dt.datetime.now(dt.UTC))
+    released = await ledger.holds.expire(rt.store, dt.datetime.now(dt.UTC))
     return {"expired": released}
 
 
@@ -308,12 +320,6 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 # ------------------------------------------------------------------ plumbing
 
 
-def _default_bin() -> str:
-    from processor.issuing.cards import DEFAULT_BIN
-
-    return DEFAULT_BIN
-
-
 def _safe_url(url: str) -> str:
     """A database URL without its password, for printing."""
     if "@" in url and "://" in url:
@@ -339,7 +345,7 @@ def _print(result: Any, as_json: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="processor", description="Card issuing and ISO 8583 authorization.")
     parser.add_argument("--db", help="database URL (default: PROCESSOR_DB_URL or ./processor.db)")
-    parser.add_argument("--hsm", help="HSM URL: file:PATH, memory:, tcp://HOST:PORT (default: PROCESSOR_HSM_URL)")
+    parser.add_argument("--hsm", help="HSM URL: file:PATH, memory:, tcps://HOST:PORT (default: PROCESSOR_HSM_URL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -350,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = data_command(sub, "init", cmd_init, "create the issuer's keys and the database schema")
+    p.set_defaults(hsm_role="custodian")
     p.add_argument("--bin", help="issuer BIN for new cards (6-8 digits)")
 
     ch = sub.add_parser("cardholder", help="cardholders").add_subparsers(dest="sub", required=True)
@@ -372,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cd = sub.add_parser("card", help="cards").add_subparsers(dest="card_command", required=True)
     p = data_command(cd, "issue", cmd_card_issue, "issue a card (PAN and CVV2 are shown once)")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--pin", help="4 to 12 digits; only its verification value is kept")
     p.add_argument("--years", type=int, default=4, help="validity in years")
@@ -380,10 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip", action="store_true", help="also write the chip personalization record for the card bureau")
     p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go (default ./card-bureau)")
     p = data_command(cd, "reveal", cmd_card_reveal, "show a card's PAN (audited: who and why)")
+    p.set_defaults(hsm_role="operator")
     p.add_argument("card_id", type=int)
     p.add_argument("--operator", required=True, help="who asks")
     p.add_argument("--reason", required=True, help="why, e.g. a ticket number")
     p = data_command(cd, "personalize", cmd_card_personalize, "write a card's chip personalization record for the bureau")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("card_id", type=int)
     p.add_argument("--bureau-dir", default="card-bureau")
     p.add_argument("--cvn", type=int, default=18, choices=[10, 18])
@@ -396,10 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bu = sub.add_parser("bureau", help="the card bureau that personalizes chips").add_subparsers(dest="sub", required=True)
     p = data_command(bu, "key", cmd_bureau_key, "form the transport key shared with the bureau (key ceremony)")
+    p.set_defaults(hsm_role="custodian")
     p.add_argument("--component", action="append", help="a clear component (hex, 32 bytes); give two or more, or none to draw them")
+    p.add_argument("--kcv", help="record the AES KEK custodians formed in a networked HSM (hsm-sim keys component) instead")
 
     te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True)
     p = data_command(te, "add", cmd_terminal_add, "register a terminal; prints its key material for injection")
+    p.set_defaults(hsm_role="key-loader")
     p.add_argument("--id", required=True, help="terminal id (DE 41, up to 8 characters)")
     p.add_argument("--merchant", required=True, help="merchant id (DE 42, up to 15 characters)")
     p.add_argument("--mcc", required=True, help="merchant category code")
@@ -507,7 +520,8 @@ def _is_user_error(exc: Exception) -> bool:
 
 
 async def _data_command(args: argparse.Namespace, settings: Settings) -> int:
-    async with runtime(settings) as rt:
+    role = getattr(args, "hsm_role", "engine")
+    async with runtime(settings, role, hsm_name=args.operator if role == "operator" else None) as rt:
         result = await args.func(rt, args)
     _print(result, args.json)
     return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from processor import issuing, ledger
 from processor.config import Settings
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.load import LoadResult, run_load
@@ -74,13 +75,13 @@ async def _people(store: Any, hsm: Any, keys: Any, today: dt.date) -> dict[str, 
     ]
     people: dict[str, dict[str, Any]] = {}
     for handle, name, deposit, status, expired, chip in cast:
-        cardholder_id = await store.create_cardholder(name, handle)
-        account_id = await store.open_account(cardholder_id, "checking", "EUR")
-        await store.deposit(account_id, deposit, reference="salary")
+        cardholder_id = await issuing.cardholders.create(store, name, handle)
+        account_id = await ledger.accounts.open_account(store, cardholder_id, "checking", "EUR")
+        await ledger.accounts.deposit(store, account_id, deposit, reference="salary")
         issued_on = today.replace(year=today.year - 5) if expired else today
         card = await issue_card(store, hsm, keys, account_id=account_id, pin="1234", today=issued_on, chip=chip)
         if status != "active":
-            await store.set_card_status(card.id, status)
+            await issuing.cards.set_status(store, card.id, status)
         people[handle] = {**card.as_json(), "pin": "1234", "account_id": account_id}
     return people
 
@@ -344,10 +345,10 @@ async def run_day(
         )
         store = running.store
         day.settlement = await _settle_the_day(running, people, workdir)
-        day.ledger_failures = await store.check_invariants()
-        day.ledger_report = await store.ledger_report()
+        day.ledger_failures = await ledger.invariants.check(store)
+        day.ledger_report = await ledger.invariants.report(store)
         for handle in ("ada", "bob", "grace"):
-            view = await store.account_view(people[handle]["account_id"])
+            view = await ledger.accounts.get(store, people[handle]["account_id"])
             day.balances[handle] = {
                 "ledger_minor": view.ledger_minor,
                 "available_minor": view.available_minor,

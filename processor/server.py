@@ -9,11 +9,12 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
-
+from hsm_sim import HsmApi
+from processor import ledger
 from processor.auth.engine import Engine
 from processor.auth.policy import Policy
 from processor.config import Settings
+from processor.ledger import Store, StoreInterface
 from processor.transport.mqtt import MqttLimits, MqttServer
 from processor.transport.tcp import TcpLimits, TcpServer
 
@@ -27,8 +28,8 @@ class RunningEngine:
 
     engine: Engine
     tcp: TcpServer | None
-    store: Any
-    hsm: Any
+    store: Store
+    hsm: HsmApi
     mqtt: MqttServer | None = None
 
     @property
@@ -55,9 +56,8 @@ async def running_engine(
     broker. With `reuse_port`, several engine processes can listen on one TCP port (SO_REUSEPORT) and
     the kernel spreads the connections between them.
     """
-    from hsm_sim import connect
+    from processor.config import open_hsm
     from processor.issuing import load_issuer_keys
-    from processor.ledger import Store
     from processor.tokenization.wallet import token_bin
 
     if not tcp and not settings.mqtt_url:
@@ -68,7 +68,7 @@ async def running_engine(
     mqtt_server = None
     expiry_task = None
     try:
-        hsm = await connect(settings.hsm_url)
+        hsm = await open_hsm(settings, "engine")
         keys = await load_issuer_keys(store, hsm)
         engine = Engine(store, hsm, keys, policy=policy, token_bin=await token_bin(store))
         if tcp:
@@ -93,10 +93,10 @@ async def running_engine(
         await store.close()
 
 
-async def _expire_holds_periodically(store: Any) -> None:
+async def _expire_holds_periodically(store: StoreInterface) -> None:
     while True:
         try:
-            released = await store.expire_holds(dt.datetime.now(dt.UTC))
+            released = await ledger.holds.expire(store, dt.datetime.now(dt.UTC))
             if released:
                 log.info("released %d expired hold(s)", released)
         except Exception:

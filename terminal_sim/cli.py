@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from processor import issuing
 from processor.logs import quiet_library_deprecations
 from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
 from terminal_sim.load_report import ProgressDisplay, print_summary
@@ -82,7 +83,7 @@ async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, A
     transport_key = None
     if os.environ.get(TRANSPORT_KEY_ENV):
         candidate = transport_key_from_env()
-        if kcv(candidate, "AES") == await store.get_config(BUREAU_KEK_CONFIG):
+        if kcv(candidate, "AES") == await issuing.config.get(store, BUREAU_KEK_CONFIG):
             transport_key = candidate
     if transport_key is None:
         ceremony = await form_bureau_key(store, hsm)

@@ -30,7 +30,7 @@ from terminal_sim.batch import BatchReport, close_batch
 from terminal_sim.chip_pos import ChipCard, ReversalFailed, chip_transaction
 from terminal_sim.emv.kernel import CardError
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
-from terminal_sim.load_report import Latencies, LoadProgress, distribution_json, histogram_json
+from terminal_sim.load_report import Latencies, LoadProgress, distribution_json, histogram_json, nearest_rank
 from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -92,7 +92,6 @@ class LoadResult:
     seconds: float
     connections: int
     expected: dict[str, frozenset[str]] = field(default_factory=lambda: dict(EXPECTED_CODES))
-    latencies: Latencies = field(default_factory=Latencies)
     codes: Counter[str] = field(default_factory=Counter)
     by_kind: dict[str, Counter[str]] = field(default_factory=dict)
     latencies_by_kind: dict[str, Latencies] = field(default_factory=dict)
@@ -101,20 +100,34 @@ class LoadResult:
     reversals: int = 0  # approved by the issuer, then refused by the card, and reversed
     batches: list[BatchReport] = field(default_factory=list)  # the terminals' closes at the end, when asked
     unexpected: int = 0
-    _since_progress: Latencies = field(default_factory=Latencies)
+    # The last second's latencies, for the live line's p99; emptied every second by `progress`.
+    _since_progress_ms: list[float] = field(default_factory=list)
 
     def record(self, kind: str, code: str, latency_ms: float) -> None:
-        self.latencies.record(latency_ms)
-        self._since_progress.record(latency_ms)
+        # The load generator shares the machine with what it measures: one histogram per answer (its
+        # kind's), the rest is counting. The overall histogram is the kinds' added up at the end.
+        self._since_progress_ms.append(latency_ms)
         self.codes[code] += 1
-        self.by_kind.setdefault(kind, Counter())[code] += 1
-        self.latencies_by_kind.setdefault(kind, Latencies()).record(latency_ms)
+        kind_codes = self.by_kind.get(kind)
+        if kind_codes is None:
+            kind_codes = self.by_kind[kind] = Counter()
+            self.latencies_by_kind[kind] = Latencies()
+        kind_codes[code] += 1
+        self.latencies_by_kind[kind].record(latency_ms)
         if code not in self.expected.get(kind, frozenset()):
             self.unexpected += 1
 
     @property
     def count(self) -> int:
-        return self.latencies.count
+        return sum(codes.total() for codes in self.by_kind.values())
+
+    @property
+    def latencies(self) -> Latencies:
+        """Every answer's latency: the kinds' histograms added up (one histogram fewer to fill per answer)."""
+        total = Latencies()
+        for kind_latencies in self.latencies_by_kind.values():
+            total.add(kind_latencies)
+        return total
 
     def declined_codes(self) -> Counter[str]:
         return Counter({code: n for code, n in self.codes.items() if code not in rc.APPROVALS})
@@ -122,19 +135,19 @@ class LoadResult:
     def progress(self, elapsed_s: float) -> LoadProgress:
         """The live line's figures; the per-second ones start again from here."""
         declined = self.declined_codes()
-        line = LoadProgress(
+        last_s, self._since_progress_ms = sorted(self._since_progress_ms), []
+        answered = self.count
+        return LoadProgress(
             elapsed_s=elapsed_s,
-            answered=self.count,
-            answered_last_s=self._since_progress.count,
-            approved=self.count - sum(declined.values()),
+            answered=answered,
+            answered_last_s=len(last_s),
+            approved=answered - sum(declined.values()),
             declined=declined,
             unexpected=self.unexpected,
             timeouts=self.timeouts,
             errors=self.errors,
-            p99_last_s_ms=self._since_progress.percentile_ms(99),
+            p99_last_s_ms=nearest_rank(last_s, 99),
         )
-        self._since_progress.reset()
-        return line
 
     def failures(self) -> list[str]:
         """Why the run does not show what its mix should: one sentence each; empty when it does."""

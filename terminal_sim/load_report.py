@@ -37,6 +37,10 @@ class Latencies:
     def record(self, latency_ms: float) -> None:
         self._histogram.record_value(max(LATENCY_LOWEST_US, min(LATENCY_HIGHEST_US, round(latency_ms * 1000))))
 
+    def add(self, other: "Latencies") -> None:
+        """Count `other`'s latencies in this histogram too."""
+        self._histogram.add(other._histogram)
+
     @property
     def count(self) -> int:
         return self._histogram.get_total_count()
@@ -75,8 +79,12 @@ class Latencies:
         """The histogram in HdrHistogram's compressed base64 form (`HdrHistogram.decode` reads it back)."""
         return self._histogram.encode().decode("ascii")
 
-    def reset(self) -> None:
-        self._histogram.reset()
+
+def nearest_rank(sorted_ms: list[float], q: float) -> float:
+    """The nearest-rank percentile `q` of an already sorted list (0 when empty)."""
+    if not sorted_ms:
+        return 0.0
+    return sorted_ms[max(0, math.ceil(q / 100 * len(sorted_ms)) - 1)]
 
 
 def distribution_json(latencies: Latencies) -> dict[str, float]:

@@ -6,10 +6,13 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from processor.issuing import cards as issuing_cards
+from processor.issuing import config as issuing_config
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
 from processor.api.views import card_json, own_card_row
-from processor.ledger import admin
+from processor.issuing.cards import change_status
+from processor.tokenization.tokens import _repoint as repoint_tokens
 from processor.ledger.models import cards, utcnow
 
 c = cards.c
@@ -25,7 +28,7 @@ def freeze(conn: Connection, me: int, card_id: int, frozen: bool) -> tuple[int, 
         return 200, card_json(row)
     if row.status != source:
         raise ApiError("invalid_transition", f"card {card_id} is {row.status}: only an {source} card can be {'frozen' if frozen else 'unfrozen'}")
-    admin.set_card_status(conn, card_id, target)
+    change_status(conn, card_id, target)
     return 200, card_json(own_card_row(conn, me, card_id))
 
 
@@ -33,7 +36,7 @@ def mark_lost(conn: Connection, me: int, card_id: int) -> Any:
     """The card as lost (an event when it becomes so); refuses cards that cannot be reported lost."""
     row = own_card_row(conn, me, card_id)
     if row.status in ("active", "frozen"):
-        admin.set_card_status(conn, card_id, "lost")
+        change_status(conn, card_id, "lost")
         return own_card_row(conn, me, card_id)
     if row.status == "lost":
         return row
@@ -48,8 +51,8 @@ def finish_replacement(conn: Connection, me: int, old_id: int, new_id: int) -> l
     ).rowcount
     if not claimed:
         raise ApiError("conflict", f"card {old_id} was replaced meanwhile")
-    moved = admin.repoint_tokens(conn, old_id, new_id)
-    admin.set_card_status(conn, new_id, "active", {"replaces_card_id": old_id, "repointed_token_ids": moved})
+    moved = repoint_tokens(conn, old_id, new_id)
+    change_status(conn, new_id, "active", {"replaces_card_id": old_id, "repointed_token_ids": moved})
     return moved
 
 
@@ -72,14 +75,14 @@ async def report_lost(service: Any, me: int, card_id: int) -> idem.Answer:
     service.hub.notify()
     if row.replaced_by_card_id is None:
         keys = await service.issuer_keys()
-        record = await store.get_card(card_id)
+        record = await issuing_cards.get(store, card_id)
         new = await issue_card(store, service.hsm, keys, account_id=row.account_id, pin=None,
-                               bin_prefix=await store.get_config("issuer.bin") or DEFAULT_BIN,
+                               bin_prefix=await issuing_config.issuer_bin(store),
                                chip=record.service_code.startswith("2"), product=record.product, active=False)
         try:
             await store.run_write(finish_replacement, me, card_id, new.id)
         except BaseException:
-            await store.set_card_status(new.id, "closed")  # an unused replacement must never become usable
+            await issuing_cards.set_status(store, new.id, "closed")  # an unused replacement must never become usable
             raise
         service.hub.notify()
     return idem.Answer(200, await store.run_query(lost_answer, me, card_id))
@@ -104,7 +107,7 @@ async def set_pin(service: Any, me: int, card_id: int, pin: str, current_pin: st
     row = await store.run_query(own_card_row, me, card_id)
     if row.status not in USABLE_FOR_PIN:
         raise ApiError("card_not_usable", f"card {card_id} is {row.status}")
-    record = await store.get_card(card_id)
+    record = await issuing_cards.get(store, card_id)
     keys = await service.issuer_keys()
     pan = await service.hsm.reveal_pan(record.sealed_pan, record.data_key_version, operator=f"cardholder:{me}",
                                        reason=f"PIN set on card {card_id} in the app")

@@ -34,7 +34,9 @@ async def cmd_app_password(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.api import security
     from processor.api.errors import ApiError
 
-    holder = await rt.store.find_cardholder(args.handle.lstrip("@"))
+    from processor.issuing import cardholders
+
+    holder = await cardholders.find_by_handle(rt.store, args.handle.lstrip("@"))
     if holder is None:
         raise InvalidRequest(f"no cardholder with handle {args.handle!r}; create it with `processor cardholder create`")
     try:
@@ -85,9 +87,11 @@ async def cmd_card_controls(rt: Any, args: argparse.Namespace) -> dict[str, Any]
 
     from processor.iso8583.currency import exponent_for_alpha
     from processor.issuing import controls as ctl
-    from processor.ledger.records import StoreError
+    from processor.ledger.errors import StoreError
 
-    card = await rt.store.get_card(args.card_id)
+    from processor import issuing
+
+    card = await issuing.cards.get(rt.store, args.card_id)
     current = await rt.store.run_query(ctl.get_controls, args.card_id) or ctl.CardControls()
     exponent = exponent_for_alpha(card.currency)
     changes: dict[str, Any] = {}

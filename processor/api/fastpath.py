@@ -19,7 +19,7 @@ from processor.api.errors import ApiError
 from processor.api.payments import Transfer
 from processor.api.schemas import NewPayment
 from processor.api.threads import normalize_handle
-from processor.ledger.records import StoreBusy, StoreClosed
+from processor.ledger.errors import StoreBusy, StoreClosed
 
 PATH = "/v1/payments"
 BODY_MAX_BYTES = 16_384

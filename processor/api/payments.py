@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
 
+from processor.issuing import config
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
 from processor.api.models import conversation_items, p2p_daily, payment_requests
@@ -31,7 +32,7 @@ from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
 from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
 from processor.ledger.spend import capped_increment
-from processor.ledger.records import StoreBusy, StoreClosed
+from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
 
@@ -472,8 +473,8 @@ def _expired(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
 
 
 async def load_limits(store: Any) -> Limits:
-    limit = await store.get_config(DAILY_LIMIT_CONFIG)
-    count = await store.get_config(DAILY_COUNT_CONFIG)
+    limit = await config.get(store, DAILY_LIMIT_CONFIG)
+    count = await config.get(store, DAILY_COUNT_CONFIG)
     return Limits(int(limit) if limit else DEFAULT_DAILY_LIMIT_MINOR, int(count) if count else DEFAULT_DAILY_COUNT)
 
 

@@ -19,7 +19,7 @@ from processor.api.payments import TransferDesk
 from processor.config import Settings
 from processor.events.feed import EventHub
 from processor.ledger.models import utcnow
-from processor.ledger.records import StoreError
+from processor.ledger.errors import StoreError
 
 log = logging.getLogger("processor.api")
 
@@ -138,7 +138,7 @@ def _idempotent(conn: Connection, principal: str, key: str, rhash: str, body: Ca
 
 def store_error(err: StoreError) -> ApiError:
     """A store refusal in the API's words."""
-    from processor.ledger.records import StoreNotFound
+    from processor.ledger.errors import StoreNotFound
 
     if isinstance(err, StoreNotFound):
         return ApiError("not_found", str(err))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from hsm_sim import HsmApi
 from processor.auth.context import AuthContext, Declined
 from processor.auth.cryptogram import arqc_transaction_data, cvn_from_iad
 from processor.issuing.keys import IssuerKeys
@@ -28,8 +27,8 @@ def _cryptogram_input(icc: dict[str, bytes]) -> tuple[int, bytes]:
 
 
 async def _verify_arqc(
-    hsm: Any, keys: IssuerKeys, ctx: AuthContext, icc: dict[str, bytes], cvn: int, data: bytes, arc: str
-) -> tuple[bool, str]:
+    hsm: HsmApi, keys: IssuerKeys, ctx: AuthContext, icc: dict[str, bytes], cvn: int, data: bytes, arc: str
+) -> tuple[bool, str | None]:
     """(the ARQC verifies, the ARPC over `arc`), computed by the HSM."""
     return await hsm.verify_arqc(
         keys.imk_ac,
@@ -43,7 +42,7 @@ async def _verify_arqc(
     )
 
 
-async def verify_chip_cryptogram(hsm: Any, keys: IssuerKeys, ctx: AuthContext) -> dict[str, bytes]:
+async def verify_chip_cryptogram(hsm: HsmApi, keys: IssuerKeys, ctx: AuthContext) -> dict[str, bytes]:
     """Raise Declined(82) unless the ARQC verifies and its ATC is new; return the tag 91 to send back."""
     icc: dict[str, bytes] = ctx.request.icc or {}
     missing = [tag for tag in ("9F26", "9F36", "9F10", "9F37") if tag not in icc]
@@ -67,7 +66,7 @@ async def verify_chip_cryptogram(hsm: Any, keys: IssuerKeys, ctx: AuthContext) -
     return {"91": bytes.fromhex(arpc) + bytes.fromhex(ARC_APPROVED)} if arpc else {}
 
 
-async def declined_arpc(hsm: Any, keys: IssuerKeys, ctx: AuthContext) -> dict[str, bytes] | None:
+async def declined_arpc(hsm: HsmApi, keys: IssuerKeys, ctx: AuthContext) -> dict[str, bytes] | None:
     """For a declined chip request whose ARQC verifies, the ARPC over the decline ARC.
 
     The card then knows the issuer authenticated it and declined; it answers AAC to the second

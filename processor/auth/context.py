@@ -12,7 +12,8 @@ from typing import Any
 
 from processor.auth.entry_modes import EntryMode
 from processor.iso8583 import Request, rc
-from processor.ledger import CardRecord, TokenRecord
+from processor.issuing.cards import CardRecord
+from processor.tokenization.tokens import TokenRecord
 
 
 class Declined(Exception):

@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hsm_sim import HsmError
+from hsm_sim import HsmApi, HsmError
+from processor import issuing, tokenization
 from processor.auth import entry_modes
 from processor.auth.chip import declined_arpc, verify_chip_cryptogram
 from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
@@ -39,7 +40,7 @@ from processor.iso8583 import (
 )
 from processor.iso8583.codec import REQUEST_MTIS
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
-from processor.ledger import ops
+from processor.ledger import StoreInterface, ops
 
 log = logging.getLogger("processor.auth")
 
@@ -150,12 +151,12 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
     ctx.pan = pan
     fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
     if engine.token_bin and pan.startswith(engine.token_bin):
-        found = await engine.store.find_payment_token(fingerprints)
+        found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
         if found is None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
         return
-    card = await engine.store.find_card(fingerprints)
+    card = await issuing.cards.find_by_fingerprints(engine.store, fingerprints)
     if card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
     ctx.card = card
@@ -329,13 +330,13 @@ async def check_controls(engine: "Engine", ctx: AuthContext) -> None:
 
     Daily and monthly limits are handed to the store with the request: it counts them with the funds.
     """
-    from processor.issuing.controls import evaluate, get_controls, merchant_country
+    from processor.issuing.controls import evaluate, for_card, merchant_country
     from processor.ledger.ops import SpendLimits
 
     req, card = ctx.request, ctx.card
     if req.transaction_type in ("balance", "refund"):
         return
-    controls = await engine.store.read_now(get_controls, card.card_id)
+    controls = await for_card(engine.store, card.token)
     if controls is None:
         return
     refusal = evaluate(
@@ -380,8 +381,8 @@ class Engine:
 
     def __init__(
         self,
-        store: Any,
-        hsm: Any,
+        store: StoreInterface,
+        hsm: HsmApi,
         keys: IssuerKeys,
         *,
         policy: Policy | None = None,
@@ -548,7 +549,7 @@ class Engine:
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
-    def _approval_op(self, ctx: AuthContext, *, force: bool) -> Any:
+    def _approval_op(self, ctx: AuthContext, *, force: bool) -> ops.AnyOp:
         req = ctx.request
         common = self._op_common(ctx, amount_minor=req.amount_minor or 0)
         partial_ok = bool(req.de48.get("partial_ok"))
@@ -567,7 +568,7 @@ class Engine:
             )
         return ops.Debit(**common, partial_ok=partial_ok, force=force, kind="cash" if kind == "cash" else "purchase")
 
-    def _increment_op(self, ctx: AuthContext) -> Any:
+    def _increment_op(self, ctx: AuthContext) -> ops.Increment:
         req = ctx.request
         return ops.Increment(
             **self._op_common(ctx, amount_minor=req.amount_minor or 0),
@@ -583,7 +584,7 @@ class Engine:
 
     # ------------------------------------------------------------ answers and logs
 
-    def _answer(self, ctx: AuthContext, outcome: Any) -> dict[str, Any]:
+    def _answer(self, ctx: AuthContext, outcome: ops.AuthOutcome) -> dict[str, Any]:
         req = ctx.request
         approved = outcome.rc in (rc.APPROVED, rc.PARTIAL_APPROVAL)
         balances: list[Balance] | None = None
@@ -657,7 +658,7 @@ class Engine:
         hit = self._network_cache.get(acquirer_id)
         if hit is not None and now - hit[0] < self._terminal_cache_s:
             return hit[1]
-        found = await self.store.get_config(f"network.{acquirer_id}") is not None
+        found = await issuing.config.get(self.store, f"network.{acquirer_id}") is not None
         if len(self._network_cache) >= self._terminal_cache_max:
             self._network_cache.clear()
         self._network_cache[acquirer_id] = (now, found)
@@ -668,7 +669,7 @@ class Engine:
         if self._home_country is None:
             from processor.issuing.controls import DEFAULT_HOME_COUNTRY, HOME_COUNTRY_CONFIG
 
-            self._home_country = (await self.store.get_config(HOME_COUNTRY_CONFIG) or DEFAULT_HOME_COUNTRY).upper()
+            self._home_country = (await issuing.config.get(self.store, HOME_COUNTRY_CONFIG) or DEFAULT_HOME_COUNTRY).upper()
         return self._home_country
 
     async def terminal(self, terminal_id: str | None) -> Terminal | None:
@@ -679,7 +680,7 @@ class Engine:
         hit = self._terminal_cache.get(terminal_id)
         if hit is not None and now - hit[0] < self._terminal_cache_s:
             return hit[1]
-        row = await self.store.get_terminal(terminal_id)
+        row = await issuing.terminals.get(self.store, terminal_id)
         terminal = None
         if row is not None:
             terminal = Terminal(

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from processor import ledger
 from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
 from processor.iso8583 import MessageFormatError, build_response, rc
 from processor.iso8583.currency import alpha_for_numeric
 from processor.iso8583.messages import Reconciliation
+from processor.ledger import StoreInterface
 
 
 async def reconcile(
-    store: Any, find_terminal: Callable[[str | None], Awaitable[Terminal | None]], ctx: AuthContext
+    store: StoreInterface, find_terminal: Callable[[str | None], Awaitable[Terminal | None]], ctx: AuthContext
 ) -> tuple[dict[str, Any], str]:
     """Answer one 0500: close the terminal's batch and say whether its totals are ours."""
     fields, req = ctx.fields, ctx.request
@@ -39,7 +41,7 @@ async def reconcile(
         answer = build_response(fields, declined.code)
         answer["_reason"] = declined.reason
         return answer, declined.code
-    outcome = await store.close_batch(
+    outcome = await ledger.batches.close(store, 
         idem_key=req.idempotency_key(),
         terminal_id=req.terminal_id or "",
         batch_number=close.batch_number,

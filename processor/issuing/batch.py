@@ -6,9 +6,12 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from hsm_sim import HsmApi
+from processor.issuing.cardholders import create as create_cardholder
 from processor.issuing.cards import issue_card
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.terminals import add_terminal
+from processor.ledger import StoreInterface, accounts
 
 
 @dataclass
@@ -20,8 +23,8 @@ class Population:
 
 
 async def provision(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     cardholders: int,
@@ -42,10 +45,10 @@ async def provision(
     run = secrets.token_hex(3)
     population = Population()
     for i in range(cardholders):
-        cardholder_id = await store.create_cardholder(f"{label.title()} Customer {i}", f"{label}-{run}-{i}")
-        account_id = await store.open_account(cardholder_id, "checking", currency)
+        cardholder_id = await create_cardholder(store, f"{label.title()} Customer {i}", f"{label}-{run}-{i}")
+        account_id = await accounts.open_account(store, cardholder_id, "checking", currency)
         if deposit_minor:
-            await store.deposit(account_id, deposit_minor, reference=f"{label} funding")
+            await accounts.deposit(store, account_id, deposit_minor, reference=f"{label} funding")
         stripe_only = stripe_only_every > 0 and i % stripe_only_every == stripe_only_every - 1
         card = await issue_card(
             store, hsm, keys, account_id=account_id, pin=pin, bin_prefix=bin_prefix, chip=not stripe_only

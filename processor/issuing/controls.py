@@ -15,11 +15,12 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Connection, ForeignKey, Integer, Text, select
+from sqlalchemy import BigInteger, Boolean, Connection, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from processor.ledger import Lookup, StoreInterface
 from processor.ledger.models import Base, UtcDateTime, utcnow
-from processor.ledger.records import StoreError
+from processor.ledger.errors import StoreError
 
 # Merchant categories by MCC, for blocking a whole kind of merchant at once.
 CATEGORIES: dict[str, frozenset[str]] = {
@@ -48,6 +49,8 @@ class CardControlsRow(Base):
     __tablename__ = "card_controls"
 
     card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"), primary_key=True)
+    # The card's surrogate number: the engine's look-up key (a string key reads the same way on both databases).
+    card_token: Mapped[str] = mapped_column(String(19), unique=True)
     per_transaction_minor: Mapped[int | None] = mapped_column(BigInteger)
     daily_minor: Mapped[int | None] = mapped_column(BigInteger)
     daily_count: Mapped[int | None] = mapped_column(Integer)
@@ -102,12 +105,14 @@ def _split(text: str | None) -> tuple[str, ...]:
 
 
 def controls_from_row(row: Any) -> CardControls:
+    """From a row (or a dict of its values)."""
+    v = row if isinstance(row, dict) else row._asdict()
     return CardControls(
-        per_transaction_minor=row.per_transaction_minor, daily_minor=row.daily_minor, daily_count=row.daily_count,
-        monthly_minor=row.monthly_minor, monthly_count=row.monthly_count, blocked_mccs=_split(row.blocked_mccs),
-        blocked_categories=_split(row.blocked_categories),
-        allowed_countries=_split(row.allowed_countries) if row.allowed_countries is not None else None,
-        contactless=bool(row.contactless), ecommerce=bool(row.ecommerce), atm=bool(row.atm), abroad=bool(row.abroad),
+        per_transaction_minor=v["per_transaction_minor"], daily_minor=v["daily_minor"], daily_count=v["daily_count"],
+        monthly_minor=v["monthly_minor"], monthly_count=v["monthly_count"], blocked_mccs=_split(v["blocked_mccs"]),
+        blocked_categories=_split(v["blocked_categories"]),
+        allowed_countries=_split(v["allowed_countries"]) if v["allowed_countries"] is not None else None,
+        contactless=bool(v["contactless"]), ecommerce=bool(v["ecommerce"]), atm=bool(v["atm"]), abroad=bool(v["abroad"]),
     )
 
 
@@ -131,6 +136,22 @@ def validate(controls: CardControls) -> CardControls:
     return controls
 
 
+_COLUMNS = tuple(c for c in card_controls.c if c.name not in ("card_id", "card_token", "updated_at"))
+
+
+def _from_values(values: Any) -> CardControls:
+    return controls_from_row(dict(zip((c.name for c in _COLUMNS), values)))
+
+
+# The engine's read, once per authorization, through the store's fastest reader.
+BY_CARD_TOKEN: Lookup[CardControls] = Lookup("card controls by card token", select(*_COLUMNS), card_controls.c.card_token, _from_values)
+
+
+async def for_card(store: StoreInterface, card_token: str) -> CardControls | None:
+    """A card's controls (None: none set), read fresh."""
+    return await store.lookup(BY_CARD_TOKEN, [card_token])
+
+
 def get_controls(conn: Connection, card_id: int) -> CardControls | None:
     row = conn.execute(select(card_controls).where(card_controls.c.card_id == card_id)).first()
     return controls_from_row(row) if row is not None else None
@@ -143,14 +164,16 @@ def set_controls(conn: Connection, card_id: int, controls: CardControls) -> Card
     from processor.ledger.models import cards
 
     validate(controls)
-    if conn.execute(select(cards.c.id).where(cards.c.id == card_id)).first() is None:
-        from processor.ledger.records import StoreNotFound
+    token = conn.execute(select(cards.c.token).where(cards.c.id == card_id)).scalar()
+    if token is None:
+        from processor.ledger.errors import StoreNotFound
 
         raise StoreNotFound(f"card {card_id} does not exist")
     conn.execute(delete(card_controls).where(card_controls.c.card_id == card_id))
     values = controls.as_json()
     values.update(
         card_id=card_id,
+        card_token=token,
         blocked_mccs=",".join(controls.blocked_mccs),
         blocked_categories=",".join(controls.blocked_categories),
         allowed_countries=",".join(controls.allowed_countries) if controls.allowed_countries is not None else None,

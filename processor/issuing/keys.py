@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
-
+from hsm_sim import HsmApi
 from processor.errors import ConfigurationError
+from processor.issuing import config
+from processor.ledger import StoreInterface
 
 # (attribute, HSM key type, algorithm); the store keeps each key's KCV under "key.<attribute>".
 ISSUER_KEY_SPECS: tuple[tuple[str, str, str], ...] = (
@@ -41,26 +42,26 @@ class IssuerKeys:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-async def ensure_issuer_keys(store: Any, hsm: Any) -> IssuerKeys:
+async def ensure_issuer_keys(store: StoreInterface, hsm: HsmApi) -> IssuerKeys:
     """Create the issuer keys in the HSM the first time; afterwards check the HSM still holds them."""
     found: dict[str, str] = {}
     for name, key_type, algorithm in ISSUER_KEY_SPECS:
-        kcv = await store.get_config(f"key.{name}")
+        kcv = await config.get(store, f"key.{name}")
         if kcv is None:
             info = await hsm.generate_key(key_type, algorithm)
             kcv = info.kcv
-            await store.set_config(f"key.{name}", kcv)
+            await config.put(store, f"key.{name}", kcv)
         found[name] = kcv
     keys = IssuerKeys(**found)
     await verify_issuer_keys(keys, hsm)
     return keys
 
 
-async def load_issuer_keys(store: Any, hsm: Any | None = None) -> IssuerKeys:
+async def load_issuer_keys(store: StoreInterface, hsm: HsmApi | None = None) -> IssuerKeys:
     """The issuer keys recorded by `processor init`; a clear error when init has not run."""
     found: dict[str, str] = {}
     for name, _, _ in ISSUER_KEY_SPECS:
-        kcv = await store.get_config(f"key.{name}")
+        kcv = await config.get(store, f"key.{name}")
         if kcv is None:
             raise ConfigurationError("the issuer has no keys yet: run `processor init` first")
         found[name] = kcv
@@ -70,7 +71,7 @@ async def load_issuer_keys(store: Any, hsm: Any | None = None) -> IssuerKeys:
     return keys
 
 
-async def verify_issuer_keys(keys: IssuerKeys, hsm: Any) -> None:
+async def verify_issuer_keys(keys: IssuerKeys, hsm: HsmApi) -> None:
     """Fail early, naming the key, when the store and the HSM disagree (e.g. a different key-store file)."""
     known = {info.kcv for info in await hsm.list_keys()}
     missing = [name for name, kcv in keys.as_dict().items() if kcv not in known]

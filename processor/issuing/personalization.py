@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hsm_sim import HsmApi
 from processor.errors import ConfigurationError, InvalidRequest
+from processor.issuing import cards, config
 from processor.issuing.keys import IssuerKeys
+from processor.ledger import StoreInterface
 from processor.iso8583 import chip_service_code
 
 BUREAU_KEK_CONFIG = "key.bureau_kek"
@@ -48,7 +51,7 @@ class BureauRecord:
         return asdict(self)
 
 
-async def form_bureau_key(store: Any, hsm: Any, components: list[str] | None = None) -> dict[str, Any]:
+async def form_bureau_key(store: StoreInterface, hsm: HsmApi, components: list[str] | None = None) -> dict[str, Any]:
     """Key ceremony: the transport key shared with the bureau, from two clear components.
 
     With no components given, two random ones are drawn and returned once: each goes to its
@@ -59,11 +62,23 @@ async def form_bureau_key(store: Any, hsm: Any, components: list[str] | None = N
     if len(components) < 2:
         raise InvalidRequest("a transport key needs at least two components")
     info = await hsm.form_key_from_components("KEK", components, "AES")
-    await store.set_config(BUREAU_KEK_CONFIG, info.kcv)
+    await config.put(store, BUREAU_KEK_CONFIG, info.kcv)
     result: dict[str, Any] = {"kcv": info.kcv}
     if shown:
         result["components"] = components
     return result
+
+
+async def record_bureau_key(store: StoreInterface, hsm: HsmApi, kcv: str) -> dict[str, Any]:
+    """Use as the bureau's transport key an AES KEK that custodians formed (or imported) in the HSM."""
+    info = await hsm.key_info(kcv)
+    if info.key_type != "KEK" or info.algorithm != "AES" or info.origin not in ("components", "imported"):
+        raise InvalidRequest(
+            f"key {info.kcv} is a {info.algorithm} {info.key_type} ({info.origin}); the bureau's transport key is an AES KEK "
+            "formed by two custodians (hsm-sim keys component KEK --algorithm AES ...) or imported"
+        )
+    await config.put(store, BUREAU_KEK_CONFIG, info.kcv)
+    return {"kcv": info.kcv}
 
 
 def bureau_path(directory: str | os.PathLike[str], card_id: int) -> Path:
@@ -71,8 +86,8 @@ def bureau_path(directory: str | os.PathLike[str], card_id: int) -> Path:
 
 
 async def personalize(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     card_id: int,
     *,
@@ -82,12 +97,12 @@ async def personalize(
     cardholder_name: str = "CARDHOLDER",
 ) -> tuple[BureauRecord, Path]:
     """Write the bureau record of an issued card; returns it and where it was written."""
-    kek = await store.get_config(BUREAU_KEK_CONFIG)
+    kek = await config.get(store, BUREAU_KEK_CONFIG)
     if kek is None:
         raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
     if cvn not in (10, 18):
         raise InvalidRequest("cryptogram version must be 10 or 18")
-    card = await store.get_card(card_id)
+    card = await cards.get(store, card_id)
     if card.status in ("closed", "lost", "stolen"):
         raise InvalidRequest(f"card {card_id} is {card.status}: it cannot be personalized")
     if not chip_service_code(card.service_code):
@@ -120,8 +135,8 @@ def wallet_path(directory: str | os.PathLike[str], token_id: int) -> Path:
 
 
 async def personalize_wallet(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     token_id: int,
@@ -137,7 +152,7 @@ async def personalize_wallet(
     The token's ICC master key is derived from the issuer's IMK-AC and the token PAN (PSN 00), which is
     exactly the key the engine verifies token cryptograms with; a wallet only ever taps (contactless).
     """
-    kek = await store.get_config(BUREAU_KEK_CONFIG)
+    kek = await config.get(store, BUREAU_KEK_CONFIG)
     if kek is None:
         raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
     sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek, cvn=cvn)

@@ -22,7 +22,9 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from processor.iso8583 import BatchTotals
-from processor.ledger.models import auths, terminal_batches
+from processor.ledger.errors import StoreError
+from processor.ledger.interface import StoreInterface
+from processor.ledger.models import auths, terminal_batches, utcnow
 
 IN_BALANCE = "00"
 OUT_OF_BALANCE = "95"
@@ -63,11 +65,44 @@ class BatchOutcome:
         }
 
 
-_tb = terminal_batches.c
-_BATCH_COLS = (
-    _tb.id, _tb.idem_key, _tb.terminal_id, _tb.batch_number, _tb.currency, _tb.credits_count, _tb.credits_minor,
-    _tb.debits_count, _tb.debits_minor, _tb.host_credits_count, _tb.host_credits_minor, _tb.host_debits_count,
-    _tb.host_debits_minor, _tb.rc, _tb.closed_at,
+async def close(
+    store: StoreInterface,
+    *,
+    idem_key: str,
+    terminal_id: str,
+    batch_number: str,
+    currency: str,
+    totals: BatchTotals,
+    now: dt.datetime | None = None,
+) -> BatchOutcome:
+    """Close the terminal's open batch (0500) and compare totals; a repeated `idem_key` gets the first answer."""
+    try:
+        return await store.run_write(_close, idem_key, terminal_id, batch_number, currency, totals, now or utcnow())
+    except StoreError:
+        # Two copies of one 0500 raced on the idempotency key: the loser answers with the winner's batch.
+        stored = await store.run_query(_find, idem_key)
+        if stored is None:
+            raise
+        return stored
+
+
+async def open_totals(store: StoreInterface, terminal_id: str, currency: str) -> BatchTotals:
+    """What the terminal's open batch in `currency` holds so far, by the same rules (nothing is claimed)."""
+    return await store.run_read(_open_totals, terminal_id, currency)
+
+
+async def list_closed(store: StoreInterface, terminal_id: str, limit: int = 100) -> list[BatchOutcome]:
+    """The terminal's closed batches, newest first."""
+    return await store.run_query(_list_closed, terminal_id, limit)
+
+
+_BATCH_COLS = tuple(
+    terminal_batches.c[name]
+    for name in (
+        "id", "idem_key", "terminal_id", "batch_number", "currency", "credits_count", "credits_minor", "debits_count",
+        "debits_minor", "host_credits_count", "host_credits_minor", "host_debits_count", "host_debits_minor", "rc",
+        "closed_at",
+    )
 )
 
 
@@ -85,9 +120,9 @@ def _outcome(row: Any, *, duplicate: bool) -> BatchOutcome:
     )
 
 
-def find_batch(conn: Connection, idem_key: str) -> BatchOutcome | None:
+def _find(conn: Connection, idem_key: str) -> BatchOutcome | None:
     """The batch closed by the 0500 with this idempotency key, as its stored first answer."""
-    row = conn.execute(select(*_BATCH_COLS).where(_tb.idem_key == idem_key)).first()
+    row = conn.execute(select(*_BATCH_COLS).where(terminal_batches.c.idem_key == idem_key)).first()
     return _outcome(row, duplicate=True) if row is not None else None
 
 
@@ -105,9 +140,10 @@ def net_totals(rows: Any) -> BatchTotals:
 
 def _counted_totals(conn: Connection, *where: Any) -> BatchTotals:
     """The totals of the approved debits, credits and reversals among the auths rows `where` selects."""
-    a = auths.c
     rows = conn.execute(
-        select(a.id, a.op, a.approved_minor, a.original_auth_id).where(*where, a.op.in_(_COUNTED_OPS), a.rc.in_(_APPROVED))
+        select(auths.c.id, auths.c.op, auths.c.approved_minor, auths.c.original_auth_id).where(
+            *where, auths.c.op.in_(_COUNTED_OPS), auths.c.rc.in_(_APPROVED)
+        )
     ).all()
     return net_totals(rows)
 
@@ -117,7 +153,7 @@ def host_totals(conn: Connection, batch_id: int) -> BatchTotals:
     return _counted_totals(conn, auths.c.batch_id == batch_id)
 
 
-def close_batch(
+def _close(
     conn: Connection,
     idem_key: str,
     terminal_id: str,
@@ -127,11 +163,11 @@ def close_batch(
     now: dt.datetime,
 ) -> BatchOutcome:
     """Close the terminal's open batch in `currency` and compare its totals with ours (00 or 95)."""
-    stored = find_batch(conn, idem_key)
+    stored = _find(conn, idem_key)
     if stored is not None:
         return stored
     batch_id = conn.execute(
-        insert(terminal_batches).returning(_tb.id),
+        insert(terminal_batches).returning(terminal_batches.c.id),
         {
             "idem_key": idem_key,
             "terminal_id": terminal_id,
@@ -149,17 +185,16 @@ def close_batch(
             "closed_at": now,
         },
     ).scalar_one()
-    a = auths.c
     conn.execute(
         update(auths)
-        .where(a.terminal_id == terminal_id, a.batch_id.is_(None), a.currency == currency)
+        .where(auths.c.terminal_id == terminal_id, auths.c.batch_id.is_(None), auths.c.currency == currency)
         .values(batch_id=batch_id)
     )
     host = host_totals(conn, batch_id)
     rc = IN_BALANCE if host == totals else OUT_OF_BALANCE
     conn.execute(
         update(terminal_batches)
-        .where(_tb.id == batch_id)
+        .where(terminal_batches.c.id == batch_id)
         .values(
             host_credits_count=host.credits_count,
             host_credits_minor=host.credits_minor,
@@ -171,15 +206,17 @@ def close_batch(
     return BatchOutcome(batch_id, terminal_id, batch_number, currency, totals, host, rc, now)
 
 
-def open_totals(conn: Connection, terminal_id: str, currency: str) -> BatchTotals:
-    """What the terminal's open batch in `currency` holds so far, by the same rules (nothing is claimed)."""
-    a = auths.c
-    return _counted_totals(conn, a.terminal_id == terminal_id, a.batch_id.is_(None), a.currency == currency)
+def _open_totals(conn: Connection, terminal_id: str, currency: str) -> BatchTotals:
+    return _counted_totals(
+        conn, auths.c.terminal_id == terminal_id, auths.c.batch_id.is_(None), auths.c.currency == currency
+    )
 
 
-def list_batches(conn: Connection, terminal_id: str, limit: int = 100) -> list[BatchOutcome]:
-    """The terminal's closed batches, newest first."""
+def _list_closed(conn: Connection, terminal_id: str, limit: int) -> list[BatchOutcome]:
     rows = conn.execute(
-        select(*_BATCH_COLS).where(_tb.terminal_id == terminal_id).order_by(_tb.id.desc()).limit(limit)
+        select(*_BATCH_COLS)
+        .where(terminal_batches.c.terminal_id == terminal_id)
+        .order_by(terminal_batches.c.id.desc())
+        .limit(limit)
     ).all()
     return [_outcome(row, duplicate=False) for row in rows]

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from processor import issuing, ledger
 from processor.ledger import Store, ops
 
 
@@ -36,9 +37,9 @@ async def run(
         run_id = uuid.uuid4().hex[:8]
         account_ids = []
         for i in range(accounts):
-            cardholder = await store.create_cardholder(f"Bench {i}", f"bench-{run_id}-{i}")
-            account_id = await store.open_account(cardholder, "checking", "EUR")
-            await store.deposit(account_id, 10**12, reference="bench funding")
+            cardholder = await issuing.cardholders.create(store, f"Bench {i}", f"bench-{run_id}-{i}")
+            account_id = await ledger.accounts.open_account(store, cardholder, "checking", "EUR")
+            await ledger.accounts.deposit(store, account_id, 10**12, reference="bench funding")
             account_ids.append(account_id)
         expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
         latencies_ms: list[float] = []
@@ -74,7 +75,7 @@ async def run(
         await asyncio.gather(*(submitter(n) for n in range(concurrency)))
         elapsed = time.perf_counter() - started
         latencies_ms.sort()
-        failures = await store.check_invariants()
+        failures = await ledger.invariants.check(store)
         return {
             "db": store.dialect,
             "op": kind,

@@ -1,4 +1,4 @@
-"""Ledger invariants, checked by queries at any time (`Store.check_invariants`, `Store.ledger_report`)."""
+"""Ledger invariants, checked by queries at any time on one consistent snapshot (`check`, `report`)."""
 
 from __future__ import annotations
 
@@ -6,117 +6,137 @@ from typing import Any
 
 from sqlalchemy import Connection, exists, func, select
 
+from processor.ledger.interface import StoreInterface
 from processor.ledger.models import accounts, auths, holds, journal_entries, postings
 
-a, p, h, au, je = accounts.c, postings.c, holds.c, auths.c, journal_entries.c
 
 
 def _negative_customer_accounts(conn: Connection) -> tuple[list[str], list[str]]:
     """Customer accounts below zero available: warnings when a forced posting or hold explains it."""
-    forced_hold = exists().where(h.account_id == a.id, h.forced.is_(True))
-    forced_entry = exists().where(p.account_id == a.id, p.entry_id == je.id, je.forced.is_(True))
+    forced_hold = exists().where(holds.c.account_id == accounts.c.id, holds.c.forced.is_(True))
+    forced_entry = exists().where(
+        postings.c.account_id == accounts.c.id,
+        postings.c.entry_id == journal_entries.c.id,
+        journal_entries.c.forced.is_(True),
+    )
     rows = conn.execute(
-        select(a.id, a.ledger_minor, a.held_minor, a.currency, (forced_hold | forced_entry).label("forced")).where(
-            a.kind != "internal", a.ledger_minor - a.held_minor < 0
-        )
+        select(
+            accounts.c.id,
+            accounts.c.ledger_minor,
+            accounts.c.held_minor,
+            accounts.c.currency,
+            (forced_hold | forced_entry).label("forced"),
+        ).where(accounts.c.kind != "internal", accounts.c.ledger_minor - accounts.c.held_minor < 0)
     )
     failures, warnings = [], []
-    for r in rows:
-        text = f"account {r.id}: available {r.ledger_minor - r.held_minor} {r.currency} is below zero"
-        (warnings if r.forced else failures).append(text + (" after a forced advice/completion" if r.forced else ""))
+    for row in rows:
+        text = f"account {row.id}: available {row.ledger_minor - row.held_minor} {row.currency} is below zero"
+        if row.forced:
+            warnings.append(text + " after a forced advice/completion")
+        else:
+            failures.append(text)
     return failures, warnings
 
 
-def check(conn: Connection) -> tuple[list[str], list[str]]:
+def _violations(conn: Connection) -> tuple[list[str], list[str]]:
     """(failures, warnings); no failures means the ledger is consistent."""
     failures: list[str] = []
-    for r in conn.execute(
-        select(p.entry_id, p.currency, func.sum(p.amount_minor).label("total"))
-        .group_by(p.entry_id, p.currency)
-        .having(func.sum(p.amount_minor) != 0)
+    for row in conn.execute(
+        select(postings.c.entry_id, postings.c.currency, func.sum(postings.c.amount_minor).label("total"))
+        .group_by(postings.c.entry_id, postings.c.currency)
+        .having(func.sum(postings.c.amount_minor) != 0)
     ):
-        failures.append(f"journal entry {r.entry_id} does not balance in {r.currency}: postings sum to {r.total}")
-    for r in conn.execute(
-        select(p.id, p.account_id, p.currency, a.currency.label("acc_currency"))
-        .join(accounts, a.id == p.account_id)
-        .where(p.currency != a.currency)
+        failures.append(f"journal entry {row.entry_id} does not balance in {row.currency}: postings sum to {row.total}")
+    for row in conn.execute(
+        select(postings.c.id, postings.c.account_id, postings.c.currency, accounts.c.currency.label("acc_currency"))
+        .join(accounts, accounts.c.id == postings.c.account_id)
+        .where(postings.c.currency != accounts.c.currency)
     ):
-        failures.append(f"posting {r.id} is in {r.currency} on account {r.account_id} kept in {r.acc_currency}")
+        failures.append(f"posting {row.id} is in {row.currency} on account {row.account_id} kept in {row.acc_currency}")
     posted = (
-        select(func.coalesce(func.sum(p.amount_minor), 0)).where(p.account_id == a.id).scalar_subquery()
-    )
-    for r in conn.execute(select(a.id, a.ledger_minor, posted.label("posted")).where(a.ledger_minor != posted)):
-        failures.append(f"account {r.id}: ledger_minor {r.ledger_minor} but its postings sum to {r.posted}")
-    active = (
-        select(func.coalesce(func.sum(h.amount_minor), 0))
-        .where(h.account_id == a.id, h.status == "active")
+        select(func.coalesce(func.sum(postings.c.amount_minor), 0))
+        .where(postings.c.account_id == accounts.c.id)
         .scalar_subquery()
     )
-    for r in conn.execute(select(a.id, a.held_minor, active.label("active")).where(a.held_minor != active)):
-        failures.append(f"account {r.id}: held_minor {r.held_minor} but its active holds sum to {r.active}")
-    for r in conn.execute(
-        select(a.currency, func.sum(a.ledger_minor).label("total")).group_by(a.currency).having(func.sum(a.ledger_minor) != 0)
+    for row in conn.execute(
+        select(accounts.c.id, accounts.c.ledger_minor, posted.label("posted")).where(accounts.c.ledger_minor != posted)
     ):
-        failures.append(f"ledger balances in {r.currency} sum to {r.total}, not zero")
-    for r in conn.execute(
-        select(h.id, h.status, h.amount_minor, h.captured_minor, h.closed_at).where(
-            (h.captured_minor > h.amount_minor)
-            | (h.captured_minor < 0)
-            | ((h.status == "captured") & h.captured_minor.is_(None))
-            | ((h.status != "active") & h.closed_at.is_(None))
-            | ((h.status == "active") & h.closed_at.is_not(None))
+        failures.append(f"account {row.id}: ledger_minor {row.ledger_minor} but its postings sum to {row.posted}")
+    active = (
+        select(func.coalesce(func.sum(holds.c.amount_minor), 0))
+        .where(holds.c.account_id == accounts.c.id, holds.c.status == "active")
+        .scalar_subquery()
+    )
+    for row in conn.execute(
+        select(accounts.c.id, accounts.c.held_minor, active.label("active")).where(accounts.c.held_minor != active)
+    ):
+        failures.append(f"account {row.id}: held_minor {row.held_minor} but its active holds sum to {row.active}")
+    for row in conn.execute(
+        select(accounts.c.currency, func.sum(accounts.c.ledger_minor).label("total"))
+        .group_by(accounts.c.currency)
+        .having(func.sum(accounts.c.ledger_minor) != 0)
+    ):
+        failures.append(f"ledger balances in {row.currency} sum to {row.total}, not zero")
+    for row in conn.execute(
+        select(holds.c.id, holds.c.status, holds.c.amount_minor, holds.c.captured_minor, holds.c.closed_at).where(
+            (holds.c.captured_minor > holds.c.amount_minor)
+            | (holds.c.captured_minor < 0)
+            | ((holds.c.status == "captured") & holds.c.captured_minor.is_(None))
+            | ((holds.c.status != "active") & holds.c.closed_at.is_(None))
+            | ((holds.c.status == "active") & holds.c.closed_at.is_not(None))
         )
     ):
         failures.append(
-            f"hold {r.id} ({r.status}): amount {r.amount_minor}, captured {r.captured_minor}, closed_at {r.closed_at}"
+            f"hold {row.id} ({row.status}): amount {row.amount_minor}, captured {row.captured_minor}, "
+            f"closed_at {row.closed_at}"
         )
-    for r in conn.execute(
-        select(au.hold_id, func.count().label("n"))
-        .where(au.op == "capture", au.rc == "00", au.hold_id.is_not(None))
-        .group_by(au.hold_id)
+    for row in conn.execute(
+        select(auths.c.hold_id, func.count().label("n"))
+        .where(auths.c.op == "capture", auths.c.rc == "00", auths.c.hold_id.is_not(None))
+        .group_by(auths.c.hold_id)
         .having(func.count() > 1)
     ):
-        failures.append(f"hold {r.hold_id} was captured {r.n} times")
-    for r in conn.execute(
-        select(au.original_auth_id, func.count().label("n"))
-        .where(au.op == "reverse", au.approved_minor > 0)
-        .group_by(au.original_auth_id)
+        failures.append(f"hold {row.hold_id} was captured {row.n} times")
+    for row in conn.execute(
+        select(auths.c.original_auth_id, func.count().label("n"))
+        .where(auths.c.op == "reverse", auths.c.approved_minor > 0)
+        .group_by(auths.c.original_auth_id)
         .having(func.count() > 1)
     ):
-        failures.append(f"auth {r.original_auth_id} was reversed {r.n} times")
+        failures.append(f"auth {row.original_auth_id} was reversed {row.n} times")
     negative_failures, warnings = _negative_customer_accounts(conn)
     return failures + negative_failures, warnings
 
 
-def report(conn: Connection) -> dict[str, Any]:
+def _report(conn: Connection) -> dict[str, Any]:
     """Totals per currency, counts, and the warnings (forced overdrafts) of the ledger."""
     currencies: dict[str, dict[str, int]] = {}
-    for r in conn.execute(
+    for row in conn.execute(
         select(
-            a.currency,
-            a.kind,
-            a.purpose,
+            accounts.c.currency,
+            accounts.c.kind,
+            accounts.c.purpose,
             func.count().label("n"),
-            func.sum(a.ledger_minor).label("ledger"),
-            func.sum(a.held_minor).label("held"),
-        ).group_by(a.currency, a.kind, a.purpose)
+            func.sum(accounts.c.ledger_minor).label("ledger"),
+            func.sum(accounts.c.held_minor).label("held"),
+        ).group_by(accounts.c.currency, accounts.c.kind, accounts.c.purpose)
     ):
-        c = currencies.setdefault(
-            r.currency,
+        totals = currencies.setdefault(
+            row.currency,
             {"customer_accounts": 0, "customer_ledger_minor": 0, "customer_held_minor": 0, "funding_minor": 0,
              "clearing_minor": 0},
         )
-        if r.kind == "internal":
-            c[f"{r.purpose}_minor"] = c.get(f"{r.purpose}_minor", 0) + int(r.ledger)
+        if row.kind == "internal":
+            totals[f"{row.purpose}_minor"] = totals.get(f"{row.purpose}_minor", 0) + int(row.ledger)
         else:
-            c["customer_accounts"] += r.n
-            c["customer_ledger_minor"] += int(r.ledger)
-            c["customer_held_minor"] += int(r.held)
-    hold_counts = {r.status: r.n for r in conn.execute(select(h.status, func.count().label("n")).group_by(h.status))}
-    auth_counts = {
-        r.rc: r.n for r in conn.execute(select(au.rc, func.count().label("n")).group_by(au.rc).order_by(au.rc))
-    }
-    failures, warnings = check(conn)
+            totals["customer_accounts"] += row.n
+            totals["customer_ledger_minor"] += int(row.ledger)
+            totals["customer_held_minor"] += int(row.held)
+    hold_rows = conn.execute(select(holds.c.status, func.count().label("n")).group_by(holds.c.status))
+    hold_counts = {row.status: row.n for row in hold_rows}
+    auth_rows = conn.execute(select(auths.c.rc, func.count().label("n")).group_by(auths.c.rc).order_by(auths.c.rc))
+    auth_counts = {row.rc: row.n for row in auth_rows}
+    failures, warnings = _violations(conn)
     return {
         "currencies": currencies,
         "journal_entries": conn.execute(select(func.count()).select_from(journal_entries)).scalar_one(),
@@ -128,4 +148,12 @@ def report(conn: Connection) -> dict[str, Any]:
     }
 
 
-__all__ = ["check", "report"]
+async def check(store: StoreInterface) -> list[str]:
+    """Violations of the ledger invariants (empty when healthy), from one consistent snapshot."""
+    failures, _ = await store.run_read(_violations)
+    return failures
+
+
+async def report(store: StoreInterface) -> dict[str, Any]:
+    """Totals per currency, counts, failures and warnings (forced overdrafts)."""
+    return await store.run_read(_report)

@@ -42,7 +42,9 @@ async def cmd_savings_open(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.savings.products import open_savings
 
     account_id = await rt.store.run_write(open_savings, args.cardholder, args.product)
-    view = await rt.store.account_view(account_id)
+    from processor.ledger import accounts
+
+    view = await accounts.get(rt.store, account_id)
     return {"id": view.id, "kind": view.kind, "currency": view.currency, "status": view.status,
             "ledger_minor": view.ledger_minor, "product": args.product}
 

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from processor import issuing
 from processor.errors import InvalidRequest
+from processor.ledger import StoreInterface
 from processor.settlement.calendar import DEFAULT_CUTOFF, DEFAULT_TIMEZONE, BusinessCalendar
 from processor.settlement.fees import FeeTable
 
@@ -36,12 +38,12 @@ class SettlementConfig:
         }
 
 
-async def load_config(store: Any) -> SettlementConfig:
+async def load_config(store: StoreInterface) -> SettlementConfig:
     """The settings in force (defaults where nothing was set)."""
-    cutoff = await store.get_config("settlement.cutoff") or DEFAULT_CUTOFF
-    zone = await store.get_config("settlement.timezone") or DEFAULT_TIMEZONE
-    fees_text = await store.get_config("settlement.fees")
-    tolerance = await store.get_config("settlement.tolerance_bps")
+    cutoff = await issuing.config.get(store, "settlement.cutoff") or DEFAULT_CUTOFF
+    zone = await issuing.config.get(store, "settlement.timezone") or DEFAULT_TIMEZONE
+    fees_text = await issuing.config.get(store, "settlement.fees")
+    tolerance = await issuing.config.get(store, "settlement.tolerance_bps")
     return SettlementConfig(
         BusinessCalendar(cutoff, zone),
         FeeTable.from_json(fees_text) if fees_text else FeeTable(),
@@ -50,7 +52,7 @@ async def load_config(store: Any) -> SettlementConfig:
 
 
 async def save_config(
-    store: Any,
+    store: StoreInterface,
     *,
     cutoff: str | None = None,
     timezone: str | None = None,
@@ -64,17 +66,17 @@ async def save_config(
     if tolerance_bps is not None and not 0 <= tolerance_bps <= 100_000:
         raise InvalidRequest(f"tolerance {tolerance_bps} bp must be between 0 and 100000")
     if cutoff:
-        await store.set_config("settlement.cutoff", calendar.cutoff)
+        await issuing.config.put(store, "settlement.cutoff", calendar.cutoff)
     if timezone:
-        await store.set_config("settlement.timezone", calendar.timezone)
+        await issuing.config.put(store, "settlement.timezone", calendar.timezone)
     if fees_json is not None:
-        await store.set_config("settlement.fees", fees.to_json())
+        await issuing.config.put(store, "settlement.fees", fees.to_json())
     if tolerance_bps is not None:
-        await store.set_config("settlement.tolerance_bps", str(tolerance_bps))
+        await issuing.config.put(store, "settlement.tolerance_bps", str(tolerance_bps))
     return await load_config(store)
 
 
-async def add_network(store: Any, acquirer_id: str, name: str) -> dict[str, Any]:
+async def add_network(store: StoreInterface, acquirer_id: str, name: str) -> dict[str, Any]:
     """Register an acquiring network by its DE 32 id: the engine then takes its merchants' requests."""
     acq = acquirer_id.lstrip("0") or "0"
     if not acquirer_id.isdigit() or len(acquirer_id) > 11:
@@ -83,10 +85,10 @@ async def add_network(store: Any, acquirer_id: str, name: str) -> dict[str, Any]
         raise InvalidRequest(f"acquirer id {acquirer_id} is our own terminals' (DE 32 000001); choose another")
     if not name.strip():
         raise InvalidRequest("a network needs a name")
-    await store.set_config(f"network.{acq}", json.dumps({"name": name.strip()}))
+    await issuing.config.put(store, f"network.{acq}", json.dumps({"name": name.strip()}))
     return {"acquirer_id": acq, "name": name.strip()}
 
 
-async def network_name(store: Any, acquirer_id: str) -> str | None:
-    raw = await store.get_config(f"network.{acquirer_id}")
+async def network_name(store: StoreInterface, acquirer_id: str) -> str | None:
+    raw = await issuing.config.get(store, f"network.{acquirer_id}")
     return json.loads(raw)["name"] if raw else None

@@ -30,7 +30,9 @@ from typing import Any
 
 from sqlalchemy import Connection, String, cast, func, insert, literal, select, update
 
+from processor import ledger
 from processor.errors import InvalidRequest
+from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import accounts, auths, holds, merchants, terminal_batches, terminals, utcnow
 from processor.settlement.config import SettlementConfig
@@ -407,7 +409,7 @@ def _expired_preauths(conn: Connection, handle: DayHandle) -> None:
 
 
 async def settle_day(
-    store: Any,
+    store: StoreInterface,
     day: dt.date,
     config: SettlementConfig,
     *,
@@ -434,7 +436,7 @@ async def settle_day(
         earlier = await store.run_read(_unsettled_earlier_day, handle.scanned_to_id, start, config, key)
         if earlier is not None:
             raise InvalidRequest(f"day {earlier} has transactions and is not settled; settle it before {key}")
-        holds_expired = await store.expire_holds(end)
+        holds_expired = await ledger.holds.expire(store, end)
         networks = frozenset(await store.run_read(network_ids))
         after, scanned, claimed = handle.scanned_to_id, 0, 0
         while True:

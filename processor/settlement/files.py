@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.settlement import queries
+from processor.ledger import StoreInterface
 
 FORMAT = "settlement-file/1"
 PAGE = 5000
@@ -77,7 +78,7 @@ def place_atomically(write: Callable[[Any], None], target: Path) -> dict[str, An
         raise
 
 
-async def _pages(store: Any, key: str, progress: Callable[[str, int, int | None], None] | None) -> Any:
+async def _pages(store: StoreInterface, key: str, progress: Callable[[str, int, int | None], None] | None) -> Any:
     after, done = 0, 0
     while True:
         page = await store.run_read(queries.items_page, key, after, PAGE)
@@ -97,7 +98,7 @@ def _row(values: tuple[Any, ...]) -> dict[str, Any]:
 
 
 async def write_day_files(
-    store: Any, key: str, out_dir: Any, *, progress: Callable[[str, int, int | None], None] | None = None
+    store: StoreInterface, key: str, out_dir: Any, *, progress: Callable[[str, int, int | None], None] | None = None
 ) -> dict[str, Any]:
     """Write (or find identical) the settlement CSV, JSON and payout files of a settled day."""
     folder = Path(out_dir or "settlement").resolve()

@@ -19,6 +19,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
+from hsm_sim import HsmApi
+from processor import issuing, ledger
+from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, holds, journal_entries, postings, utcnow
 from processor.settlement.config import SettlementConfig, add_network
@@ -75,8 +78,8 @@ def _next_auth_id(conn: Connection) -> int:
 
 
 async def generate_day(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     day: dt.date,
     config: SettlementConfig,
     *,
@@ -103,15 +106,15 @@ async def generate_day(
     merchant_ids = []
     for m in range(merchants):
         merchant_id = f"GEN{tag}{m:04d}"[:15]
-        if await store.get_merchant(merchant_id) is None:
-            await store.add_merchant(merchant_id=merchant_id, name=f"Generated {m}", mcc=MCCS[m % len(MCCS)])
-            await store.add_terminal(terminal_id=f"G{m:07d}", merchant_id=merchant_id)
+        if await issuing.merchants.get(store, merchant_id) is None:
+            await issuing.merchants.add(store, merchant_id=merchant_id, name=f"Generated {m}", mcc=MCCS[m % len(MCCS)])
+            await issuing.terminals.create(store, terminal_id=f"G{m:07d}", merchant_id=merchant_id)
         merchant_ids.append((f"G{m:07d}", merchant_id, MCCS[m % len(MCCS)]))
     card_list = []
     for i in range(cards):
-        holder = await store.create_cardholder(f"Generated {i}", f"gen-{tag}-{i}")
-        account = await store.open_account(holder, "checking", "EUR")
-        await store.deposit(account, 10_000_000_00, reference="generated funding")
+        holder = await issuing.cardholders.create(store, f"Generated {i}", f"gen-{tag}-{i}")
+        account = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+        await ledger.accounts.deposit(store, account, 10_000_000_00, reference="generated funding")
         issued = await issue_card(store, hsm, keys, account_id=account, pin=None, chip=False)
         card_list.append((issued.id, account, issued))
         if progress and (i + 1) % 100 == 0:

@@ -35,9 +35,11 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from hsm_sim import HsmApi
 from processor.errors import InvalidRequest
 from processor.iso8583.clearing import ClearingFileError, Presentment, read_presentments, scan_clearing_file
 from processor.iso8583.currency import alpha_for_numeric
+from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings, utcnow
 from processor.settlement.config import SettlementConfig
@@ -295,8 +297,8 @@ def summarize_file(conn: Connection, file_row_id: int) -> dict[str, Any]:
 
 
 async def ingest_file(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     path: Path,
     config: SettlementConfig,
     *,

@@ -17,6 +17,7 @@ from typing import Any
 
 from processor.errors import InvalidRequest
 from processor.iso8583.currency import exponent_for_alpha
+from processor.ledger import StoreInterface
 from processor.settlement import queries
 from processor.settlement.calendar import BusinessCalendar
 
@@ -35,7 +36,7 @@ def money(amount_minor: int | None, currency: str, *, code: bool = True) -> str:
     return f"{text} {currency}" if code else text
 
 
-async def build_report(store: Any, day: dt.date) -> dict[str, Any]:
+async def build_report(store: StoreInterface, day: dt.date) -> dict[str, Any]:
     """The report of a settled day as one JSON document."""
     key = day.isoformat()
     row = await store.run_read(queries.day_row, key)
@@ -69,7 +70,7 @@ async def build_report(store: Any, day: dt.date) -> dict[str, Any]:
     }
 
 
-async def reconcile(store: Any, day: dt.date) -> dict[str, Any]:
+async def reconcile(store: StoreInterface, day: dt.date) -> dict[str, Any]:
     """The day's exceptions, grouped by kind (the day must have been run)."""
     key = day.isoformat()
     row = await store.run_read(queries.day_row, key)

@@ -1,5 +1,11 @@
-"""Tokenization: PAN vault key rotation and wallet payment tokens (provisioning, lifecycle, card replacement)."""
+"""Tokenization: payment tokens for wallets (their table, lifecycle and look-up), wallet provisioning and card
+replacement, and the PAN vault's key rotation (re-sealing every card and token under new key versions).
 
+    token = await tokenization.wallet.provision_token(store, hsm, keys, card_id=1, wallet="phone", device_id="P1")
+    await tokenization.tokens.set_status(store, token["id"], "suspended", "phone lost")
+"""
+
+from processor.tokenization import tokens, vault, wallet
 from processor.tokenization.vault import current_versions, rotate_keys, rotate_vault
 from processor.tokenization.wallet import (
     delete_token,
@@ -20,4 +26,7 @@ __all__ = [
     "rotate_vault",
     "suspend_token",
     "token_details",
+    "tokens",
+    "vault",
+    "wallet",
 ]

@@ -11,24 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from processor.errors import InvalidRequest
-
 log = logging.getLogger("processor.tokenization")
 
 DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
 
 
-def _csv(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    items = tuple(part.strip() for part in text.split(","))
-    if not all(items):
-        raise InvalidRequest(f"list {text!r} has an empty entry; write it as 07,05")
-    return items
-
-
 async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import load_issuer_keys
+    from processor.tokenization.tokens import parse_list
     from processor.tokenization.wallet import provision_token
 
     keys = await load_issuer_keys(rt.store, rt.hsm)
@@ -40,9 +30,9 @@ async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, An
         wallet=args.wallet,
         device_id=args.device,
         requestor_id=args.requestor,
-        entry_modes=_csv(args.entry_modes),
-        mcc_allow=_csv(args.mcc),
-        merchant_allow=_csv(args.merchant),
+        entry_modes=parse_list(args.entry_modes),
+        mcc_allow=parse_list(args.mcc),
+        merchant_allow=parse_list(args.merchant),
         validity_years=args.years,
         wallet_dir=args.wallet_dir,
     )
@@ -52,9 +42,11 @@ async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, An
 
 def _status_command(status: str) -> Callable[[Any, argparse.Namespace], Awaitable[dict[str, Any]]]:
     async def run(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-        await rt.store.set_token_status(args.token_id, status, args.reason)
+        from processor.tokenization import tokens
+
+        await tokens.set_status(rt.store, args.token_id, status, args.reason)
         log.info("token %d -> %s (%s)", args.token_id, status, args.reason or "no reason given")
-        view = await rt.store.get_token(args.token_id)
+        view = await tokens.get(rt.store, args.token_id)
         return {"id": view.id, "card_id": view.card_id, "status": view.status}
 
     run.__name__ = f"cmd_token_{status}"
@@ -114,6 +106,7 @@ def register(sub: Any, data_command: DataCommand) -> None:
     """Add `token ...`, `card replace` and `keys rotate` to the `processor` command parser."""
     tk = _group(sub, "token", "wallet payment tokens")
     p = data_command(tk, "provision", cmd_token_provision, "create a device token for a card (number shown once)")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("--card", type=int, required=True)
     p.add_argument("--wallet", required=True, help="wallet name, e.g. phone")
     p.add_argument("--device", required=True, help="device id in the wallet")
@@ -134,11 +127,13 @@ def register(sub: Any, data_command: DataCommand) -> None:
 
     cd = _group(sub, "card", "cards")
     p = data_command(cd, "replace", cmd_card_replace, "new card on the same account; wallet tokens follow it")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("card_id", type=int)
     p.add_argument("--pin", help="PIN of the new card (4-12 digits)")
 
     ks = _group(sub, "keys", "HSM key versions")
     p = data_command(ks, "rotate", cmd_keys_rotate, "re-seal the PAN vault under the current (or new) key versions")
+    p.set_defaults(hsm_role="issuer")
     p.add_argument("--batch", type=int, default=200, help="cards per transaction")
     p.add_argument("--limit", type=int, help="stop after this many cards and tokens (resume later)")
     mode = p.add_mutually_exclusive_group()

@@ -8,16 +8,21 @@ under EVERY active fingerprint-key version, so a card stays findable before, dur
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy import Column, ColumnElement, Connection, Table, func, select, update
+
+from hsm_sim import HsmApi, TokenizedPan
 from processor.errors import ConfigurationError, InvalidRequest
+from processor.ledger import StoreInterface
+from processor.ledger.models import cards, payment_tokens, utcnow
 
 DEFAULT_BATCH = 200
 MAX_BATCH = 5000
 
 
-async def current_versions(hsm: Any) -> tuple[int, int]:
+async def current_versions(hsm: HsmApi) -> tuple[int, int]:
     """(DEK version, FPK version) the HSM tokenizes with now: the newest of each key type."""
     newest: dict[str, int] = {}
     for info in await hsm.list_keys():
@@ -30,8 +35,8 @@ async def current_versions(hsm: Any) -> tuple[int, int]:
 
 
 async def rotate_vault(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     *,
     batch_size: int = DEFAULT_BATCH,
     limit: int | None = None,
@@ -50,19 +55,19 @@ async def rotate_vault(
     counts = {"cards_resealed": 0, "tokens_resealed": 0, "changed_meanwhile": 0, "batches": 0}
     budget = limit
     for kind, select_rows, update_rows in (
-        ("cards", store.cards_to_reseal, store.update_cards_vault),
-        ("tokens", store.tokens_to_reseal, store.update_tokens_vault),
+        ("cards", cards_to_reseal, update_cards_vault),
+        ("tokens", tokens_to_reseal, update_tokens_vault),
     ):
         after = 0
         while budget is None or budget > 0:
             size = batch_size if budget is None else min(batch_size, budget)
-            rows = await select_rows(dek, fpk, after, size)
+            rows = await select_rows(store, dek, fpk, after, size)
             if not rows:
                 break
             updates = []
             for row_id, sealed, old_dek, old_fpk in rows:
                 updates.append((row_id, old_dek, old_fpk, await hsm.reseal_pan(sealed, old_dek)))
-            applied = await update_rows(updates)
+            applied = await update_rows(store, updates)
             done = sum(applied)
             counts[f"{kind}_resealed"] += done
             counts["changed_meanwhile"] += len(applied) - done
@@ -72,11 +77,115 @@ async def rotate_vault(
                 budget -= len(rows)
             if progress is not None:
                 progress(dict(counts))
-    remaining = await store.count_behind_vault(dek, fpk)
+    remaining = await count_behind_vault(store, dek, fpk)
     return {"data_key_version": dek, "fingerprint_key_version": fpk, **counts, "remaining": remaining}
 
 
-async def rotate_keys(hsm: Any) -> tuple[int, int]:
+async def rotate_keys(hsm: HsmApi) -> tuple[int, int]:
     """Make new DEK and FPK versions current in the HSM; older versions stay for opening and look-up."""
     dek, fpk = await hsm.rotate_tokenization_keys()
     return int(dek), int(fpk)
+
+
+# ------------------------------------------------------------------ the vault's columns of cards and tokens
+
+# (row id, data key version and fingerprint key version it was read with, its new vault entry)
+Resealed = tuple[int, int, int, TokenizedPan]
+
+
+async def cards_to_reseal(
+    store: StoreInterface, dek_version: int, fpk_version: int, after_id: int, limit: int
+) -> list[tuple[int, str, int, int]]:
+    """(card_id, sealed_pan, data_key_version, fingerprint_version) of cards with id > after_id behind a version."""
+    return await store.run_query(_behind, cards, cards.c.sealed_pan, dek_version, fpk_version, after_id, limit)
+
+
+async def tokens_to_reseal(
+    store: StoreInterface, dek_version: int, fpk_version: int, after_id: int, limit: int
+) -> list[tuple[int, str, int, int]]:
+    """(token_id, sealed_token, data_key_version, fingerprint_version) of payment tokens behind a version."""
+    return await store.run_query(
+        _behind, payment_tokens, payment_tokens.c.sealed_token, dek_version, fpk_version, after_id, limit
+    )
+
+
+async def update_card_vault(
+    store: StoreInterface, card_id: int, old_dek_version: int, old_fpk_version: int, vault: TokenizedPan
+) -> bool:
+    """Store a re-sealed PAN if the card still has the old versions; False when another writer moved it first."""
+    updated = await update_cards_vault(store, [(card_id, old_dek_version, old_fpk_version, vault)])
+    return updated[0]
+
+
+async def update_cards_vault(store: StoreInterface, updates: Sequence[Resealed]) -> list[bool]:
+    """Re-sealed PANs, each written only if the card still has the versions it was read with; one transaction."""
+    return await store.run_write(_update_cards, list(updates))
+
+
+async def update_tokens_vault(store: StoreInterface, updates: Sequence[Resealed]) -> list[bool]:
+    """Re-sealed token numbers, each written only if the token still has the old versions; one transaction."""
+    return await store.run_write(_update_tokens, list(updates))
+
+
+async def count_behind_vault(store: StoreInterface, dek_version: int, fpk_version: int) -> int:
+    """Cards and payment tokens still sealed or fingerprinted under an older key version."""
+    return await store.run_query(_count_behind, dek_version, fpk_version)
+
+
+def _behind_versions(table: Table, dek_version: int, fpk_version: int) -> ColumnElement[bool]:
+    return (table.c.data_key_version < dek_version) | (table.c.fingerprint_version < fpk_version)
+
+
+def _behind(
+    conn: Connection, table: Table, sealed: Column[str], dek_version: int, fpk_version: int, after_id: int, limit: int
+) -> list[tuple[int, str, int, int]]:
+    rows = conn.execute(
+        select(table.c.id, sealed, table.c.data_key_version, table.c.fingerprint_version)
+        .where(table.c.id > after_id, _behind_versions(table, dek_version, fpk_version))
+        .order_by(table.c.id)
+        .limit(limit)
+    )
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def _update_rows(
+    conn: Connection, table: Table, fingerprint: Column[str], sealed: Column[str], updates: Sequence[Resealed]
+) -> list[bool]:
+    """Compare-and-set each row on the versions it was read with: a concurrent re-seal is never overwritten."""
+    now = utcnow()
+    done = []
+    for row_id, old_dek, old_fpk, vault in updates:
+        result = conn.execute(
+            update(table)
+            .where(table.c.id == row_id, table.c.data_key_version == old_dek, table.c.fingerprint_version == old_fpk)
+            .values(
+                {
+                    fingerprint: vault.fingerprint,
+                    table.c.fingerprint_version: vault.fingerprint_version,
+                    sealed: vault.sealed_pan,
+                    table.c.data_key_version: vault.data_key_version,
+                    table.c.updated_at: now,
+                }
+            )
+        )
+        done.append(result.rowcount == 1)
+    return done
+
+
+def _update_cards(conn: Connection, updates: Sequence[Resealed]) -> list[bool]:
+    return _update_rows(conn, cards, cards.c.pan_fingerprint, cards.c.sealed_pan, updates)
+
+
+def _update_tokens(conn: Connection, updates: Sequence[Resealed]) -> list[bool]:
+    return _update_rows(
+        conn, payment_tokens, payment_tokens.c.token_fingerprint, payment_tokens.c.sealed_token, updates
+    )
+
+
+def _count_behind(conn: Connection, dek_version: int, fpk_version: int) -> int:
+    total = 0
+    for table in (cards, payment_tokens):
+        total += conn.execute(
+            select(func.count()).select_from(table).where(_behind_versions(table, dek_version, fpk_version))
+        ).scalar_one()
+    return int(total)

@@ -12,14 +12,19 @@ the TOKEN number with PSN "00" (EMV option A), so nothing per token is stored an
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
+from hsm_sim import HsmApi
 from processor.errors import InvalidRequest
-from processor.issuing.cards import DEFAULT_BIN, expiry_after, issue_card
+from processor.issuing import cards, config
+from processor.issuing.cards import expiry_after, issue_card
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import generate_pan
 from processor.issuing.personalization import BUREAU_KEK_CONFIG, DEFAULT_BUREAU_DIR, personalize_wallet
-from processor.ledger.records import NewPaymentToken, StoreError
+from processor.ledger import StoreError, StoreInterface
+from processor.tokenization import tokens
+from processor.tokenization.tokens import NewPaymentToken, TokenView, restriction_list
 
 TOKEN_BIN_CONFIG = "token.bin"
 DEFAULT_TOKEN_BIN = "489537"
@@ -30,43 +35,29 @@ DEFAULT_ENTRY_MODES = ("07",)  # contactless chip only
 DRAWS = 8
 
 
-async def token_bin(store: Any) -> str:
+async def token_bin(store: StoreInterface) -> str:
     """The configured token BIN; refused when it is not 6-8 digits or overlaps the issuer's card BIN."""
-    value = await store.get_config(TOKEN_BIN_CONFIG) or DEFAULT_TOKEN_BIN
+    value = await config.get(store, TOKEN_BIN_CONFIG) or DEFAULT_TOKEN_BIN
     if not (value.isdigit() and 6 <= len(value) <= 8):
         raise InvalidRequest(f"config {TOKEN_BIN_CONFIG} must be 6 to 8 digits, got {value!r}")
-    card_bin = await store.get_config("issuer.bin") or DEFAULT_BIN
+    card_bin = await config.issuer_bin(store)
     if value.startswith(card_bin) or card_bin.startswith(value):
         raise InvalidRequest(f"token BIN {value} overlaps the card BIN {card_bin}: tokens need their own range")
     return value
 
 
-def _codes(values: Any, what: str, digits: int | None) -> tuple[str, ...] | None:
-    if values is None:
-        return None
-    items = tuple(str(v).strip() for v in values)
-    for item in items:
-        if digits is not None and not (len(item) == digits and item.isdigit()):
-            raise InvalidRequest(f"{what}: each entry must be {digits} digits, got {item!r}")
-        if not item or "," in item:
-            raise InvalidRequest(f"{what}: entries must be non-empty and without commas, got {item!r}")
-    if not items:
-        raise InvalidRequest(f"{what}: give at least one entry")
-    return items
-
-
 async def provision_token(
-    store: Any,
-    hsm: Any,
+    store: StoreInterface,
+    hsm: HsmApi,
     keys: IssuerKeys,
     *,
     card_id: int,
     wallet: str,
     device_id: str,
     requestor_id: str = DEFAULT_REQUESTOR_ID,
-    entry_modes: Any = DEFAULT_ENTRY_MODES,
-    mcc_allow: Any = None,
-    merchant_allow: Any = None,
+    entry_modes: Iterable[str] | None = DEFAULT_ENTRY_MODES,
+    mcc_allow: Iterable[str] | None = None,
+    merchant_allow: Iterable[str] | None = None,
     validity_years: int = 3,
     today: dt.date | None = None,
     wallet_dir: str = DEFAULT_BUREAU_DIR,
@@ -78,12 +69,12 @@ async def provision_token(
         raise InvalidRequest(f"token requestor id must be 11 digits, got {requestor_id!r}")
     if not 1 <= validity_years <= 10:
         raise InvalidRequest(f"token validity must be 1 to 10 years, got {validity_years}")
-    modes = _codes(entry_modes, "entry modes", 2)
+    modes = restriction_list(entry_modes, "entry modes", 2)
     if modes is None:
         raise InvalidRequest("entry modes: give at least one DE 22 entry mode such as 07")
-    mccs = _codes(mcc_allow, "MCC list", 4)
-    merchants = _codes(merchant_allow, "merchant list", None)
-    card = await store.get_card(card_id)  # raises when the card does not exist
+    mccs = restriction_list(mcc_allow, "MCC list", 4)
+    merchants = restriction_list(merchant_allow, "merchant list", None)
+    card = await cards.get(store, card_id)  # raises when the card does not exist
     if card.status != "active":
         raise InvalidRequest(f"card {card_id} is {card.status}: only an active card can get a payment token")
     prefix = await token_bin(store)
@@ -91,7 +82,7 @@ async def provision_token(
     for _ in range(DRAWS):  # a number already in use is simply drawn again
         token_pan = generate_pan(prefix, TOKEN_LENGTH)
         vault = await hsm.tokenize_pan(token_pan)
-        if await store.find_payment_token([vault.fingerprint]) is not None:
+        if await tokens.find_by_fingerprints(store, [vault.fingerprint]) is not None:
             continue
         new = NewPaymentToken(
             card_id=card_id,
@@ -110,7 +101,7 @@ async def provision_token(
             merchant_allow=merchants,
         )
         try:
-            token_id = await store.add_payment_token(new)
+            token_id = await tokens.create(store, new)
         except StoreError as exc:
             raise InvalidRequest(str(exc)) from None
         result: dict[str, Any] = {
@@ -128,7 +119,7 @@ async def provision_token(
             "mcc_allow": list(mccs) if mccs else None,
             "merchant_allow": list(merchants) if merchants else None,
         }
-        if await store.get_config(BUREAU_KEK_CONFIG) is not None:
+        if await config.get(store, BUREAU_KEK_CONFIG) is not None:
             # The device's token and chip key leave the HSM only sealed under the transport key, in the
             # record format a card bureau gets: the simulated phone opens it like a card.
             _, path = await personalize_wallet(
@@ -140,29 +131,29 @@ async def provision_token(
     raise StoreError(f"no free token number in BIN {prefix} after {DRAWS} draws")
 
 
-async def suspend_token(store: Any, token_id: int, reason: str = "") -> None:
+async def suspend_token(store: StoreInterface, token_id: int, reason: str = "") -> None:
     """Stop a token at once; it can be resumed."""
-    await store.set_token_status(token_id, "suspended", reason)
+    await tokens.set_status(store, token_id, "suspended", reason)
 
 
-async def resume_token(store: Any, token_id: int, reason: str = "") -> None:
-    await store.set_token_status(token_id, "active", reason)
+async def resume_token(store: StoreInterface, token_id: int, reason: str = "") -> None:
+    await tokens.set_status(store, token_id, "active", reason)
 
 
-async def delete_token(store: Any, token_id: int, reason: str = "") -> None:
+async def delete_token(store: StoreInterface, token_id: int, reason: str = "") -> None:
     """Delete a token for good (a deleted token never comes back)."""
-    await store.set_token_status(token_id, "deleted", reason)
+    await tokens.set_status(store, token_id, "deleted", reason)
 
 
 async def replace_card(
-    store: Any, hsm: Any, keys: IssuerKeys, card_id: int, *, pin: str | None, chip: bool | None = None
+    store: StoreInterface, hsm: HsmApi, keys: IssuerKeys, card_id: int, *, pin: str | None, chip: bool | None = None
 ) -> dict[str, Any]:
     """Issue a new card on the same account, close the old one and move its wallet tokens to the new card.
 
     The answer is the new card's carrier data (shown once, as `card issue` shows it) with the replaced card
     id and the ids of the tokens that now point to the new card: the wallet keeps working.
     """
-    old = await store.get_card(card_id)
+    old = await cards.get(store, card_id)
     if old.replaced_by_card_id is not None:
         raise InvalidRequest(f"card {card_id} was already replaced by card {old.replaced_by_card_id}")
     card = await issue_card(
@@ -171,15 +162,15 @@ async def replace_card(
         keys,
         account_id=old.account_id,
         pin=pin,
-        bin_prefix=await store.get_config("issuer.bin") or DEFAULT_BIN,
+        bin_prefix=await config.issuer_bin(store),
         chip=old.service_code.startswith("2") if chip is None else chip,
         product=old.product,
     )
     try:
-        repointed = await store.replace_card(card_id, card.id)
+        repointed = await tokens.close_and_repoint(store, card_id, card.id)
     except StoreError:
         # Another replacement won the race: the card just issued must not stay usable on its own.
-        await store.set_card_status(card.id, "closed")
+        await cards.set_status(store, card.id, "closed")
         raise
     result = card.as_json()
     result["replaced_card_id"] = card_id
@@ -187,11 +178,11 @@ async def replace_card(
     return result
 
 
-async def token_details(store: Any, token_id: int) -> dict[str, Any]:
+async def token_details(store: StoreInterface, token_id: int) -> dict[str, Any]:
     """A token as an operator sees it: status, card, restrictions and lifecycle events (never its number)."""
-    view = await store.get_token(token_id)
-    card = await store.get_card(view.card_id)
-    events = await store.token_events(token_id)
+    view = await tokens.get(store, token_id)
+    card = await cards.get(store, view.card_id)
+    events = await tokens.events(store, token_id)
     return {
         **_view_json(view),
         "card_status": card.status,
@@ -200,7 +191,7 @@ async def token_details(store: Any, token_id: int) -> dict[str, Any]:
     }
 
 
-def _view_json(view: Any) -> dict[str, Any]:
+def _view_json(view: TokenView) -> dict[str, Any]:
     return {
         "id": view.id,
         "card_id": view.card_id,
@@ -219,6 +210,6 @@ def _view_json(view: Any) -> dict[str, Any]:
     }
 
 
-async def list_card_tokens(store: Any, card_id: int) -> list[dict[str, Any]]:
-    await store.get_card(card_id)  # raises when the card does not exist
-    return [_view_json(v) for v in await store.list_tokens(card_id)]
+async def list_card_tokens(store: StoreInterface, card_id: int) -> list[dict[str, Any]]:
+    await cards.get(store, card_id)  # raises when the card does not exist
+    return [_view_json(view) for view in await tokens.list_for_card(store, card_id)]

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from processor import issuing
 from processor.errors import ConfigurationError, NotFound
 from processor.tokenization.cli import _group
 
@@ -77,7 +78,7 @@ def cmd_broker_url(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
 async def cmd_broker_terminal(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.broker import BrokerAdmin, check_terminal_id
 
-    terminal = await rt.store.get_terminal(args.terminal_id)
+    terminal = await issuing.terminals.get(rt.store, args.terminal_id)
     if terminal is None:
         raise NotFound(f"terminal {args.terminal_id!r} is not registered: `processor terminal add` first")
     try:
@@ -99,7 +100,7 @@ async def cmd_broker_terminal(rt: Any, args: argparse.Namespace) -> dict[str, An
 async def cmd_broker_cardholder(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.broker import BrokerAdmin, cardholder_user
 
-    cardholder = await rt.store.find_cardholder(args.handle)
+    cardholder = await issuing.cardholders.find_by_handle(rt.store, args.handle)
     if cardholder is None:
         raise NotFound(f"no cardholder with handle {args.handle!r}")
     broker = _broker(args)
@@ -119,7 +120,7 @@ async def cmd_broker_cardholder(rt: Any, args: argparse.Namespace) -> dict[str, 
 async def cmd_terminal_list(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.mqtt import read_presence
 
-    terminals = await rt.store.list_terminals(limit=args.limit)
+    terminals = await issuing.terminals.list_all(rt.store, limit=args.limit)
     presence: dict[str, str] | None = None
     if rt.settings.mqtt_url:
         presence = await read_presence(rt.settings.mqtt_url)

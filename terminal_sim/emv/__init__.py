@@ -1,7 +1,6 @@
-"""EMV chip: a virtual card, the terminal kernel that reads it, and the shared cryptogram input."""
+"""EMV chip: a virtual card with its own cryptogram code, and the terminal kernel that reads it."""
 
 from terminal_sim.emv.card import CardProfile, GarbageCard, GarbageMode, SealError, VirtualCard, make_track2
-from processor.auth.cryptogram import arqc_transaction_data
 from terminal_sim.emv.kernel import CardError, CardReadResult, complete, read_card
 
 __all__ = [
@@ -11,7 +10,6 @@ __all__ = [
     "GarbageMode",
     "SealError",
     "make_track2",
-    "arqc_transaction_data",
     "CardError",
     "CardReadResult",
     "read_card",

@@ -7,9 +7,8 @@ DATA and VERIFY (plaintext offline PIN).
 
 Cryptogram input (what the issuer recomputes)
 ---------------------------------------------
-The card MACs ``arqc_transaction_data(tags, cvn)`` from
-:mod:`processor.auth.cryptogram`, independent of the order of the card's CDOL1
-or PDOL::
+The card MACs ``cryptogram.mac_input(...)`` (:mod:`terminal_sim.emv.cryptogram`, the
+card's own code), independent of the order of the card's CDOL1 or PDOL::
 
     9F02 ‖ 9F03 ‖ 9F1A ‖ 95 ‖ 5F2A ‖ 9A ‖ 9C ‖ 9F37 ‖ 82 ‖ 9F36 ‖ X
     X = CVR (9F10 bytes 4-7) for CVN 10, the whole 9F10 for CVN 18
@@ -48,10 +47,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyemv import ac as _ac
-from pyemv import kd as _kd
 
-from terminal_sim.emv import tlv
-from processor.auth.cryptogram import arqc_transaction_data
+from terminal_sim.emv import cryptogram, tlv
 
 __all__ = [
     "PSE_NAME",
@@ -579,13 +576,8 @@ class VirtualCard:
 
     def _cryptogram(self, tags: Mapping[str, bytes]) -> bytes:
         p = self.profile
-        data = arqc_transaction_data(tags, p.cvn)
-        if p.cvn == 10:
-            return _ac.generate_ac(p.icc_mk_ac, data, _ac.PaddingType.VISA, 8)
-        return _ac.generate_ac(self._session_key(tags["9F36"]), data, _ac.PaddingType.EMV, 8)
-
-    def _session_key(self, atc: bytes) -> bytes:
-        return _kd.derive_common_sk(self.profile.icc_mk_ac, atc + b"\x00" * 6)
+        data = cryptogram.mac_input(tags, tags["82"], tags["9F36"], tags["9F10"], p.cvn)
+        return cryptogram.application_cryptogram(p.icc_mk_ac, tags["9F36"], data, p.cvn)
 
     def _next_atc(self) -> bytes:
         if self._state.atc >= _MAX_ATC:
@@ -696,18 +688,18 @@ class VirtualCard:
         tags["82"] = bytes.fromhex(p.aip)
         tags["9F36"] = self._next_atc()
         tags["9F10"] = self._iad(cvr2, self._cvr_byte3())
-        cryptogram = self._cryptogram(tags)
+        card_cryptogram = self._cryptogram(tags)
         if cid == CID_AAC:
             self._completed = True
         else:
-            self._first_ac = dict(tags) | {"9F26": cryptogram}
-        return self._ac_response(cid, tags, cryptogram)
+            self._first_ac = dict(tags) | {"9F26": card_cryptogram}
+        return self._ac_response(cid, tags, card_cryptogram)
 
     def _issuer_authentication_ok(self, issuer_auth: bytes, arc: bytes) -> bool:
         p = self.profile
         assert self._first_ac is not None
         arqc = self._first_ac["9F26"]
-        key = p.icc_mk_ac if p.cvn == 10 else self._session_key(self._first_ac["9F36"])
+        key = cryptogram.ac_key(p.icc_mk_ac, self._first_ac["9F36"], p.cvn)
         if p.arpc_method == 1:
             arpc, arpc_rc = issuer_auth[:8], issuer_auth[8:10]
             expected = _ac.generate_arpc_1(key, arqc, arpc_rc)
@@ -734,9 +726,9 @@ class VirtualCard:
         tags["95"] = cdol2["95"]
         tags["9F37"] = cdol2["9F37"]
         tags["9F10"] = self._iad(cvr2, cvr3)
-        cryptogram = self._cryptogram(tags)
+        card_cryptogram = self._cryptogram(tags)
         self._completed = True
-        return self._ac_response(cid, tags, cryptogram)
+        return self._ac_response(cid, tags, card_cryptogram)
 
     # ---- GET DATA / VERIFY ------------------------------------------------
 

@@ -8,6 +8,8 @@ from api_helpers import AppEnv, Person
 from sqlalchemy import select
 
 from processor.api.models import idempotency
+from processor.issuing import cards
+from processor.tokenization import tokens
 
 
 async def _card(app_env: AppEnv, person: Person, **kwargs: Any) -> Any:
@@ -22,7 +24,7 @@ async def test_freeze_and_unfreeze_with_events(app_env: AppEnv) -> None:
     card = await _card(app_env, ada)
     r = await app_env.write("POST", f"/v1/cards/{card.id}/freeze", ada)
     assert r.status_code == 200 and r.json()["status"] == "frozen"
-    assert (await app_env.store.get_card(card.id)).status == "frozen"
+    assert (await cards.get(app_env.store, card.id)).status == "frozen"
     assert (await app_env.write("POST", f"/v1/cards/{card.id}/freeze", ada)).json()["status"] == "frozen"
     assert (await app_env.write("POST", f"/v1/cards/{card.id}/unfreeze", ada)).json()["status"] == "active"
     events = (await app_env.client.get("/v1/events", headers=ada.auth)).json()["items"]
@@ -48,7 +50,7 @@ async def test_report_lost_issues_a_replacement_and_moves_wallet_tokens(app_env:
     assert again.json() == body and again.headers["Idempotent-Replayed"] == "true"
     other_key = await app_env.write("POST", f"/v1/cards/{card.id}/report-lost", ada, key="lost-2")
     assert other_key.json()["replacement"]["id"] == body["replacement"]["id"]  # still one replacement
-    assert (await app_env.store.get_token(token["id"])).card_id == body["replacement"]["id"]
+    assert (await tokens.get(app_env.store, token["id"])).card_id == body["replacement"]["id"]
     cards = (await app_env.client.get("/v1/cards", headers=ada.auth)).json()
     assert sorted(c["status"] for c in cards) == ["active", "lost"]
 
@@ -58,7 +60,7 @@ async def test_set_and_change_pin_through_the_hsm(app_env: AppEnv) -> None:
     card = await _card(app_env, ada)
     r = await app_env.write("PUT", f"/v1/cards/{card.id}/pin", ada, {"pin": "4321"})
     assert r.status_code == 200 and r.json()["pin_set"] is True
-    stored = await app_env.store.get_card(card.id)
+    stored = await cards.get(app_env.store, card.id)
     assert stored.pin_method == "pvv" and "4321" not in (stored.pin_value or "")
     r = await app_env.write("PUT", f"/v1/cards/{card.id}/pin", ada, {"pin": "9999"})
     assert r.json()["error"]["code"] == "invalid_request"  # the current PIN is needed to change it
@@ -66,7 +68,7 @@ async def test_set_and_change_pin_through_the_hsm(app_env: AppEnv) -> None:
     assert r.status_code == 403 and r.json()["error"]["code"] == "wrong_pin"
     r = await app_env.write("PUT", f"/v1/cards/{card.id}/pin", ada, {"pin": "123456", "current_pin": "4321"})
     assert r.status_code == 200
-    assert (await app_env.store.get_card(card.id)).pin_method == "ibm3624"
+    assert (await cards.get(app_env.store, card.id)).pin_method == "ibm3624"
     for _ in range(3):
         r = await app_env.write("PUT", f"/v1/cards/{card.id}/pin", ada, {"pin": "1111", "current_pin": "000000"})
     assert r.json()["error"]["code"] == "pin_tries_exceeded"

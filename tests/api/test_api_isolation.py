@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from api_helpers import AppEnv
 
+from processor.issuing import cards
+
 # A body for each write that takes one (the ids in the path are what is tried).
 BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/cards/{card_id}/pin"): {"pin": "9876"},
@@ -34,7 +36,7 @@ async def test_every_route_with_an_id_refuses_another_cardholders_objects(app_en
     request = (await app_env.write("POST", "/v1/payment-requests", bob, {"from": "ada", "amount_minor": 100, "currency": "EUR"})).json()
     savings = (await app_env.write("POST", "/v1/accounts", ada, {"kind": "savings", "product": "S"})).json()
     ids = {"account_id": ada.account_id, "card_id": card.id, "conversation_id": payment["conversation_id"], "request_id": request["id"]}
-    before = {"ada": await app_env.balance(ada), "bob": await app_env.balance(bob), "card": (await app_env.store.get_card(card.id))}
+    before = {"ada": await app_env.balance(ada), "bob": await app_env.balance(bob), "card": (await cards.get(app_env.store, card.id))}
 
     doc = (await app_env.client.get("/openapi.json")).json()
     tried = []
@@ -67,7 +69,7 @@ async def test_every_route_with_an_id_refuses_another_cardholders_objects(app_en
     assert (await app_env.client.get("/v1/payment-requests", headers=eve.auth)).json() == []
     assert (await app_env.client.get("/v1/events", headers=eve.auth)).json()["items"] == []
 
-    after_card = await app_env.store.get_card(card.id)
+    after_card = await cards.get(app_env.store, card.id)
     assert (after_card.status, after_card.pin_value) == (before["card"].status, before["card"].pin_value)
     assert await app_env.balance(ada) == before["ada"] and await app_env.balance(bob) == before["bob"]
     assert (await app_env.client.get(f"/v1/payment-requests/{request['id']}", headers=ada.auth)).json()["status"] == "open"

@@ -10,6 +10,7 @@ from api_helpers import AppEnv
 from sqlalchemy import update
 
 from processor.api.models import payment_requests
+from processor.ledger import accounts, invariants
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ async def test_a_payment_by_handle_is_instant_and_shows_in_both_threads(app_env:
         assert thread[1]["amount_minor"] == 1_250 and thread[1]["sender"] == "ada"
     history = (await app_env.client.get(f"/v1/accounts/{bob.account_id}/transactions", headers=bob.auth)).json()["items"]
     assert [(t["type"], t["status"], t["amount_minor"]) for t in history] == [("p2p", "posted", 1_250)]
-    failures = await app_env.store.check_invariants()
+    failures = await invariants.check(app_env.store)
     assert failures == []
 
 
@@ -61,13 +62,13 @@ async def test_thread_pages_with_a_cursor(app_env: AppEnv) -> None:
 async def test_frozen_accounts_neither_send_nor_receive(app_env: AppEnv) -> None:
     ada = await app_env.enroll("ada", 10_000)
     bob = await app_env.enroll("bob", 10_000)
-    await app_env.store.set_account_status(bob.account_id, "frozen")
+    await accounts.set_status(app_env.store, bob.account_id, "frozen")
     r = await app_env.write("POST", "/v1/payments", ada, {"to": "bob", "amount_minor": 100, "currency": "EUR"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "recipient_cannot_receive"
     r = await app_env.write("POST", "/v1/payments", bob, {"to": "ada", "amount_minor": 100, "currency": "EUR"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "account_not_open"
     assert await app_env.balance(ada) == 10_000
-    assert await app_env.store.check_invariants() == []
+    assert await invariants.check(app_env.store) == []
 
 
 async def test_insufficient_funds_and_daily_limits(app_env: AppEnv) -> None:
@@ -127,7 +128,7 @@ async def test_payment_requests_pay_decline_cancel_and_expire(app_env: AppEnv) -
     assert await app_env.balance(ada) == 8_000
     statuses = [q["status"] for q in (await app_env.client.get("/v1/payment-requests", headers=ada.auth)).json()]
     assert sorted(statuses) == ["cancelled", "declined", "expired", "paid"]
-    assert await app_env.store.check_invariants() == []
+    assert await invariants.check(app_env.store) == []
 
 
 async def test_savings_product_accrual_and_own_transfers(app_env: AppEnv) -> None:
@@ -148,4 +149,4 @@ async def test_savings_product_accrual_and_own_transfers(app_env: AppEnv) -> Non
     assert report.days_accrued == 1 and report.accrued_minor == {"EUR": 548}
     again = await accrue(app_env.store, today)
     assert again.days_accrued == 0  # idempotent per day
-    assert await app_env.store.check_invariants() == []
+    assert await invariants.check(app_env.store) == []

@@ -115,7 +115,7 @@ def test_generated_requests_moved_nothing_of_adas_but_what_bob_sent(live_api: di
 
     from sqlalchemy import select
 
-    from processor.ledger import Store
+    from processor.ledger import Store, invariants
     from processor.ledger.models import postings
 
     async def outgoing() -> tuple[list[int], list[str]]:
@@ -124,7 +124,7 @@ def test_generated_requests_moved_nothing_of_adas_but_what_bob_sent(live_api: di
             rows = await store.run_query(lambda conn: conn.execute(
                 select(postings.c.amount_minor).where(postings.c.account_id == live_api["accounts"]["ada"], postings.c.amount_minor < 0)
             ).scalars().all())
-            return list(rows), await store.check_invariants()
+            return list(rows), await invariants.check(store)
         finally:
             await store.close()
 

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.api.payments import DAILY_COUNT_CONFIG, DAILY_LIMIT_CONFIG, Transfer, TransferDesk
-from processor.ledger import Store
+from processor.issuing import cardholders, config
+from processor.ledger import Store, accounts, invariants
 
 EXAMPLES = int(os.environ.get("TRANSFER_EXAMPLES", "12"))
 
@@ -40,26 +41,26 @@ async def _people(store: Store, deposits: list[int], frozen: int | None) -> list
     people = []
     for n, deposit in enumerate(deposits):
         tag = secrets.token_hex(4)
-        cid = await store.create_cardholder(f"P {tag}", f"p{tag}")
-        checking = await store.open_account(cid, "checking", "EUR")
-        savings = await store.open_account(cid, "savings", "EUR")
+        cid = await cardholders.create(store, f"P {tag}", f"p{tag}")
+        checking = await accounts.open_account(store, cid, "checking", "EUR")
+        savings = await accounts.open_account(store, cid, "savings", "EUR")
         if deposit:
-            await store.deposit(checking, deposit, reference="test")
+            await accounts.deposit(store, checking, deposit, reference="test")
         if n == frozen:
-            await store.set_account_status(checking, "frozen")
+            await accounts.set_status(store, checking, "frozen")
         people.append({"id": cid, "handle": f"p{tag}", "checking": checking, "savings": savings, "frozen": n == frozen})
     return people
 
 
 async def _balances(store: Store, ids: list[int]) -> dict[int, int]:
-    return {i: (await store.account_view(i)).ledger_minor for i in ids}
+    return {i: (await accounts.get(store, i)).ledger_minor for i in ids}
 
 
 def test_concurrent_transfers_keep_money_and_invariants(db_url: str) -> None:
     loop = asyncio.new_event_loop()
     stores = [loop.run_until_complete(Store.open(db_url)) for _ in range(2)]
-    loop.run_until_complete(stores[0].set_config(DAILY_LIMIT_CONFIG, str(10**9)))
-    loop.run_until_complete(stores[0].set_config(DAILY_COUNT_CONFIG, str(10**6)))
+    loop.run_until_complete(config.put(stores[0], DAILY_LIMIT_CONFIG, str(10**9)))
+    loop.run_until_complete(config.put(stores[0], DAILY_COUNT_CONFIG, str(10**6)))
     desks = [TransferDesk(s, max_batch=8, writers=1 if s.dialect == "sqlite" else 3) for s in stores]
     for desk in desks:
         loop.run_until_complete(desk.start())
@@ -110,7 +111,7 @@ def test_concurrent_transfers_keep_money_and_invariants(db_url: str) -> None:
         assert all(after[i] == before[i] for i in frozen_ids), "a frozen account sent or received"
         codes = Counter(a.status for a in answers)
         assert codes[500] == 0
-        assert await stores[1].check_invariants() == []
+        assert await invariants.check(stores[1]) == []
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(

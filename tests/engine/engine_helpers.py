@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm_sim import connect
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.issuing import ensure_issuer_keys, issue_card
 from processor.issuing.terminals import add_terminal
@@ -31,7 +32,7 @@ class Issuer:
         return await self.conn.request(request)
 
     async def account(self, name: str) -> Any:
-        return await self.running.store.account_view(self.accounts[name])
+        return await ledger.accounts.get(self.running.store, self.accounts[name])
 
 
 CAST = {
@@ -64,15 +65,15 @@ async def build_issuer(settings: Settings) -> tuple[dict[str, CardData], dict[st
         today = dt.datetime.now(dt.UTC).date()
         cards, accounts = {}, {}
         for name, (deposit, status, expired) in CAST.items():
-            holder = await store.create_cardholder(name.title(), f"{name}-{id(settings) % 100000}")
-            account = await store.open_account(holder, "checking", "EUR")
-            await store.deposit(account, deposit, reference="test funding")
+            holder = await issuing.cardholders.create(store, name.title(), f"{name}-{id(settings) % 100000}")
+            account = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+            await ledger.accounts.deposit(store, account, deposit, reference="test funding")
             issued = await issue_card(
                 store, hsm, keys, account_id=account, pin="1234", today=today.replace(year=today.year - 5) if expired else today,
                 chip=name not in STRIPE_ONLY,
             )
             if status != "active":
-                await store.set_card_status(issued.id, status)
+                await issuing.cards.set_status(store, issued.id, status)
             cards[name] = CardData.from_issued(issued.as_json(), "1234")
             accounts[name] = account
         terminals = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from processor import issuing, ledger
 from processor.iso8583 import Balance
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import CardData
@@ -75,7 +76,7 @@ async def test_right_pin_resets_the_try_counter(issuer):
     shop, grace = issuer.terminals["shop"], issuer.cards["grace"]
     assert (await issuer.send(shop.card_request(grace, 1_00, entry="magstripe", with_pin=True, pin="1111")))["39"] == "55"
     assert (await issuer.send(shop.card_request(grace, 1_00, entry="magstripe", with_pin=True)))["39"] == "00"
-    card = await issuer.running.store.get_card(grace.card_id)
+    card = await issuing.cards.get(issuer.running.store, grace.card_id)
     assert card.pin_tries == 0
 
 
@@ -172,4 +173,4 @@ async def test_concurrent_connections_never_overdraw(issuer):
     assert codes.count("00") == 1 and codes.count("51") == 59
     view = await issuer.account("bob")
     assert view.ledger_minor == 0
-    assert await issuer.running.store.check_invariants() == []
+    assert await ledger.invariants.check(issuer.running.store) == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import iso8583
 import pytest
 
+from processor import ledger
 from processor.config import Settings
 from processor.iso8583 import SPEC, encode, encode_frame
 from processor.server import running_engine
@@ -98,7 +99,7 @@ async def test_malformed_messages_answer_30(engine_with_short_limits, breaker):
         assert answer.get("11") == good["11"]
     finally:
         writer.close()
-    view = await running.store.account_view(accounts["ada"])
+    view = await ledger.accounts.get(running.store, accounts["ada"])
     assert (view.ledger_minor, view.available_minor) == (500_00, 500_00)
 
 
@@ -130,7 +131,7 @@ async def test_frames_that_cannot_be_answered_close_the_connection(engine_with_s
         assert any("cannot be answered" in r.getMessage() for r in caplog.records)
     finally:
         writer.close()
-    view = await running.store.account_view(accounts["ada"])
+    view = await ledger.accounts.get(running.store, accounts["ada"])
     assert view.ledger_minor == 500_00
 
 
@@ -146,7 +147,7 @@ async def test_a_pin_outside_de52_is_refused_not_ignored(engine_with_short_limit
         assert answer["39"] == "30" and answer.get("11") == request["11"] and "38" not in answer
     finally:
         writer.close()
-    account = await running.store.account_view(cards["ada"].account_id)
+    account = await ledger.accounts.get(running.store, cards["ada"].account_id)
     assert account.available_minor == account.ledger_minor == 500_00
 
 

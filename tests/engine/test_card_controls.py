@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from processor.issuing.controls import CardControls, set_controls
+from processor.ledger import invariants
 from processor.server import running_engine
 from terminal_sim.iso_client import TerminalConnection
 
@@ -42,7 +43,7 @@ async def test_each_control_answers_its_code_and_changes_count_from_the_next_aut
 
     await _controls(issuer, "ivan")  # nothing limited: the very next authorization is approved
     assert (await send(60_00))["39"] == "00"
-    assert (await issuer.running.store.check_invariants()) == []
+    assert (await invariants.check(issuer.running.store)) == []
 
 
 async def test_a_declined_or_partial_authorization_gives_its_count_back(issuer):

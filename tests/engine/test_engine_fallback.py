@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from engine_helpers import Issuer
 
+from processor import issuing
 from processor.auth.policy import Policy
 from terminal_sim.pos import CardData, InsertChip
 
@@ -25,7 +26,7 @@ async def test_chip_card_swiped_at_a_chip_terminal_is_refused_and_costs_no_pin_t
     assert (after.ledger_minor, after.available_minor) == (before.ledger_minor, before.available_minor)
     # The wrong PIN of the refused swipe was never checked: the right PIN still works first time.
     assert (await issuer.send(issuer.terminals["shop"].card_request(ada, 1_00, entry="magstripe", with_pin=True)))["39"] == "00"
-    card = await issuer.running.store.get_card(await _card_id(issuer, "ada"))
+    card = await issuing.cards.get(issuer.running.store, await _card_id(issuer, "ada"))
     assert card.pin_tries == 0
 
 
@@ -72,5 +73,5 @@ async def test_a_stripe_claiming_no_chip_does_not_verify(issuer: Issuer) -> None
 
 
 async def _card_id(issuer: Issuer, name: str) -> int:
-    cards = await issuer.running.store.list_cards(issuer.accounts[name])
+    cards = await issuing.cards.list_for_account(issuer.running.store, issuer.accounts[name])
     return cards[0].card_id

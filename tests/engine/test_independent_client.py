@@ -28,6 +28,7 @@ from starkbank.iso8583.utils.parser import ParseBitmap, ParseHexadecimal, ParseS
 from starkbank.iso8583.version import IsoVersion
 
 from engine_helpers import build_issuer
+from processor import ledger
 from processor.config import Settings
 from processor.server import running_engine
 from terminal_sim.pos import CardData, PosTerminal
@@ -172,7 +173,7 @@ async def test_purchase_pin_balance_reversal_and_batch_close(engine_and_client):
     }
     reversed_ = await client.exchange(reversal)
     assert (reversed_["MTI"], reversed_["DE039"]) == ("0410", "00")
-    assert (await running.store.account_view(ada.account_id)).ledger_minor == 500_00 - 20_00
+    assert (await ledger.accounts.get(running.store, ada.account_id)).ledger_minor == 500_00 - 20_00
 
     close = {
         **{k: v for k, v in client.base("0500", "920000", 0).items() if k not in ("DE004", "DE012", "DE013", "DE018", "DE037", "DE043", "DE049")},

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import build_issuer
 
+from processor import ledger
 from processor.config import Settings
 from processor.iso8583 import Request, decode, encode
 from processor.ledger import Store
@@ -75,9 +76,9 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     store = await Store.open(db_url)
     try:
         for key in approved:
-            outcome = await store.find_auth(key)
+            outcome = await ledger.auths.find(store, key)
             assert outcome is not None and outcome.rc == "00", f"approval {key} was answered but is not in the ledger"
-        assert await store.check_invariants() == []
+        assert await ledger.invariants.check(store) == []
     finally:
         await store.close()
 
@@ -96,9 +97,9 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
                 approvals += answer["39"] == "00"
         store = await Store.open(db_url)
         try:
-            view = await store.account_view(accounts["ada"])
+            view = await ledger.accounts.get(store, accounts["ada"])
             assert view.ledger_minor == 500_00 - 1_00 * approvals
-            assert await store.check_invariants() == []
+            assert await ledger.invariants.check(store) == []
         finally:
             await store.close()
     finally:

@@ -21,6 +21,7 @@ import aiomqtt
 import pytest
 from engine_helpers import build_issuer
 
+from processor import ledger
 from processor.config import Settings
 from processor.iso8583 import Request, decode, encode
 from processor.server import running_engine
@@ -62,7 +63,7 @@ class MqttIssuer:
                               protocol=aiomqtt.ProtocolVersion.V5, timeout=5)
 
     async def account(self, name: str) -> Any:
-        return await self.running.store.account_view(self.accounts[name])
+        return await ledger.accounts.get(self.running.store, self.accounts[name])
 
 
 @contextlib.asynccontextmanager
@@ -209,7 +210,7 @@ async def _counting_engine(broker: Any, sqlite_url: str, tmp_path: Path, limits:
                                                         timeout_s=20.0) as conn:
             answers = await asyncio.gather(*(conn.request(shop.card_request(cards["ivan"], 1_00, entry="magstripe"))
                                              for _ in range(requests)))
-        account = await running.store.account_view(accounts["ivan"])
+        account = await ledger.accounts.get(running.store, accounts["ivan"])
     return most, answers, account, conn.retries
 
 
@@ -255,7 +256,7 @@ async def test_a_terminal_cannot_publish_as_another(mqtt_issuer: MqttIssuer):
         await _publish_raw(attacker, f"pos/{shop.terminal_id}/request", forged, f"pos/{shop.terminal_id}/response", b"own")
         [answer] = await _drain(attacker, 1.5)
         assert decode(bytes(answer.payload))["39"] == "03"
-    assert await mqtt_issuer.running.store.find_auth(_key(forged)) is None, "nothing recorded under MRKT0001's key"
+    assert await ledger.auths.find(mqtt_issuer.running.store, _key(forged)) is None, "nothing recorded under MRKT0001's key"
     async with await mqtt_issuer.connect("market") as genuine:
         assert (await genuine.request(forged))["39"] == "00", "the genuine terminal's request with that key is served"
 

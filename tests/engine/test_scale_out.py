@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from hsm_sim import connect
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.iso8583 import Request, decode, encode
 from processor.issuing import ensure_issuer_keys, issue_card
@@ -81,9 +82,9 @@ async def build_fleet(settings: Settings) -> Fleet:
         keys = await ensure_issuer_keys(store, hsm)
         accounts, cards = [], []
         for i, deposit in enumerate(DEPOSITS):
-            holder = await store.create_cardholder(f"Holder {i}", f"holder-{i}-{os.getpid()}")
-            account = await store.open_account(holder, "checking", "EUR")
-            await store.deposit(account, deposit, reference="scale-out funding")
+            holder = await issuing.cardholders.create(store, f"Holder {i}", f"holder-{i}-{os.getpid()}")
+            account = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+            await ledger.accounts.deposit(store, account, deposit, reference="scale-out funding")
             issued = await issue_card(store, hsm, keys, account_id=account, pin="1234", chip=False)
             accounts.append(account)
             cards.append(CardData.from_issued(issued.as_json(), "1234"))
@@ -193,7 +194,7 @@ async def verify(fleet: Fleet, engines: Engines) -> None:
         for exchange in fleet.exchanges:
             answer = exchange.answer
             assert answer is not None
-            stored = await store.find_auth(exchange.key)
+            stored = await ledger.auths.find(store, exchange.key)
             assert stored is not None, f"answered {answer['39']} but not in the store: {exchange.key}"
             assert stored.rc == answer["39"], f"{exchange.key}: the terminal got {answer['39']}, the store says {stored.rc}"
             if answer["39"] != "00":
@@ -209,7 +210,7 @@ async def verify(fleet: Fleet, engines: Engines) -> None:
                 expected_ledger[account] -= amount
         holds_found = 0
         for account in fleet.accounts:
-            view = await store.account_view(account)
+            view = await ledger.accounts.get(store, account)
             holds_found += len(view.holds)
             assert view.ledger_minor - view.held_minor >= 0, f"account {account} is below zero"
             assert (view.ledger_minor, view.held_minor) == (expected_ledger[account], expected_held[account]), (

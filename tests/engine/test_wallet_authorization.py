@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from processor import issuing, ledger
 from processor.issuing import load_issuer_keys
 from processor.issuing.personalization import form_bureau_key
 from processor.tokenization import delete_token, provision_token, replace_card, resume_token, suspend_token
@@ -73,7 +74,7 @@ async def test_lifecycle_stops_and_restarts_the_token_at_once(wallet):
 
 async def test_closing_the_card_stops_its_tokens(wallet):
     _, phone = await wallet.provision()
-    await wallet.running.store.set_card_status(wallet.cards["ada"].card_id, "closed")
+    await issuing.cards.set_status(wallet.running.store, wallet.cards["ada"].card_id, "closed")
     assert (await wallet.tap(phone)).rc == "62"
 
 
@@ -100,7 +101,7 @@ async def test_load_generator_wallet_kind(wallet, tmp_path):
     from terminal_sim.load import run_load
 
     token, phone = await wallet.provision()
-    await wallet.running.store.deposit(wallet.accounts["ada"], 1_000_000_00, reference="load test funding")
+    await ledger.accounts.deposit(wallet.running.store, wallet.accounts["ada"], 1_000_000_00, reference="load test funding")
     phone_card = ChipCard(phone.profile, card_id=wallet.cards["ada"].card_id, is_wallet=True)
     result = await run_load(
         "127.0.0.1", wallet.running.port, [wallet.terminals["shop"]], [], connections=2, seconds=1.0,

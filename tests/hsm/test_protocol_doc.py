@@ -43,3 +43,17 @@ def test_no_documented_command_is_gone():
 def test_every_status_is_documented():
     statuses = {value for name, value in vars(errors).items() if name.isupper() and isinstance(value, str) and len(value) == 2}
     assert all(f"| `{status}` |" in DOC for status in statuses), sorted(statuses)
+
+
+def role_rows() -> list[str]:
+    from hsm_sim.access import ROLES
+
+    shared = {"who_am_i", "key_info", "list_keys"}
+    return [
+        f"| {role} | {', '.join(f'`{name}`' for name in COMMANDS.values() if name in commands and name not in shared)} |"
+        for role, commands in ROLES.items()
+    ]
+
+
+def test_the_roles_table_is_the_hsms():
+    assert all(row in DOC for row in role_rows()), "PROTOCOL.md's roles table should read:\n" + "\n".join(role_rows())

@@ -8,7 +8,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from processor.ledger import NewCard, Store, ops
+from processor import issuing, ledger
+from processor.issuing.cards import NewCard
+from processor.ledger import Store, ops
 
 _seq = itertools.count(1)
 IN_A_WEEK = dt.timedelta(days=7)
@@ -24,11 +26,11 @@ class Funded:
 async def open_funded(store: Store, deposit_minor: int, *, currency: str = "EUR", status: str = "active") -> Funded:
     """A cardholder with one account holding `deposit_minor`, and an active card on it."""
     tag = secrets.token_hex(6)
-    cardholder = await store.create_cardholder(f"Holder {tag}", f"h-{tag}")
-    account_id = await store.open_account(cardholder, "checking", currency)
+    cardholder = await issuing.cardholders.create(store, f"Holder {tag}", f"h-{tag}")
+    account_id = await ledger.accounts.open_account(store, cardholder, "checking", currency)
     if deposit_minor:
-        await store.deposit(account_id, deposit_minor, reference="test funding")
-    card_id = await store.create_card(
+        await ledger.accounts.deposit(store, account_id, deposit_minor, reference="test funding")
+    card_id = await issuing.cards.create(store, 
         NewCard(
             account_id=account_id,
             token=f"9{secrets.randbelow(10**15):015d}",
@@ -66,6 +68,6 @@ def op(op_type: type, who: Funded | None, amount_minor: int, **extra: Any) -> An
 
 async def healthy(store: Store) -> dict[str, Any]:
     """Assert the invariants hold; returns the ledger report."""
-    failures = await store.check_invariants()
+    failures = await ledger.invariants.check(store)
     assert failures == []
-    return await store.ledger_report()
+    return await ledger.invariants.report(store)

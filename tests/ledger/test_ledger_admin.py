@@ -10,26 +10,28 @@ from ledger_helpers import healthy, op, open_funded
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from processor.ledger import NewCard, Store, StoreBusy, StoreClosed, StoreError, StoreNotFound, ops
+from processor import issuing, ledger
+from processor.issuing.cards import NewCard
+from processor.ledger import Store, StoreBusy, StoreClosed, StoreError, StoreNotFound, ops
 
 
 async def test_cardholders_and_accounts_are_validated(store: Store) -> None:
-    holder = await store.create_cardholder("Ada Lovelace", "ada")
+    holder = await issuing.cardholders.create(store, "Ada Lovelace", "ada")
     with pytest.raises(StoreError, match="handle 'ada' is already taken"):
-        await store.create_cardholder("Someone Else", "ada")
+        await issuing.cardholders.create(store, "Someone Else", "ada")
     with pytest.raises(StoreNotFound, match="cardholder 999 does not exist"):
-        await store.open_account(999, "checking", "EUR")
+        await ledger.accounts.open_account(store, 999, "checking", "EUR")
     with pytest.raises(StoreError, match="kind"):
-        await store.open_account(holder, "internal", "EUR")
+        await ledger.accounts.open_account(store, holder, "internal", "EUR")
     with pytest.raises(StoreError, match="ISO 4217"):
-        await store.open_account(holder, "savings", "eur")
-    account = await store.open_account(holder, "savings", "JPY")
+        await ledger.accounts.open_account(store, holder, "savings", "eur")
+    account = await ledger.accounts.open_account(store, holder, "savings", "JPY")
     with pytest.raises(StoreError, match="positive"):
-        await store.deposit(account, 0, reference="nothing")
+        await ledger.accounts.deposit(store, account, 0, reference="nothing")
     with pytest.raises(StoreNotFound, match="account 4242"):
-        await store.deposit(4242, 100, reference="nowhere")
-    await store.deposit(account, 5_000, reference="salary")
-    view = await store.account_view(account)
+        await ledger.accounts.deposit(store, 4242, 100, reference="nowhere")
+    await ledger.accounts.deposit(store, account, 5_000, reference="salary")
+    view = await ledger.accounts.get(store, account)
     assert (view.kind, view.currency, view.ledger_minor, view.available_minor) == ("savings", "JPY", 5_000, 5_000)
     report = await healthy(store)
     assert report["currencies"]["JPY"]["funding_minor"] == -5_000
@@ -37,48 +39,48 @@ async def test_cardholders_and_accounts_are_validated(store: Store) -> None:
 
 async def test_card_lifecycle_and_lookup_by_fingerprint(store: Store) -> None:
     who = await open_funded(store, 0, status="inactive")
-    card = await store.get_card(who.card_id)
+    card = await issuing.cards.get(store, who.card_id)
     assert (card.status, card.account_status, card.currency, card.pin_tries) == ("inactive", "open", "EUR", 0)
-    assert (await store.find_card(["other-version", card.pan_fingerprint])).card_id == who.card_id
-    assert await store.find_card(["unknown"]) is None
-    assert await store.find_card([]) is None
+    assert (await issuing.cards.find_by_fingerprints(store, ["other-version", card.pan_fingerprint])).card_id == who.card_id
+    assert await issuing.cards.find_by_fingerprints(store, ["unknown"]) is None
+    assert await issuing.cards.find_by_fingerprints(store, []) is None
     with pytest.raises(StoreError, match="already exists"):
-        await store.create_card(
+        await issuing.cards.create(store, 
             NewCard(account_id=who.account_id, token="1", last4="0010", pan_fingerprint=card.pan_fingerprint,
                     sealed_pan="x", expiry="3012", service_code="201")
         )
     for status in ("active", "frozen", "active", "active", "lost"):
-        await store.set_card_status(who.card_id, status)
+        await issuing.cards.set_status(store, who.card_id, status)
     with pytest.raises(StoreError, match="is lost and cannot become active"):
-        await store.set_card_status(who.card_id, "active")
+        await issuing.cards.set_status(store, who.card_id, "active")
     with pytest.raises(StoreNotFound):
-        await store.set_card_status(31337, "active")
-    await store.set_card_status(who.card_id, "closed")
-    assert [c.status for c in await store.list_cards(who.account_id)] == ["closed"]
+        await issuing.cards.set_status(store, 31337, "active")
+    await issuing.cards.set_status(store, who.card_id, "closed")
+    assert [c.status for c in await issuing.cards.list_for_account(store, who.account_id)] == ["closed"]
 
 
 async def test_merchants_terminals_and_config(store: Store) -> None:
-    assert await store.get_merchant("MERCHANT0000001") is None
-    await store.add_merchant(merchant_id="MERCHANT0000001", name="Corner Shop", location="Berlin DE", mcc="5411")
+    assert await issuing.merchants.get(store, "MERCHANT0000001") is None
+    await issuing.merchants.add(store, merchant_id="MERCHANT0000001", name="Corner Shop", location="Berlin DE", mcc="5411")
     with pytest.raises(StoreError, match="already exists"):
-        await store.add_merchant(merchant_id="MERCHANT0000001", name="Again", mcc="5411")
+        await issuing.merchants.add(store, merchant_id="MERCHANT0000001", name="Again", mcc="5411")
     with pytest.raises(StoreNotFound, match="merchant 'NOPE'"):
-        await store.add_terminal(terminal_id="T0000001", merchant_id="NOPE")
-    await store.add_terminal(
+        await issuing.terminals.create(store, terminal_id="T0000001", merchant_id="NOPE")
+    await issuing.terminals.create(store, 
         terminal_id="T0000001", merchant_id="MERCHANT0000001", key_scheme="dukpt-tdes", bdk_kcv="ABC123",
         initial_ksn="FFFF9876543210E00000",
     )
-    terminal = await store.get_terminal("T0000001")
+    terminal = await issuing.terminals.get(store, "T0000001")
     assert (terminal.merchant_id, terminal.mcc, terminal.status, terminal.bdk_kcv) == (
         "MERCHANT0000001", "5411", "active", "ABC123",
     )
-    await store.set_terminal_status("T0000001", "blocked")
-    assert (await store.get_terminal("T0000001")).status == "blocked"
-    assert await store.get_terminal("T9999999") is None
-    assert await store.get_config("issuer.bin") is None
-    await store.set_config("issuer.bin", "476173")
-    await store.set_config("issuer.bin", "999999")
-    assert await store.get_config("issuer.bin") == "999999"
+    await issuing.terminals.set_status(store, "T0000001", "blocked")
+    assert (await issuing.terminals.get(store, "T0000001")).status == "blocked"
+    assert await issuing.terminals.get(store, "T9999999") is None
+    assert await issuing.config.get(store, "issuer.bin") is None
+    await issuing.config.put(store, "issuer.bin", "476173")
+    await issuing.config.put(store, "issuer.bin", "999999")
+    assert await issuing.config.get(store, "issuer.bin") == "999999"
 
 
 async def test_submit_after_close_is_refused(db_url: str) -> None:
@@ -127,7 +129,7 @@ async def test_invariant_check_reports_damage(store: Store, db_url: str, damage:
             await conn.execute(text(damage.format(account=who.account_id)))
     finally:
         await engine.dispose()
-    failures = await store.check_invariants()
+    failures = await ledger.invariants.check(store)
     assert any(expected in f for f in failures), failures
 
 
@@ -144,36 +146,36 @@ async def test_unreachable_database_is_a_clear_store_error(url: str) -> None:
 async def test_transfers_check_available_funds_and_currency(store: Store) -> None:
     ada, bob = await open_funded(store, 1_000), await open_funded(store, 0)
     await store.submit(op(ops.PlaceHold, ada, 300))
-    await store.transfer(ada.account_id, bob.account_id, 700, reference="rent share")
+    await ledger.accounts.transfer(store, ada.account_id, bob.account_id, 700, reference="rent share")
     with pytest.raises(StoreError, match=r"insufficient funds in account \d+ \(available 0, needed 1\)"):
-        await store.transfer(ada.account_id, bob.account_id, 1, reference="too much")
+        await ledger.accounts.transfer(store, ada.account_id, bob.account_id, 1, reference="too much")
     yen = await open_funded(store, 100, currency="JPY")
     with pytest.raises(StoreError, match="is in EUR"):
-        await store.transfer(bob.account_id, yen.account_id, 1, reference="wrong currency")
-    assert (await store.account_view(bob.account_id)).ledger_minor == 700
-    assert (await store.account_view(ada.account_id)).available_minor == 0
+        await ledger.accounts.transfer(store, bob.account_id, yen.account_id, 1, reference="wrong currency")
+    assert (await ledger.accounts.get(store, bob.account_id)).ledger_minor == 700
+    assert (await ledger.accounts.get(store, ada.account_id)).available_minor == 0
     await healthy(store)
 
 
 async def test_interest_and_fees_post_against_internal_accounts(store: Store) -> None:
     ada = await open_funded(store, 1_000)
-    await store.post_adjustment(ada.account_id, 25, purpose="interest", kind="interest", reference="November")
-    await store.post_adjustment(ada.account_id, -100, purpose="fees", kind="fee", reference="card fee")
+    await ledger.accounts.post_adjustment(store, ada.account_id, 25, purpose="interest", kind="interest", reference="November")
+    await ledger.accounts.post_adjustment(store, ada.account_id, -100, purpose="fees", kind="fee", reference="card fee")
     with pytest.raises(StoreError, match="insufficient funds"):
-        await store.post_adjustment(ada.account_id, -5_000, purpose="fees", kind="fee", reference="too big")
-    assert (await store.account_view(ada.account_id)).ledger_minor == 925
+        await ledger.accounts.post_adjustment(store, ada.account_id, -5_000, purpose="fees", kind="fee", reference="too big")
+    assert (await ledger.accounts.get(store, ada.account_id)).ledger_minor == 925
     report = await healthy(store)
     assert (report["currencies"]["EUR"]["interest_minor"], report["currencies"]["EUR"]["fees_minor"]) == (-25, 100)
 
 
 async def test_cardholder_by_handle_lists_its_accounts(store: Store) -> None:
-    holder = await store.create_cardholder("Ada", "ada-handle")
-    first = await store.open_account(holder, "checking", "EUR")
-    second = await store.open_account(holder, "savings", "EUR")
-    found = await store.find_cardholder("ada-handle")
+    holder = await issuing.cardholders.create(store, "Ada", "ada-handle")
+    first = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+    second = await ledger.accounts.open_account(store, holder, "savings", "EUR")
+    found = await issuing.cardholders.find_by_handle(store, "ada-handle")
     assert (found.id, found.name) == (holder, "Ada")
-    assert [v.id for v in await store.list_accounts(found.id)] == [first, second]
-    assert await store.find_cardholder("nobody") is None
+    assert [v.id for v in await ledger.accounts.list_for_cardholder(store, found.id)] == [first, second]
+    assert await issuing.cardholders.find_by_handle(store, "nobody") is None
 
 
 async def test_custom_jobs_run_in_a_transaction_of_their_own(store: Store) -> None:

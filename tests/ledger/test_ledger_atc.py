@@ -7,6 +7,7 @@ import datetime as dt
 
 from ledger_helpers import healthy, op, open_funded
 
+from processor import issuing, ledger
 from processor.ledger import ops
 
 
@@ -22,8 +23,8 @@ async def test_replayed_or_older_atc_is_declined_and_holds_nothing(store):
     assert (replay.rc, older.rc) == ("82", "82")
     assert "replayed" in replay.reason
     assert (await store.submit(_hold(who, 10_00, atc=6))).rc == "00"
-    assert (await store.get_card(who.card_id)).last_atc == 6
-    assert (await store.account_view(who.account_id)).available_minor == 80_00
+    assert (await issuing.cards.get(store, who.card_id)).last_atc == 6
+    assert (await ledger.accounts.get(store, who.account_id)).available_minor == 80_00
     await healthy(store)
 
 
@@ -31,4 +32,4 @@ async def test_two_copies_of_one_cryptogram_race_and_only_one_wins(store):
     who = await open_funded(store, 100_00)
     outcomes = await asyncio.gather(*(store.submit(_hold(who, 1_00, atc=9)) for _ in range(10)))
     assert sorted(o.rc for o in outcomes).count("00") == 1
-    assert (await store.account_view(who.account_id)).available_minor == 99_00
+    assert (await ledger.accounts.get(store, who.account_id)).available_minor == 99_00

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ledger_helpers import healthy, op, open_funded
 
+from processor import ledger
 from processor.ledger import Store, StoreClosed, StoreError, ops
 
 WORKER = Path(__file__).with_name("ledger_worker.py")
@@ -27,7 +28,7 @@ async def test_200_concurrent_holds_from_four_stores_approve_exactly_50(db_url: 
         assert sorted({r.rc for r in results}) == ["00", "51"]
         assert sum(r.rc == "00" for r in results) == 50
         assert all(r.available_minor >= 0 for r in results)
-        view = await stores[1].account_view(ada.account_id)
+        view = await ledger.accounts.get(stores[1], ada.account_id)
         assert (view.ledger_minor, view.held_minor, view.available_minor, len(view.holds)) == (5_000, 5_000, 0, 50)
         await healthy(stores[2])
     finally:
@@ -44,7 +45,7 @@ async def test_concurrent_debits_and_partials_never_overdraw(store: Store, funde
     results = await asyncio.gather(*(store.submit(o) for o in kinds))
     approved = sum(r.approved_minor for r in results if r.rc in ("00", "10"))
     assert approved == 10_000, "every minor unit is taken and not one more"
-    assert (await store.account_view(ada.account_id)).available_minor == 0
+    assert (await ledger.accounts.get(store, ada.account_id)).available_minor == 0
     await healthy(store)
 
 
@@ -75,7 +76,7 @@ async def test_two_processes_share_one_account_without_overdraft(db_url: str) ->
             outcomes += [json.loads(line) for line in out.splitlines()]
         assert len(outcomes) == 200
         assert sum(o["rc"] == "00" for o in outcomes) == 50
-        assert (await store.account_view(ada.account_id)).available_minor == 0
+        assert (await ledger.accounts.get(store, ada.account_id)).available_minor == 0
         await healthy(store)
     finally:
         await store.close()
@@ -102,10 +103,10 @@ async def test_killed_process_loses_no_acknowledged_hold(db_url: str) -> None:
     reopened = await Store.open(db_url)
     try:
         for ack in acknowledged:
-            stored = await reopened.find_auth(ack["key"])
+            stored = await ledger.auths.find(reopened, ack["key"])
             assert stored is not None, f"acknowledged {ack['key']} was lost"
             assert (stored.rc, stored.hold_id) == (ack["rc"], ack["hold_id"])
-        view = await reopened.account_view(ada.account_id)
+        view = await ledger.accounts.get(reopened, ada.account_id)
         assert len(view.holds) >= len(acknowledged)
         await healthy(reopened)
     finally:
@@ -135,7 +136,7 @@ async def test_cancelled_writer_loses_no_acknowledged_operation(db_url: str) -> 
     reopened = await Store.open(db_url)
     try:
         for key, rc, hold_id in acknowledged:
-            stored = await reopened.find_auth(key)
+            stored = await ledger.auths.find(reopened, key)
             assert stored is not None and (stored.rc, stored.hold_id) == (rc, hold_id)
         await healthy(reopened)
     finally:
@@ -151,7 +152,7 @@ async def test_same_request_through_several_stores_at_once_is_applied_once(db_ur
         )
         assert sum(not r.duplicate for r in results) == 1
         assert {(r.rc, r.hold_id) for r in results} == {("00", results[0].hold_id)}
-        assert (await stores[1].account_view(ada.account_id)).available_minor == 600
+        assert (await ledger.accounts.get(stores[1], ada.account_id)).available_minor == 600
         await healthy(stores[2])
     finally:
         for store in stores:
@@ -167,7 +168,7 @@ async def test_close_finishes_the_queued_operations(db_url: str) -> None:
     assert [t.result().rc for t in tasks] == ["00"] * 500
     reopened = await Store.open(db_url)
     try:
-        assert (await reopened.account_view(ada.account_id)).available_minor == 5_000
+        assert (await ledger.accounts.get(reopened, ada.account_id)).available_minor == 5_000
         await healthy(reopened)
     finally:
         await reopened.close()
@@ -200,7 +201,7 @@ async def test_store_recovers_when_postgres_drops_its_connections(pg_url: str) -
         assert answers[-2:] == ["00", "00"], answers
         for _ in range(2):
             try:
-                view = await store.account_view(ada.account_id)
+                view = await ledger.accounts.get(store, ada.account_id)
             except Exception:  # noqa: BLE001 - a pooled read connection may still be the dropped one
                 continue
         assert view.available_minor == 1_000 - 100 * (1 + answers.count("00"))

@@ -9,11 +9,12 @@ import datetime as dt
 import pytest
 from ledger_helpers import healthy, op
 
+from processor import issuing, ledger
 from processor.ledger import Store, StoreError, ops
 
 
 async def balances(store: Store, account_id: int) -> tuple[int, int]:
-    view = await store.account_view(account_id)
+    view = await ledger.accounts.get(store, account_id)
     return view.ledger_minor, view.available_minor
 
 
@@ -23,7 +24,7 @@ async def test_hold_reserves_funds_and_answers_balances(store: Store, funded) ->
     assert (out.rc, out.approved_minor, out.auth_code) == ("00", 2_500, "A1B2C3")
     assert (out.ledger_minor, out.available_minor, out.currency) == (10_000, 7_500, "EUR")
     assert out.hold_id is not None and not out.duplicate
-    view = await store.account_view(ada.account_id)
+    view = await ledger.accounts.get(store, ada.account_id)
     assert [(h.id, h.amount_minor, h.status) for h in view.holds] == [(out.hold_id, 2_500, "active")]
     await healthy(store)
 
@@ -57,9 +58,9 @@ async def test_repeated_request_gets_the_first_answer_and_changes_nothing(store:
     assert again.duplicate and not first.duplicate
     assert (again.rc, again.hold_id, again.approved_minor, again.available_minor) == ("00", first.hold_id, 700, 300)
     assert await balances(store, ada.account_id) == (1_000, 300)
-    stored = await store.find_auth("same")
+    stored = await ledger.auths.find(store, "same")
     assert stored is not None and stored.hold_id == first.hold_id and stored.rc == "00"
-    assert await store.find_auth("never-seen") is None
+    assert await ledger.auths.find(store, "never-seen") is None
     await healthy(store)
 
 
@@ -100,7 +101,7 @@ async def test_capture_posts_the_final_amount_and_releases_the_hold(store: Store
     cap = await store.submit(op(ops.Capture, None, final_minor, mti="0220", original_key="auth"))
     assert (cap.rc, cap.approved_minor, cap.hold_id, cap.account_id) == ("00", final_minor, hold.hold_id, ada.account_id)
     assert await balances(store, ada.account_id) == (2_000 - final_minor, 2_000 - final_minor)
-    assert (await store.account_view(ada.account_id)).holds == []
+    assert (await ledger.accounts.get(store, ada.account_id)).holds == []
     again = await store.submit(op(ops.Capture, None, final_minor, mti="0220", original_key="auth"))
     assert again.rc == "25", "a closed hold cannot be captured twice"
     await healthy(store)
@@ -120,7 +121,7 @@ async def test_increment_raises_an_active_hold_after_a_funds_check(store: Store,
     hold = await store.submit(op(ops.PlaceHold, ada, 500, idem_key="hotel", expires_at=expires))
     more = await store.submit(op(ops.Increment, ada, 300, original_key="hotel"))
     assert (more.rc, more.approved_minor, more.hold_id, more.available_minor) == ("00", 300, hold.hold_id, 200)
-    view = await store.account_view(ada.account_id)
+    view = await ledger.accounts.get(store, ada.account_id)
     assert view.holds[0].amount_minor == 800 and view.holds[0].expires_at > expires
     short = await store.submit(op(ops.Increment, ada, 300, original_key="hotel"))
     assert short.rc == "51"
@@ -148,7 +149,7 @@ async def test_partial_reversal_reduces_the_hold_to_the_remaining_amount(store: 
     await store.submit(op(ops.PlaceHold, ada, 700, idem_key="auth"))
     rev = await store.submit(op(ops.Reverse, ada, 700, original_key="auth", remaining_minor=250))
     assert (rev.rc, rev.approved_minor, rev.available_minor) == ("00", 450, 750)
-    assert [h.amount_minor for h in (await store.account_view(ada.account_id)).holds] == [250]
+    assert [h.amount_minor for h in (await ledger.accounts.get(store, ada.account_id)).holds] == [250]
     await healthy(store)
 
 
@@ -178,10 +179,10 @@ async def test_inquiry_and_decline_record_the_answer_and_pin_tries(store: Store,
     assert (inquiry.rc, inquiry.ledger_minor, inquiry.available_minor) == ("00", 1_234, 1_234)
     declined = await store.submit(op(ops.Decline, ada, 100, rc="55", reason="wrong PIN", pin_tries=2))
     assert (declined.rc, declined.reason, declined.auth_code) == ("55", "wrong PIN", None)
-    assert (await store.get_card(ada.card_id)).pin_tries == 2
+    assert (await issuing.cards.get(store, ada.card_id)).pin_tries == 2
     await store.submit(op(ops.PlaceHold, ada, 10, pin_tries=0))
-    assert (await store.get_card(ada.card_id)).pin_tries == 0
-    assert (await store.find_auth(declined.idem_key)).rc == "55"
+    assert (await issuing.cards.get(store, ada.card_id)).pin_tries == 0
+    assert (await ledger.auths.find(store, declined.idem_key)).rc == "55"
 
 
 async def test_expired_holds_are_released(store: Store, funded) -> None:
@@ -189,9 +190,9 @@ async def test_expired_holds_are_released(store: Store, funded) -> None:
     now = dt.datetime.now(dt.UTC)
     old = await store.submit(op(ops.PlaceHold, ada, 300, idem_key="old", expires_at=now - dt.timedelta(minutes=1)))
     await store.submit(op(ops.PlaceHold, ada, 200, expires_at=now + dt.timedelta(days=1)))
-    assert await store.expire_holds(now) == 1
-    assert await store.expire_holds(now) == 0
-    view = await store.account_view(ada.account_id)
+    assert await ledger.holds.expire(store, now) == 1
+    assert await ledger.holds.expire(store, now) == 0
+    view = await ledger.accounts.get(store, ada.account_id)
     assert view.available_minor == 800 and [h.amount_minor for h in view.holds] == [200]
     assert (await store.submit(op(ops.Capture, None, 300, original_key="old"))).rc == "25"
     assert (await store.submit(op(ops.Reverse, ada, 300, original_key="old"))).approved_minor == 0
@@ -204,7 +205,7 @@ async def test_bad_requests_are_declined_not_raised(store: Store, funded) -> Non
     assert (await store.submit(op(ops.PlaceHold, ada, 0))).rc == "13"
     assert (await store.submit(op(ops.Debit, ada, -5))).rc == "13"
     assert (await store.submit(op(ops.PlaceHold, ada, 10, currency="USD"))).rc == "12"
-    await store.set_account_status(ada.account_id, "frozen")
+    await ledger.accounts.set_status(store, ada.account_id, "frozen")
     frozen = await store.submit(op(ops.PlaceHold, ada, 10))
     assert (frozen.rc, frozen.available_minor) == ("62", 1_000)
     assert (await store.submit(op(ops.PlaceHold, None, 10))).rc == "14"
@@ -227,7 +228,7 @@ async def test_malformed_request_fields_are_recorded_not_refused(store: Store) -
     odd = op(ops.Decline, None, 0, rc="30", reason="format error: " + "x" * 400, idem_key="k" * 200)
     out = await store.submit(dataclasses.replace(odd, terminal_id="TERMINAL-0001", stan="1234567"))
     assert (out.rc, len(out.reason)) == ("30", 200)
-    assert (await store.find_auth("k" * 200)).rc == "30"
+    assert (await ledger.auths.find(store, "k" * 200)).rc == "30"
 
 
 async def test_originals_answered_earlier_in_the_same_batch_are_found(store: Store, funded) -> None:
@@ -247,5 +248,5 @@ async def test_originals_answered_earlier_in_the_same_batch_are_found(store: Sto
         ("00", 400), ("00", 100), ("00", 450), ("00", 400), ("00", 200), ("00", 200), ("00", 0),
     ]
     assert await balances(store, ada.account_id) == (950, 950)
-    assert (await store.find_auth("c1")).hold_id == results[0].hold_id
+    assert (await ledger.auths.find(store, "c1")).hold_id == results[0].hold_id
     await healthy(store)

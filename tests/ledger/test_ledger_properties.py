@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 from ledger_helpers import Funded, op, open_funded
 
+from processor import ledger
 from processor.ledger import Store, ops
 
 amounts = st.integers(min_value=1, max_value=3_000)
@@ -157,13 +158,13 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
 
         @rule()
         def expire(self) -> None:
-            run(store.expire_holds(dt.datetime.now(dt.UTC)))
+            run(ledger.holds.expire(store, dt.datetime.now(dt.UTC)))
             for account in self.ledger:
-                view = run(store.account_view(account))
+                view = run(ledger.accounts.get(store, account))
                 active = {h.id for h in view.holds}
                 for key, hold in self.holds.items():
                     if hold.account == account and hold.active:
-                        hold_id = run(store.find_auth(key)).hold_id
+                        hold_id = run(ledger.auths.find(store, key)).hold_id
                         if hold_id not in active:
                             hold.active = False
                             self.held[account] -= hold.amount
@@ -172,7 +173,7 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
         @rule(data=st.data())
         def replay(self, data: Any) -> None:
             earlier = data.draw(st.sampled_from(self.sent))
-            first = run(store.find_auth(earlier.idem_key))
+            first = run(ledger.auths.find(store, earlier.idem_key))
             again = run(store.submit(earlier))
             assert again.duplicate and (again.rc, again.approved_minor, again.hold_id) == (
                 first.rc, first.approved_minor, first.hold_id,
@@ -180,9 +181,9 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
 
         @invariant()
         def ledger_is_consistent(self) -> None:
-            assert run(store.check_invariants()) == []
+            assert run(ledger.invariants.check(store)) == []
             for account in self.ledger:
-                view = run(store.account_view(account))
+                view = run(ledger.accounts.get(store, account))
                 assert (view.ledger_minor, view.held_minor) == (self.ledger[account], self.held[account])
 
     return Ledger
@@ -247,12 +248,12 @@ def test_concurrent_batches_of_random_operations_never_overdraw(db_url: str) -> 
                 batch.append(operation)
             results = await asyncio.gather(*(store.submit(o) for o in batch))
             sent += [o for o, r in zip(batch, results) if not r.duplicate]
-            assert await store.check_invariants() == []
+            assert await ledger.invariants.check(store) == []
             for who in accounts:
-                view = await store.account_view(who.account_id)
+                view = await ledger.accounts.get(store, who.account_id)
                 # captures above the hold and reversed refunds are the only way below zero (reported as warnings)
                 if view.available_minor < 0:
-                    report = await store.ledger_report()
+                    report = await ledger.invariants.report(store)
                     assert any(f"account {who.account_id}:" in w for w in report["warnings"])
 
     @settings(max_examples=int(os.environ.get("LEDGER_EXAMPLES", "10")), deadline=None, derandomize=True,

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from processor.events import read_after
+from processor.issuing import cardholders
+from processor.ledger import accounts, invariants
 from processor.ledger.models import journal_entries
 from processor.savings import accrue
 from processor.savings.accrual import UNITS_PER_MINOR, accrue_day, round_half_even
@@ -42,9 +44,9 @@ def test_no_residue_is_ever_lost(balances: list[int], rate_ppm: int) -> None:
 
 async def test_daily_accrual_posts_at_the_month_end_once(store) -> None:
     await store.run_write(set_product, "SAVE", "Saver", "EUR", 36_500)  # 3.65%: 1 cent a day per 100.00
-    holder = await store.create_cardholder("Sam Saver", "sam")
+    holder = await cardholders.create(store, "Sam Saver", "sam")
     account_id = await store.run_write(open_savings, holder, "SAVE")
-    entry_id = await store.deposit(account_id, 1_000_00, reference="savings")
+    entry_id = await accounts.deposit(store, account_id, 1_000_00, reference="savings")
     opened = dt.date(2026, 1, 29)
 
     def backdate(conn) -> None:  # noqa: ANN001 - the deposit and the opening happened on 29 January
@@ -56,7 +58,7 @@ async def test_daily_accrual_posts_at_the_month_end_once(store) -> None:
     report = await accrue(store, dt.date(2026, 2, 2))
     assert report.days_accrued == 5 and report.accrued_minor == {"EUR": 50}  # 10 cents a day, 29 Jan to 2 Feb
     assert report.posted_minor == {"EUR": 30}  # 29, 30, 31 January, posted on the 31st
-    assert (await store.account_view(account_id)).ledger_minor == 1_000_00 + 30
+    assert (await accounts.get(store, account_id)).ledger_minor == 1_000_00 + 30
     again = await accrue(store, dt.date(2026, 2, 2))
     assert again.days_accrued == 0 and again.posted_minor == {}
     rows = await store.run_query(lambda conn: conn.execute(select(interest_accruals.c.day, interest_accruals.c.posted_entry_id)
@@ -64,6 +66,6 @@ async def test_daily_accrual_posts_at_the_month_end_once(store) -> None:
     assert [r.day.day for r in rows] == [29, 30, 31, 1, 2] and [r.posted_entry_id is not None for r in rows] == [False, False, True, False, False]
     events = [e for e in await store.run_query(read_after, 0, 100) if e.type == "interest.posted"]
     assert [(e.cardholder_id, e.data["amount_minor"], e.data["month"]) for e in events] == [(holder, 30, "2026-01")]
-    assert await store.check_invariants() == []
+    assert await invariants.check(store) == []
     with pytest.raises(ValueError, match="run earlier dates first"):
         await accrue(store, dt.date(2027, 6, 1))

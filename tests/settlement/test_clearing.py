@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from processor import issuing, ledger
 from processor.errors import InvalidRequest
 from processor.iso8583.clearing import ClearingFileError, ClearingWriter, scan_clearing_file
 from processor.ledger.models import journal_entries
@@ -51,8 +52,8 @@ async def test_the_networks_day_is_matched_posted_and_settled_with_its_exception
         conn.execute(update(holds).where(holds.c.id == hold_id).values(expires_at=NOON - dt.timedelta(days=1)))
 
     await store.run_write(expire_one)
-    await store.expire_holds(NOON)
-    await store.set_card_status(issuer.cards["grace"].card_id, "closed")
+    await ledger.holds.expire(store, NOON)
+    await issuing.cards.set_status(store, issuer.cards["grace"].card_id, "closed")
 
     path = tmp_path / "euronet.ipm"
     written = network.write_clearing_file(day, path, file_id="EURONET-20260329-01", business_date=DAY, scenarios=True)
@@ -70,7 +71,7 @@ async def test_the_networks_day_is_matched_posted_and_settled_with_its_exception
     }
     assert result["by_status"]["duplicate"] == 1 and result["posted"] == 14
     assert (await issuer.account("ada")).held_minor == 0  # every hold of ada's was captured
-    assert await store.check_invariants() == []
+    assert await ledger.invariants.check(store) == []
 
     before = await entries(store)
     again = await ingest_file(store, hsm, path, config, now=NOON)
@@ -83,7 +84,7 @@ async def test_the_networks_day_is_matched_posted_and_settled_with_its_exception
     assert position["purchases_count"] == 13 and position["refunds_count"] == 1
     assert position["gross_minor"] == result["posted_minor"] - 2 * 5_00
     assert position["net_minor"] == position["gross_minor"] - position["interchange_minor"] > 0
-    assert await store.check_invariants() == []
+    assert await ledger.invariants.check(store) == []
     exceptions = (await reconcile(store, DAY))["by_kind"]
     assert exceptions["no_authorization"] == 1 and exceptions["late_presentment"] == 1
     report = await build_report(store, DAY)
@@ -134,4 +135,4 @@ async def test_damaged_files_and_unknown_networks_are_refused_whole(issuer: Any,
     await ingest_file(store, hsm, path, config)
     with pytest.raises(InvalidRequest, match="ingested before with other content"):
         await ingest_file(store, hsm, other, config)
-    assert await store.check_invariants() == []
+    assert await ledger.invariants.check(store) == []

@@ -13,6 +13,7 @@ import pytest
 from settlement_helpers import all_captured_at, captured_at
 from sqlalchemy import func, select
 
+from processor import ledger
 from processor.errors import InvalidRequest
 from processor.ledger.models import accounts, journal_entries
 from processor.settlement.config import load_config
@@ -74,7 +75,7 @@ async def test_a_day_pays_each_merchant_its_net_after_fees_and_posts_it_once(iss
     assert await internal_balance(store, "merchant_payable") == 115_00 - 123
     assert await internal_balance(store, "fee_income") == 123 - 24
     assert await internal_balance(store, "interchange_income") == 24
-    assert await store.check_invariants() == []
+    assert await ledger.invariants.check(store) == []
     assert summary["exceptions"] == {"batch_not_closed": 1}
 
     files = summary["files"]
@@ -126,7 +127,7 @@ async def test_a_reversal_after_its_day_was_settled_is_an_adjustment_in_the_next
          "amount_minor": -40_00, "currency": "EUR"}
     ]
     assert report["merchants"][0]["gross_minor"] == 40_00  # the settled day itself is not rewritten
-    assert await store.check_invariants() == []
+    assert await ledger.invariants.check(store) == []
 
 
 async def test_an_empty_day_settles_with_zero_totals_and_empty_files(issuer: Any, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsm_sim import connect
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.issuing import ensure_issuer_keys, issue_card
 from processor.issuing.personalization import form_bureau_key, personalize
@@ -58,10 +59,10 @@ class ChipIssuer:
         return load_profile(self.bureau, self.card_ids[name], self.transport_key, contactless=contactless)
 
     async def available(self, name: str) -> int:
-        return (await self.store.account_view(self.account_ids[name])).available_minor
+        return (await ledger.accounts.get(self.store, self.account_ids[name])).available_minor
 
     async def ledger(self, name: str) -> int:
-        return (await self.store.account_view(self.account_ids[name])).ledger_minor
+        return (await ledger.accounts.get(self.store, self.account_ids[name])).ledger_minor
 
     async def connect(self) -> TerminalConnection:
         return await TerminalConnection.connect("127.0.0.1", self.port, timeout_s=5.0)
@@ -76,9 +77,9 @@ async def _build(settings: Settings, bureau: Path) -> tuple[bytes, dict[str, int
         transport_key = transport_key_from_components(ceremony["components"])
         card_ids, account_ids = {}, {}
         for name, cvn in (("ada", 18), ("bob", 10)):
-            holder = await store.create_cardholder(name.title(), f"{name}-chip")
-            account = await store.open_account(holder, "checking", "EUR")
-            await store.deposit(account, DEPOSIT, reference="test funding")
+            holder = await issuing.cardholders.create(store, name.title(), f"{name}-chip")
+            account = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+            await ledger.accounts.deposit(store, account, DEPOSIT, reference="test funding")
             issued = await issue_card(store, hsm, keys, account_id=account, pin=PIN, today=dt.date.today())
             await personalize(store, hsm, keys, issued.id, directory=bureau, cvn=cvn)
             card_ids[name], account_ids[name] = issued.id, account
@@ -225,7 +226,7 @@ async def test_wrong_pin_block_key_declined_55_and_try_counter_unchanged(chip_is
     card = VirtualCard(chip_issuer.profile("ada"))
     result = await chip_transaction(chip_issuer.conn, wrong, card.process_apdu, 10_00, contactless=False, pin=PIN)
     assert (result.rc, result.cryptogram) == ("55", "AAC")
-    assert (await chip_issuer.store.get_card(chip_issuer.card_ids["ada"])).pin_tries == 0
+    assert (await issuing.cards.get(chip_issuer.store, chip_issuer.card_ids["ada"])).pin_tries == 0
     assert await chip_issuer.available("ada") == DEPOSIT
     # The issuer authenticated the card and says so: an ARPC over the decline code "05".
     issuer_data = decode_tlv(bytes.fromhex(result.answer["55"]))["91"]
@@ -244,7 +245,7 @@ async def test_terminal_disconnected_mid_transaction_reverses_and_leaves_no_hold
             await conn.close()
         assert proxy.answers_dropped == 1
     assert result.rc is None and result.reversed and result.cryptogram == "AAC"
-    view = await chip_issuer.store.account_view(chip_issuer.account_ids["ada"])
+    view = await ledger.accounts.get(chip_issuer.store, chip_issuer.account_ids["ada"])
     assert (view.available_minor, view.ledger_minor, view.held_minor) == (DEPOSIT, DEPOSIT, 0)
     # The engine did place the hold (its answer was lost on the way), and the reversal released it.
     assert [(h.amount_minor, h.status) for h in view.holds if h.status == "active"] == []
@@ -279,7 +280,7 @@ async def test_card_pulled_out_after_the_approval_is_reversed(chip_issuer):
     result = await chip_transaction(chip_issuer.conn, chip_issuer.terminals["shop"], transmit, 20_00,
                                     contactless=False, pin=PIN, mti="0100")
     assert (result.rc, result.cryptogram, result.reversed, result.approved) == ("00", "AAC", True, False)
-    view = await chip_issuer.store.account_view(chip_issuer.account_ids["ada"])
+    view = await ledger.accounts.get(chip_issuer.store, chip_issuer.account_ids["ada"])
     assert (view.available_minor, view.held_minor) == (DEPOSIT, 0)
 
 

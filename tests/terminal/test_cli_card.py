@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from hsm_sim import connect
+from processor import issuing, ledger
 from processor.config import Settings
 from processor.issuing import ensure_issuer_keys, issue_card
 from processor.issuing.personalization import form_bureau_key, personalize
@@ -44,9 +45,9 @@ async def _issue(settings: Settings, bureau: Path, terminal_file: Path) -> tuple
     try:
         keys = await ensure_issuer_keys(store, hsm)
         ceremony = await form_bureau_key(store, hsm)
-        holder = await store.create_cardholder("Ada Reader", "ada-reader")
-        account = await store.open_account(holder, "checking", "EUR")
-        await store.deposit(account, DEPOSIT, reference="test funding")
+        holder = await issuing.cardholders.create(store, "Ada Reader", "ada-reader")
+        account = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+        await ledger.accounts.deposit(store, account, DEPOSIT, reference="test funding")
         card = await issue_card(store, hsm, keys, account_id=account, pin=PIN, today=dt.date.today())
         await personalize(store, hsm, keys, card.id, directory=bureau)
         registered = await add_terminal(store, hsm, keys, terminal_id="PCSC0001", merchant_id="PCSCSHOP0000001", mcc="5411")
@@ -122,7 +123,7 @@ async def test_card_in_vpcd_reader_pays_contact_and_contactless(pcscd, sqlite_ur
         async with _Card(env, card_id, bureau, "contactless"):
             code, tap = await _pos(env, engine.port, pcscd, terminal_file, "--amount", "5.00", "--interface", "contactless")
             assert (code, tap["rc"], tap["cryptogram"], tap["atc"]) == (0, "00", "TC", 3)
-        view = await engine.store.account_view(account)
+        view = await ledger.accounts.get(engine.store, account)
         assert view.ledger_minor == DEPOSIT - 12_34 - 5_00
         # The terminal's STAN sequence carried over between runs (no collision on the idempotency key).
         assert len({first["stan"], wrong["stan"], tap["stan"]}) == 3

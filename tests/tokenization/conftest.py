@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hsm_sim import Hsm
+from processor import issuing, ledger
 from processor.issuing import issue_card
 from processor.issuing.keys import IssuerKeys, ensure_issuer_keys
 
@@ -31,9 +32,9 @@ def new_card(store: Any, hsm: Hsm, keys: IssuerKeys) -> Any:
 
     async def make(deposit_minor: int = 100_00) -> Any:
         made["n"] += 1
-        holder = await store.create_cardholder(f"Holder {made['n']}", f"holder{made['n']}")
-        account = await store.open_account(holder, "checking", "EUR")
-        await store.deposit(account, deposit_minor, reference="opening")
+        holder = await issuing.cardholders.create(store, f"Holder {made['n']}", f"holder{made['n']}")
+        account = await ledger.accounts.open_account(store, holder, "checking", "EUR")
+        await ledger.accounts.deposit(store, account, deposit_minor, reference="opening")
         return await issue_card(store, hsm, keys, account_id=account, pin="1234")
 
     return make

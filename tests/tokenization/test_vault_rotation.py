@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from processor import issuing, tokenization
 from processor.errors import InvalidRequest
 from processor.tokenization import (
     current_versions,
@@ -22,10 +23,10 @@ async def fingerprints(hsm: Any, number: str) -> list[str]:
 
 async def _all_findable(store: Any, hsm: Any, cards: list[Any], tokens: list[dict[str, Any]]) -> None:
     for card in cards:
-        found = await store.find_card(await fingerprints(hsm, card.pan))
+        found = await issuing.cards.find_by_fingerprints(store, await fingerprints(hsm, card.pan))
         assert found is not None and found.card_id == card.id
     for tok in tokens:
-        found = await store.find_payment_token(await fingerprints(hsm, tok["token"]))
+        found = await tokenization.tokens.find_by_fingerprints(store, await fingerprints(hsm, tok["token"]))
         assert found is not None and found[0].token_id == tok["id"]
 
 
@@ -41,7 +42,7 @@ async def test_rotation_reseals_everything_resumably_and_cards_stay_findable(sto
     first = await rotate_vault(store, hsm, batch_size=1, limit=2)
     assert (first["cards_resealed"], first["tokens_resealed"], first["batches"]) == (2, 0, 2)
     assert first["remaining"] == 4 and first["data_key_version"] == 2
-    versions = sorted([(await store.get_card(c.id)).data_key_version for c in cards])
+    versions = sorted([(await issuing.cards.get(store, c.id)).data_key_version for c in cards])
     assert versions == [1, 1, 1, 2, 2]
     await _all_findable(store, hsm, cards, tokens)
 
@@ -49,13 +50,13 @@ async def test_rotation_reseals_everything_resumably_and_cards_stay_findable(sto
     assert (second["cards_resealed"], second["tokens_resealed"], second["remaining"]) == (3, 1, 0)
     await _all_findable(store, hsm, cards, tokens)
     for card in cards:
-        rec = await store.get_card(card.id)
+        rec = await issuing.cards.get(store, card.id)
         assert (rec.data_key_version, rec.fingerprint_version) == (2, 2)
         newest = dict(await hsm.fingerprint_pan(card.pan))
         assert rec.pan_fingerprint == newest[2]  # the old-version fingerprint is no longer stored
-        assert await store.find_card([newest[1]]) is None
+        assert await issuing.cards.find_by_fingerprints(store, [newest[1]]) is None
         assert await hsm.reveal_pan(rec.sealed_pan, rec.data_key_version, operator="ops", reason="test") == card.pan
-    view = await store.get_token(tokens[0]["id"])
+    view = await tokenization.tokens.get(store, tokens[0]["id"])
     assert (view.data_key_version, view.fingerprint_version) == (2, 2)
     again = await rotate_vault(store, hsm)
     assert (again["cards_resealed"], again["tokens_resealed"], again["remaining"]) == (0, 0, 0)
@@ -64,13 +65,13 @@ async def test_rotation_reseals_everything_resumably_and_cards_stay_findable(sto
 async def test_a_card_changed_meanwhile_is_not_overwritten(store, hsm, keys, new_card):
     card = await new_card()
     await rotate_keys(hsm)
-    rec = await store.get_card(card.id)
+    rec = await issuing.cards.get(store, card.id)
     fresh = await hsm.reseal_pan(rec.sealed_pan, rec.data_key_version)
-    assert await store.update_card_vault(card.id, 1, 1, fresh) is True
+    assert await tokenization.vault.update_card_vault(store, card.id, 1, 1, fresh) is True
     stale = await hsm.reseal_pan(rec.sealed_pan, rec.data_key_version)
-    assert await store.update_card_vault(card.id, 1, 1, stale) is False  # versions moved on: compare-and-set fails
-    assert (await store.get_card(card.id)).pan_fingerprint == fresh.fingerprint
-    assert await store.cards_to_reseal(2, 2, 0, 10) == []
+    assert await tokenization.vault.update_card_vault(store, card.id, 1, 1, stale) is False  # versions moved on: compare-and-set fails
+    assert (await issuing.cards.get(store, card.id)).pan_fingerprint == fresh.fingerprint
+    assert await tokenization.vault.cards_to_reseal(store, 2, 2, 0, 10) == []
 
 
 async def test_lookups_never_miss_while_rotation_runs(store, hsm, keys, new_card):
@@ -84,7 +85,7 @@ async def test_lookups_never_miss_while_rotation_runs(store, hsm, keys, new_card
         looked = 0
         while not done.is_set():
             for card_id, pan in prints.items():
-                found = await store.find_card(await fingerprints(hsm, pan))
+                found = await issuing.cards.find_by_fingerprints(store, await fingerprints(hsm, pan))
                 if found is None or found.card_id != card_id:
                     misses.append(card_id)
                 looked += 1

@@ -19,6 +19,7 @@ _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     op.create_table('card_controls',
     sa.Column('card_id', _ID, nullable=False),
+    sa.Column('card_token', sa.String(length=19), nullable=False),
     sa.Column('per_transaction_minor', sa.BigInteger(), nullable=True),
     sa.Column('daily_minor', sa.BigInteger(), nullable=True),
     sa.Column('daily_count', sa.Integer(), nullable=True),
@@ -33,7 +34,8 @@ def upgrade() -> None:
     sa.Column('abroad', sa.Boolean(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['card_id'], ['cards.id'], name=op.f('fk_card_controls_card_id_cards')),
-    sa.PrimaryKeyConstraint('card_id', name=op.f('pk_card_controls'))
+    sa.PrimaryKeyConstraint('card_id', name=op.f('pk_card_controls')),
+    sa.UniqueConstraint('card_token', name=op.f('uq_card_controls_card_token'))
     )
     op.create_table('card_spend',
     sa.Column('card_id', _ID, nullable=False),

@@ -1,0 +1,113 @@
+"""The HSM's audit log: one JSON line per command and per refusal, never a key, PIN, PAN or CVV.
+
+    {"t": "2026-12-01T09:30:00.123+00:00", "by": "engine-1", "role": "engine", "cmd": "verify_cvv",
+     "status": "00", "keys": ["9B1B4F"]}
+    {"t": ..., "by": "anonymous", "role": "-", "peer": "10.0.0.7:51522", "cmd": "export_key",
+     "status": "17", "why": "no client certificate"}
+
+`by` is the client's certificate name (`local` for the process that opened the key store itself), `cmd`
+the command, or `connect` for a connection refused before it sent one. Status `17` marks a refusal of
+the client, with `why`. `hsm-sim audit` reads the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hsm_sim.errors import NOT_PERMITTED
+from hsm_sim.files import open_private_append
+
+MEMORY_LINES = 10_000
+
+
+class AuditLog:
+    """Appends lines to a 0600 file (or keeps the last MEMORY_LINES in memory for an ephemeral HSM).
+
+    Lines are buffered and flushed within FLUSH_INTERVAL_S (and at close): a system call per command
+    would cost more than the command itself. Refusals are flushed at once.
+    """
+
+    FLUSH_INTERVAL_S = 0.05
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.memory: collections.deque[str] = collections.deque(maxlen=MEMORY_LINES)
+        self._fh = open_private_append(path) if path else None
+        self._lock = threading.Lock()
+        self._flush_pending = False
+
+    def write(self, by: str, role: str, command: str, status: str, kcvs: tuple[str, ...], **extra: Any) -> None:
+        """A command's line; names, roles, commands and statuses are ours and safe to write unescaped."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        if extra or not all(k.isalnum() and k.isascii() for k in kcvs):
+            record = {"t": now, "by": by, "role": role, "cmd": command, "status": status, **({"keys": kcvs} if kcvs else {}), **extra}
+            line = json.dumps(record, separators=(",", ":"))
+        else:
+            keys = ',"keys":[' + ",".join(f'"{k}"' for k in kcvs) + "]" if kcvs else ""
+            line = f'{{"t":"{now}","by":"{by}","role":"{role}","cmd":"{command}","status":"{status}"{keys}}}'
+        self._append(line)
+
+    def refusal(self, by: str, role: str, command: str, why: str, *, peer: str = "") -> None:
+        """A refused client: who (or `anonymous`), what it tried, why; flushed at once."""
+        record = {"t": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "by": by, "role": role}
+        if peer:
+            record["peer"] = peer
+        record.update({"cmd": command, "status": NOT_PERMITTED, "why": why[:300]})
+        self._append(json.dumps(record, separators=(",", ":")))
+        self.flush()
+
+    def _append(self, line: str) -> None:
+        if self._fh is None:
+            self.memory.append(line)
+            return
+        with self._lock:
+            self._fh.write(line + "\n")
+        self._schedule_flush()
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        if self._fh is not None:
+            with self._lock:
+                self._fh.flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_pending = True
+        loop.call_later(self.FLUSH_INTERVAL_S, self.flush)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            self._fh.close()
+            self._fh = None
+
+
+def read(path: Path, *, refusals_only: bool = False, who: str | None = None, since: str | None = None) -> Iterator[dict[str, Any]]:
+    """The log's records, oldest first, filtered; a line that is not JSON is reported as such, not skipped."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                yield {"t": "?", "by": "?", "cmd": "?", "status": "??", "why": f"line {number} of {path} is not JSON"}
+                continue
+            if refusals_only and record.get("status") != NOT_PERMITTED:
+                continue
+            if who is not None and record.get("by") != who:
+                continue
+            if since is not None and record.get("t", "") < since:
+                continue
+            yield record

@@ -1,0 +1,47 @@
+"""Cardholders: the people accounts and cards belong to, each with a unique handle."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select
+
+from processor.ledger import StoreError, StoreInterface
+from processor.ledger.models import cardholders, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class CardholderRecord:
+    id: int
+    name: str
+    handle: str
+    created_at: dt.datetime
+
+
+async def create(store: StoreInterface, name: str, handle: str) -> int:
+    """A new cardholder; refused when the handle is taken."""
+    return await store.run_write(_create, name, handle)
+
+
+async def find_by_handle(store: StoreInterface, handle: str) -> CardholderRecord | None:
+    return await store.run_query(_find_by_handle, handle)
+
+
+def _create(conn: Connection, name: str, handle: str) -> int:
+    if not handle or not name:
+        raise StoreError("cardholder needs a name and a handle")
+    if conn.execute(select(cardholders.c.id).where(cardholders.c.handle == handle)).first() is not None:
+        raise StoreError(f"cardholder handle {handle!r} is already taken")
+    return conn.execute(
+        insert(cardholders).returning(cardholders.c.id), {"name": name, "handle": handle, "created_at": utcnow()}
+    ).scalar_one()
+
+
+def _find_by_handle(conn: Connection, handle: str) -> CardholderRecord | None:
+    row = conn.execute(
+        select(cardholders.c.id, cardholders.c.name, cardholders.c.handle, cardholders.c.created_at).where(
+            cardholders.c.handle == handle
+        )
+    ).first()
+    return CardholderRecord(**row._asdict()) if row is not None else None

@@ -1,0 +1,278 @@
+"""How the store reaches each database: writer connections, readers, retries. Internal to `processor.ledger`.
+
+- SQLite: one writer thread holding a pysqlite connection (WAL, synchronous=FULL, BEGIN IMMEDIATE). A batch
+  costs one thread hop instead of one per statement (aiosqlite's model); several processes on one file
+  serialize on the database write lock (busy_timeout). Reads run on a few read-only connections in their own
+  threads, and the hot path's look-ups on one read-only sqlite3 connection straight from the event loop.
+- PostgreSQL: several writer tasks, each on its own asyncpg connection, running the same synchronous batch
+  code through `AsyncConnection.run_sync`. Row locks serialize conflicting batches; deadlocks and
+  serialization failures are retried a bounded number of times. The hot path's look-ups go through a small
+  asyncpg pool with prepared statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, String, any_, bindparam, create_engine, event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from processor.ledger.apply import Conflict, LedgerBug
+from processor.ledger.interface import Lookup
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+TXN_ATTEMPTS = 6
+PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+
+
+def retryable(exc: BaseException) -> bool:
+    if isinstance(exc, Conflict):
+        return True
+    if isinstance(exc, IntegrityError) and "idem_key" in str(exc.orig):
+        return True  # another connection committed the same request first: the retry finds its answer
+    if isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower():
+        return True  # SQLite: the write lock stayed with another process beyond busy_timeout
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        cause = getattr(orig, "__cause__", None)
+        code = code or getattr(cause, "sqlstate", None)
+        return code in PG_RETRY_SQLSTATES
+    return False
+
+
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: switching to WAL may wait for a lock
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            # The switch needs the file to itself and does not wait through busy_timeout: retry briefly.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    cur.execute("PRAGMA synchronous=FULL")  # the commit is on disk before an approval is answered
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def sqlite_writer_engine(url: str) -> Engine:
+    """A sync engine whose transactions start with BEGIN IMMEDIATE (take the write lock up front).
+
+    Taking the lock at BEGIN means a transaction never has to upgrade a read lock, which SQLite would refuse
+    with SQLITE_BUSY at once instead of waiting busy_timeout.
+    """
+    engine = create_engine(url, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy, not the driver, decides where transactions begin
+        sqlite_pragmas(dbapi_conn, record)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class SqliteReaders:
+    """Read-only pysqlite connections, one per reader thread: a look-up costs one thread hop.
+
+    (aiosqlite would cost a hop for the checkout, the statement, the fetch and the rollback each.)
+    """
+
+    def __init__(self, url: str, threads: int) -> None:
+        # Each connection is used by its own thread only; close() runs after those threads have stopped.
+        self.engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False})
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ledger-reader")
+        self._local = threading.local()
+        self._conns: list[Connection] = []
+        self._lock = threading.Lock()
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn: Any, record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            sqlite_pragmas(dbapi_conn, record)
+            dbapi_conn.execute("PRAGMA query_only=ON")
+
+    async def query(self, body: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._query, body, args)
+
+    def _query(self, body: Callable[..., T], args: Sequence[Any]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.engine.connect()
+            with self._lock:
+                self._conns.append(conn)
+        try:
+            return body(conn, *args)
+        finally:
+            conn.rollback()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for conn in self._conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self.engine.dispose()
+
+
+class SqliteInlineReader:
+    """Hot-path look-ups on SQLite straight from the event loop thread, on a read-only sqlite3 connection.
+
+    An indexed look-up under WAL takes microseconds and never waits for the writer, so running it
+    inline is cheaper than any thread hop; this is the engine's one read per authorization.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        self.conn.execute("PRAGMA query_only=ON")
+        self._sql: dict[tuple[Lookup[Any], int], str] = {}
+
+    def _statement(self, query: Lookup[Any], count: int) -> str:
+        sql = self._sql.get((query, count))
+        if sql is None:
+            stmt = query.select.where(query.key.in_([bindparam(f"k{i}") for i in range(count)]))
+            sql = self._sql[(query, count)] = str(stmt.compile(dialect=sqlite_dialect.dialect())) + " LIMIT 1"
+        return sql
+
+    def lookup(self, query: Lookup[T], keys: Sequence[str]) -> T | None:
+        row = self.conn.execute(self._statement(query, len(keys)), list(keys)).fetchone()
+        return query.build(row) if row is not None else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PgLookupReader:
+    """Hot-path look-ups on PostgreSQL through a small asyncpg pool, one prepared statement per look-up."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self._sql: dict[Lookup[Any], str] = {}
+
+    @classmethod
+    async def open(cls, dsn: str, size: int) -> "PgLookupReader":
+        import asyncpg
+
+        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10))
+
+    def _statement(self, query: Lookup[Any]) -> str:
+        sql = self._sql.get(query)
+        if sql is None:
+            stmt = query.select.where(query.key == any_(bindparam("keys", type_=ARRAY(String))))
+            sql = self._sql[query] = str(stmt.compile(dialect=asyncpg_dialect.dialect())) + " LIMIT 1"
+        return sql
+
+    async def lookup(self, query: Lookup[T], keys: Sequence[str]) -> T | None:
+        row = await self.pool.fetchrow(self._statement(query), list(keys))
+        return query.build(tuple(row)) if row is not None else None
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self.pool.close(), timeout=10)
+
+
+class SqliteWriter:
+    """Runs transactions on one pysqlite connection in one dedicated thread."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sqlite_writer_engine(url)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
+        self.conn: Connection | None = None
+
+    async def transact(self, body: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._transact, body, args)
+
+    def _transact(self, body: Callable[..., T], args: Sequence[Any]) -> T:
+        for attempt in range(TXN_ATTEMPTS):
+            if self.conn is None:
+                self.conn = self.engine.connect()
+            try:
+                with self.conn.begin():
+                    return body(self.conn, *args)
+            except Exception as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    self.conn.close()
+                    self.conn = None  # the next attempt (or transaction) starts on a new connection
+                if attempt + 1 == TXN_ATTEMPTS or not retryable(exc):
+                    raise
+                time.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+        self.pool.submit(_close).result(timeout=30)
+        self.pool.shutdown(wait=True)
+        self.engine.dispose()
+
+
+async def pg_transact(conn: AsyncConnection, body: Callable[..., T], *args: Any) -> T:
+    for attempt in range(TXN_ATTEMPTS):
+        try:
+            async with conn.begin():
+                return await conn.run_sync(body, *args)
+        except Exception as exc:
+            if attempt + 1 == TXN_ATTEMPTS or not retryable(exc):
+                raise
+            await asyncio.sleep(0.002 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class PgWriter:
+    """One writer's own PostgreSQL connection, replaced when the server drops it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.conn: AsyncConnection | None = None
+
+    async def connect(self) -> None:
+        self.conn = await self.engine.connect()
+
+    async def transact(self, body: Callable[..., T], *args: Any) -> T:
+        if self.conn is None or self.conn.invalidated or self.conn.closed:
+            await self.close()
+            await self.connect()
+        assert self.conn is not None
+        try:
+            return await pg_transact(self.conn, body, *args)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                await self.close()  # the next batch reconnects
+            raise
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+            self.conn = None
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, LedgerBug):
+        return f"ledger check failed: {exc}"
+    if isinstance(exc, DBAPIError):
+        return str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {exc}"

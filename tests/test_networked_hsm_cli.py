@@ -1,0 +1,87 @@
+"""The operator CLI against `hsm-sim serve`: each command reaches the HSM with the certificate of the role
+it needs (custodian for init, issuer for cards, operator for reveal, key-loader for terminals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _run(module: str, *args: str, env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    env = {**os.environ, "PROCESSOR_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"}
+    _run("hsm_sim.cli", "ca", "init", "pki", env=env, cwd=tmp_path)
+    for role, name in (("engine", "engine"), ("issuer", "issuer"), ("custodian", "custodian"), ("custodian", "custodian-2"),
+                       ("key-loader", "key-loader"), ("operator", "alice")):
+        _run("hsm_sim.cli", "ca", "issue", "pki", "--role", role, "--name", name, env=env, cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hsm_sim.cli", "serve", "--keystore", "hsm.json", "--tls", "pki", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    env.update(PROCESSOR_HSM_URL=f"tcps://127.0.0.1:{port}", PROCESSOR_HSM_TLS_DIR=str(tmp_path / "pki"))
+    try:
+        yield env, tmp_path
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_each_command_runs_as_its_role(deployment):
+    env, cwd = deployment
+
+    def processor(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run("processor.cli", *args, env=env, cwd=cwd, check=check)
+
+    def data(*args: str) -> dict:
+        return json.loads(processor(*args, "--json").stdout)
+
+    data("init")
+    holder = data("cardholder", "create", "--name", "Ada", "--handle", "ada")["id"]
+    account = data("account", "open", "--cardholder", str(holder), "--deposit", "100.00")["id"]
+    card = data("card", "issue", "--account", str(account), "--pin", "1234")
+    revealed = data("card", "reveal", str(card["id"]), "--operator", "alice", "--reason", "TICKET-7")
+    assert revealed["pan"] == card["pan"]
+    stranger = processor("card", "reveal", str(card["id"]), "--operator", "mallory", "--reason", "x", check=False)
+    assert stranger.returncode == 2 and "no HSM certificate for mallory" in stranger.stderr and "Traceback" not in stranger.stderr
+    terminal = data("terminal", "add", "--id", "SHOP0001", "--merchant", "SHOP00000000001", "--mcc", "5411")
+    assert len(terminal["ipek"]) == 32
+
+    formed = processor("bureau", "key", check=False)
+    assert formed.returncode == 2 and "dual control" in formed.stderr
+    hsm = ["--hsm", env["PROCESSOR_HSM_URL"], "--tls", "pki"]
+    first = json.loads(_run("hsm_sim.cli", "keys", "component", "KEK", "--algorithm", "AES", "--component", "3C" * 32,
+                            *hsm, "--as", "custodian", "--json", env=env, cwd=cwd).stdout)
+    second = json.loads(_run("hsm_sim.cli", "keys", "component", "KEK", "--algorithm", "AES", "--component", "A5" * 32,
+                             "--ceremony", first["ceremony"], *hsm, "--as", "custodian-2", "--json", env=env, cwd=cwd).stdout)
+    assert data("bureau", "key", "--kcv", second["key"]["kcv"])["kcv"] == second["key"]["kcv"]
+    assert data("card", "personalize", str(card["id"]), "--bureau-dir", "bureau")["cvn"] == 18
+
+    audit = [json.loads(line) for line in (cwd / "hsm.json.audit.jsonl").read_text().splitlines()]
+    by_command = {(line["by"], line["cmd"]) for line in audit if line["status"] == "00"}
+    assert {("custodian", "generate_key"), ("issuer", "generate_cvv"), ("issuer", "tokenize_pan"), ("alice", "reveal_pan"),
+            ("key-loader", "inject_ipek"), ("issuer", "personalization_data")} <= by_command
+    assert card["pan"] not in (cwd / "hsm.json.audit.jsonl").read_text()
