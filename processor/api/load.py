@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import contextlib
 import datetime as dt
 import json
@@ -295,6 +296,15 @@ async def baseline(host: str, port: int, users: list[User], *, connections: int,
     return {"requests_per_s": round(len(lat) / elapsed, 1), "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2)}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process on this machine (Linux /proc), or None when unreadable."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="the API, e.g. http://127.0.0.1:8080")
     p.add_argument("--operator-key", required=True, help="an operator key (`processor app operator-key`), to enroll the load's cardholders")
@@ -306,6 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deposit", type=int, default=10_000_000, help="each cardholder's funding, minor units")
     p.add_argument("--currency", default="EUR")
     p.add_argument("--baseline", action="store_true", help="first measure authenticated reads (GET /v1/me) for as long, to compare")
+    p.add_argument("--server-pid", type=int, help="the API's process id: report its CPU time per payment (Linux)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -323,9 +334,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         reference = await baseline(host, port, users, connections=args.connections, seconds=args.seconds)
     if not args.quiet:
         print(f"driving {args.connections} connections for {args.seconds:g} s, {args.streams} event streams", file=sys.stderr)
+    server_cpu = cpu_seconds(args.server_pid) if args.server_pid else None
+    client_cpu = cpu_seconds(os.getpid())
     result = await drive(host, port, users, connections=args.connections, seconds=args.seconds, rate=args.rate,
                          streams=args.streams, quiet=args.quiet, currency=args.currency)
-    return result.summary() | {"users": args.users, "connections": args.connections, "streams": args.streams, "baseline": reference}
+    summary = result.summary() | {"users": args.users, "connections": args.connections, "streams": args.streams, "baseline": reference}
+    payments = max(summary["payments"], 1)
+    if server_cpu is not None and (after := cpu_seconds(args.server_pid)) is not None:
+        summary["server_cpu_ms_per_payment"] = round((after - server_cpu) * 1000 / payments, 3)
+    if client_cpu is not None and (after := cpu_seconds(os.getpid())) is not None:
+        summary["client_cpu_ms_per_payment"] = round((after - client_cpu) * 1000 / payments, 3)
+    return summary
 
 
 def main_from_args(args: argparse.Namespace, settings: Any = None) -> int:
