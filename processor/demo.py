@@ -254,7 +254,8 @@ async def _chip_scenarios(day: Day, conn: TerminalConnection, terminal: PosTermi
     tap = await chip_transaction(conn, terminal, card.process_apdu, 8_90, contactless=True)
     chip.remove(card)
     day.scenarios.append(Scenario("contactless tap", "00", str(tap.rc)))
-    replay = dict(contact.request)
+    # The tap's cryptogram sent again by the terminal as a new request: the card's ATC did not move.
+    replay = dict(tap.request)
     replay["11"] = terminal.next_stan()
     answer = await conn.request(replay)
     day.scenarios.append(Scenario("replayed chip cryptogram (same ATC)", "82", str(answer.get("39"))))

@@ -166,6 +166,12 @@ async def _load(args: argparse.Namespace) -> int:
     start = secrets.randbelow(900_000) + 1
     for terminal in terminals:
         terminal._stan = itertools.count(start)
+    # Nor does its DUKPT counter: the engine refuses a key serial number it has seen. Terminals from a
+    # file keep theirs in the same state files `pos` uses.
+    states = [_state_path(args.terminals, t.terminal_id) for t in terminals] if args.terminals else []
+    for terminal, state in zip(terminals, states):
+        if state.exists():
+            terminal.dukpt_counter = max(terminal.dukpt_counter, int(json.loads(state.read_text(encoding="utf-8")).get("dukpt_counter", 0)))
     display = ProgressDisplay()
     try:
         with display:
@@ -191,6 +197,8 @@ async def _load(args: argparse.Namespace) -> int:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
         for chip in chips:
             chip.save_state()
+        for terminal, state in zip(terminals, states):
+            _save_counter(terminal, state)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))
@@ -271,7 +279,7 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
     if not entries:
         raise ValueError(f"{path}: no terminal {terminal_id or ''}".strip())
     terminal = PosTerminal.from_registered(entries[0])
-    state = Path(path).with_name(Path(path).name + f".{terminal.terminal_id}.state")
+    state = _state_path(path, terminal.terminal_id)
     if state.exists():
         saved = json.loads(state.read_text(encoding="utf-8"))
         terminal.dukpt_counter = int(saved.get("dukpt_counter", 0))
@@ -279,6 +287,23 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
         if saved.get("batch"):
             terminal.batch = TerminalBatch.from_state(saved["batch"])
     return terminal, state, entries[0]
+
+
+def _state_path(path: str, terminal_id: str) -> Any:
+    from pathlib import Path
+
+    return Path(path).with_name(Path(path).name + f".{terminal_id}.state")
+
+
+def _save_counter(terminal: PosTerminal, state: Any) -> None:
+    """Write the terminal's DUKPT counter into its state file, keeping whatever else `pos` keeps there."""
+    import os
+
+    saved = json.loads(state.read_text(encoding="utf-8")) if state.exists() else {}
+    saved["dukpt_counter"] = max(terminal.dukpt_counter, int(saved.get("dukpt_counter", 0)))
+    tmp = state.with_name(state.name + ".tmp")
+    tmp.write_text(json.dumps(saved), encoding="utf-8")
+    os.replace(tmp, state)
 
 
 def _save_terminal(terminal: PosTerminal, state: Any) -> None:

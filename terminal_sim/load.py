@@ -415,9 +415,15 @@ async def run_load(
             terminal.batch.record(completion, answer)
             result.record("completion", str(answer.get("39", "??")), (time.perf_counter() - t1) * 1000)
 
+    # A terminal is one device: its DUKPT counter must reach the engine in order, so connections that share
+    # a terminal take turns with it, one transaction at a time.
+    shared = Counter(id(terminals[i % len(terminals)]) for i in range(connections))
+    turns = {key: asyncio.Lock() for key, count in shared.items() if count > 1}
+
     async def session(index: int) -> None:
         conn = conns[index]
         terminal = terminals[index % len(terminals)]
+        turn = turns.get(id(terminal))
         while time.perf_counter() < deadline:
             if tokens is not None:
                 try:
@@ -425,7 +431,11 @@ async def run_load(
                 except TimeoutError:
                     return
             try:
-                await one(conn, terminal)
+                if turn is None:
+                    await one(conn, terminal)
+                else:
+                    async with turn:
+                        await one(conn, terminal)
             except (ConnectionError, OSError):
                 return
 

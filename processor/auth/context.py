@@ -14,6 +14,7 @@ from processor.auth.entry_modes import EntryMode
 from processor.iso8583 import Request, rc
 from processor.issuing.cards import CardRecord
 from processor.tokenization.tokens import TokenRecord
+from processor.ledger.ops import PinCheck
 
 
 class Declined(Exception):
@@ -50,7 +51,8 @@ class AuthContext:
     card: CardRecord | None = None
     token: TokenRecord | None = None  # the wallet's payment token when DE 2 carries one
     pan: str | None = None
-    pin_tries: int | None = None
+    pin: PinCheck | None = None  # what the HSM said of the PIN block, for the store to count or reset
+    ksn_counter: int | None = None  # the DUKPT counter of the request's KSN, claimed in the store
     atc: int | None = None
     icc_response: dict[str, bytes] | None = None
     reason: str = "approved"

@@ -21,6 +21,7 @@ from typing import Any
 from hsm_sim import HsmApi, HsmError
 from processor import issuing, tokenization
 from processor.auth import entry_modes
+from processor.auth.answers import LEDGER_ANSWERS
 from processor.auth.chip import declined_arpc, verify_chip_cryptogram
 from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
 from processor.auth.entry_modes import Proof
@@ -35,6 +36,7 @@ from processor.iso8583 import (
     Request,
     build_response,
     decode,
+    response_mti,
     encode,
     rc,
 )
@@ -48,6 +50,10 @@ _APPROVAL_ALPHABET = string.ascii_uppercase + string.digits
 ENTRY_FALLBACK = "80"
 ENTRY_MAGSTRIPE = frozenset({"02", "90", ENTRY_FALLBACK})
 CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
+# Messages that move money name their merchant (DE 42); it must be the terminal's.
+MERCHANT_MTIS = CARD_REQUEST_MTIS | {"0220", "0400", "0420"}
+HANDLED_MTIS = MERCHANT_MTIS | {"0500", "0800"}
+DUKPT_COUNTER_MASK = (1 << 21) - 1
 # What each card request may ask for (DE 3 positions 1-2, by the name messages.TRANSACTION_TYPES gives
 # them). Anything else is refused (12) before any money moves.
 TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
@@ -81,6 +87,11 @@ def same_key_serial(ksn: str, initial_ksn: str) -> bool:
         return False
 
 
+def dukpt_counter(ksn: str) -> int:
+    """The transaction counter of a TDES DUKPT KSN: its last 21 bits."""
+    return int(ksn, 16) & DUKPT_COUNTER_MASK
+
+
 def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
     """A card is valid through the last day of its expiry month."""
     return (int(expiry_yymm[:2]), int(expiry_yymm[2:])) < (now.year % 100, now.month)
@@ -90,17 +101,7 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    req = ctx.request
-    if await engine.is_network(req.acquirer_id):
-        # An acquiring network answers for its own merchants' terminals: none of them is registered here.
-        if not req.terminal_id or not req.merchant_id:
-            raise Declined(rc.FORMAT_ERROR, "network request without terminal (DE 41) and merchant (DE 42)")
-        ctx.terminal = Terminal(
-            terminal_id=req.terminal_id, merchant_id=req.merchant_id, mcc=req.mcc, status="active",
-            bdk_kcv=None, initial_ksn=None, chip_capable=True,
-        )
-        return
-    ctx.terminal = active_terminal(await engine.terminal(req.terminal_id))
+    ctx.terminal = active_terminal(await engine.sender(ctx.request))
 
 
 async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
@@ -242,7 +243,9 @@ async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
     if req.ksn is None or terminal is None or terminal.bdk_kcv is None:
         raise Declined(rc.FORMAT_ERROR, "PIN block without a KSN (DE 53) from a DUKPT terminal")
     if terminal.initial_ksn and not same_key_serial(req.ksn, terminal.initial_ksn):
-        raise Declined(rc.WRONG_PIN, "KSN does not belong to this terminal")
+        raise Declined(rc.SECURITY_VIOLATION, "KSN does not belong to this terminal")
+    # The store accepts the request only if this counter is above every one the terminal used before.
+    ctx.ksn_counter = dukpt_counter(req.ksn)
     try:
         ok = await engine.hsm.verify_pin(
             req.pin_block,
@@ -261,13 +264,10 @@ async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
         # the cardholder's try counter is left alone.
         raise Declined(rc.WRONG_PIN, f"PIN block rejected by the HSM ({exc.code})") from exc
     if not ok:
-        tries = card.pin_tries + 1
-        ctx.pin_tries = tries
-        if tries >= engine.policy.pin_try_limit:
-            raise Declined(rc.PIN_TRIES_EXCEEDED, "wrong PIN, try limit reached")
+        # The store counts the try in the statement that reads the count, and answers 75 at the limit.
+        ctx.pin = ops.PinCheck.WRONG
         raise Declined(rc.WRONG_PIN, "wrong PIN")
-    if card.pin_tries:
-        ctx.pin_tries = 0
+    ctx.pin = ops.PinCheck.VERIFIED
 
 
 async def check_fallback(engine: "Engine", ctx: AuthContext) -> None:
@@ -434,6 +434,15 @@ class Engine:
 
     async def _dispatch(self, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
         mti = request.mti
+        if mti not in HANDLED_MTIS:
+            # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
+            log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
+            return None
+        refusal = self._identity_refusal(request, await self.sender(request))
+        if refusal is not None:
+            # Nothing is recorded for a message that does not come from the terminal it names.
+            self._log(request, rc.INVALID_MERCHANT, refusal, started)
+            return encode(build_response(fields, rc.INVALID_MERCHANT))
         if mti == "0800":
             return self._network_management(fields, request, started)
         if mti in CARD_REQUEST_MTIS:
@@ -446,11 +455,20 @@ class Engine:
             ctx = AuthContext(fields=fields, request=request, now=self.clock())
             answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
         else:
-            # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
-            log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
-            return None
+            raise AssertionError(f"MTI {mti} is in HANDLED_MTIS without a handler")
         self._log(request, outcome_rc, answer.pop("_reason", ""), started)
         return encode(answer)
+
+    @staticmethod
+    def _identity_refusal(request: Request, terminal: Terminal | None) -> str | None:
+        """Why a message cannot be from the terminal its DE 41 names, or None when it can."""
+        if terminal is None:
+            return "unknown terminal (or a network request without DE 41 and DE 42): nothing recorded"
+        if request.merchant_id is None and request.mti in MERCHANT_MTIS:
+            return "no merchant (DE 42)"
+        if request.merchant_id is not None and request.merchant_id != terminal.merchant_id:
+            return f"DE 42 is not the merchant of terminal {terminal.terminal_id}"
+        return None
 
     # ------------------------------------------------------------ message kinds
 
@@ -499,6 +517,7 @@ class Engine:
     async def _reversal(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
         ctx = AuthContext(fields=fields, request=req, now=self.clock())
         try:
+            await check_terminal(self, ctx)
             if req.original is None:
                 raise Declined(rc.FORMAT_ERROR, "reversal without original data elements (DE 90)")
             op = ops.Reverse(
@@ -539,7 +558,11 @@ class Engine:
             currency=currency,
             auth_code=approval_code(),
             reason=ctx.reason,
-            pin_tries=ctx.pin_tries,
+            answer_codes=LEDGER_ANSWERS,
+            ref=req.reference_key(),
+            pin=ctx.pin,
+            pin_try_limit=self.policy.pin_try_limit,
+            ksn_counter=ctx.ksn_counter,
             atc=ctx.atc,
             acquirer_id=req.acquirer_id or "",
             merchant_id=req.merchant_id or (ctx.terminal.merchant_id if ctx.terminal else ""),
@@ -616,7 +639,7 @@ class Engine:
         if mti not in REQUEST_MTIS:
             log.warning("format error: %s; MTI %r is not a request this host answers, no answer", exc, mti if mti.isprintable() else "?")
             return None
-        answer: dict[str, Any] = {"t": f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}", "39": rc.FORMAT_ERROR}
+        answer: dict[str, Any] = {"t": response_mti(mti), "39": rc.FORMAT_ERROR}
         for de in ("3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49"):
             value = partial.get(de)
             if isinstance(value, str):
@@ -649,6 +672,18 @@ class Engine:
         )
 
     # ------------------------------------------------------------ look-ups
+
+    async def sender(self, req: Request) -> Terminal | None:
+        """The terminal a message comes from: a registered one by DE 41, or a merchant's terminal of a
+        registered acquiring network (DE 32), which answers for its own terminals; None when neither."""
+        if await self.is_network(req.acquirer_id):
+            if not req.terminal_id or not req.merchant_id:
+                return None
+            return Terminal(
+                terminal_id=req.terminal_id, merchant_id=req.merchant_id, mcc=req.mcc, status="active",
+                bdk_kcv=None, initial_ksn=None, chip_capable=True,
+            )
+        return await self.terminal(req.terminal_id)
 
     async def is_network(self, acquirer_id: str | None) -> bool:
         """True when DE 32 names a registered acquiring network (`processor settle network add`), cached briefly."""

@@ -56,7 +56,8 @@ async def reconcile(
     }
     if close.batch_number:
         extra["60"] = close.batch_number
-    answer = build_response(fields, outcome.rc, extra=extra)
+    code = rc.APPROVED if outcome.in_balance else rc.RECONCILE_ERROR
+    answer = build_response(fields, code, extra=extra)
     if outcome.in_balance:
         reason = f"batch {close.batch_number or '-'} in balance: {outcome.host.describe()}"
     else:
@@ -65,4 +66,4 @@ async def reconcile(
             f"ours {outcome.host.describe()}"
         )
     answer["_reason"] = ("duplicate: " if outcome.duplicate else "") + reason
-    return answer, outcome.rc
+    return answer, code

@@ -9,7 +9,9 @@ import iso8583
 from .spec import KSN_BYTES, NUMERIC_FIELDS, REFUSED_FIELDS, SPEC
 from .tlv import TlvError, decode_tlv
 
-REQUEST_MTIS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420", "0500", "0800"})
+# A repeat is a request sent again by a terminal that got no answer: answered as the request it repeats.
+REPEAT_MTIS = frozenset({"0101", "0121", "0201", "0221", "0401", "0421"})
+REQUEST_MTIS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420", "0500", "0800"}) | REPEAT_MTIS
 RESPONSE_MTIS = frozenset({"0110", "0130", "0210", "0230", "0410", "0430", "0510", "0810"})
 KNOWN_MTIS = REQUEST_MTIS | RESPONSE_MTIS
 PAN_DIGITS_MIN = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import MessageFormatError, parse_de48
+from .codec import REPEAT_MTIS, MessageFormatError, parse_de48
 from .tlv import decode_tlv
 
 TRANSACTION_TYPES = {"00": "purchase", "01": "cash", "09": "cashback", "20": "refund", "31": "balance"}
@@ -102,6 +102,7 @@ class Request:
 
     fields: dict[str, Any] = field(repr=False)
     mti: str
+    repeat: bool
     pan: str | None
     processing_code: str | None
     transaction_type: str | None
@@ -133,7 +134,11 @@ class Request:
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> "Request":
-        """Typed view of a decoded message; MessageFormatError names the field that does not parse."""
+        """Typed view of a decoded message; MessageFormatError names the field that does not parse.
+
+        A repeat (0101, 0121, 0201, 0221, 0401, 0421) is viewed as the message it repeats: `mti` is that
+        message's, and `repeat` is True.
+        """
         pc = fields.get("3")
         pos = fields.get("22")
         track2 = parse_track2(fields["35"]) if fields.get("35") else None
@@ -160,9 +165,11 @@ class Request:
                 raise MessageFormatError("replacement amount must be numeric: field 95", "95")
             replacement = int(head)
         amount = fields.get("4")
+        mti = fields["t"]
         return cls(
             fields=fields,
-            mti=fields["t"],
+            mti=repeated_mti(mti),
+            repeat=mti != repeated_mti(mti),
             pan=fields.get("2"),
             processing_code=pc,
             transaction_type=TRANSACTION_TYPES.get(pc[:2], "unknown") if pc else None,
@@ -196,15 +203,29 @@ class Request:
         return mti[:2]
 
     def idempotency_key(self) -> str:
-        """acquirer:terminal:stan:transmission time:MTI class: equal for a retransmission, unique otherwise."""
-        return f"{self.acquirer_id}:{self.terminal_id or ''}:{self.stan or ''}:{self.transmission_time or ''}:{self.mti_class(self.mti)}"
+        """acquirer:terminal:STAN:local date and time:RRN:MTI class: what a retransmission keeps.
+
+        A terminal that sends a request again (as a repeat, 0101, 0401...) keeps its STAN, its local date
+        and time (DE 13, DE 12) and its RRN; its transmission time (DE 7) changes with every send and is
+        not part of the key. So a retransmission gets the first answer, and a new request, even with a
+        STAN that came round again, is a new request.
+        """
+        local = f"{self.fields.get('13') or ''}{self.fields.get('12') or ''}"
+        return (
+            f"{self.acquirer_id}:{self.terminal_id or ''}:{self.stan or ''}:{local}:{self.rrn or ''}"
+            f":{self.mti_class(self.mti)}"
+        )
+
+    def reference_key(self) -> str:
+        """acquirer:terminal:STAN:MTI class: how a later reversal or completion (DE 90) names this request."""
+        return f"{self.acquirer_id}:{self.terminal_id or ''}:{self.stan or ''}:{self.mti_class(self.mti)}"
 
     def original_key(self) -> str:
-        """The idempotency key of the request DE 90 points at (same terminal)."""
+        """The reference key of the request DE 90 points at, on this terminal (another's cannot be named)."""
         if self.original is None:
             raise MessageFormatError("no original data elements: field 90", "90")
         o = self.original
-        return f"{o.acquirer_id}:{self.terminal_id or ''}:{o.stan}:{o.transmission_time}:{self.mti_class(o.mti)}"
+        return f"{o.acquirer_id}:{self.terminal_id or ''}:{o.stan}:{self.mti_class(o.mti)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,8 +312,14 @@ def parse_net_amount(text: str) -> int:
     return int(text[1:]) * (1 if text[0] == "C" else -1)
 
 
+def repeated_mti(mti: str) -> str:
+    """The message a repeat stands for (0101 -> 0100); any other MTI unchanged."""
+    return f"{mti[:3]}0" if mti in REPEAT_MTIS else mti
+
+
 def response_mti(mti: str) -> str:
-    """0100 -> 0110, 0420 -> 0430."""
+    """0100 -> 0110, 0420 -> 0430; a repeat is answered as the message it repeats (0401 -> 0410)."""
+    mti = repeated_mti(mti)
     return f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}"
 
 

@@ -23,9 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from processor.ledger import ops, spend
-from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings
-
-UNKNOWN_ACCOUNT = "14"
+from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings, terminals
+from processor.ledger.ops import Result
 
 
 class LedgerBug(AssertionError):
@@ -51,7 +50,6 @@ class BatchState:
     pending_links: list[tuple[int | None, "PendingEntry | None"]] = field(default_factory=list)  # new hold, entry
     hold_auth: list[dict[str, int]] = field(default_factory=list)
     entry_auth: list[dict[str, int]] = field(default_factory=list)
-    pin_tries: dict[int, int] = field(default_factory=dict)
     # Every auths row this batch answered: each becomes the cardholder's feed event in the same transaction.
     answered: list[dict[str, Any]] = field(default_factory=list)
 
@@ -113,11 +111,12 @@ _INS_AUTHS = insert(auths).returning(auths.c.id, sort_by_parameter_order=True)
 _AUTH_COLS = tuple(
     auths.c[name]
     for name in (
-        "id", "idem_key", "op", "rc", "approved_minor", "auth_code", "hold_id", "entry_id", "card_id", "account_id",
+        "id", "idem_key", "op", "result", "rc", "approved_minor", "auth_code", "hold_id", "entry_id", "card_id", "account_id",
         "ledger_minor", "available_minor", "currency", "reason", "reversed",
     )
 )
-_AUTH_BY_KEY = select(*_AUTH_COLS).where(auths.c.idem_key == bindparam("k"))
+# The newest request with that reference: a terminal's STAN comes round again only long after.
+_AUTH_BY_REF = select(*_AUTH_COLS).where(auths.c.ref == bindparam("ref")).order_by(auths.c.id.desc()).limit(1)
 _AUTHS_BY_KEYS = select(*_AUTH_COLS).where(auths.c.idem_key.in_(bindparam("keys", expanding=True)))
 _CLAIM_REVERSAL = (
     update(auths)
@@ -147,8 +146,26 @@ _SET_HOLD_AUTH = update(holds).where(holds.c.id == bindparam("hid")).values(auth
 _SET_ENTRY_AUTH = (
     update(journal_entries).where(journal_entries.c.id == bindparam("eid")).values(auth_id=bindparam("auth"))
 )
-_SET_PIN_TRIES = (
-    update(cards).where(cards.c.id == bindparam("cid")).values(pin_tries=bindparam("t"), updated_at=bindparam("at"))
+# A wrong PIN counts in the statement that reads the count: concurrent guesses, in this process or
+# another, can never all see the same count and slip past the limit together.
+_COUNT_WRONG_PIN = (
+    update(cards)
+    .where(cards.c.id == bindparam("cid"))
+    .values(pin_tries=cards.c.pin_tries + 1, updated_at=bindparam("at"))
+    .returning(cards.c.pin_tries)
+)
+_RESET_PIN_TRIES = (
+    update(cards)
+    .where(cards.c.id == bindparam("cid"), cards.c.pin_tries < bindparam("limit"))
+    .values(pin_tries=0, updated_at=bindparam("at"))
+)
+_CLAIM_KSN = (
+    update(terminals)
+    .where(
+        terminals.c.terminal_id == bindparam("tid"),
+        (terminals.c.ksn_counter.is_(None)) | (terminals.c.ksn_counter < bindparam("counter")),
+    )
+    .values(ksn_counter=bindparam("counter"))
 )
 _CLAIM_ATC = (
     update(cards)
@@ -163,13 +180,12 @@ _CLAIM_TOKEN_ATC = (
     )
     .values(last_atc=bindparam("atc"))
 )
-CVV_FAILURE = "82"
-_ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.idem_key.in_(bindparam("keys", expanding=True)))
+_ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.ref.in_(bindparam("refs", expanding=True)))
 _LOCK_ACCOUNTS = (
     select(accounts.c.id)
     .where(accounts.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(accounts.c.id)
-    .with_for_update()
+    .with_for_update(key_share=True)  # FOR NO KEY UPDATE: new rows may still reference the account
 )
 _INTERNAL = select(accounts.c.id).where(
     accounts.c.kind == "internal", accounts.c.purpose == bindparam("p"), accounts.c.currency == bindparam("cur")
@@ -181,13 +197,15 @@ _INTERNAL = select(accounts.c.id).where(
 
 def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState) -> list[ops.AuthOutcome]:
     """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
-    if len(batch) > 1 and conn.dialect.name == "postgresql":
-        # Lock the batch's accounts up front in id order: parallel writers then queue instead of deadlocking.
-        # Completions and reversals name only their original; its account is looked up first.
+    if conn.dialect.name == "postgresql":
+        # Lock the batch's accounts up front in id order, before any card or terminal row: parallel
+        # writers (other engine processes too) then queue in one order instead of deadlocking over an
+        # account and the card, terminal or hold rows of its requests. Completions and reversals name only
+        # their original; its account is looked up first.
         ids = {op.account_id for op in batch if op.account_id is not None}
         originals = [key for op in batch if (key := getattr(op, "original_key", None))]
         if originals:
-            found = conn.execute(_ORIGINAL_ACCOUNTS, {"keys": originals}).scalars()
+            found = conn.execute(_ORIGINAL_ACCOUNTS, {"refs": originals}).scalars()
             ids.update(account_id for account_id in found if account_id is not None)
         if ids:
             conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(ids)})
@@ -204,22 +222,45 @@ def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState)
         if row is not None:
             outcomes.append(outcome_from_row(row, duplicate=True))
             continue
-        chip_counter = op.token_id is not None or op.card_id is not None
-        if op.atc is not None and not isinstance(op, ops.Decline) and chip_counter:
-            # A wallet token's cryptogram counts on the token's own ATC; a card's chip on the card's.
-            if op.token_id is not None:
-                claim, params, owner = _CLAIM_TOKEN_ATC, {"tid": op.token_id, "atc": op.atc}, "token"
-            else:
-                claim, params, owner = _CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}, "card"
-            if conn.execute(claim, params).rowcount != 1:
-                common = {f.name: getattr(op, f.name) for f in dataclasses.fields(ops.Op)}
-                common["reason"] = f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram"
-                op = ops.Decline(**common, rc=CVV_FAILURE)
+        op = _claim_counters(conn, state, op)
         outcome = _HANDLERS[type(op)](conn, state, op)
         answered[op.idem_key] = outcome
         outcomes.append(outcome)
     _finish(conn, state)
     return outcomes
+
+
+def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.AnyOp:
+    """Count a PIN try, claim the terminal's DUKPT counter and the card's ATC; a refused claim declines the op."""
+    if op.ksn_counter is not None and op.terminal_id:
+        if conn.execute(_CLAIM_KSN, {"tid": op.terminal_id, "counter": op.ksn_counter}).rowcount != 1:
+            reason = f"DUKPT counter {op.ksn_counter} is not above the terminal's last one: replayed key serial number"
+            return _declined(op, Result.REPLAYED_KEY_SERIAL, reason)
+    if op.pin is not None and op.card_id is not None:
+        params = {"cid": op.card_id, "at": state.now, "limit": op.pin_try_limit}
+        if op.pin is ops.PinCheck.WRONG:
+            tries = conn.execute(_COUNT_WRONG_PIN, params).scalar_one()
+            if tries >= op.pin_try_limit:
+                return _declined(op, Result.PIN_TRIES_EXCEEDED, f"wrong PIN, {tries} wrong tries: PIN blocked")
+            return _declined(op, Result.WRONG_PIN, f"wrong PIN ({tries} of {op.pin_try_limit} tries)")
+        if conn.execute(_RESET_PIN_TRIES, params).rowcount != 1 and not isinstance(op, ops.Decline):
+            return _declined(op, Result.PIN_TRIES_EXCEEDED, "PIN try limit reached by another request meanwhile")
+    chip_counter = op.token_id is not None or op.card_id is not None
+    if op.atc is not None and not isinstance(op, ops.Decline) and chip_counter:
+        # A wallet token's cryptogram counts on the token's own ATC; a card's chip on the card's.
+        if op.token_id is not None:
+            claim, params, owner = _CLAIM_TOKEN_ATC, {"tid": op.token_id, "atc": op.atc}, "token"
+        else:
+            claim, params, owner = _CLAIM_ATC, {"cid": op.card_id, "atc": op.atc}, "card"
+        if conn.execute(claim, params).rowcount != 1:
+            return _declined(op, Result.REPLAYED_CRYPTOGRAM, f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram")
+    return op
+
+
+def _declined(op: ops.AnyOp, result: Result, reason: str) -> ops.Decline:
+    common = {f.name: getattr(op, f.name) for f in dataclasses.fields(ops.Op)}
+    common.update(reason=reason, pin=None, ksn_counter=None, atc=None)
+    return ops.Decline(**common, rc="", result=result)
 
 
 def flush_pending(conn: Connection, state: BatchState) -> None:
@@ -279,9 +320,6 @@ def _finish(conn: Connection, state: BatchState) -> None:
         conn.execute(_SET_HOLD_AUTH, state.hold_auth)
     if state.entry_auth:
         conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
-    if state.pin_tries:
-        tries = [{"cid": card_id, "t": count, "at": state.now} for card_id, count in sorted(state.pin_tries.items())]
-        conn.execute(_SET_PIN_TRIES, tries)
     if state.answered:
         # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
         # (Imported here: processor.events reads the ledger's models, so the ledger package must load first.)
@@ -294,6 +332,7 @@ def _finish(conn: Connection, state: BatchState) -> None:
 def outcome_from_row(row: Any, *, duplicate: bool) -> ops.AuthOutcome:
     return ops.AuthOutcome(
         idem_key=row.idem_key,
+        result=Result(row.result),
         rc=row.rc,
         approved_minor=row.approved_minor,
         auth_code=row.auth_code,
@@ -315,7 +354,7 @@ def _record(
     conn: Connection,
     state: BatchState,
     op: ops.AnyOp,
-    rc: str,
+    result: Result,
     reason: str,
     *,
     approved_minor: int = 0,
@@ -329,7 +368,8 @@ def _record(
     currency: str | None = None,
 ) -> ops.AuthOutcome:
     """Queue the auths row (the first answer) for this transaction and return it as the outcome."""
-    approved = rc in (ops.APPROVED, ops.PARTIAL)
+    approved = result in ops.APPROVALS
+    rc = op.rc if isinstance(op, ops.Decline) and result is Result.DECLINED else op.answer_codes[result]
     ledger_minor, available_minor = (balances[0], balances[0] - balances[1]) if balances else (None, None)
     account_id = account_id if account_id is not None else op.account_id
     card_id = card_id if card_id is not None else op.card_id
@@ -338,6 +378,7 @@ def _record(
     state.pending_auths.append(
         {
             "idem_key": op.idem_key,
+            "ref": op.ref or op.idem_key,
             "op": ops.OP_NAMES[type(op)],
             "mti": op.mti,
             "terminal_id": op.terminal_id,
@@ -347,6 +388,7 @@ def _record(
             "account_id": account_id,
             "amount_minor": op.amount_minor,
             "currency": currency,
+            "result": result.value,
             "rc": rc,
             "approved_minor": approved_minor,
             "auth_code": auth_code,
@@ -366,10 +408,9 @@ def _record(
     )
     state.answered.append(state.pending_auths[-1])
     state.pending_links.append((hold_id if new_hold else None, entry))
-    if op.pin_tries is not None and op.card_id is not None:
-        state.pin_tries[op.card_id] = op.pin_tries
     return ops.AuthOutcome(
         idem_key=op.idem_key,
+        result=result,
         rc=rc,
         approved_minor=approved_minor,
         auth_code=auth_code,
@@ -466,7 +507,7 @@ def defer_entry(
 
 @dataclass(slots=True)
 class Take:
-    rc: str
+    result: Result
     reason: str
     approved_minor: int = 0
     balances: tuple[int, int] | None = None  # (ledger_minor, held_minor) after the operation
@@ -476,13 +517,13 @@ def _why_not(conn: Connection, account_id: int, currency: str) -> tuple[Take | N
     """Explain a failed conditional update: a decline, or None with the row when only funds were short."""
     row = conn.execute(_ACCOUNT, {"aid": account_id}).first()
     if row is None:
-        return Take(UNKNOWN_ACCOUNT, f"account {account_id} does not exist"), None
+        return Take(Result.NO_ACCOUNT, f"account {account_id} does not exist"), None
     if row.kind == "internal":
-        return Take(ops.INVALID_TRANSACTION, f"account {account_id} is internal"), row
+        return Take(Result.NOT_A_CARD_ACCOUNT, f"account {account_id} is internal"), row
     if row.currency != currency:
-        return Take(ops.INVALID_TRANSACTION, f"currency {currency} differs from account currency {row.currency}"), row
+        return Take(Result.CURRENCY_MISMATCH, f"currency {currency} differs from account currency {row.currency}"), row
     if row.status != "open":
-        return Take(ops.RESTRICTED, f"account {row.status}", balances=(row.ledger_minor, row.held_minor)), row
+        return Take(Result.ACCOUNT_NOT_OPEN, f"account {row.status}", balances=(row.ledger_minor, row.held_minor)), row
     return None, row
 
 
@@ -493,32 +534,32 @@ def take_funds(
     params = {"aid": account_id, "cur": currency, "amt": amount_minor}
     row = conn.execute(_TAKE[(hold, not force)], params).first()
     if row is not None:
-        return Take(ops.APPROVED, "advice" if force else "approved", amount_minor, (row.ledger_minor, row.held_minor))
+        return Take(Result.APPROVED, "advice" if force else "approved", amount_minor, (row.ledger_minor, row.held_minor))
     for _ in range(3):  # the available amount can move between our statements on PostgreSQL
         decline, acct = _why_not(conn, account_id, currency)
         if decline is not None:
             return decline
         available = acct.ledger_minor - acct.held_minor
         if force or not partial_ok or available <= 0:
-            return Take(ops.INSUFFICIENT_FUNDS, "insufficient funds", 0, (acct.ledger_minor, acct.held_minor))
+            return Take(Result.INSUFFICIENT_FUNDS, "insufficient funds", 0, (acct.ledger_minor, acct.held_minor))
         params["amt"] = min(available, amount_minor)
         row = conn.execute(_TAKE[(hold, True)], params).first()
         if row is not None:
-            return Take(ops.PARTIAL, "partial approval", params["amt"], (row.ledger_minor, row.held_minor))
-    return Take(ops.INSUFFICIENT_FUNDS, "insufficient funds (balance changing)", 0, None)
+            return Take(Result.PARTIAL, "partial approval", params["amt"], (row.ledger_minor, row.held_minor))
+    return Take(Result.INSUFFICIENT_FUNDS, "insufficient funds (balance changing)", 0, None)
 
 
 def _bad_amount(conn: Connection, state: BatchState, op: ops.AnyOp, *, zero_ok: bool = False) -> ops.AuthOutcome | None:
     if op.amount_minor < 0 or (op.amount_minor == 0 and not zero_ok):
-        return _record(conn, state, op, ops.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
+        return _record(conn, state, op, Result.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
     if op.account_id is None and not isinstance(op, (ops.Capture, ops.Reverse)):
-        return _record(conn, state, op, UNKNOWN_ACCOUNT, "no account for this card")
+        return _record(conn, state, op, Result.NO_ACCOUNT, "no account for this card")
     return None
 
 
-def _find_original(conn: Connection, state: BatchState, key: str) -> Any:
+def _find_original(conn: Connection, state: BatchState, ref: str) -> Any:
     flush_pending(conn, state)  # the original may have been answered earlier in this batch
-    return conn.execute(_AUTH_BY_KEY, {"k": key}).first()
+    return conn.execute(_AUTH_BY_REF, {"ref": ref}).first()
 
 
 # ------------------------------------------------------------------ operations
@@ -534,7 +575,7 @@ def _over_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Deb
     refusal = spend.claim(conn, op.card_id, op.spend, op.amount_minor, state.now)
     if refusal is None:
         return None
-    what = "amount" if refusal == ops.AMOUNT_LIMIT else "number of payments"
+    what = "amount" if refusal is Result.AMOUNT_LIMIT else "number of payments"
     return _record(conn, state, op, refusal, f"card's daily or monthly {what} limit reached")
 
 
@@ -542,7 +583,7 @@ def _settle_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.D
     """Give back what was counted but not approved (funds refused, or a partial approval)."""
     if op.spend is None or op.card_id is None or op.force:
         return
-    if take.rc not in (ops.APPROVED, ops.PARTIAL):
+    if take.result not in ops.APPROVALS:
         spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor, 1, state.now)
     elif take.approved_minor < op.amount_minor:
         spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor - take.approved_minor, 0, state.now)
@@ -559,7 +600,7 @@ def _place_hold(conn: Connection, state: BatchState, op: ops.PlaceHold) -> ops.A
     )
     _settle_limit(conn, state, op, take)
     hold_id = None
-    if take.rc in (ops.APPROVED, ops.PARTIAL):
+    if take.result in ops.APPROVALS:
         hold_id = conn.execute(
             _INS_HOLD,
             {
@@ -577,7 +618,7 @@ def _place_hold(conn: Connection, state: BatchState, op: ops.PlaceHold) -> ops.A
             },
         ).scalar_one()
     return _record(
-        conn, state, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
+        conn, state, op, take.result, take.reason, approved_minor=take.approved_minor, balances=take.balances,
         hold_id=hold_id, new_hold=True,
     )
 
@@ -593,7 +634,7 @@ def _debit(conn: Connection, state: BatchState, op: ops.Debit) -> ops.AuthOutcom
     )
     _settle_limit(conn, state, op, take)
     entry = None
-    if take.rc in (ops.APPROVED, ops.PARTIAL):
+    if take.result in ops.APPROVALS:
         clearing = internal_account(conn, state, "clearing", op.currency)
         entry = defer_entry(
             state, op.kind, op.idem_key, [(op.account_id, -take.approved_minor), (clearing, take.approved_minor)],
@@ -601,7 +642,7 @@ def _debit(conn: Connection, state: BatchState, op: ops.Debit) -> ops.AuthOutcom
         )
         state.internal_delta_minor[clearing] += take.approved_minor
     return _record(
-        conn, state, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances,
+        conn, state, op, take.result, take.reason, approved_minor=take.approved_minor, balances=take.balances,
         entry=entry,
     )
 
@@ -613,15 +654,15 @@ def _credit(conn: Connection, state: BatchState, op: ops.Credit) -> ops.AuthOutc
     row = conn.execute(_CREDIT, {"aid": op.account_id, "cur": op.currency, "amt": op.amount_minor}).first()
     if row is None:
         decline, _ = _why_not(conn, op.account_id, op.currency)
-        decline = decline or Take(ops.RESTRICTED, "account closed")
-        return _record(conn, state, op, decline.rc, decline.reason, balances=decline.balances)
+        decline = decline or Take(Result.ACCOUNT_NOT_OPEN, "account closed")
+        return _record(conn, state, op, decline.result, decline.reason, balances=decline.balances)
     clearing = internal_account(conn, state, "clearing", op.currency)
     entry = defer_entry(
         state, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
     )
     state.internal_delta_minor[clearing] -= op.amount_minor
     return _record(
-        conn, state, op, ops.APPROVED, "refund", approved_minor=op.amount_minor,
+        conn, state, op, Result.APPROVED, "refund", approved_minor=op.amount_minor,
         balances=(row.ledger_minor, row.held_minor), entry=entry,
     )
 
@@ -630,22 +671,22 @@ def _approved_original(
     conn: Connection, state: BatchState, op: ops.Capture | ops.Increment
 ) -> tuple[Any, ops.AuthOutcome | None]:
     orig = _find_original(conn, state, op.original_key)
-    if orig is None or orig.hold_id is None or orig.rc not in (ops.APPROVED, ops.PARTIAL):
+    if orig is None or orig.hold_id is None or orig.result not in ops.APPROVALS:
         reason = "no approved authorization with a hold for the original"
-        return None, _record(conn, state, op, ops.UNKNOWN_ORIGINAL, reason)
+        return None, _record(conn, state, op, Result.UNKNOWN_ORIGINAL, reason)
     return orig, None
 
 
 def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOutcome:
     if op.amount_minor < 0:
-        return _record(conn, state, op, ops.INVALID_AMOUNT, f"amount {op.amount_minor} must not be negative")
+        return _record(conn, state, op, Result.INVALID_AMOUNT, f"amount {op.amount_minor} must not be negative")
     orig, declined = _approved_original(conn, state, op)
     if declined is not None:
         return declined
     hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
     if op.currency != hold.currency:
         reason = f"currency {op.currency} differs from the hold's {hold.currency}"
-        return _record(conn, state, op, ops.INVALID_TRANSACTION, reason)
+        return _record(conn, state, op, Result.CURRENCY_MISMATCH, reason)
     extra = op.amount_minor - hold.amount_minor
     if extra > 0 and hold.status == "active":
         # A completion above the authorized amount: the hold grows to it first (the network guarantees the
@@ -663,7 +704,7 @@ def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOu
     ).first()
     if closed is None:
         return _record(
-            conn, state, op, ops.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}",
+            conn, state, op, Result.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}",
             original_auth_id=orig.id, hold_id=hold.id, account_id=hold.account_id,
         )
     acct = conn.execute(
@@ -678,7 +719,7 @@ def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOu
         )
         state.internal_delta_minor[clearing] += op.amount_minor
     return _record(
-        conn, state, op, ops.APPROVED, "completion posted" if op.amount_minor else "completion of zero: hold released",
+        conn, state, op, Result.APPROVED, "completion posted" if op.amount_minor else "completion of zero: hold released",
         approved_minor=op.amount_minor, balances=(acct.ledger_minor, acct.held_minor), hold_id=hold.id,
         entry=entry, original_auth_id=orig.id, account_id=closed.account_id,
         card_id=op.card_id if op.card_id is not None else closed.card_id,
@@ -687,45 +728,45 @@ def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOu
 
 def _increment(conn: Connection, state: BatchState, op: ops.Increment) -> ops.AuthOutcome:
     if op.amount_minor <= 0:
-        return _record(conn, state, op, ops.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
+        return _record(conn, state, op, Result.INVALID_AMOUNT, f"amount {op.amount_minor} must be positive")
     orig, declined = _approved_original(conn, state, op)
     if declined is not None:
         return declined
     hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
     common = {"original_auth_id": orig.id, "hold_id": hold.id, "account_id": hold.account_id}
     if hold.status != "active":
-        return _record(conn, state, op, ops.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}", **common)
+        return _record(conn, state, op, Result.UNKNOWN_ORIGINAL, f"hold {hold.id} is already {hold.status}", **common)
     if op.currency != hold.currency:
         reason = f"currency {op.currency} differs from the hold's {hold.currency}"
-        return _record(conn, state, op, ops.INVALID_TRANSACTION, reason, **common)
+        return _record(conn, state, op, Result.CURRENCY_MISMATCH, reason, **common)
     take = take_funds(
         conn, hold.account_id, op.amount_minor, hold.currency, hold=True, partial_ok=op.partial_ok, force=False
     )
-    if take.rc in (ops.APPROVED, ops.PARTIAL):
+    if take.result in ops.APPROVALS:
         expires_at = op.expires_at or state.now + (hold.expires_at - hold.created_at)
         expires_at = max(expires_at, hold.expires_at)
         if conn.execute(_RESIZE_HOLD, {"hid": hold.id, "d": take.approved_minor, "exp": expires_at}).first() is None:
             raise Conflict(f"hold {hold.id} closed while it was being incremented")
     return _record(
-        conn, state, op, take.rc, take.reason, approved_minor=take.approved_minor, balances=take.balances, **common
+        conn, state, op, take.result, take.reason, approved_minor=take.approved_minor, balances=take.balances, **common
     )
 
 
 def _reverse(conn: Connection, state: BatchState, op: ops.Reverse) -> ops.AuthOutcome:
     orig = _find_original(conn, state, op.original_key)
     if orig is None:
-        return _record(conn, state, op, ops.UNKNOWN_ORIGINAL, "original not found")
+        return _record(conn, state, op, Result.UNKNOWN_ORIGINAL, "original not found")
     common: dict[str, Any] = {"original_auth_id": orig.id, "account_id": orig.account_id, "currency": orig.currency}
-    if orig.op in ("reverse", "inquiry", "decline") or orig.rc not in (ops.APPROVED, ops.PARTIAL):
-        return _record(conn, state, op, ops.APPROVED, f"original {orig.op} rc {orig.rc}: nothing to reverse", **common)
+    if orig.op in ("reverse", "inquiry", "decline") or orig.result not in ops.APPROVALS:
+        return _record(conn, state, op, Result.APPROVED, f"original {orig.op} {orig.result}: nothing to reverse", **common)
     if conn.execute(_CLAIM_REVERSAL, {"oid": orig.id}).first() is None:
-        return _record(conn, state, op, ops.APPROVED, "already reversed", **common)
+        return _record(conn, state, op, Result.APPROVED, "already reversed", **common)
     remaining = max(0, op.remaining_minor or 0)
     if orig.op in ("hold", "increment"):
         return _reverse_hold(conn, state, op, orig, remaining, common)
     undo = max(0, orig.approved_minor - remaining)
     if not undo or orig.entry_id is None:
-        return _record(conn, state, op, ops.APPROVED, "nothing left to reverse", **common)
+        return _record(conn, state, op, Result.APPROVED, "nothing left to reverse", **common)
     sign = -1 if orig.op == "credit" else 1  # reversing a refund takes the money back
     acct = conn.execute(_ADJUST, {"aid": orig.account_id, "d_ledger": sign * undo, "d_held": 0}).one()
     clearing = internal_account(conn, state, "clearing", acct.currency)
@@ -735,7 +776,7 @@ def _reverse(conn: Connection, state: BatchState, op: ops.Reverse) -> ops.AuthOu
     )
     state.internal_delta_minor[clearing] -= sign * undo
     return _record(
-        conn, state, op, ops.APPROVED, "reversed", approved_minor=undo, balances=(acct.ledger_minor, acct.held_minor),
+        conn, state, op, Result.APPROVED, "reversed", approved_minor=undo, balances=(acct.ledger_minor, acct.held_minor),
         entry=entry, **common,
     )
 
@@ -747,13 +788,13 @@ def _reverse_hold(
     common["hold_id"] = hold.id
     if hold.status != "active":
         reason = f"hold {hold.id} already {hold.status}: nothing to release"
-        return _record(conn, state, op, ops.APPROVED, reason, **common)
+        return _record(conn, state, op, Result.APPROVED, reason, **common)
     if orig.op == "hold":
         release = max(0, hold.amount_minor - remaining)
     else:
         release = min(hold.amount_minor, max(0, orig.approved_minor - remaining))
     if release == 0:
-        return _record(conn, state, op, ops.APPROVED, "nothing to release", **common)
+        return _record(conn, state, op, Result.APPROVED, "nothing to release", **common)
     if release == hold.amount_minor:
         done = conn.execute(_CLOSE_HOLD, {"hid": hold.id, "status": "released", "at": state.now, "cap": None}).first()
     else:
@@ -762,22 +803,22 @@ def _reverse_hold(
         raise Conflict(f"hold {hold.id} closed while it was being reversed")
     acct = conn.execute(_ADJUST, {"aid": hold.account_id, "d_ledger": 0, "d_held": -release}).one()
     return _record(
-        conn, state, op, ops.APPROVED, "hold released" if release == hold.amount_minor else "hold reduced",
+        conn, state, op, Result.APPROVED, "hold released" if release == hold.amount_minor else "hold reduced",
         approved_minor=release, balances=(acct.ledger_minor, acct.held_minor), **common,
     )
 
 
 def _inquiry(conn: Connection, state: BatchState, op: ops.Inquiry) -> ops.AuthOutcome:
     if op.account_id is None:
-        return _record(conn, state, op, UNKNOWN_ACCOUNT, "no account for this card")
+        return _record(conn, state, op, Result.NO_ACCOUNT, "no account for this card")
     decline, acct = _why_not(conn, op.account_id, op.currency)
     if decline is not None:
-        return _record(conn, state, op, decline.rc, decline.reason, balances=decline.balances)
-    return _record(conn, state, op, ops.APPROVED, "balance inquiry", balances=(acct.ledger_minor, acct.held_minor))
+        return _record(conn, state, op, decline.result, decline.reason, balances=decline.balances)
+    return _record(conn, state, op, Result.APPROVED, "balance inquiry", balances=(acct.ledger_minor, acct.held_minor))
 
 
 def _decline(conn: Connection, state: BatchState, op: ops.Decline) -> ops.AuthOutcome:
-    return _record(conn, state, op, op.rc, op.reason or f"declined {op.rc}")
+    return _record(conn, state, op, op.result, op.reason or f"declined {op.rc}")
 
 
 _HANDLERS: dict[type, Any] = {

@@ -28,7 +28,7 @@ from processor.ledger.models import auths, terminal_batches, utcnow
 
 IN_BALANCE = "00"
 OUT_OF_BALANCE = "95"
-_APPROVED = ("00", "10")
+_APPROVED = ("approved", "partial")  # ops.Result values of an approval
 _DEBIT_OPS = ("debit", "capture")
 _COUNTED_OPS = (*_DEBIT_OPS, "credit", "reverse")
 
@@ -142,7 +142,7 @@ def _counted_totals(conn: Connection, *where: Any) -> BatchTotals:
     """The totals of the approved debits, credits and reversals among the auths rows `where` selects."""
     rows = conn.execute(
         select(auths.c.id, auths.c.op, auths.c.approved_minor, auths.c.original_auth_id).where(
-            *where, auths.c.op.in_(_COUNTED_OPS), auths.c.rc.in_(_APPROVED)
+            *where, auths.c.op.in_(_COUNTED_OPS), auths.c.result.in_(_APPROVED)
         )
     ).all()
     return net_totals(rows)

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from processor.auth.answers import LEDGER_ANSWERS as ANSWER_CODES
 from processor import issuing, ledger
 from processor.ledger import Store, ops
 
@@ -63,12 +64,13 @@ async def run(
                     amount_minor=rng.randint(100, 10000),
                     currency="EUR",
                     auth_code="BENCH1",
+                    answer_codes=ANSWER_CODES,
                 )
                 op = ops.PlaceHold(**common, expires_at=expires_at) if kind == "hold" else ops.Debit(**common)
                 started = time.perf_counter()
                 outcome = await store.submit(op)
                 latencies_ms.append((time.perf_counter() - started) * 1000)
-                if outcome.rc != "00":
+                if not outcome.approved:
                     declined += 1
 
         started = time.perf_counter()

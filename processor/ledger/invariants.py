@@ -92,7 +92,7 @@ def _violations(conn: Connection) -> tuple[list[str], list[str]]:
         )
     for row in conn.execute(
         select(auths.c.hold_id, func.count().label("n"))
-        .where(auths.c.op == "capture", auths.c.rc == "00", auths.c.hold_id.is_not(None))
+        .where(auths.c.op == "capture", auths.c.result == "approved", auths.c.hold_id.is_not(None))
         .group_by(auths.c.hold_id)
         .having(func.count() > 1)
     ):

@@ -161,6 +161,8 @@ class Terminal(Base):
     initial_ksn: Mapped[str | None] = mapped_column(String(24))
     # A terminal with a chip reader must read a chip card's chip: a swipe of it is only accepted as fallback.
     chip_capable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Highest DUKPT transaction counter accepted from this terminal: a KSN at or below it is a replay.
+    ksn_counter: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -243,6 +245,8 @@ class Auth(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     idem_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # How later messages name this one (DE 90): acquirer, terminal, STAN and message class.
+    ref: Mapped[str] = mapped_column(String(255), index=True)
     op: Mapped[str] = mapped_column(String(16))
     # Wider than their ISO 8583 fields: the answer to a malformed request is recorded, not refused.
     mti: Mapped[str] = mapped_column(String(8))
@@ -253,6 +257,8 @@ class Auth(Base):
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
+    # What the store did (processor.ledger.ops.Result), and the response code answered for it.
+    result: Mapped[str] = mapped_column(String(24))
     rc: Mapped[str] = mapped_column(String(2))
     approved_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     auth_code: Mapped[str | None] = mapped_column(String(8))

@@ -1,24 +1,51 @@
-"""Store operations of the authorization hot path, and the answer each one gets.
+"""Store operations of the authorization hot path, and the result each one gets.
 
 Every operation is one request answered: the store applies it, records its `auths` row (the first answer,
 keyed by `idem_key`) in the same transaction, and returns an `AuthOutcome`. Amounts are minor units of the
 ISO 4217 alpha `currency`.
+
+The ledger says what happened as a `Result` ("insufficient funds"); which response code a terminal gets
+for it is the engine's decision, handed over with each operation as `answer_codes` and recorded with the
+answer so a retransmission gets exactly the first one back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
-APPROVED = "00"
-PARTIAL = "10"
-INVALID_TRANSACTION = "12"
-INVALID_AMOUNT = "13"
-UNKNOWN_ORIGINAL = "25"
-INSUFFICIENT_FUNDS = "51"
-RESTRICTED = "62"
-AMOUNT_LIMIT = "61"
-COUNT_LIMIT = "65"
+
+class Result(StrEnum):
+    """What the store did with an operation."""
+
+    APPROVED = "approved"
+    PARTIAL = "partial"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    ACCOUNT_NOT_OPEN = "account_not_open"
+    NO_ACCOUNT = "no_account"
+    NOT_A_CARD_ACCOUNT = "not_a_card_account"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    INVALID_AMOUNT = "invalid_amount"
+    UNKNOWN_ORIGINAL = "unknown_original"
+    REPLAYED_CRYPTOGRAM = "replayed_cryptogram"
+    REPLAYED_KEY_SERIAL = "replayed_key_serial"
+    WRONG_PIN = "wrong_pin"
+    PIN_TRIES_EXCEEDED = "pin_tries_exceeded"
+    AMOUNT_LIMIT = "amount_limit"  # the card's daily or monthly amount limit would be passed
+    COUNT_LIMIT = "count_limit"  # the card's daily or monthly number of payments would be passed
+    DECLINED = "declined"  # the engine declined before the store: the answer is the Decline's own code
+
+
+APPROVALS = frozenset({Result.APPROVED, Result.PARTIAL})
+
+
+class PinCheck(StrEnum):
+    """What the HSM said of the PIN block a request carried."""
+
+    VERIFIED = "verified"
+    WRONG = "wrong"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +71,21 @@ class Op:
     account_id: int | None
     amount_minor: int
     currency: str
+    answer_codes: Mapping[Result, str]  # the response code the engine answers for each result
     auth_code: str | None = None
     reason: str = ""
-    # When not None, the card's pin_tries is set to this in the same transaction.
-    pin_tries: int | None = None
+    # How a completion or reversal finds this request later (DE 90); the idempotency key when None.
+    ref: str | None = None
+    # A PIN block the HSM verified or refused. WRONG counts a try on the card (pin_tries + 1 in one
+    # statement) and the request is declined WRONG_PIN, or PIN_TRIES_EXCEEDED once `pin_try_limit` is
+    # reached; VERIFIED sets the count back to zero unless the limit was reached meanwhile (then declined).
+    pin: PinCheck | None = None
+    pin_try_limit: int = 0
+    # When not None, the terminal's DUKPT transaction counter: the operation is applied only if it is above
+    # the highest one the terminal used so far, which it then becomes; otherwise REPLAYED_KEY_SERIAL.
+    ksn_counter: int | None = None
     # When not None (a verified chip cryptogram), the operation is applied only if this ATC is above the
-    # card's last one, which it then becomes; otherwise it is declined as a replay ("82").
+    # card's last one, which it then becomes; otherwise REPLAYED_CRYPTOGRAM.
     atc: int | None = None
     # With `atc`: a wallet token's cryptogram; the ATC is claimed on that payment token, not on the card.
     token_id: int | None = None
@@ -119,9 +155,10 @@ class Inquiry(Op):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decline(Op):
-    """A request the engine declined before the store: only its answer (and pin_tries) is recorded."""
+    """A request the engine declined before the store: its answer (and a wrong PIN's try) is recorded."""
 
     rc: str
+    result: Result = Result.DECLINED
 
 
 AnyOp = PlaceHold | Debit | Credit | Capture | Increment | Reverse | Inquiry | Decline
@@ -143,7 +180,8 @@ class AuthOutcome:
     """The answer to one operation; `duplicate` is True when it is the stored first answer to an earlier one."""
 
     idem_key: str
-    rc: str
+    result: Result
+    rc: str  # the response code answered, as the engine's answer_codes said when the result was recorded
     approved_minor: int
     auth_code: str | None
     hold_id: int | None
@@ -157,4 +195,4 @@ class AuthOutcome:
 
     @property
     def approved(self) -> bool:
-        return self.rc in (APPROVED, PARTIAL)
+        return self.result in APPROVALS

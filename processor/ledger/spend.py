@@ -71,8 +71,8 @@ def periods(now: dt.datetime) -> tuple[str, str]:
     return f"D{now:%Y-%m-%d}", f"M{now:%Y-%m}"
 
 
-def claim(conn: Connection, card_id: int, limits: ops.SpendLimits, amount_minor: int, now: dt.datetime) -> str | None:
-    """Count `amount_minor` on the card's day and month; the refusal (ops.AMOUNT_LIMIT or COUNT_LIMIT) or None."""
+def claim(conn: Connection, card_id: int, limits: ops.SpendLimits, amount_minor: int, now: dt.datetime) -> ops.Result | None:
+    """Count `amount_minor` on the card's day and month; the refusal (AMOUNT_LIMIT or COUNT_LIMIT) or None."""
     day, month = periods(now)
     done: list[str] = []
     for period, max_minor, max_count in ((day, limits.daily_minor, limits.daily_count),
@@ -81,15 +81,15 @@ def claim(conn: Connection, card_id: int, limits: ops.SpendLimits, amount_minor:
             continue
         max_minor = UNLIMITED_MINOR if max_minor is None else max_minor
         max_count = UNLIMITED_COUNT if max_count is None else min(max_count, UNLIMITED_COUNT)
-        refusal = None
+        refusal: ops.Result | None = None
         if amount_minor > max_minor:
-            refusal = ops.AMOUNT_LIMIT
+            refusal = ops.Result.AMOUNT_LIMIT
         elif max_count < 1:
-            refusal = ops.COUNT_LIMIT
+            refusal = ops.Result.COUNT_LIMIT
         elif conn.execute(_CLAIM[_dialect(conn)], {"k1": card_id, "k2": period, "amt": amount_minor,
                                                    "max_amt": max_minor, "max_cnt": max_count}).first() is None:
             row = conn.execute(_ROW, {"cid": card_id, "p": period}).one()
-            refusal = ops.COUNT_LIMIT if row.count + 1 > max_count else ops.AMOUNT_LIMIT
+            refusal = ops.Result.COUNT_LIMIT if row.count + 1 > max_count else ops.Result.AMOUNT_LIMIT
         if refusal is not None:
             for counted in done:
                 give_back(conn, card_id, counted, amount_minor, 1)

@@ -142,7 +142,7 @@ async def generate_day(
                 at = start + dt.timedelta(seconds=span * (seq / (total + 1)))
                 amount = rng.randint(1_00, 150_00)
                 base = {
-                    "idem_key": f"gen:{tag}:{seq}", "mti": "0200", "terminal_id": "", "stan": f"{seq % 1_000_000:06d}",
+                    "idem_key": f"gen:{tag}:{seq}", "ref": f"gen:{tag}:{seq}", "result": "approved", "mti": "0200", "terminal_id": "", "stan": f"{seq % 1_000_000:06d}",
                     "rrn": f"{seq:012d}", "card_id": card_id, "account_id": account_id, "amount_minor": amount,
                     "currency": "EUR", "rc": "00", "approved_minor": amount, "auth_code": None, "reason": "approved",
                     "hold_id": None, "entry_id": None, "original_auth_id": None, "reversed": False, "ledger_minor": None,

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from processor.auth.answers import LEDGER_ANSWERS
 from processor import issuing, ledger
 from processor.issuing.cards import NewCard
 from processor.ledger import Store, ops
@@ -59,6 +60,7 @@ def op(op_type: type, who: Funded | None, amount_minor: int, **extra: Any) -> An
         amount_minor=amount_minor,
         currency=extra.pop("currency", who.currency if who else "EUR"),
         auth_code="A1B2C3",
+        answer_codes=LEDGER_ANSWERS,
     )
     if op_type is ops.PlaceHold:
         fields["expires_at"] = extra.pop("expires_at", dt.datetime.now(dt.UTC) + IN_A_WEEK)

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import sys
 
+from processor.auth.answers import LEDGER_ANSWERS
 from processor.ledger import Store, ops
 
 
@@ -27,7 +28,7 @@ async def main(url: str, account_id: int, count: int, amount_minor: int, prefix:
             ops.PlaceHold(
                 idem_key=f"{prefix}-{i}", mti="0100", terminal_id="PROC0001", stan=f"{i:06d}", rrn="",
                 card_id=None, account_id=account_id, amount_minor=amount_minor, currency="EUR",
-                auth_code="PROC01", expires_at=expires_at,
+                auth_code="PROC01", expires_at=expires_at, answer_codes=LEDGER_ANSWERS,
             )
         )
         print(json.dumps({"key": outcome.idem_key, "rc": outcome.rc, "hold_id": outcome.hold_id}), flush=True)

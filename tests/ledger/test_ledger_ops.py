@@ -177,12 +177,19 @@ async def test_inquiry_and_decline_record_the_answer_and_pin_tries(store: Store,
     ada = await funded(1_234)
     inquiry = await store.submit(op(ops.Inquiry, ada, 0, mti="0100"))
     assert (inquiry.rc, inquiry.ledger_minor, inquiry.available_minor) == ("00", 1_234, 1_234)
-    declined = await store.submit(op(ops.Decline, ada, 100, rc="55", reason="wrong PIN", pin_tries=2))
-    assert (declined.rc, declined.reason, declined.auth_code) == ("55", "wrong PIN", None)
+    wrong = ops.PinCheck.WRONG
+    declined = await store.submit(op(ops.Decline, ada, 100, rc="55", pin=wrong, pin_try_limit=3))
+    assert (declined.result, declined.rc, declined.auth_code) == (ops.Result.WRONG_PIN, "55", None)
+    await store.submit(op(ops.Decline, ada, 100, rc="55", pin=wrong, pin_try_limit=3))
     assert (await issuing.cards.get(store, ada.card_id)).pin_tries == 2
-    await store.submit(op(ops.PlaceHold, ada, 10, pin_tries=0))
+    await store.submit(op(ops.PlaceHold, ada, 10, pin=ops.PinCheck.VERIFIED, pin_try_limit=3))
     assert (await issuing.cards.get(store, ada.card_id)).pin_tries == 0
     assert (await ledger.auths.find(store, declined.idem_key)).rc == "55"
+    blocked = [await store.submit(op(ops.Decline, ada, 100, rc="55", pin=wrong, pin_try_limit=3)) for _ in range(3)]
+    assert [b.rc for b in blocked] == ["55", "55", "75"]
+    late = await store.submit(op(ops.PlaceHold, ada, 10, pin=ops.PinCheck.VERIFIED, pin_try_limit=3))
+    assert (late.result, late.rc, late.hold_id) == (ops.Result.PIN_TRIES_EXCEEDED, "75", None)
+    assert (await issuing.cards.get(store, ada.card_id)).pin_tries == 3
 
 
 async def test_expired_holds_are_released(store: Store, funded) -> None:

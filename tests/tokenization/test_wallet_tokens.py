@@ -11,6 +11,7 @@ import pytest
 from processor import issuing, ledger, tokenization
 from processor.errors import InvalidRequest
 from processor.issuing.pan import luhn_valid
+from processor.auth.answers import LEDGER_ANSWERS
 from processor.ledger import Store, ops
 from processor.ledger import StoreError
 from processor.tokenization import (
@@ -153,7 +154,7 @@ def _hold(card: Any, token_id: int | None, atc: int, n: int) -> ops.PlaceHold:
     return ops.PlaceHold(
         idem_key=f"tok-atc-{card.id}-{n}", mti="0100", terminal_id="T0000001", stan=f"{n:06d}", rrn=f"{n:012d}",
         card_id=card.id, account_id=card.account_id, amount_minor=10_00, currency="EUR", atc=atc,
-        token_id=token_id, expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=7),
+        token_id=token_id, expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=7), answer_codes=LEDGER_ANSWERS,
     )
 
 
