@@ -8,6 +8,7 @@ Three reads per batch find the cardholders, the cards' last digits and the merch
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,18 +30,56 @@ _MERCHANTS = (
 )
 
 
+class _Memo:
+    """What never changes (an account's holder, a card's last digits) kept per process; merchants for a minute.
+
+    The hot path then reads nothing for most batches: only ids it has not met yet.
+    """
+
+    MAX_ENTRIES = 100_000
+    MERCHANT_TTL_S = 60.0
+
+    def __init__(self) -> None:
+        self.holders: dict[int, int | None] = {}
+        self.last4: dict[int, str] = {}
+        self.shops: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    def _bounded(self) -> None:
+        for table in (self.holders, self.last4, self.shops):
+            if len(table) > self.MAX_ENTRIES:
+                table.clear()
+
+    def fill(self, conn: Connection, account_ids: set[int], card_ids: set[int], terminal_ids: set[str]) -> None:
+        self._bounded()
+        missing = sorted(account_ids - self.holders.keys())
+        if missing:
+            self.holders.update({r.id: r.cardholder_id for r in conn.execute(_HOLDERS, {"ids": missing})})
+        missing_cards = sorted(card_ids - self.last4.keys())
+        if missing_cards:
+            self.last4.update({r.id: r.last4 for r in conn.execute(_LAST4, {"ids": missing_cards})})
+        now = time.monotonic()
+        stale = sorted(t for t in terminal_ids if t not in self.shops or now - self.shops[t][0] > self.MERCHANT_TTL_S)
+        if stale:
+            found = {t: {"name": n, "location": loc, "mcc": m, "terminal_id": t}
+                     for t, n, loc, m in conn.execute(_MERCHANTS, {"ids": stale})}
+            self.shops.update({t: (now, found.get(t)) for t in stale})
+
+
+_memos: dict[str, _Memo] = {}  # one per database this process writes to
+
+
 def card_events(conn: Connection, answered: Sequence[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
     """Event rows for the auths rows of one batch (those of a cardholder's account)."""
     mine = [row for row in answered if row.get("account_id") is not None and row["op"] in AUTHORIZATION_OPS | REVERSAL_OPS]
     if not mine:
         return []
-    account_ids = sorted({row["account_id"] for row in mine})
-    holders = {r.id: r.cardholder_id for r in conn.execute(_HOLDERS, {"ids": account_ids})}
-    card_ids = sorted({r["card_id"] for r in mine if r.get("card_id") is not None})
-    last4 = {r.id: r.last4 for r in conn.execute(_LAST4, {"ids": card_ids})} if card_ids else {}
-    terminal_ids = sorted({r["terminal_id"] for r in mine if r.get("terminal_id")})
-    shops = {t: {"name": n, "location": loc, "mcc": m, "terminal_id": t}
-             for t, n, loc, m in conn.execute(_MERCHANTS, {"ids": terminal_ids})} if terminal_ids else {}
+    database = conn.engine.url.render_as_string(hide_password=True)
+    memo = _memos.get(database)
+    if memo is None:
+        memo = _memos[database] = _Memo()
+    memo.fill(conn, {r["account_id"] for r in mine}, {r["card_id"] for r in mine if r.get("card_id") is not None},
+              {r["terminal_id"] for r in mine if r.get("terminal_id")})
+    holders, last4, shops = memo.holders, memo.last4, memo.shops
     rows = []
     for r in mine:
         cardholder_id = holders.get(r["account_id"])
@@ -53,7 +92,7 @@ def card_events(conn: Connection, answered: Sequence[dict[str, Any]], now: dt.da
             "amount_minor": r["amount_minor"],
             "approved_minor": r["approved_minor"],
             "currency": r["currency"],
-            "merchant": shops.get(r.get("terminal_id") or ""),
+            "merchant": shops.get(r.get("terminal_id") or "", (0.0, None))[1],
         }
         if r["op"] in REVERSAL_OPS:
             rows.append(cardholder_event(cardholder_id, "card.reversal", data, now))
