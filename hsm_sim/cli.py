@@ -87,6 +87,15 @@ def _ca(args: argparse.Namespace) -> Any:
     raise AssertionError(args.ca_command)
 
 
+def _lmk(args: argparse.Namespace) -> dict[str, Any]:
+    from hsm_sim import lmk
+    from hsm_sim.keystore import KeyStore
+
+    store = KeyStore.migrate(args.keystore) if args.lmk_command == "migrate" else KeyStore.open(_keystore(args))
+    where = str(lmk.file_path()) if store.lmk_source == "file" else lmk.PASSPHRASE_ENV
+    return {"keystore": str(store.path), "lmk_source": store.lmk_source, "lmk": where, "lmk_kcv": store.lmk_kcv, "keys": len(store.keys)}
+
+
 def _audit(args: argparse.Namespace) -> list[dict[str, Any]]:
     from hsm_sim import audit
 
@@ -134,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--who", help="only this client's lines")
     p.add_argument("--since", help="only lines at or after this ISO time, e.g. 2026-12-01T09:00")
     p.add_argument("--limit", type=int, default=50, help="the last N lines (0: all; default 50)")
+    p.add_argument("--json", action="store_true")
+
+    lmk = sub.add_parser("lmk", help="the LMK, kept apart from the key store").add_subparsers(dest="lmk_command", required=True)
+    p = lmk.add_parser("status", help="where the key store's LMK comes from, its check value, the number of keys")
+    p.add_argument("--keystore", help="key-store file (default: HSM_KEYSTORE or ./hsm-keystore.json)")
+    p.add_argument("--json", action="store_true")
+    p = lmk.add_parser("migrate", help="move an older key store's keys from its embedded LMK to an LMK kept apart")
+    p.add_argument("keystore")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench", help="operations per second: in process, over TCP, over mutual TLS")
@@ -198,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             result = _ca(args)
         elif args.command == "audit":
             result = _audit(args)
+        elif args.command == "lmk":
+            result = _lmk(args)
         else:
             result = _run(_keys(args))
     except (HsmError, PkiError, ValueError) as exc:

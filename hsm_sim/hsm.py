@@ -710,8 +710,8 @@ class Hsm:
 
     @command()
     def diagnostics(self) -> dict[str, Any]:
-        """LMK check value and key count: what an operator checks first."""
-        return {"lmk_kcv": compute_kcv(self.store._lmk, "AES"), "keys": len(self.store.keys)}
+        """The LMK's check value and source, and the key count: what an operator checks first."""
+        return {"lmk_kcv": self.store.lmk_kcv, "lmk_source": self.store.lmk_source, "keys": len(self.store.keys)}
 
 
 _USE_NAMES = {ENCRYPT: "encryption or wrapping", DECRYPT: "decryption or unwrapping", GENERATE: "generation",

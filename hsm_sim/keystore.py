@@ -1,8 +1,9 @@
 """The key store: keys wrapped under the LMK as TR-31 key blocks, identified by their KCV.
 
-The file holds the LMK (AES-256; sealed under a passphrase from HSM_LMK_PASSPHRASE when that is set) and
-one TR-31 block per key, whose header binds the key's usage, algorithm and mode of use. It is written
-atomically (temporary file, fsync, rename) with permissions 0600. Unwrapped keys stay in memory only.
+The file holds one TR-31 block per key, whose header binds the key's usage, algorithm, mode of use,
+exportability and origin, and of the LMK only where it comes from and its check value: the LMK itself
+is kept apart (lmk.py), so the file alone decrypts nothing. It is written atomically (temporary file,
+fsync, rename) with permissions 0600. Unwrapped keys stay in memory only.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from hsm_sim import keyblock
+from hsm_sim import keyblock, lmk
 from hsm_sim.crypto.des import adjust_odd_parity, kcv
 from hsm_sim.errors import KEY_STORE_ERROR, KEY_TYPE_NOT_ALLOWED, UNKNOWN_KEY, HsmError
 from hsm_sim.files import write_private
 
-FILE_FORMAT = "hsm-sim key store 1"
-PASSPHRASE_ENV = "HSM_LMK_PASSPHRASE"
+FILE_FORMAT = "hsm-sim key store 2"
+OLD_FORMAT = "hsm-sim key store 1"  # kept its LMK inside; `hsm-sim lmk migrate` moves it
 LMK_ALGORITHM = "AES"
 
 
@@ -59,15 +61,24 @@ class StoredKey:
 
 
 class KeyStore:
-    """Keys by KCV, wrapped under the LMK; persisted to `path` unless ephemeral."""
+    """Keys by KCV, wrapped under the LMK; persisted to `path` unless ephemeral. The LMK is never in the file."""
 
-    def __init__(self, lmk: bytes, path: Path | None, *, salt: bytes | None = None) -> None:
-        self._lmk = lmk
+    def __init__(self, lmk_key: bytes, path: Path | None, lmk_record: dict[str, Any] | None = None) -> None:
+        self._lmk = lmk_key
         self.path = path
-        self._salt = salt
+        self._lmk_record = lmk_record or {}  # where the LMK comes from and its check value, as the file keeps it
         self.keys: dict[str, StoredKey] = {}
         self.current: dict[str, str] = {}  # "DEK"/"FPK" -> KCV of the version new data uses
         self._versions: dict[str, list[KeyInfo]] = {}
+
+    @property
+    def lmk_kcv(self) -> str:
+        return kcv(self._lmk, LMK_ALGORITHM)
+
+    @property
+    def lmk_source(self) -> str:
+        """"file" or "passphrase"; "memory" for an ephemeral store."""
+        return str(self._lmk_record.get("source", "memory"))
 
     # ------------------------------------------------------------ opening
 
@@ -77,32 +88,14 @@ class KeyStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "KeyStore":
-        """Read the key-store file, or create it (0600) with a new LMK when it does not exist."""
+        """Read the key-store file with its LMK (see lmk.py), or create it (0600) when it does not exist."""
         path = Path(path)
-        passphrase = os.environ.get(PASSPHRASE_ENV)
         if not path.exists():
-            salt = os.urandom(16) if passphrase else None
-            store = cls(os.urandom(32), path, salt=salt)
+            store = cls(*_new_lmk(path))
             store.save()
             return store
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise HsmError(KEY_STORE_ERROR, f"key store {path} cannot be read: {type(exc).__name__}") from None
-        if doc.get("format") != FILE_FORMAT:
-            raise HsmError(KEY_STORE_ERROR, f"{path} is not an hsm-sim key store")
-        lmk_doc = doc["lmk"]
-        raw = base64.b64decode(lmk_doc["value"])
-        salt = None
-        if lmk_doc.get("sealed"):
-            if not passphrase:
-                raise HsmError(KEY_STORE_ERROR, f"key store {path} is sealed: set {PASSPHRASE_ENV}")
-            salt = base64.b64decode(lmk_doc["salt"])
-            try:
-                raw = AESGCM(_passphrase_key(passphrase, salt)).decrypt(raw[:12], raw[12:], b"hsm-sim lmk")
-            except InvalidTag:
-                raise HsmError(KEY_STORE_ERROR, f"wrong {PASSPHRASE_ENV} for key store {path}") from None
-        store = cls(raw, path, salt=salt)
+        doc = _read(path)
+        store = cls(_lmk_of(path, doc["lmk"]).key, path, doc["lmk"])
         for item in doc.get("keys", []):
             info = KeyInfo(**item["info"])
             store.keys[info.kcv] = StoredKey(info, item["block"])
@@ -112,23 +105,37 @@ class KeyStore:
     def save(self) -> None:
         if self.path is None:
             return
-        lmk_doc: dict[str, object]
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        if passphrase:
-            salt = self._salt or os.urandom(16)
-            self._salt = salt
-            nonce = os.urandom(12)
-            sealed = nonce + AESGCM(_passphrase_key(passphrase, salt)).encrypt(nonce, self._lmk, b"hsm-sim lmk")
-            lmk_doc = {"sealed": True, "salt": base64.b64encode(salt).decode(), "value": base64.b64encode(sealed).decode()}
-        else:
-            lmk_doc = {"sealed": False, "value": base64.b64encode(self._lmk).decode()}
         doc = {
             "format": FILE_FORMAT,
-            "lmk": lmk_doc,
+            "lmk": self._lmk_record,
             "keys": [{"info": asdict(k.info), "block": k.block} for k in self.keys.values()],
             "current": self.current,
         }
         write_private(self.path, json.dumps(doc, indent=1).encode())
+
+    @classmethod
+    def migrate(cls, path: str | os.PathLike[str]) -> "KeyStore":
+        """Move a key store that keeps its LMK inside (format 1) under the LMK of lmk.py: every key is
+        re-wrapped, keeps its KCV, version and origin, and the old LMK is dropped from the file."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise HsmError(KEY_STORE_ERROR, f"key store {path} cannot be read: {type(exc).__name__}") from None
+        if doc.get("format") != OLD_FORMAT:
+            raise HsmError(KEY_STORE_ERROR, f"{path} is not a key store that keeps its LMK inside; nothing to migrate")
+        old = cls(_old_lmk(path, doc["lmk"]), None)
+        new = cls(*_new_lmk(path))
+        for item in doc.get("keys", []):
+            old.keys[item["info"]["kcv"]] = StoredKey(KeyInfo(**item["info"]), item["block"])
+        for value in old.keys:
+            key, info = old.clear_key(value)
+            header = keyblock.header_for("D", info.key_type, info.algorithm, info.mode_of_use, info.exportability, origin=info.origin)
+            new.keys[value] = StoredKey(info, keyblock.wrap(new._lmk, key, header))
+        new.current = dict(doc.get("current", {}))
+        new.path = path
+        new.save()
+        return new
 
     # ------------------------------------------------------------ keys
 
@@ -200,5 +207,67 @@ class KeyStore:
         return list(found)
 
 
-def _passphrase_key(passphrase: str, salt: bytes) -> bytes:
-    return Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(passphrase.encode())
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HsmError(KEY_STORE_ERROR, f"key store {path} cannot be read: {type(exc).__name__}") from None
+    if doc.get("format") == OLD_FORMAT:
+        raise HsmError(
+            KEY_STORE_ERROR,
+            f"{path} keeps its LMK inside it (an older key store): `hsm-sim lmk migrate {path}` moves its keys under an LMK kept apart",
+        )
+    if doc.get("format") != FILE_FORMAT or not isinstance(doc.get("lmk"), dict):
+        raise HsmError(KEY_STORE_ERROR, f"{path} is not an hsm-sim key store")
+    return doc
+
+
+def _new_lmk(path: Path) -> tuple[bytes, Path, dict[str, Any]]:
+    """The LMK a new key store at `path` gets from the environment, and what the file records of it."""
+    if lmk.source_from_env() == "passphrase":
+        salt = os.urandom(16)
+        the_lmk = lmk.from_passphrase(salt, lmk.SCRYPT)
+        record: dict[str, Any] = {"source": "passphrase", "salt": base64.b64encode(salt).decode(), "scrypt": lmk.SCRYPT}
+    else:
+        the_lmk = lmk.from_file(path, create=True)
+        record = {"source": "file"}
+    return the_lmk.key, path, {**record, "kcv": the_lmk.kcv}
+
+
+def _lmk_of(path: Path, record: dict[str, Any]) -> lmk.Lmk:
+    """The LMK of an existing key store, from the source it was made with; refused if it is not the one."""
+    wanted = lmk.source_from_env()
+    if record.get("source") == "passphrase":
+        if wanted != "passphrase":
+            raise HsmError(KEY_STORE_ERROR, f"key store {path} is sealed under a passphrase: set {lmk.PASSPHRASE_ENV}")
+        the_lmk = lmk.from_passphrase(base64.b64decode(record["salt"]), dict(record["scrypt"]))
+        if the_lmk.kcv != record.get("kcv"):
+            raise HsmError(KEY_STORE_ERROR, f"wrong {lmk.PASSPHRASE_ENV} for key store {path}")
+        return the_lmk
+    if wanted == "passphrase":
+        raise HsmError(
+            KEY_STORE_ERROR, f"key store {path} keeps its LMK in a file, not under a passphrase: unset {lmk.PASSPHRASE_ENV}"
+        )
+    the_lmk = lmk.from_file(path, create=False)
+    if the_lmk.kcv != record.get("kcv"):
+        raise HsmError(
+            KEY_STORE_ERROR,
+            f"the LMK in {the_lmk.origin} (KCV {the_lmk.kcv}) is not the LMK of key store {path} (KCV {record.get('kcv')}): "
+            f"set {lmk.FILE_ENV} to the key store's LMK file",
+        )
+    return the_lmk
+
+
+def _old_lmk(path: Path, record: dict[str, Any]) -> bytes:
+    """The LMK a format-1 key store kept inside, opened with HSM_LMK_PASSPHRASE when it was sealed."""
+    raw = base64.b64decode(record["value"])
+    if not record.get("sealed"):
+        return raw
+    passphrase = os.environ.get(lmk.PASSPHRASE_ENV)
+    if not passphrase:
+        raise HsmError(KEY_STORE_ERROR, f"key store {path} is sealed: set {lmk.PASSPHRASE_ENV} to migrate it")
+    key = Scrypt(salt=base64.b64decode(record["salt"]), length=32, n=2**14, r=8, p=1).derive(passphrase.encode())
+    try:
+        return AESGCM(key).decrypt(raw[:12], raw[12:], b"hsm-sim lmk")
+    except InvalidTag:
+        raise HsmError(KEY_STORE_ERROR, f"wrong {lmk.PASSPHRASE_ENV} for key store {path}") from None

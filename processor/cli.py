@@ -11,18 +11,15 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from processor import issuing, ledger
+from processor.commands import Runtime
 from processor.config import Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
 from processor.logs import quiet_library_deprecations
 
-if TYPE_CHECKING:
-    from hsm_sim import HsmApi
-    from processor.ledger import Store
 
 log = logging.getLogger("processor.cli")
 
@@ -34,15 +31,6 @@ CARD_ACTIONS = {
     "report-stolen": "stolen",
     "close": "closed",
 }
-
-
-@dataclass
-class Runtime:
-    """The open store and HSM a command works with."""
-
-    settings: Settings
-    store: Store
-    hsm: HsmApi
 
 
 @contextlib.asynccontextmanager
@@ -160,9 +148,9 @@ async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
 
 
 async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import issue_card, load_issuer_keys
+    from processor.issuing import issue_card
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     card = await issue_card(
         rt.store,
         rt.hsm,
@@ -194,10 +182,9 @@ async def cmd_card_reveal(rt: Runtime, args: argparse.Namespace) -> dict[str, An
 
 
 async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import load_issuer_keys
     from processor.issuing.personalization import personalize
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     record, path = await personalize(
         rt.store, rt.hsm, keys, args.card_id, directory=args.bureau_dir, cvn=args.cvn, contactless=not args.contact_only
     )
@@ -205,16 +192,58 @@ async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[st
 
 
 async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing.personalization import form_bureau_key, record_bureau_key
+    from processor.issuing.personalization import BUREAU_KEK_CONFIG, form_bureau_key, record_bureau_key
 
     if args.kcv:
         return await record_bureau_key(rt.store, rt.hsm, args.kcv)
+    if args.keep_if_kcv is not None:
+        current = await issuing.config.get(rt.store, BUREAU_KEK_CONFIG)
+        if current is not None and current == args.keep_if_kcv.upper():
+            return {"kcv": current}
     if rt.settings.hsm_url.startswith("tcps://"):
         raise InvalidRequest(
             "a networked HSM forms keys under dual control: two custodians run `hsm-sim keys component KEK --algorithm AES "
             "...`, then `processor bureau key --kcv KCV` records the key"
         )
     return await form_bureau_key(rt.store, rt.hsm, args.component or None)
+
+
+async def cmd_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    """Many funded cards and terminals at once (load runs); with --bureau-dir their chips and phones too."""
+    from processor.iso8583.currency import exponent_for_alpha
+    from processor.issuing.personalization import personalize
+    from processor.tokenization.wallet import provision_token
+
+    if args.cardholders < 1 or args.terminals < 1:
+        raise InvalidRequest("provision needs at least one cardholder and one terminal")
+    keys = await rt.issuer_keys()
+    population = await issuing.provisioning.provision(
+        rt.store,
+        rt.hsm,
+        keys,
+        cardholders=args.cardholders,
+        terminals=args.terminals,
+        deposit_minor=parse_amount_minor(args.deposit, exponent_for_alpha(args.currency)),
+        currency=args.currency,
+        label=args.label,
+    )
+    result: dict[str, Any] = {"cards": population.cards, "terminals": population.terminals}
+    if args.bureau_dir is not None:
+        chips, wallets = [], []
+        for card in population.cards:
+            if card["chip_track2"] is None:
+                continue  # a magstripe-only card has no chip to personalize
+            _, path = await personalize(rt.store, rt.hsm, keys, card["id"], directory=args.bureau_dir)
+            chips.append({"card_id": card["id"], "bureau_file": str(path)})
+            if args.wallets:
+                token = await provision_token(
+                    rt.store, rt.hsm, keys, card_id=card["id"], wallet="phone", device_id=f"{args.label.upper()}-{card['id']}",
+                    wallet_dir=args.bureau_dir,
+                )
+                wallets.append({"card_id": card["id"], "token_id": token["id"], "wallet_file": token["wallet_file"]})
+        result["chips"] = chips
+        result["wallets"] = wallets
+    return result
 
 
 async def cmd_card_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -240,10 +269,9 @@ async def cmd_card_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]
 
 
 async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import load_issuer_keys
     from processor.issuing.terminals import add_terminal
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     return (
         await add_terminal(
             rt.store,
@@ -262,8 +290,8 @@ async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, A
 async def cmd_terminal_batches(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     if await issuing.terminals.get(rt.store, args.terminal_id) is None:
         raise NotFound(f"terminal {args.terminal_id!r} does not exist")
-    closed = await ledger.batches.list_closed(rt.store, args.terminal_id, limit=args.limit)
-    open_totals = await ledger.batches.open_totals(rt.store, args.terminal_id, args.currency)
+    closed = await ledger.terminal_batches.list_closed(rt.store, args.terminal_id, limit=args.limit)
+    open_totals = await ledger.terminal_batches.open_totals(rt.store, args.terminal_id, args.currency)
     return {
         "terminal_id": args.terminal_id,
         "open": {"currency": args.currency, **open_totals.as_json()},
@@ -409,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(hsm_role="custodian")
     p.add_argument("--component", action="append", help="a clear component (hex, 32 bytes); give two or more, or none to draw them")
     p.add_argument("--kcv", help="record the AES KEK custodians formed in a networked HSM (hsm-sim keys component) instead")
+    p.add_argument("--keep-if-kcv", metavar="KCV",
+                   help="keep the current transport key when its KCV is KCV (no components printed); else form a new one")
 
     te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True)
     p = data_command(te, "add", cmd_terminal_add, "register a terminal; prints its key material for injection")
@@ -424,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("terminal_id")
     p.add_argument("--currency", default="EUR", help="currency of the open batch to total (default EUR)")
     p.add_argument("--limit", type=int, default=20, help="how many closed batches, newest first")
+
+    p = data_command(sub, "provision", cmd_provision,
+                     "issue many funded cards and terminals at once, for load runs (prints the cards' secrets once)")
+    p.add_argument("--cardholders", type=int, required=True, help="one funded checking account and card each")
+    p.add_argument("--terminals", type=int, default=1, help="terminals at one new merchant (default 1)")
+    p.add_argument("--deposit", default="0", help="deposit per account in major units (default 0)")
+    p.add_argument("--currency", default="EUR")
+    p.add_argument("--label", default="load", help="names the cardholders, merchant and devices (default load)")
+    p.add_argument("--bureau-dir", help="also personalize the chip cards into this folder (needs `bureau key`)")
+    p.add_argument("--wallets", action="store_true", help="with --bureau-dir: a phone token for each chip card too")
+    p.set_defaults(hsm_role="issuer")
 
     le = sub.add_parser("ledger", help="ledger").add_subparsers(dest="sub", required=True)
     data_command(le, "check", cmd_ledger_check, "check the ledger invariants (non-zero exit when broken)")
@@ -454,19 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: PROCESSOR_MQTT_URL)")
     p.set_defaults(func=None, serve=True)
 
-    p = sub.add_parser("demo", help="run a whole simulated business day and print its summary")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--workdir", help="where the day's database, key store and logs go (default: a new folder)")
-    p.add_argument("--cardholders", type=int, default=40)
-    p.add_argument("--seconds", type=float, default=8.0, help="how long the load phase runs")
-    p.add_argument("--connections", type=int, default=16)
+    p = sub.add_parser("demo", add_help=False,
+                       help="run a whole simulated business day and print its summary (`python -m demo`; see its --help)")
     p.set_defaults(func=None, demo=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_library_deprecations()
-    args = build_parser().parse_args(argv)
+    args, harness_args = build_parser().parse_known_args(argv)
+    if getattr(args, "demo", False):
+        return _run_demo(harness_args)
+    if harness_args:
+        build_parser().error(f"unrecognized arguments: {' '.join(harness_args)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -480,10 +521,6 @@ def main(argv: list[str] | None = None) -> int:
             log_dir=settings.log_dir,
         )
     try:
-        if getattr(args, "demo", False):
-            from processor.demo import run_demo_cli
-
-            return run_demo_cli(args)
         if getattr(args, "serve", False):
             return _run(cmd_serve(args, settings))
         if getattr(args, "standalone", None) is not None:
@@ -507,6 +544,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"processor: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def _run_demo(harness_args: list[str]) -> int:
+    """`processor demo` is the harness's business day (`python -m demo`), a program that drives both the
+    processor and the terminals; the processor starts it rather than importing it."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("demo.day") is None:
+        print("processor: the demo harness (package `demo`) is not installed; run scripts/demo", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "demo", *harness_args])
+    return 0  # not reached: execv replaces this process
 
 
 def _is_user_error(exc: Exception) -> bool:

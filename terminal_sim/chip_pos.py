@@ -28,6 +28,7 @@ from typing import Any
 from terminal_sim.emv import tlv
 from terminal_sim.emv.card import CardProfile, VirtualCard, mask_pan
 from terminal_sim.emv.kernel import CardReadResult, Transmit, complete, read_card
+from terminal_sim.files import write_private
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -126,9 +127,7 @@ class ChipCard:
         """Write the ATC reached to the card's state file (the one `terminal-sim card` uses), if it has one."""
         if self.state_path is None:
             return
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps({"atc": self.atc, "pin_tries_left": self._pin_tries_left}), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        write_private(self.state_path, json.dumps({"atc": self.atc, "pin_tries_left": self._pin_tries_left}).encode())
 
     def __repr__(self) -> str:
         return f"ChipCard({mask_pan(self.profile.pan)}, atc={self.atc})"

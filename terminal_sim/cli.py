@@ -9,14 +9,22 @@ import json
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from processor import issuing
-from processor.logs import quiet_library_deprecations
 from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
 from terminal_sim.load_report import ProgressDisplay, print_summary
-from terminal_sim.batch import TerminalBatch
+from terminal_sim.journal import TerminalBatch
 from terminal_sim.pos import CardData, PosTerminal
+
+
+def _quiet_library_deprecations() -> None:
+    """pyemv calls TDES the way cryptography deprecates; the warning says nothing a terminal user can act on."""
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -26,93 +34,93 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+async def _processor_json(args: argparse.Namespace, *command: str, timeout_s: float) -> dict[str, Any]:
+    """Run one `processor` command (the operator CLI, the processor's public interface) and read its --json."""
+    argv = [sys.executable, "-m", "processor.cli"]
+    if args.db:
+        argv += ["--db", args.db]
+    if args.hsm:
+        argv += ["--hsm", args.hsm]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, *command, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ValueError(f"processor {command[0]} did not finish within {timeout_s:g} s") from None
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise ValueError(f"processor {' '.join(command[:2])} failed: {lines[-1]}")
+    return json.loads(out)
+
+
 async def _provisioned(
     args: argparse.Namespace,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
-    """Issue our own cards and terminals in the processor's store (same machine, same database and HSM).
+    """Issue our own cards and terminals through the processor's CLI (`processor provision`).
 
-    Unless --no-chip, every card is also personalized for the bureau, and its chip is returned ready
-    to be read in process.
+    Unless --no-chip, every chip card is also personalized for the bureau (and a phone gets a token of
+    it), and its chip is returned ready to be read in process. The bureau's transport key is the one in
+    TERMINAL_SIM_TRANSPORT_KEY when the processor's matches it, else a new key ceremony forms one.
     """
-    from hsm_sim import connect
-    from processor.config import Settings
-    from processor.issuing import load_issuer_keys
-    from processor.issuing.batch import provision
-    from processor.ledger import Store
-
-    settings = Settings.from_env()
-    store = await Store.open(args.db or settings.db_url)
-    try:
-        hsm = await connect(args.hsm or settings.hsm_url)
-        try:
-            keys = await load_issuer_keys(store, hsm)
-            population = await provision(
-                store,
-                hsm,
-                keys,
-                cardholders=args.provision,
-                terminals=max(1, min(args.connections, 64)),
-                deposit_minor=10_000_000_00,
-            )
-            chips = [] if args.no_chip else await _personalized(store, hsm, keys, population.cards, args.bureau_dir)
-        finally:
-            await hsm.close()
-    finally:
-        await store.close()
-    return population.cards, population.terminals, chips
-
-
-async def _personalized(store: Any, hsm: Any, keys: Any, cards: list[dict[str, Any]], directory: str | None) -> list[Any]:
-    """Bureau records for the cards, opened into in-process chips (the records go to a temporary folder by default)."""
     import os
     import tempfile
 
     from hsm_sim.crypto.des import kcv
-    from processor.issuing.personalization import BUREAU_KEK_CONFIG, form_bureau_key, personalize
     from terminal_sim.bureau import (
         TRANSPORT_KEY_ENV,
         load_profile,
+        open_record,
+        read_record,
         state_path,
         transport_key_from_components,
         transport_key_from_env,
     )
-    from processor.tokenization import provision_token
-    from terminal_sim.bureau import open_record, read_record
     from terminal_sim.chip_pos import ChipCard
 
-    transport_key = None
-    if os.environ.get(TRANSPORT_KEY_ENV):
-        candidate = transport_key_from_env()
-        if kcv(candidate, "AES") == await issuing.config.get(store, BUREAU_KEK_CONFIG):
-            transport_key = candidate
-    if transport_key is None:
-        ceremony = await form_bureau_key(store, hsm)
+    # Enough for the slowest machine to issue a few thousand cards; a stuck processor still ends.
+    timeout_s = 120.0 + 0.5 * args.provision
+    command = ["provision", "--cardholders", str(args.provision), "--terminals", str(max(1, min(args.connections, 64))),
+               "--deposit", "10000000.00"]
+    if args.no_chip:
+        issued = await _processor_json(args, *command, timeout_s=timeout_s)
+        return issued["cards"], issued["terminals"], []
+    transport_key = transport_key_from_env() if os.environ.get(TRANSPORT_KEY_ENV) else None
+    keep = ["--keep-if-kcv", kcv(transport_key, "AES")] if transport_key is not None else []
+    ceremony = await _processor_json(args, "bureau", "key", *keep, timeout_s=60.0)
+    if "components" in ceremony:
         transport_key = transport_key_from_components(ceremony["components"])
+    assert transport_key is not None
     with tempfile.TemporaryDirectory(prefix="terminal-sim-bureau-") as scratch:
-        folder = directory or scratch
+        folder = args.bureau_dir or scratch
+        issued = await _processor_json(args, *command, "--bureau-dir", folder, "--wallets", timeout_s=timeout_s)
+        by_id = {card["id"]: card for card in issued["cards"]}
+        wallets = {wallet["card_id"]: wallet for wallet in issued["wallets"]}
         chips = []
-        for card in cards:
-            if card.get("chip_track2") is None:
-                continue  # a magstripe-only card has no chip to personalize
-            await personalize(store, hsm, keys, int(card["id"]), directory=folder)
-            card_id = int(card["id"])
+        for chip in issued["chips"]:
+            card_id = int(chip["card_id"])
+            card = by_id[card_id]
             profile = load_profile(folder, card_id, transport_key)
             chips.append(ChipCard(profile, pin=card.get("pin"), card_id=card_id, account_id=card.get("account_id"),
-                                  state_path=state_path(directory, card_id) if directory else None))
+                                  state_path=state_path(args.bureau_dir, card_id) if args.bureau_dir else None))
             # And a phone holding a device token of the card, for the wallet kind.
-            token = await provision_token(store, hsm, keys, card_id=card_id, wallet="phone", device_id=f"LOAD-{card_id}",
-                                          wallet_dir=folder)
-            chips.append(ChipCard(open_record(read_record(token["wallet_file"]), transport_key), card_id=card_id,
-                                  account_id=card.get("account_id"), is_wallet=True))
-    return chips
+            phone = open_record(read_record(wallets[card_id]["wallet_file"]), transport_key)
+            chips.append(ChipCard(phone, card_id=card_id, account_id=card.get("account_id"), is_wallet=True))
+    return issued["cards"], issued["terminals"], chips
 
 
-async def _broker_accounts(directory: str, terminal_ids: list[str]) -> dict[str, str]:
-    """Broker accounts for the terminals, created through the broker's admin account (same machine)."""
-    from processor.transport.broker import BrokerAdmin, BrokerDir
+async def _broker_accounts(args: argparse.Namespace, terminal_ids: list[str]) -> dict[str, str]:
+    """Broker accounts for the terminals, created with `processor broker terminal` (a few at a time)."""
+    slots = asyncio.Semaphore(4)
 
-    async with BrokerAdmin(BrokerDir(directory).url("admin")) as admin:
-        return await admin.add_terminals(list(dict.fromkeys(terminal_ids)))
+    async def account(terminal_id: str) -> tuple[str, str]:
+        async with slots:
+            made = await _processor_json(args, "broker", "terminal", terminal_id, "--dir", args.broker_dir, timeout_s=60.0)
+        return terminal_id, str(made["mqtt_password"])
+
+    return dict(await asyncio.gather(*(account(t) for t in dict.fromkeys(terminal_ids))))
 
 
 def _bureau_chips(cards: list[dict[str, Any]], directory: str) -> list[Any]:
@@ -155,7 +163,7 @@ async def _load(args: argparse.Namespace) -> int:
     if args.mqtt:
         passwords = {str(t["terminal_id"]): str(t["mqtt_password"]) for t in terminals_json if t.get("mqtt_password")}
         if args.broker_dir:
-            passwords.update(await _broker_accounts(args.broker_dir, [t.terminal_id for t in terminals]))
+            passwords.update(await _broker_accounts(args, [t.terminal_id for t in terminals]))
         missing = [t.terminal_id for t in terminals if t.terminal_id not in passwords]
         if missing:
             print(f"terminal-sim: no broker password for terminal {missing[0]}: give each terminal an mqtt_password "
@@ -269,8 +277,6 @@ def _parse_amount(text: str) -> int:
 def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any, dict[str, Any]]:
     """The terminal from its file, with its DUKPT counter and STAN carried over from its last run;
     also the state file's path and the file's entry (which may carry the terminal's mqtt_password)."""
-    from pathlib import Path
-
     entries = load_json_list(path) if not Path(path).read_text(encoding="utf-8").lstrip().startswith("{") else [
         json.loads(Path(path).read_text(encoding="utf-8"))
     ]
@@ -289,31 +295,25 @@ def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any
     return terminal, state, entries[0]
 
 
-def _state_path(path: str, terminal_id: str) -> Any:
-    from pathlib import Path
-
+def _state_path(path: str, terminal_id: str) -> Path:
     return Path(path).with_name(Path(path).name + f".{terminal_id}.state")
 
 
-def _save_counter(terminal: PosTerminal, state: Any) -> None:
+def _save_counter(terminal: PosTerminal, state: Path) -> None:
     """Write the terminal's DUKPT counter into its state file, keeping whatever else `pos` keeps there."""
-    import os
+    from terminal_sim.files import write_private
 
     saved = json.loads(state.read_text(encoding="utf-8")) if state.exists() else {}
     saved["dukpt_counter"] = max(terminal.dukpt_counter, int(saved.get("dukpt_counter", 0)))
-    tmp = state.with_name(state.name + ".tmp")
-    tmp.write_text(json.dumps(saved), encoding="utf-8")
-    os.replace(tmp, state)
+    write_private(state, json.dumps(saved).encode())
 
 
-def _save_terminal(terminal: PosTerminal, state: Any) -> None:
-    import os
+def _save_terminal(terminal: PosTerminal, state: Path) -> None:
+    from terminal_sim.files import write_private
 
     next_stan = int(terminal.next_stan())  # the first STAN not yet sent
-    tmp = state.with_name(state.name + ".tmp")
     saved = {"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan, "batch": terminal.batch.as_state()}
-    tmp.write_text(json.dumps(saved), encoding="utf-8")
-    os.replace(tmp, state)
+    write_private(state, json.dumps(saved).encode())
 
 
 def _connector(args: argparse.Namespace, terminal: PosTerminal, registered: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
@@ -382,7 +382,7 @@ async def _pos(args: argparse.Namespace) -> int:
 
 async def _close_batch(args: argparse.Namespace) -> int:
     """Close the terminal's batch: its totals (0500) against the engine's (0510)."""
-    from terminal_sim.batch import close_batch
+    from terminal_sim.batch_close import close_batch
 
     terminal, state, registered = _load_terminal(args.terminal, args.terminal_id)
     try:
@@ -412,8 +412,6 @@ def _mqtt_option(p: argparse.ArgumentParser) -> None:
 async def _network(args: argparse.Namespace) -> int:
     """An acquiring network's day: authorizations of its merchants, then its clearing file."""
     import datetime as dt
-    from pathlib import Path
-
     from terminal_sim.iso_client import TerminalConnection
     from terminal_sim.network import AcquiringNetwork
 
@@ -468,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cards", help="JSON list of cards as `processor card issue --json` prints them (with a pin key)")
     p.add_argument("--terminals", help="JSON list of terminals as `processor terminal add --json` prints them")
-    p.add_argument("--provision", type=int, help="issue this many funded cards (and terminals) in the processor's store first")
+    p.add_argument("--provision", type=int,
+                   help="first issue this many funded cards (and terminals) with `processor provision`")
     p.add_argument("--bureau-dir", help="bureau records (card-ID.json) of the --cards, for the chip kinds; "
                    "with --provision, where the new records go (default: a temporary folder)")
     p.add_argument("--no-chip", action="store_true", help="with --provision: do not personalize chips")
@@ -547,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_library_deprecations()
+    _quiet_library_deprecations()
     args = build_parser().parse_args(argv)
     if args.command == "load" and (args.connections < 1 or args.seconds <= 0):
         print("terminal-sim: --connections and --seconds must be positive", file=sys.stderr)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processor.iso8583 import rc
-from terminal_sim.batch import BatchReport, close_batch
+from terminal_sim.batch_close import BatchReport, close_batch
 from terminal_sim.chip_pos import ChipCard, ReversalFailed, chip_transaction
 from terminal_sim.emv.kernel import CardError
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection

@@ -15,7 +15,7 @@ from hsm_sim.crypto.des import tdes_ecb_encrypt
 from hsm_sim.crypto.dukpt import derive_transaction_key, pin_encryption_key
 from hsm_sim.crypto.pinblock import encode_pin_block
 from processor.iso8583 import chip_service_code
-from terminal_sim.batch import TerminalBatch
+from terminal_sim.journal import TerminalBatch
 
 COUNTER_BITS = 21
 MAX_ONE_BITS = 10

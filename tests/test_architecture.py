@@ -105,3 +105,49 @@ def test_the_cycle_finder_sees_a_cycle_made_of_function_local_imports(tmp_path: 
     assert cycles(graph) == [["shop.chip", "shop.engine"]]
     (package / "chip.py").write_text("def check():\n    pass\n")
     assert cycles(import_graph(["shop"], tmp_path)) == []
+
+
+# Alembic's environment sees the models of every package (one metadata): it sits above them all.
+SCHEMA_HISTORY = "processor.ledger.migrations"
+
+
+def _packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between packages (`processor.ledger`, `processor.cli`, ...): module edges folded up."""
+
+    def package(name: str) -> str:
+        return SCHEMA_HISTORY if name.startswith(SCHEMA_HISTORY) else ".".join(name.split(".")[:2])
+
+    folded: dict[str, set[str]] = {}
+    for source, targets in graph.items():
+        folded.setdefault(package(source), set())
+        for target in targets:
+            if package(target) != package(source):
+                folded[package(source)].add(package(target))
+    return folded
+
+
+def test_processor_packages_depend_one_way() -> None:
+    """The ledger knows nothing of issuing or tokenization, issuing nothing of tokenization, and so on up."""
+    assert cycles(_packages(import_graph(["processor"]))) == []
+
+
+def test_the_three_programs_and_the_harness_import_only_what_they_may() -> None:
+    graph = import_graph(["processor", "hsm_sim", "terminal_sim", "demo"])
+    imports = {(source, target) for source, targets in graph.items() for target in targets}
+    # The processor reaches the HSM through its client API only (and the client's certificates, for the
+    # error they raise), never the terminals or the harness.
+    client_api = {"hsm_sim", "hsm_sim.pki"}
+    assert {t for s, t in imports if s.startswith("processor") and not t.startswith("processor")} <= client_api
+    # The HSM is a program of its own.
+    assert not {t for s, t in imports if s.startswith("hsm_sim") and not t.startswith("hsm_sim")}
+    # The terminals speak the wire (processor.iso8583); they provision through the processor's CLI, as a program.
+    outside = {t for s, t in imports if s.startswith("terminal_sim") and not t.startswith("terminal_sim")}
+    assert {t for t in outside if t.startswith("processor")} <= {"processor.iso8583"} | {
+        t for t in outside if t.startswith("processor.iso8583.")
+    }
+    assert not {t for s, t in imports if not s.startswith("demo") and t.startswith("demo")}
+
+
+
+def test_terminal_sim_has_no_import_cycle() -> None:
+    assert cycles(import_graph(["terminal_sim"])) == []

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def _run(module: str, *args: str, env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, check=check)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert not check or done.returncode == 0, f"{module} {' '.join(args)}: {done.stderr}"
+    return done
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The terminal sends its batch totals (DE 74/76 counts and DE 86/88 amounts of credits and debits, DE 97
 net, DE 60 batch number, DE 50 currency). The store closes the terminal's open batch and counts it by
-the rules of `processor.ledger.batches`; the answer is 00 when both agree and 95 when they do not, and
+the rules of `processor.ledger.terminal_batches`; the answer is 00 when both agree and 95 when they do not, and
 carries the store's totals in DE 74/76/86/88/97 so the terminal can print them beside its own. The batch
 is closed either way. A retransmitted 0500 (same STAN and transmission time) gets the first answer back
 and closes nothing more.
@@ -41,7 +41,7 @@ async def reconcile(
         answer = build_response(fields, declined.code)
         answer["_reason"] = declined.reason
         return answer, declined.code
-    outcome = await ledger.batches.close(store, 
+    outcome = await ledger.terminal_batches.close(store, 
         idem_key=req.idempotency_key(),
         terminal_id=req.terminal_id or "",
         batch_number=close.batch_number,

@@ -1,4 +1,4 @@
-"""The outbox: events written in the same transaction as the change they describe, read back in id order.
+"""The outbox's read side (the writers are `processor.ledger.outbox`, re-exported here): events in id order.
 
 Writers call `write_events(conn, [...])` inside their own transaction, so an event exists exactly when its
 change committed. Readers (the API's live feed, the MQTT publisher) read `after(position)` and remember the
@@ -26,34 +26,21 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from processor.events.models import event_consumers, events
+from processor.ledger.outbox import (
+    EVENT_TYPES,
+    MAX_DATA_CHARS,
+    OUTBOX_LOCK,
+    READ_LIMIT_MAX,
+    SCHEMA_VERSION,
+    cardholder_event,
+    event_consumers,
+    events,
+    operator_event,
+    write_events,
+)
 from processor.ledger.models import utcnow
 
-SCHEMA_VERSION = 1
-OUTBOX_LOCK = 0x6F757462  # "outb"
-READ_LIMIT_MAX = 1000
-MAX_DATA_CHARS = 8000
-
-# Event types, with the cardholder who gets each one.
-EVENT_TYPES = frozenset(
-    {
-        "card.authorization",  # the card's holder: approved or declined, merchant and amount
-        "card.reversal",  # the card's holder: an authorization undone
-        "card.status",  # the card's holder: frozen, unfrozen, lost (and replaced), stolen, closed
-        "payment.sent",  # the payer (data.request_id names the request it paid, if any)
-        "payment.received",  # the payee
-        "request.created",  # requester and payer
-        "request.declined",
-        "request.cancelled",
-        "request.expired",
-        "message.received",  # the other person in the conversation
-        "interest.posted",  # the savings account's holder
-        "transfer.completed",  # between a cardholder's own accounts
-    }
-)
-
 e = events.c
-_INSERT = insert(events)
 _AFTER = (
     select(e.id, e.audience, e.cardholder_id, e.type, e.data, e.created_at)
     .where(e.id > bindparam("after"))
@@ -92,34 +79,6 @@ class Event:
 
     def to_json(self) -> str:
         return json.dumps(self.envelope(), separators=(",", ":"))
-
-
-def cardholder_event(cardholder_id: int, type_: str, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    """The row of one event for a cardholder's feed, to pass to `write_events`."""
-    return _row("cardholder", cardholder_id, type_, data, now)
-
-
-def operator_event(type_: str, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    """The row of one event for operators (no cardholder)."""
-    return _row("operator", None, type_, data, now)
-
-
-def _row(audience: str, cardholder_id: int | None, type_: str, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    if audience == "cardholder" and type_ not in EVENT_TYPES:
-        raise ValueError(f"unknown cardholder event type {type_!r}")
-    text = json.dumps(data, separators=(",", ":"), default=str)
-    if len(text) > MAX_DATA_CHARS:
-        raise ValueError(f"event {type_} data is {len(text)} characters, more than {MAX_DATA_CHARS}")
-    return {"audience": audience, "cardholder_id": cardholder_id, "type": type_, "data": text, "created_at": now}
-
-
-def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events inside the caller's transaction (ideally its last statements; see the module's note)."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})")
-    conn.execute(_INSERT, list(rows))
 
 
 def _event(row: Any) -> Event:

@@ -10,7 +10,17 @@ Accounts and money are the ledger's (`processor.ledger.accounts`); issuing depen
 other way round.
 """
 
-from processor.issuing import batch, cardholders, cards, config, keys, merchants, pan, personalization, terminals
+from processor.issuing import (
+    cardholders,
+    cards,
+    config,
+    keys,
+    merchants,
+    pan,
+    personalization,
+    provisioning,
+    terminals,
+)
 from processor.issuing.cards import IssuedCard, issue_card, pin_validation_data, pin_verification_for
 from processor.issuing.keys import IssuerKeys, ensure_issuer_keys, load_issuer_keys
 from processor.issuing.pan import generate_pan, luhn_check_digit, luhn_valid, mask_pan, surrogate_for
@@ -18,7 +28,6 @@ from processor.issuing.pan import generate_pan, luhn_check_digit, luhn_valid, ma
 __all__ = [
     "IssuedCard",
     "IssuerKeys",
-    "batch",
     "cardholders",
     "cards",
     "config",
@@ -33,6 +42,7 @@ __all__ = [
     "merchants",
     "pan",
     "personalization",
+    "provisioning",
     "pin_validation_data",
     "pin_verification_for",
     "surrogate_for",

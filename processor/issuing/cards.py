@@ -24,8 +24,8 @@ from processor.issuing.config import DEFAULT_BIN
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import generate_pan, surrogate_for
 from processor.iso8583 import build_track2
-from processor.events.outbox import cardholder_event, write_events
 from processor.ledger import Lookup, StoreError, StoreInterface, StoreNotFound, accounts
+from processor.ledger.outbox import cardholder_event, write_events
 from processor.ledger.models import accounts as accounts_table
 from processor.ledger.models import cards, utcnow
 

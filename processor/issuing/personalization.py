@@ -85,6 +85,27 @@ def bureau_path(directory: str | os.PathLike[str], card_id: int) -> Path:
     return Path(directory) / f"card-{card_id}.json"
 
 
+async def _transport_key(store: StoreInterface) -> str:
+    """The KCV of the transport key shared with the bureau (a ConfigurationError before the ceremony)."""
+    kek = await config.get(store, BUREAU_KEK_CONFIG)
+    if kek is None:
+        raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
+    return kek
+
+
+def _record(sealed: dict[str, str], **public: Any) -> BureauRecord:
+    """A Visa debit application's record: `public` in clear, the HSM's sealed values as they came."""
+    return BureauRecord(
+        format=BUREAU_FORMAT,
+        aid=VISA_DEBIT_AID,
+        label="VISA DEBIT",
+        transport_key_kcv=sealed["transport_key"],
+        sealed_card=sealed["card"],
+        sealed_icc_mk=sealed["icc_mk"],
+        **public,
+    )
+
+
 async def personalize(
     store: StoreInterface,
     hsm: HsmApi,
@@ -97,35 +118,30 @@ async def personalize(
     cardholder_name: str = "CARDHOLDER",
 ) -> tuple[BureauRecord, Path]:
     """Write the bureau record of an issued card; returns it and where it was written."""
-    kek = await config.get(store, BUREAU_KEK_CONFIG)
-    if kek is None:
-        raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
+    kek = await _transport_key(store)
     if cvn not in (10, 18):
         raise InvalidRequest("cryptogram version must be 10 or 18")
     card = await cards.get(store, card_id)
     if card.status in ("closed", "lost", "stolen"):
         raise InvalidRequest(f"card {card_id} is {card.status}: it cannot be personalized")
     if not chip_service_code(card.service_code):
-        raise InvalidRequest(f"card {card_id} is magstripe-only (service code {card.service_code}): it has no chip to personalize")
+        raise InvalidRequest(
+            f"card {card_id} is magstripe-only (service code {card.service_code}): it has no chip to personalize"
+        )
     sealed = await hsm.personalization_data(
         keys.imk_ac, keys.cvk, card.sealed_pan, card.data_key_version, card.psn, card.expiry, kek, cvn=cvn
     )
-    record = BureauRecord(
-        format=BUREAU_FORMAT,
+    record = _record(
+        sealed,
         card_id=card_id,
         token=card.token,
         last4=card.last4,
         psn=card.psn,
         expiry=card.expiry,
         service_code=card.service_code,
-        aid=VISA_DEBIT_AID,
-        label="VISA DEBIT",
         cardholder_name=cardholder_name.upper()[:26],
         cvn=cvn,
         contactless=contactless,
-        transport_key_kcv=sealed["transport_key"],
-        sealed_card=sealed["card"],
-        sealed_icc_mk=sealed["icc_mk"],
     )
     return record, _write(bureau_path(directory, card_id), record)
 
@@ -152,26 +168,21 @@ async def personalize_wallet(
     The token's ICC master key is derived from the issuer's IMK-AC and the token PAN (PSN 00), which is
     exactly the key the engine verifies token cryptograms with; a wallet only ever taps (contactless).
     """
-    kek = await config.get(store, BUREAU_KEK_CONFIG)
-    if kek is None:
-        raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
-    sealed = await hsm.personalization_data(keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek, cvn=cvn)
-    record = BureauRecord(
-        format=BUREAU_FORMAT,
+    kek = await _transport_key(store)
+    sealed = await hsm.personalization_data(
+        keys.imk_ac, keys.cvk, sealed_token, data_key_version, "00", expiry, kek, cvn=cvn
+    )
+    record = _record(
+        sealed,
         card_id=token_id,
         token=f"token-{token_id}",
         last4=token_last4,
         psn="00",
         expiry=expiry,
         service_code="201",
-        aid=VISA_DEBIT_AID,
-        label="VISA DEBIT",
         cardholder_name="WALLET",
         cvn=cvn,
         contactless=True,
-        transport_key_kcv=sealed["transport_key"],
-        sealed_card=sealed["card"],
-        sealed_icc_mk=sealed["icc_mk"],
     )
     return record, _write(wallet_path(directory, token_id), record)
 

@@ -6,14 +6,14 @@
     await store.close()
 
 `Store` runs group commit and reaches the database; what is kept and asked lives with its owner:
-`accounts`, `holds`, `auths` (idempotency records), `batches` (terminal batch totals over the auths rows)
+`accounts`, `holds`, `auths` (idempotency records), `terminal_batches` (batch totals over the auths rows)
 and `invariants` here, cards and terminals in `processor.issuing`, tokens in `processor.tokenization`.
 Their functions take any `StoreInterface`.
 """
 
-from processor.ledger import accounts, auths, batches, holds, invariants, ops
+from processor.ledger import accounts, auths, holds, invariants, ops, terminal_batches
 from processor.ledger.accounts import AccountView
-from processor.ledger.batches import BatchOutcome, BatchTotals
+from processor.ledger.terminal_batches import BatchOutcome, BatchTotals
 from processor.ledger.errors import StoreBusy, StoreClosed, StoreError, StoreNotFound
 from processor.ledger.holds import HoldView
 from processor.ledger.interface import Lookup, StoreInterface
@@ -35,8 +35,8 @@ __all__ = [
     "StoreNotFound",
     "accounts",
     "auths",
-    "batches",
     "holds",
     "invariants",
     "ops",
+    "terminal_batches",
 ]

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
-from processor.ledger.apply import BatchState, internal_account, post_entry
+from processor.ledger.apply import BatchState, insert_account, internal_account, post_entry
 from processor.ledger.errors import StoreError, StoreNotFound
 from processor.ledger.holds import HoldView, active_holds
 from processor.ledger.interface import StoreInterface
@@ -137,19 +137,7 @@ def _open_account(conn: Connection, cardholder_id: int, kind: str, currency: str
     state = _new_state()
     internal_account(conn, state, "funding", currency)
     internal_account(conn, state, "clearing", currency)
-    return conn.execute(
-        insert(accounts).returning(accounts.c.id),
-        {
-            "cardholder_id": cardholder_id,
-            "kind": kind,
-            "purpose": None,
-            "currency": currency,
-            "status": "open",
-            "ledger_minor": 0,
-            "held_minor": 0,
-            "created_at": state.now,
-        },
-    ).scalar_one()
+    return insert_account(conn, cardholder_id, kind, None, currency, state.now)
 
 
 def _positive(amount_minor: int, what: str) -> None:

@@ -322,9 +322,7 @@ def _finish(conn: Connection, state: BatchState) -> None:
         conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
     if state.answered:
         # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
-        # (Imported here: processor.events reads the ledger's models, so the ledger package must load first.)
-        from processor.events.cards import card_events
-        from processor.events.outbox import write_events
+        from processor.ledger.outbox import card_events, write_events
 
         write_events(conn, card_events(conn, state.answered, state.now))
 
@@ -432,21 +430,49 @@ def internal_account(conn: Connection, state: BatchState, purpose: str, currency
         return found
     found = conn.execute(_INTERNAL, {"p": purpose, "cur": currency}).scalar()
     if found is None:
-        found = conn.execute(
-            insert(accounts).returning(accounts.c.id),
-            {
-                "cardholder_id": None,
-                "kind": "internal",
-                "purpose": purpose,
-                "currency": currency,
-                "status": "open",
-                "ledger_minor": 0,
-                "held_minor": 0,
-                "created_at": state.now,
-            },
-        ).scalar_one()
+        found = insert_account(conn, None, "internal", purpose, currency, state.now)
     state.new_internal_ids[key] = found
     return found
+
+
+def insert_account(
+    conn: Connection, cardholder_id: int | None, kind: str, purpose: str | None, currency: str, now: dt.datetime
+) -> int:
+    """A new open account with nothing on it; its id."""
+    return conn.execute(
+        insert(accounts).returning(accounts.c.id),
+        {
+            "cardholder_id": cardholder_id,
+            "kind": kind,
+            "purpose": purpose,
+            "currency": currency,
+            "status": "open",
+            "ledger_minor": 0,
+            "held_minor": 0,
+            "created_at": now,
+        },
+    ).scalar_one()
+
+
+@dataclass(slots=True)
+class PendingEntry:
+    """A balanced journal entry; on the hot path it waits for the batch's multi-row INSERT, which sets `id`."""
+
+    kind: str
+    reference: str
+    lines: list[tuple[int, int]]
+    currency: str
+    forced: bool
+    id: int | None = None
+
+    @classmethod
+    def balanced(
+        cls, kind: str, reference: str, lines: Sequence[tuple[int, int]], currency: str, forced: bool
+    ) -> "PendingEntry":
+        """The entry, once its postings are seen to sum to zero (LedgerBug otherwise: nothing is written)."""
+        if sum(amount for _, amount in lines) != 0:
+            raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
+        return cls(kind, reference, list(lines), currency, forced)
 
 
 def post_entry(
@@ -459,9 +485,8 @@ def post_entry(
     *,
     forced: bool = False,
 ) -> int:
-    """Insert one balanced journal entry; balances of the accounts are the caller's job."""
-    if sum(amount for _, amount in lines) != 0:
-        raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
+    """Insert one balanced journal entry now; balances of the accounts are the caller's job."""
+    entry = PendingEntry.balanced(kind, reference, lines, currency, forced)
     entry_id = conn.execute(
         _INS_ENTRY,
         {"kind": kind, "reference": reference[:200], "auth_id": None, "forced": forced, "created_at": state.now},
@@ -470,37 +495,17 @@ def post_entry(
         _INS_POSTINGS,
         [
             {"entry_id": entry_id, "account_id": account_id, "amount_minor": amount, "currency": currency}
-            for account_id, amount in lines
+            for account_id, amount in entry.lines
         ],
     )
     return entry_id
 
 
-@dataclass(slots=True)
-class PendingEntry:
-    """A balanced journal entry waiting for the batch's multi-row INSERT; `id` is set by it."""
-
-    kind: str
-    reference: str
-    lines: list[tuple[int, int]]
-    currency: str
-    forced: bool
-    id: int | None = None
-
-
 def defer_entry(
-    state: BatchState,
-    kind: str,
-    reference: str,
-    lines: Sequence[tuple[int, int]],
-    currency: str,
-    *,
-    forced: bool = False,
+    state: BatchState, kind: str, reference: str, lines: Sequence[tuple[int, int]], currency: str, *, forced: bool = False
 ) -> PendingEntry:
-    """Queue one balanced journal entry for this batch; balances of the accounts are the caller's job."""
-    if sum(amount for _, amount in lines) != 0:
-        raise LedgerBug(f"journal entry {kind!r} ({reference}) does not balance in {currency}: {list(lines)}")
-    entry = PendingEntry(kind, reference, list(lines), currency, forced)
+    """Queue one balanced journal entry for the batch's INSERT; balances of the accounts are the caller's job."""
+    entry = PendingEntry.balanced(kind, reference, lines, currency, forced)
     state.pending_entries.append(entry)
     return entry
 

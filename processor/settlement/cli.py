@@ -11,14 +11,14 @@ import argparse
 import contextlib
 import datetime as dt
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from processor.commands import DataCommand, Runtime
 from processor.errors import InvalidRequest
 from processor.settlement.calendar import parse_date
 
-DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
 
 
 @contextlib.contextmanager
@@ -57,7 +57,7 @@ def _day(args: argparse.Namespace) -> dt.date:
     return parse_date(args.date)
 
 
-async def cmd_config(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_config(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import save_config
 
     fees_json = None
@@ -72,13 +72,13 @@ async def cmd_config(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return config.as_json()
 
 
-async def cmd_network_add(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_network_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import add_network
 
     return await add_network(rt.store, args.acquirer, args.name)
 
 
-async def cmd_run(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_run(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import load_config
     from processor.settlement.day import settle_day
 
@@ -87,7 +87,7 @@ async def cmd_run(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
         return await settle_day(rt.store, _day(args), config, out_dir=args.out, progress=progress)
 
 
-async def cmd_status(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement import queries
 
     days = await rt.store.run_read(queries.list_days, args.limit)
@@ -99,7 +99,7 @@ async def cmd_status(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"days": days}
 
 
-async def cmd_reconcile(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_reconcile(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.report import reconcile
 
     result = await reconcile(rt.store, _day(args))
@@ -111,7 +111,7 @@ async def cmd_reconcile(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def cmd_report(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_report(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.report import build_report, print_report, write_html
 
     report = await build_report(rt.store, _day(args))
@@ -123,7 +123,7 @@ async def cmd_report(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-async def cmd_ingest(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_ingest(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import load_config
     from processor.settlement.ingest import ingest_file
 
@@ -132,7 +132,7 @@ async def cmd_ingest(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
         return await ingest_file(rt.store, rt.hsm, Path(args.file), config, progress=progress)
 
 
-async def cmd_generate(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_generate(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import load_config
     from processor.settlement.generate import generate_day
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
+
+from processor.commands import Command, DataCommand, Runtime, group
 
 log = logging.getLogger("processor.tokenization")
 
-DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
-
-
-async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import load_issuer_keys
+async def cmd_token_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.tokenization.tokens import parse_list
     from processor.tokenization.wallet import provision_token
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     result = await provision_token(
         rt.store,
         rt.hsm,
@@ -40,8 +37,8 @@ async def cmd_token_provision(rt: Any, args: argparse.Namespace) -> dict[str, An
     return result
 
 
-def _status_command(status: str) -> Callable[[Any, argparse.Namespace], Awaitable[dict[str, Any]]]:
-    async def run(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _status_command(status: str) -> Command:
+    async def run(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
         from processor.tokenization import tokens
 
         await tokens.set_status(rt.store, args.token_id, status, args.reason)
@@ -53,29 +50,28 @@ def _status_command(status: str) -> Callable[[Any, argparse.Namespace], Awaitabl
     return run
 
 
-async def cmd_token_show(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_token_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.tokenization.wallet import token_details
 
     return await token_details(rt.store, args.token_id)
 
 
-async def cmd_token_list(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_token_list(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.tokenization.wallet import list_card_tokens
 
     return {"card_id": args.card, "tokens": await list_card_tokens(rt.store, args.card)}
 
 
-async def cmd_card_replace(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.issuing import load_issuer_keys
+async def cmd_card_replace(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.tokenization.wallet import replace_card
 
-    keys = await load_issuer_keys(rt.store, rt.hsm)
+    keys = await rt.issuer_keys()
     result = await replace_card(rt.store, rt.hsm, keys, args.card_id, pin=args.pin)
     log.info("card %d replaced by card %d; tokens moved: %s", args.card_id, result["id"], result["repointed_token_ids"])
     return result
 
 
-async def cmd_keys_rotate(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_keys_rotate(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.tokenization.vault import rotate_keys, rotate_vault
 
     result: dict[str, Any] = {}
@@ -91,20 +87,9 @@ async def cmd_keys_rotate(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _group(sub: Any, name: str, help: str) -> Any:
-    """The subcommands of `name`, reusing the group when another module already added it (e.g. `card`)."""
-    parser = sub.choices.get(name)
-    if parser is None:
-        return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
-    for action in parser._actions:  # argparse offers no public way back to a parser's subcommands
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError(f"command {name!r} exists without subcommands")
-
-
 def register(sub: Any, data_command: DataCommand) -> None:
     """Add `token ...`, `card replace` and `keys rotate` to the `processor` command parser."""
-    tk = _group(sub, "token", "wallet payment tokens")
+    tk = group(sub, "token", "wallet payment tokens")
     p = data_command(tk, "provision", cmd_token_provision, "create a device token for a card (number shown once)")
     p.set_defaults(hsm_role="issuer")
     p.add_argument("--card", type=int, required=True)
@@ -125,13 +110,13 @@ def register(sub: Any, data_command: DataCommand) -> None:
     p = data_command(tk, "list", cmd_token_list, "the tokens of a card")
     p.add_argument("--card", type=int, required=True)
 
-    cd = _group(sub, "card", "cards")
+    cd = group(sub, "card", "cards")
     p = data_command(cd, "replace", cmd_card_replace, "new card on the same account; wallet tokens follow it")
     p.set_defaults(hsm_role="issuer")
     p.add_argument("card_id", type=int)
     p.add_argument("--pin", help="PIN of the new card (4-12 digits)")
 
-    ks = _group(sub, "keys", "HSM key versions")
+    ks = group(sub, "keys", "HSM key versions")
     p = data_command(ks, "rotate", cmd_keys_rotate, "re-seal the PAN vault under the current (or new) key versions")
     p.set_defaults(hsm_role="issuer")
     p.add_argument("--batch", type=int, default=200, help="cards per transaction")

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from processor import issuing
 from processor.errors import ConfigurationError, NotFound
-from processor.tokenization.cli import _group
+from processor.commands import DataCommand, Runtime, group
 
-DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
 DEFAULT_DIR = "broker"
 
 
@@ -75,7 +74,7 @@ def cmd_broker_url(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     return {"account": args.account, "url": _broker(args).url(args.account, host=args.host)}
 
 
-async def cmd_broker_terminal(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_broker_terminal(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.broker import BrokerAdmin, check_terminal_id
 
     terminal = await issuing.terminals.get(rt.store, args.terminal_id)
@@ -97,7 +96,7 @@ async def cmd_broker_terminal(rt: Any, args: argparse.Namespace) -> dict[str, An
     }
 
 
-async def cmd_broker_cardholder(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_broker_cardholder(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.broker import BrokerAdmin, cardholder_user
 
     cardholder = await issuing.cardholders.find_by_handle(rt.store, args.handle)
@@ -117,7 +116,7 @@ async def cmd_broker_cardholder(rt: Any, args: argparse.Namespace) -> dict[str, 
     }
 
 
-async def cmd_terminal_list(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def cmd_terminal_list(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.mqtt import read_presence
 
     terminals = await issuing.terminals.list_all(rt.store, limit=args.limit)
@@ -157,7 +156,7 @@ def _terminal_table(rows: list[dict[str, Any]], *, broker: bool) -> str:
 def register(sub: Any, data_command: DataCommand) -> None:
     """Add `broker ...` and `terminal list` to the `processor` command parser."""
     default_dir = os.environ.get("PROCESSOR_BROKER_DIR") or DEFAULT_DIR
-    br = _group(sub, "broker", "the MQTT broker: its accounts and ACLs")
+    br = group(sub, "broker", "the MQTT broker: its accounts and ACLs")
 
     def standalone(name: str, func: Callable[..., Any], help: str) -> argparse.ArgumentParser:
         p = br.add_parser(name, help=help)
@@ -182,7 +181,7 @@ def register(sub: Any, data_command: DataCommand) -> None:
     p.add_argument("handle")
     p.add_argument("--dir", default=default_dir, help="the broker's folder")
 
-    te = _group(sub, "terminal", "terminals")
+    te = group(sub, "terminal", "terminals")
     p = data_command(te, "list", cmd_terminal_list, "registered terminals, and which are online on the broker")
     p.add_argument("--limit", type=int, default=10_000)
 

@@ -39,7 +39,6 @@ import enum
 import hmac
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyemv import ac as _ac
 
 from terminal_sim.emv import cryptogram, tlv
+from terminal_sim.files import write_private
 
 __all__ = [
     "PSE_NAME",
@@ -303,33 +303,12 @@ class CardProfile:
 
     def save(self, path: Path, transport_key: bytes) -> None:
         """Write the sealed profile as JSON."""
-        _atomic_write(Path(path), json.dumps(self.seal(transport_key), indent=2).encode())
+        write_private(Path(path), json.dumps(self.seal(transport_key), indent=2).encode())
 
     @classmethod
     def load(cls, path: Path, transport_key: bytes) -> "CardProfile":
         """Read and open a profile written by :meth:`save`."""
         return cls.open(json.loads(Path(path).read_text()), transport_key)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass
@@ -396,7 +375,7 @@ class VirtualCard:
 
     def _save_state(self) -> None:
         if self._state_path is not None:
-            _atomic_write(self._state_path, json.dumps(asdict(self._state)).encode())
+            write_private(self._state_path, json.dumps(asdict(self._state)).encode())
 
     @property
     def atc(self) -> int:

@@ -9,7 +9,7 @@ from engine_helpers import Issuer
 
 from processor import ledger
 from processor.iso8583 import BatchTotals, parse_net_amount
-from terminal_sim.batch import close_batch, reconciliation_request
+from terminal_sim.batch_close import close_batch, reconciliation_request
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import PosTerminal
 
@@ -57,12 +57,12 @@ async def test_a_day_in_balance_then_a_fresh_batch(issuer: Issuer) -> None:
     assert report.host == report.terminal
     assert report.batch_number == "000001" and shop.batch.number == 2 and not shop.batch.items
     store = issuer.running.store
-    [closed] = await ledger.batches.list_closed(store, "SHOP0001")
+    [closed] = await ledger.terminal_batches.list_closed(store, "SHOP0001")
     assert closed.rc == "00" and closed.host.debits_minor == report.terminal.debits_minor
     # Nothing happened since: the next close is empty on both sides.
     again = await close_batch(issuer.conn, shop)
     assert again.rc == "00" and again.host == BatchTotals() and again.batch_number == "000002"
-    assert len(await ledger.batches.list_closed(store, "SHOP0001")) == 2
+    assert len(await ledger.terminal_batches.list_closed(store, "SHOP0001")) == 2
     hotel = await close_batch(issuer.conn, issuer.terminals["hotel"])
     assert hotel.rc == "00" and hotel.host == BatchTotals(0, 0, 1, 7_00)
 
@@ -80,7 +80,7 @@ async def test_out_of_balance_answers_95_with_our_totals_and_still_closes(issuer
     # The terminal retransmits the same 0500: the same answer, and no second batch.
     again = await issuer.send(dict(request))
     assert {k: again[k] for k in ("39", "74", "76", "86", "88", "97")} == {k: answer[k] for k in ("39", "74", "76", "86", "88", "97")}
-    [closed] = await ledger.batches.list_closed(issuer.running.store, "SHOP0001")
+    [closed] = await ledger.terminal_batches.list_closed(issuer.running.store, "SHOP0001")
     assert closed.rc == "95" and closed.terminal != closed.host
     # The batch was closed: what came before it is not counted again.
     shop.batch.items.clear()
@@ -98,7 +98,7 @@ async def test_bad_batch_totals_get_a_clear_answer_and_close_nothing(issuer: Iss
     assert (await issuer.send(stranger))["39"] == "03"
     no_currency = {k: v for k, v in reconciliation_request(shop).items() if k != "50"}
     assert (await issuer.send(no_currency))["39"] == "30"
-    assert await ledger.batches.list_closed(issuer.running.store, "SHOP0001") == []
+    assert await ledger.terminal_batches.list_closed(issuer.running.store, "SHOP0001") == []
     assert (await close_batch(issuer.conn, shop)).rc == "00"
 
 

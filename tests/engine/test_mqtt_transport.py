@@ -157,7 +157,7 @@ async def test_unanswered_request_is_published_again_with_the_same_bytes(mqtt_is
 
 
 async def test_close_batch_over_mqtt(mqtt_issuer: MqttIssuer):
-    from terminal_sim.batch import close_batch
+    from terminal_sim.batch_close import close_batch
 
     market, ivan = mqtt_issuer.terminals["market"], mqtt_issuer.cards["ivan"]
     async with await mqtt_issuer.connect("market") as conn:

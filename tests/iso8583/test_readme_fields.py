@@ -14,7 +14,7 @@ import pytest
 
 from processor.iso8583 import SPEC, Balance, BatchTotals, Reconciliation, Request, build_response, encode_tlv
 from processor.iso8583.spec import REFUSED_FIELDS, field_format
-from terminal_sim.batch import reconciliation_request
+from terminal_sim.batch_close import reconciliation_request
 from terminal_sim.pos import CardData, PosTerminal
 
 README = Path(__file__).resolve().parents[2] / "README.md"

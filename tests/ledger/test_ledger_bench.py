@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processor.ledger.bench import run
+from demo.bench_ledger import run
 
 
 async def test_bench_reports_throughput_and_a_healthy_ledger(db_url: str) -> None:

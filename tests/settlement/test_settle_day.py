@@ -19,7 +19,7 @@ from processor.ledger.models import accounts, journal_entries
 from processor.settlement.config import load_config
 from processor.settlement.day import settle_day
 from processor.settlement.report import build_report
-from terminal_sim.batch import close_batch
+from terminal_sim.batch_close import close_batch
 
 DAY = dt.date(2026, 3, 29)  # 23 hours in Europe/Paris: the clocks go forward that night
 PARIS_NOON = dt.datetime(2026, 3, 29, 10, 0, tzinfo=dt.UTC)  # 12:00 CEST

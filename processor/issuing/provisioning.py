@@ -1,4 +1,4 @@
-"""Issuing many cardholders, accounts, cards and terminals at once (demo days and load runs)."""
+"""Bulk provisioning: many cardholders, funded accounts, cards and terminals at once (demo days, load runs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`processor demo`: a whole simulated business day on the embedded default (SQLite, in-process HSM).
+"""`python -m demo` (also `processor demo`, `scripts/demo`): a whole simulated business day on the embedded
+default (SQLite, in-process HSM).
 
 The day issues cardholders, accounts and cards, starts the engine on a TCP port, plays the situations a
 real issuer meets (approvals, declines for funds, wrong PIN, wrong CVV2, expired, frozen, lost and stolen
@@ -22,13 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsm_sim import HsmApi
 from processor import issuing, ledger
 from processor.config import Settings
+from processor.issuing.keys import IssuerKeys
+from processor.ledger import StoreInterface
+from processor.server import RunningEngine
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.load import LoadResult, run_load
 from terminal_sim.pos import CardData, PosTerminal
 
-log = logging.getLogger("processor.demo")
+log = logging.getLogger("demo")
 
 
 @dataclass
@@ -59,7 +64,7 @@ class Day:
     started: float = field(default_factory=time.perf_counter)
 
 
-async def _people(store: Any, hsm: Any, keys: Any, today: dt.date) -> dict[str, dict[str, Any]]:
+async def _people(store: StoreInterface, hsm: HsmApi, keys: IssuerKeys, today: dt.date) -> dict[str, dict[str, Any]]:
     """The named customers whose cards play the scenarios: (handle, deposit, card status, expired?, chip?)."""
     from processor.issuing import issue_card
 
@@ -86,7 +91,7 @@ async def _people(store: Any, hsm: Any, keys: Any, today: dt.date) -> dict[str, 
     return people
 
 
-async def _terminals(store: Any, hsm: Any, keys: Any) -> dict[str, PosTerminal]:
+async def _terminals(store: StoreInterface, hsm: HsmApi, keys: IssuerKeys) -> dict[str, PosTerminal]:
     from processor.issuing.terminals import add_terminal
 
     # The fuel pump is an old unattended one with a stripe reader only: chip cards are swiped there.
@@ -108,7 +113,7 @@ async def _terminals(store: Any, hsm: Any, keys: Any) -> dict[str, PosTerminal]:
 
 
 async def _personalize_chip_and_wallet(
-    store: Any, hsm: Any, keys: Any, workdir: Path, card_id: int, account_id: int
+    store: StoreInterface, hsm: HsmApi, keys: IssuerKeys, workdir: Path, card_id: int, account_id: int
 ) -> tuple[Any, dict[str, Any]]:
     """A key ceremony with the bureau, the chip written from its record, and a phone with a token of the card."""
     from processor.issuing.personalization import form_bureau_key, personalize
@@ -134,7 +139,7 @@ async def _personalize_chip_and_wallet(
 
 
 async def _play_scenarios(
-    day: Day, host: str, port: int, people: dict[str, dict[str, Any]], terminals: dict[str, PosTerminal], store: Any
+    day: Day, host: str, port: int, people: dict[str, dict[str, Any]], terminals: dict[str, PosTerminal], store: StoreInterface
 ) -> None:
     conn = await TerminalConnection.connect(host, port, timeout_s=5.0)
     try:
@@ -220,7 +225,7 @@ async def _play_scenarios(
 
 async def _close_batches(day: Day, conn: TerminalConnection, terminals: dict[str, PosTerminal]) -> None:
     """End of day at every merchant: each terminal's totals (0500) against the issuer's."""
-    from terminal_sim.batch import close_batch
+    from terminal_sim.batch_close import close_batch
 
     web = terminals["online"]
     # The web shop's journal lost its last sale (a crash between the answer and the write): out of balance.
@@ -261,7 +266,7 @@ async def _chip_scenarios(day: Day, conn: TerminalConnection, terminal: PosTermi
     day.scenarios.append(Scenario("replayed chip cryptogram (same ATC)", "82", str(answer.get("39"))))
 
 
-async def _wallet_scenarios(day: Day, conn: TerminalConnection, terminal: PosTerminal, wallet: dict[str, Any], store: Any) -> None:
+async def _wallet_scenarios(day: Day, conn: TerminalConnection, terminal: PosTerminal, wallet: dict[str, Any], store: StoreInterface) -> None:
     """A phone's device token: a tap answered with the token, then the token suspended."""
     from processor.tokenization import suspend_token
 
@@ -304,7 +309,7 @@ async def run_day(
     """Play a whole day in `workdir` and return what happened."""
     from hsm_sim import connect
     from processor.issuing import ensure_issuer_keys
-    from processor.issuing.batch import provision
+    from processor.issuing.provisioning import provision
     from processor.ledger import Store
     from processor.server import running_engine
 
@@ -359,13 +364,13 @@ async def run_day(
     return day
 
 
-async def _settle_the_day(running: Any, people: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
+async def _settle_the_day(running: RunningEngine, people: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
     """End of day: an acquiring network's authorizations and clearing file, then settlement and its report.
 
     The demo's day ends now: its cutoff is set to the next second (UTC), so everything played above falls
     in the day that is settled.
     """
-    from processor.settlement import add_network, build_report, load_config, save_config, settle_day, write_html
+    from processor.settlement import add_network, build_report, save_config, settle_day, write_html
     from processor.settlement.day import COMMIT_GRACE
     from processor.settlement.ingest import ingest_file
     from terminal_sim.network import AcquiringNetwork
@@ -471,9 +476,9 @@ def print_day(summary: dict[str, Any], out: Any = sys.stdout) -> None:
             f"  {handle:<8} ledger {b['ledger_minor'] / 100:10.2f} EUR  available {b['available_minor'] / 100:10.2f} EUR  holds {b['holds']}",
             file=out,
         )
-    ledger = summary["ledger"]
-    print(f"\nLedger check: {'OK' if ledger['ok'] else 'BROKEN'}", file=out)
-    for failure in ledger["failures"]:
+    ledger_check = summary["ledger"]
+    print(f"\nLedger check: {'OK' if ledger_check['ok'] else 'BROKEN'}", file=out)
+    for failure in ledger_check["failures"]:
         print(f"  {failure}", file=out)
     settled = summary.get("settlement") or {}
     if settled:
@@ -489,8 +494,22 @@ def print_day(summary: dict[str, Any], out: Any = sys.stdout) -> None:
     print(f"\nDay finished in {summary['elapsed_s']} s: {verdict}.", file=out)
 
 
-def run_demo_cli(args: argparse.Namespace) -> int:
-    """Entry point of `processor demo`."""
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m demo", description="Run a whole simulated business day and print its summary.")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    parser.add_argument("--workdir", help="where the day's database, key store and logs go (default: a new folder)")
+    parser.add_argument("--cardholders", type=int, default=40, help="customers of the load phase (default 40)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long the load phase runs (default 8)")
+    parser.add_argument("--connections", type=int, default=16, help="terminal connections of the load phase (default 16)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m demo`: exit 0 when every answer is what an issuer must answer."""
+    from processor.logs import quiet_library_deprecations
+
+    quiet_library_deprecations()
+    args = build_parser().parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="processor-day-"))
     try:
         import uvloop

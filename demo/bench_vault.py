@@ -1,4 +1,4 @@
-"""`python -m processor.bench_vault`: what the PAN vault costs the engine.
+"""`python -m demo.bench_vault`: what the PAN vault costs the engine.
 
 The same engine, store and requests are timed twice, in process (no TCP, so the vault's share is not
 diluted by the transport): once as it runs in production, where a card is found by the HSM's keyed
@@ -34,7 +34,7 @@ async def _measure(engine: Engine, requests: list[bytes], batch: int) -> float:
 async def run(cards: int, requests_per_round: int, rounds: int, batch: int) -> dict[str, Any]:
     from hsm_sim import connect
     from processor.issuing import ensure_issuer_keys
-    from processor.issuing.batch import provision
+    from processor.issuing.provisioning import provision
     from processor.ledger import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-vault-") as tmp:
@@ -80,7 +80,7 @@ async def run(cards: int, requests_per_round: int, rounds: int, batch: int) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m processor.bench_vault", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m demo.bench_vault", description=__doc__.splitlines()[0])
     parser.add_argument("--cards", type=int, default=200)
     parser.add_argument("--requests", type=int, default=6000, help="authorizations per round and variant")
     parser.add_argument("--rounds", type=int, default=3)

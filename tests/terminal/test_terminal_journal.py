@@ -11,8 +11,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from processor.iso8583 import BatchTotals
-from processor.ledger.batches import net_totals
-from terminal_sim.batch import TerminalBatch, reconciliation_request
+from processor.ledger.terminal_batches import net_totals
+from terminal_sim.batch_close import reconciliation_request
+from terminal_sim.journal import TerminalBatch
 from terminal_sim.load import Workload
 from terminal_sim.pos import CardData, InsertChip, PosTerminal
 

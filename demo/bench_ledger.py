@@ -1,6 +1,6 @@
 """Store throughput: concurrent PlaceHold (or Debit) submitters against one store.
 
-    python -m processor.ledger.bench --db sqlite+aiosqlite:////tmp/bench.db --seconds 5 --concurrency 64 [--json]
+    python -m demo.bench_ledger --db sqlite+aiosqlite:////tmp/bench.db --seconds 5 --concurrency 64 [--json]
 
 Prints operations/s and the p50/p99 latency of `submit` (queue + batch + commit), then checks the invariants.
 """
@@ -98,7 +98,7 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m processor.ledger.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m demo.bench_ledger", description=__doc__.splitlines()[0])
     parser.add_argument("--db", help="database URL (default: a new SQLite file in a temporary folder)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)

@@ -1,0 +1,5 @@
+"""`python -m demo`: the simulated business day."""
+
+from demo.day import main
+
+raise SystemExit(main())
