@@ -158,7 +158,7 @@ def cmd_api_load(args: argparse.Namespace, settings: Any) -> int:
 
 def register(sub: Any, data_command: DataCommand) -> None:
     """Add `api`, `app ...`, `card controls` and `api-load` to the `processor` command parser."""
-    from processor.tokenization.cli import _group
+    from processor.commands import group as _group
 
     p = sub.add_parser("api", help="serve the money app's HTTP API")
     p.add_argument("--http", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")

@@ -69,7 +69,7 @@ def register(sub: Any, data_command: DataCommand) -> None:
     """Add `savings ...` to the `processor` parser; `settle run` then accrues interest for each day it settles."""
     from processor.savings import end_of_day
     from processor.settlement import END_OF_DAY_JOBS, register_end_of_day_job
-    from processor.tokenization.cli import _group
+    from processor.commands import group as _group
 
     if all(name != END_OF_DAY_JOB for name, _ in END_OF_DAY_JOBS):
         register_end_of_day_job(END_OF_DAY_JOB, end_of_day)
