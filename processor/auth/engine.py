@@ -330,6 +330,38 @@ async def check_amount(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.INVALID_AMOUNT, "currency is not the account's currency")
 
 
+_CONTROL_CODES = {"amount": rc.EXCEEDS_AMOUNT_LIMIT, "not_permitted": rc.NOT_PERMITTED, "restricted": rc.RESTRICTED_CARD}
+
+
+async def check_controls(engine: "Engine", ctx: AuthContext) -> None:
+    """The cardholder's spending controls, read fresh: channel, category, country, per-transaction limit.
+
+    Daily and monthly limits are handed to the store with the request: it counts them with the funds.
+    """
+    from processor.issuing.controls import evaluate, for_card, merchant_country
+    from processor.ledger.ops import SpendLimits
+
+    req, card = ctx.request, ctx.card
+    if req.transaction_type in ("balance", "refund"):
+        return
+    controls = await for_card(engine.store, card.token)
+    if controls is None:
+        return
+    refusal = evaluate(
+        controls,
+        amount_minor=req.amount_minor or 0,
+        mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal else None),
+        entry_mode=req.entry_mode,
+        cash=req.transaction_type == "cash",
+        country=merchant_country(ctx.fields.get("43")),
+        home_country=await engine.home_country(),
+    )
+    if refusal is not None:
+        raise Declined(_CONTROL_CODES[refusal.kind], refusal.reason)
+    if controls.counted:
+        ctx.spend = SpendLimits(controls.daily_minor, controls.daily_count, controls.monthly_minor, controls.monthly_count)
+
+
 CARD_CHECKS: tuple[Check, ...] = (
     check_terminal,
     check_processing_code,
@@ -341,6 +373,7 @@ CARD_CHECKS: tuple[Check, ...] = (
     check_pin,
     check_card_verification,
     check_amount,
+    check_controls,
 )
 # A stand-in advice was approved by the network already: only what is needed to find the card runs.
 ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_processing_code, check_card_known, check_token_lifecycle)
@@ -377,6 +410,7 @@ class Engine:
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
         self._network_cache: dict[str, tuple[float, bool]] = {}
+        self._home_country: str | None = None
 
     # ------------------------------------------------------------ entry point
 
@@ -595,6 +629,7 @@ class Engine:
             merchant_id=req.merchant_id or (ctx.terminal.merchant_id if ctx.terminal else ""),
             mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal and ctx.terminal.mcc else ""),
             entry_mode=(req.entry_mode or "")[:2],
+            spend=ctx.spend,
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
@@ -724,6 +759,14 @@ class Engine:
             self._network_cache.clear()
         self._network_cache[acquirer_id] = (now, found)
         return found
+
+    async def home_country(self) -> str:
+        """The issuer's country (config issuer.country, ISO 3166 alpha-2): what "abroad" is measured from."""
+        if self._home_country is None:
+            from processor.issuing.controls import DEFAULT_HOME_COUNTRY, HOME_COUNTRY_CONFIG
+
+            self._home_country = (await issuing.config.get(self.store, HOME_COUNTRY_CONFIG) or DEFAULT_HOME_COUNTRY).upper()
+        return self._home_country
 
     async def terminal(self, terminal_id: str | None) -> Terminal | None:
         """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""

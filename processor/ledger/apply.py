@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from processor.ledger import ops
+from processor.ledger import ops, spend
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings, terminals
 from processor.ledger.ops import Result
 
@@ -54,6 +54,8 @@ class BatchState:
     pending_links: list[tuple[int | None, "PendingEntry | None"]] = field(default_factory=list)  # new hold, entry
     hold_auth: list[dict[str, int]] = field(default_factory=list)
     entry_auth: list[dict[str, int]] = field(default_factory=list)
+    # Every auths row this batch answered: each becomes the cardholder's feed event in the same transaction.
+    answered: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ statements, built once
@@ -320,6 +322,11 @@ def _finish(conn: Connection, state: BatchState) -> None:
         conn.execute(_SET_HOLD_AUTH, state.hold_auth)
     if state.entry_auth:
         conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
+    if state.answered:
+        # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
+        from processor.ledger.outbox import card_events, write_events
+
+        write_events(conn, card_events(conn, state.answered, state.now))
 
 
 def outcome_from_row(row: Any, *, duplicate: bool) -> ops.AuthOutcome:
@@ -399,6 +406,7 @@ def _record(
             "created_at": state.now,
         }
     )
+    state.answered.append(state.pending_auths[-1])
     state.pending_links.append((hold_id if new_hold else None, entry))
     return ops.AuthOutcome(
         idem_key=op.idem_key,
@@ -564,13 +572,40 @@ def _find_original(conn: Connection, state: BatchState, ref: str) -> Any:
 # ------------------------------------------------------------------ operations
 
 
+def _over_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Debit) -> ops.AuthOutcome | None:
+    """Count the request on the card's day and month totals; its refusal when a limit would be passed."""
+    if op.spend is None or op.card_id is None or op.force:
+        return None
+    if conn.dialect.name == "postgresql":
+        # Accounts before spend totals, in every transaction: the order that keeps two batches from deadlocking.
+        conn.execute(_LOCK_ACCOUNTS, {"ids": [op.account_id]})
+    refusal = spend.claim(conn, op.card_id, op.spend, op.amount_minor, state.now)
+    if refusal is None:
+        return None
+    what = "amount" if refusal is Result.AMOUNT_LIMIT else "number of payments"
+    return _record(conn, state, op, refusal, f"card's daily or monthly {what} limit reached")
+
+
+def _settle_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Debit, take: "Take") -> None:
+    """Give back what was counted but not approved (funds refused, or a partial approval)."""
+    if op.spend is None or op.card_id is None or op.force:
+        return
+    if take.result not in ops.APPROVALS:
+        spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor, 1, state.now)
+    elif take.approved_minor < op.amount_minor:
+        spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor - take.approved_minor, 0, state.now)
+
+
 def _place_hold(conn: Connection, state: BatchState, op: ops.PlaceHold) -> ops.AuthOutcome:
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
+    if (limited := _over_limit(conn, state, op)) is not None:
+        return limited
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=True, partial_ok=op.partial_ok, force=op.force
     )
+    _settle_limit(conn, state, op, take)
     hold_id = None
     if take.result in ops.APPROVALS:
         hold_id = conn.execute(
@@ -599,9 +634,12 @@ def _debit(conn: Connection, state: BatchState, op: ops.Debit) -> ops.AuthOutcom
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
+    if (limited := _over_limit(conn, state, op)) is not None:
+        return limited
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=False, partial_ok=op.partial_ok, force=op.force
     )
+    _settle_limit(conn, state, op, take)
     entry = None
     if take.result in ops.APPROVALS:
         clearing = internal_account(conn, state, "clearing", op.currency)
