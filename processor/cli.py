@@ -482,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_settlement(sub, data_command)
 
+    from processor.api.cli import register as register_money_app
+    from processor.savings.cli import register as register_savings
+
+    register_money_app(sub, data_command)
+    register_savings(sub, data_command)
+
     p = sub.add_parser("serve", help="run the authorization engine")
     p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on, or off (MQTT only)")
     p.add_argument("--reuse-port", action="store_true",
@@ -524,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             from processor.transport.cli import run_standalone
 
             return run_standalone(args, settings)
+        if getattr(args, "run", None) is not None:
+            return args.run(args, settings)
         return _run(_data_command(args, settings))
     except LedgerBroken as exc:
         _print(exc.result, args.json)

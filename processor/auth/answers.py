@@ -32,6 +32,9 @@ LEDGER_ANSWERS: Mapping[Result, str] = MappingProxyType(
         Result.REPLAYED_KEY_SERIAL: rc.SECURITY_VIOLATION,
         Result.WRONG_PIN: rc.WRONG_PIN,
         Result.PIN_TRIES_EXCEEDED: rc.PIN_TRIES_EXCEEDED,
+        # The card's own daily or monthly limits (its holder's spending controls).
+        Result.AMOUNT_LIMIT: rc.EXCEEDS_AMOUNT_LIMIT,
+        Result.COUNT_LIMIT: rc.EXCEEDS_COUNT_LIMIT,
         # Never used for a Decline: its own code is answered. Listed so that every result has a code.
         Result.DECLINED: rc.SYSTEM_ERROR,
     }

@@ -56,6 +56,7 @@ class AuthContext:
     atc: int | None = None
     icc_response: dict[str, bytes] | None = None
     reason: str = "approved"
+    spend: Any = None  # processor.ledger.ops.SpendLimits when the card's controls set daily or monthly limits
 
 
 def active_terminal(terminal: Terminal | None) -> Terminal:

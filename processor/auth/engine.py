@@ -41,6 +41,7 @@ from processor.iso8583 import (
     rc,
 )
 from processor.iso8583.codec import REQUEST_MTIS
+from processor.iso8583.mac import MAC_BYTES, encode_for_mac, signed_parts
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
 from processor.ledger import StoreInterface, ops
 
@@ -54,6 +55,11 @@ CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
 MERCHANT_MTIS = CARD_REQUEST_MTIS | {"0220", "0400", "0420"}
 HANDLED_MTIS = MERCHANT_MTIS | {"0500", "0800"}
 DUKPT_COUNTER_MASK = (1 << 21) - 1
+# HSM answer statuses (hsm_sim/PROTOCOL.md) that say the HSM could not serve: key store error 40, internal
+# error 41, frame error 80, timeout 90, connection error 91 (answered 91); and those that refuse a PIN
+# block without saying anything of the PIN: PIN block error 20, invalid PIN 23 (answered 55, no try).
+HSM_UNAVAILABLE = frozenset({"40", "41", "80", "90", "91"})
+PIN_BLOCK_REFUSALS = frozenset({"20", "23"})
 # What each card request may ask for (DE 3 positions 1-2, by the name messages.TRANSACTION_TYPES gives
 # them). Anything else is refused (12) before any money moves.
 TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
@@ -260,6 +266,8 @@ async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
             validation_data=pin_validation_data(ctx.pan) if card.pin_method == "ibm3624" else None,
         )
     except HsmError as exc:
+        if exc.code not in PIN_BLOCK_REFUSALS:
+            raise  # the HSM failed: answered 91 or 96 by Engine.handle, and no try is counted
         # A block that does not decipher under the terminal's key is a key problem, not a wrong guess:
         # the cardholder's try counter is left alone.
         raise Declined(rc.WRONG_PIN, f"PIN block rejected by the HSM ({exc.code})") from exc
@@ -322,6 +330,38 @@ async def check_amount(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.INVALID_AMOUNT, "currency is not the account's currency")
 
 
+_CONTROL_CODES = {"amount": rc.EXCEEDS_AMOUNT_LIMIT, "not_permitted": rc.NOT_PERMITTED, "restricted": rc.RESTRICTED_CARD}
+
+
+async def check_controls(engine: "Engine", ctx: AuthContext) -> None:
+    """The cardholder's spending controls, read fresh: channel, category, country, per-transaction limit.
+
+    Daily and monthly limits are handed to the store with the request: it counts them with the funds.
+    """
+    from processor.issuing.controls import evaluate, for_card, merchant_country
+    from processor.ledger.ops import SpendLimits
+
+    req, card = ctx.request, ctx.card
+    if req.transaction_type in ("balance", "refund"):
+        return
+    controls = await for_card(engine.store, card.token)
+    if controls is None:
+        return
+    refusal = evaluate(
+        controls,
+        amount_minor=req.amount_minor or 0,
+        mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal else None),
+        entry_mode=req.entry_mode,
+        cash=req.transaction_type == "cash",
+        country=merchant_country(ctx.fields.get("43")),
+        home_country=await engine.home_country(),
+    )
+    if refusal is not None:
+        raise Declined(_CONTROL_CODES[refusal.kind], refusal.reason)
+    if controls.counted:
+        ctx.spend = SpendLimits(controls.daily_minor, controls.daily_count, controls.monthly_minor, controls.monthly_count)
+
+
 CARD_CHECKS: tuple[Check, ...] = (
     check_terminal,
     check_processing_code,
@@ -333,6 +373,7 @@ CARD_CHECKS: tuple[Check, ...] = (
     check_pin,
     check_card_verification,
     check_amount,
+    check_controls,
 )
 # A stand-in advice was approved by the network already: only what is needed to find the card runs.
 ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_processing_code, check_card_known, check_token_lifecycle)
@@ -369,6 +410,7 @@ class Engine:
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
         self._network_cache: dict[str, tuple[float, bool]] = {}
+        self._home_country: str | None = None
 
     # ------------------------------------------------------------ entry point
 
@@ -390,7 +432,14 @@ class Engine:
             self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
-            return await self._dispatch(fields, request, started)
+            return await self._dispatch(payload, fields, request, started)
+        except HsmError as exc:
+            # Without the HSM nothing can be verified: the truth is "issuer inoperative", never a wrong PIN,
+            # and nothing was recorded (no PIN try spent). The client reconnects on the next call.
+            code = rc.ISSUER_INOPERATIVE if exc.code in HSM_UNAVAILABLE else rc.SYSTEM_ERROR
+            log.error("request %s stan=%s: HSM failed (%s): %s", request.mti, request.stan, exc.code, exc)
+            self._log(request, code, f"HSM failed ({exc.code})", started)
+            return encode(build_response(fields, code))
         except Exception:
             # A system error is a safe answer whatever happened: if the store had committed an outcome,
             # the terminal's retransmission (same STAN) gets that first answer back.
@@ -398,32 +447,66 @@ class Engine:
             self._log(request, rc.SYSTEM_ERROR, "system error", started)
             return encode(build_response(fields, rc.SYSTEM_ERROR))
 
-    async def _dispatch(self, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
+    async def _dispatch(self, payload: bytes, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
         mti = request.mti
         if mti not in HANDLED_MTIS:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
             return None
-        refusal = self._identity_refusal(request, await self.sender(request))
+        sender = await self.sender(request)
+        refusal = self._identity_refusal(request, sender)
         if refusal is not None:
             # Nothing is recorded for a message that does not come from the terminal it names.
             self._log(request, rc.INVALID_MERCHANT, refusal, started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
+        assert sender is not None
+        refusal = await self._authenticate(payload, fields, request, sender)
+        if refusal is not None:
+            # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
+            self._log(request, rc.SECURITY_VIOLATION, refusal, started)
+            return encode(build_response(fields, rc.SECURITY_VIOLATION))
+        ksn = request.ksn if sender.bdk_kcv is not None else None
+        ksn_counter = dukpt_counter(ksn) if ksn else None
         if mti == "0800":
-            return self._network_management(fields, request, started)
-        if mti in CARD_REQUEST_MTIS:
-            answer, outcome_rc = await self._card_request(fields, request)
+            answer, outcome_rc = await self._network_management(fields, request, ksn_counter)
+        elif mti in CARD_REQUEST_MTIS:
+            answer, outcome_rc = await self._card_request(fields, request, ksn_counter)
         elif mti == "0220":
-            answer, outcome_rc = await self._completion(fields, request)
+            answer, outcome_rc = await self._completion(fields, request, ksn_counter)
         elif mti in ("0400", "0420"):
-            answer, outcome_rc = await self._reversal(fields, request)
+            answer, outcome_rc = await self._reversal(fields, request, ksn_counter)
         elif mti == "0500":
-            ctx = AuthContext(fields=fields, request=request, now=self.clock())
+            ctx = AuthContext(fields=fields, request=request, now=self.clock(), ksn_counter=ksn_counter)
             answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
         else:
             raise AssertionError(f"MTI {mti} is in HANDLED_MTIS without a handler")
         self._log(request, outcome_rc, answer.pop("_reason", ""), started)
-        return encode(answer)
+        return await self._seal(answer, sender, ksn)
+
+    async def _authenticate(self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal) -> str | None:
+        """Why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None."""
+        if sender.bdk_kcv is None:
+            # A registered acquiring network vouches for its merchants' terminals (see `sender`).
+            return None
+        if req.ksn is None:
+            return "no key serial number (DE 53): every message is MACed under the terminal's DUKPT key"
+        if not sender.initial_ksn or not same_key_serial(req.ksn, sender.initial_ksn):
+            return "the KSN in DE 53 is not this terminal's"
+        parts = signed_parts(payload, fields)
+        if parts is None:
+            return "no MAC as the message's last field (DE 64, or DE 128 with a secondary bitmap)"
+        data, tag = parts
+        if not await self.hsm.verify_mac(sender.bdk_kcv, data, tag, ksn=req.ksn):
+            return "MAC does not verify under the terminal's key"
+        return None
+
+    async def _seal(self, answer: dict[str, Any], sender: Terminal, ksn: str | None) -> bytes:
+        """The encoded answer, MACed under the response key of the request's KSN when it came from a terminal."""
+        if ksn is None or sender.bdk_kcv is None:
+            return encode(answer)
+        raw = encode_for_mac(answer)
+        tag = await self.hsm.generate_mac(sender.bdk_kcv, raw[:-MAC_BYTES], ksn=ksn)
+        return raw[:-MAC_BYTES] + bytes.fromhex(tag)
 
     @staticmethod
     def _identity_refusal(request: Request, terminal: Terminal | None) -> str | None:
@@ -438,8 +521,10 @@ class Engine:
 
     # ------------------------------------------------------------ message kinds
 
-    async def _card_request(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+    async def _card_request(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
         advice = req.mti == "0120"
         incremental = req.mti == "0100" and bool(req.de48.get("incremental")) and req.original is not None
         checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else self.card_checks
@@ -465,8 +550,10 @@ class Engine:
             return answer, rc.APPROVED
         return self._answer(ctx, outcome), outcome.rc
 
-    async def _completion(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+    async def _completion(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
         try:
             await check_terminal(self, ctx)
             if req.original is None:
@@ -480,8 +567,10 @@ class Engine:
         outcome = await self.store.submit(op)
         return self._answer(ctx, outcome), outcome.rc
 
-    async def _reversal(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+    async def _reversal(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
         try:
             await check_terminal(self, ctx)
             if req.original is None:
@@ -497,15 +586,21 @@ class Engine:
         outcome = await self.store.submit(op)
         return self._answer(ctx, outcome), outcome.rc
 
-    def _network_management(self, fields: dict[str, Any], req: Request, started: float) -> bytes:
+    async def _network_management(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
         code = req.network_code or "301"
         if code not in ("001", "002", "301"):
             answer = build_response(fields, rc.INVALID_TRANSACTION)
-            self._log(req, rc.INVALID_TRANSACTION, f"unknown network management code {code}", started)
-            return encode(answer)
+            answer["_reason"] = f"unknown network management code {code}"
+            return answer, rc.INVALID_TRANSACTION
+        if ksn_counter is not None and not await issuing.terminals.claim_ksn_counter(self.store, req.terminal_id or "", ksn_counter):
+            answer = build_response(fields, rc.SECURITY_VIOLATION)
+            answer["_reason"] = f"DUKPT counter {ksn_counter} is not above the terminal's last one: replayed message"
+            return answer, rc.SECURITY_VIOLATION
         answer = build_response(fields, rc.APPROVED)
-        self._log(req, rc.APPROVED, {"001": "sign-on", "002": "sign-off"}.get(code, "echo"), started)
-        return encode(answer)
+        answer["_reason"] = {"001": "sign-on", "002": "sign-off"}.get(code, "echo")
+        return answer, rc.APPROVED
 
     # ------------------------------------------------------------ building store operations
 
@@ -534,6 +629,7 @@ class Engine:
             merchant_id=req.merchant_id or (ctx.terminal.merchant_id if ctx.terminal else ""),
             mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal and ctx.terminal.mcc else ""),
             entry_mode=(req.entry_mode or "")[:2],
+            spend=ctx.spend,
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
@@ -663,6 +759,14 @@ class Engine:
             self._network_cache.clear()
         self._network_cache[acquirer_id] = (now, found)
         return found
+
+    async def home_country(self) -> str:
+        """The issuer's country (config issuer.country, ISO 3166 alpha-2): what "abroad" is measured from."""
+        if self._home_country is None:
+            from processor.issuing.controls import DEFAULT_HOME_COUNTRY, HOME_COUNTRY_CONFIG
+
+            self._home_country = (await issuing.config.get(self.store, HOME_COUNTRY_CONFIG) or DEFAULT_HOME_COUNTRY).upper()
+        return self._home_country
 
     async def terminal(self, terminal_id: str | None) -> Terminal | None:
         """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""

@@ -17,8 +17,10 @@ EXPIRED_CARD = "54"
 WRONG_PIN = "55"
 NOT_PERMITTED = "57"
 NOT_PERMITTED_TERMINAL = "58"
+EXCEEDS_AMOUNT_LIMIT = "61"
 RESTRICTED_CARD = "62"
 SECURITY_VIOLATION = "63"
+EXCEEDS_COUNT_LIMIT = "65"
 PIN_TRIES_EXCEEDED = "75"
 CVV_FAILURE = "82"
 ISSUER_INOPERATIVE = "91"
@@ -42,8 +44,10 @@ MEANINGS: dict[str, str] = {
     WRONG_PIN: "incorrect PIN",
     NOT_PERMITTED: "transaction not permitted to card",
     NOT_PERMITTED_TERMINAL: "transaction not permitted to terminal",
+    EXCEEDS_AMOUNT_LIMIT: "exceeds withdrawal amount limit",
     RESTRICTED_CARD: "restricted card",
     SECURITY_VIOLATION: "security violation",
+    EXCEEDS_COUNT_LIMIT: "exceeds withdrawal frequency limit",
     PIN_TRIES_EXCEEDED: "PIN tries exceeded",
     CVV_FAILURE: "CVV, iCVV or cryptogram failure",
     ISSUER_INOPERATIVE: "issuer or switch inoperative",

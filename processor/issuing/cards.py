@@ -25,6 +25,7 @@ from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import generate_pan, surrogate_for
 from processor.iso8583 import build_track2
 from processor.ledger import Lookup, StoreError, StoreInterface, StoreNotFound, accounts
+from processor.ledger.outbox import cardholder_event, write_events
 from processor.ledger.models import accounts as accounts_table
 from processor.ledger.models import cards, utcnow
 
@@ -323,8 +324,8 @@ def _create(conn: Connection, new: NewCard) -> int:
     return card_id
 
 
-def change_status(conn: Connection, card_id: int, status: str) -> None:
-    """`set_status` inside the caller's transaction."""
+def change_status(conn: Connection, card_id: int, status: str, detail: dict[str, Any] | None = None) -> None:
+    """`set_status` inside the caller's transaction; the cardholder's feed gets a `card.status` event."""
     if status not in CARD_STATUSES:
         raise StoreError(f"card status must be one of {sorted(CARD_STATUSES)}, got {status!r}")
     current = conn.execute(select(cards.c.status).where(cards.c.id == card_id)).scalar()
@@ -334,10 +335,17 @@ def change_status(conn: Connection, card_id: int, status: str) -> None:
         return
     if status not in CARD_TRANSITIONS[current]:
         raise StoreError(f"card {card_id} is {current} and cannot become {status}")
-    values: dict[str, Any] = {"status": status, "updated_at": utcnow()}
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
     if current == "inactive" and status == "active":
         values["pin_tries"] = 0
     conn.execute(update(cards).where(cards.c.id == card_id).values(values))
+    holder = conn.execute(
+        select(accounts_table.c.cardholder_id, cards.c.last4).join(accounts_table, accounts_table.c.id == cards.c.account_id)
+        .where(cards.c.id == card_id)
+    ).one()
+    data = {"card_id": card_id, "status": status, "previous_status": current, "last4": holder.last4, **(detail or {})}
+    write_events(conn, [cardholder_event(holder.cardholder_id, "card.status", data, now)])
 
 
 def _reset_pin_tries(conn: Connection, card_id: int) -> None:

@@ -22,13 +22,17 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from processor.ledger import ops
+from processor.ledger import ops, spend
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings, terminals
 from processor.ledger.ops import Result
 
 
 class LedgerBug(AssertionError):
     """An internal consistency check failed before writing (for example postings that do not balance)."""
+
+
+class KeySerialReplayed(Exception):
+    """A terminal's message under a DUKPT counter it already used: nothing was applied."""
 
 
 class Conflict(Exception):
@@ -50,6 +54,8 @@ class BatchState:
     pending_links: list[tuple[int | None, "PendingEntry | None"]] = field(default_factory=list)  # new hold, entry
     hold_auth: list[dict[str, int]] = field(default_factory=list)
     entry_auth: list[dict[str, int]] = field(default_factory=list)
+    # Every auths row this batch answered: each becomes the cardholder's feed event in the same transaction.
+    answered: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ statements, built once
@@ -157,27 +163,20 @@ _RESET_PIN_TRIES = (
     .where(cards.c.id == bindparam("cid"), cards.c.pin_tries < bindparam("limit"))
     .values(pin_tries=0, updated_at=bindparam("at"))
 )
-_CLAIM_KSN = (
-    update(terminals)
-    .where(
-        terminals.c.terminal_id == bindparam("tid"),
-        (terminals.c.ksn_counter.is_(None)) | (terminals.c.ksn_counter < bindparam("counter")),
+def _forward_only(table: Any, key: str, key_param: str, counter: str, counter_param: str) -> Any:
+    """UPDATE that sets a counter column only when the new value is above it (or it is still NULL)."""
+    column = table.c[counter]
+    return (
+        update(table)
+        .where(table.c[key] == bindparam(key_param), column.is_(None) | (column < bindparam(counter_param)))
+        .values({counter: bindparam(counter_param)})
     )
-    .values(ksn_counter=bindparam("counter"))
-)
-_CLAIM_ATC = (
-    update(cards)
-    .where(cards.c.id == bindparam("cid"), (cards.c.last_atc.is_(None)) | (cards.c.last_atc < bindparam("atc")))
-    .values(last_atc=bindparam("atc"))
-)
-_CLAIM_TOKEN_ATC = (
-    update(payment_tokens)
-    .where(
-        payment_tokens.c.id == bindparam("tid"),
-        (payment_tokens.c.last_atc.is_(None)) | (payment_tokens.c.last_atc < bindparam("atc")),
-    )
-    .values(last_atc=bindparam("atc"))
-)
+
+
+# Counters that only move forward: a terminal's DUKPT counter, a card's and a wallet token's chip ATC.
+_CLAIM_KSN = _forward_only(terminals, "terminal_id", "tid", "ksn_counter", "counter")
+_CLAIM_ATC = _forward_only(cards, "id", "cid", "last_atc", "atc")
+_CLAIM_TOKEN_ATC = _forward_only(payment_tokens, "id", "tid", "last_atc", "atc")
 _ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.ref.in_(bindparam("refs", expanding=True)))
 _LOCK_ACCOUNTS = (
     select(accounts.c.id)
@@ -231,7 +230,7 @@ def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState)
 def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.AnyOp:
     """Count a PIN try, claim the terminal's DUKPT counter and the card's ATC; a refused claim declines the op."""
     if op.ksn_counter is not None and op.terminal_id:
-        if conn.execute(_CLAIM_KSN, {"tid": op.terminal_id, "counter": op.ksn_counter}).rowcount != 1:
+        if not claim_ksn_counter(conn, op.terminal_id, op.ksn_counter):
             reason = f"DUKPT counter {op.ksn_counter} is not above the terminal's last one: replayed key serial number"
             return _declined(op, Result.REPLAYED_KEY_SERIAL, reason)
     if op.pin is not None and op.card_id is not None:
@@ -253,6 +252,11 @@ def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.A
         if conn.execute(claim, params).rowcount != 1:
             return _declined(op, Result.REPLAYED_CRYPTOGRAM, f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram")
     return op
+
+
+def claim_ksn_counter(conn: Connection, terminal_id: str, counter: int) -> bool:
+    """Make `counter` the terminal's highest DUKPT counter if it is above the last one; False otherwise."""
+    return conn.execute(_CLAIM_KSN, {"tid": terminal_id, "counter": counter}).rowcount == 1
 
 
 def _declined(op: ops.AnyOp, result: Result, reason: str) -> ops.Decline:
@@ -318,6 +322,11 @@ def _finish(conn: Connection, state: BatchState) -> None:
         conn.execute(_SET_HOLD_AUTH, state.hold_auth)
     if state.entry_auth:
         conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
+    if state.answered:
+        # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
+        from processor.ledger.outbox import card_events, write_events
+
+        write_events(conn, card_events(conn, state.answered, state.now))
 
 
 def outcome_from_row(row: Any, *, duplicate: bool) -> ops.AuthOutcome:
@@ -397,6 +406,7 @@ def _record(
             "created_at": state.now,
         }
     )
+    state.answered.append(state.pending_auths[-1])
     state.pending_links.append((hold_id if new_hold else None, entry))
     return ops.AuthOutcome(
         idem_key=op.idem_key,
@@ -562,13 +572,40 @@ def _find_original(conn: Connection, state: BatchState, ref: str) -> Any:
 # ------------------------------------------------------------------ operations
 
 
+def _over_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Debit) -> ops.AuthOutcome | None:
+    """Count the request on the card's day and month totals; its refusal when a limit would be passed."""
+    if op.spend is None or op.card_id is None or op.force:
+        return None
+    if conn.dialect.name == "postgresql":
+        # Accounts before spend totals, in every transaction: the order that keeps two batches from deadlocking.
+        conn.execute(_LOCK_ACCOUNTS, {"ids": [op.account_id]})
+    refusal = spend.claim(conn, op.card_id, op.spend, op.amount_minor, state.now)
+    if refusal is None:
+        return None
+    what = "amount" if refusal is Result.AMOUNT_LIMIT else "number of payments"
+    return _record(conn, state, op, refusal, f"card's daily or monthly {what} limit reached")
+
+
+def _settle_limit(conn: Connection, state: BatchState, op: ops.PlaceHold | ops.Debit, take: "Take") -> None:
+    """Give back what was counted but not approved (funds refused, or a partial approval)."""
+    if op.spend is None or op.card_id is None or op.force:
+        return
+    if take.result not in ops.APPROVALS:
+        spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor, 1, state.now)
+    elif take.approved_minor < op.amount_minor:
+        spend.give_back_all(conn, op.card_id, op.spend, op.amount_minor - take.approved_minor, 0, state.now)
+
+
 def _place_hold(conn: Connection, state: BatchState, op: ops.PlaceHold) -> ops.AuthOutcome:
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
+    if (limited := _over_limit(conn, state, op)) is not None:
+        return limited
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=True, partial_ok=op.partial_ok, force=op.force
     )
+    _settle_limit(conn, state, op, take)
     hold_id = None
     if take.result in ops.APPROVALS:
         hold_id = conn.execute(
@@ -597,9 +634,12 @@ def _debit(conn: Connection, state: BatchState, op: ops.Debit) -> ops.AuthOutcom
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
+    if (limited := _over_limit(conn, state, op)) is not None:
+        return limited
     take = take_funds(
         conn, op.account_id, op.amount_minor, op.currency, hold=False, partial_ok=op.partial_ok, force=op.force
     )
+    _settle_limit(conn, state, op, take)
     entry = None
     if take.result in ops.APPROVALS:
         clearing = internal_account(conn, state, "clearing", op.currency)
@@ -799,4 +839,4 @@ _HANDLERS: dict[type, Any] = {
     ops.Decline: _decline,
 }
 
-__all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]
+__all__ = ["BatchState", "claim_ksn_counter", "Conflict", "KeySerialReplayed", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]

@@ -33,6 +33,8 @@ class Result(StrEnum):
     REPLAYED_KEY_SERIAL = "replayed_key_serial"
     WRONG_PIN = "wrong_pin"
     PIN_TRIES_EXCEEDED = "pin_tries_exceeded"
+    AMOUNT_LIMIT = "amount_limit"  # the card's daily or monthly amount limit would be passed
+    COUNT_LIMIT = "count_limit"  # the card's daily or monthly number of payments would be passed
     DECLINED = "declined"  # the engine declined before the store: the answer is the Decline's own code
 
 
@@ -44,6 +46,16 @@ class PinCheck(StrEnum):
 
     VERIFIED = "verified"
     WRONG = "wrong"
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLimits:
+    """A card's daily and monthly limits (None: no limit), counted with the funds in the store."""
+
+    daily_minor: int | None = None
+    daily_count: int | None = None
+    monthly_minor: int | None = None
+    monthly_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +89,8 @@ class Op:
     atc: int | None = None
     # With `atc`: a wallet token's cryptogram; the ATC is claimed on that payment token, not on the card.
     token_id: int | None = None
+    # The card's spending limits: a hold or debit is counted on its day and month, or refused past them.
+    spend: SpendLimits | None = None
     # Recorded for settlement: acquirer (DE 32), merchant (DE 42), MCC (DE 18), POS entry mode (DE 22).
     acquirer_id: str = ""
     merchant_id: str = ""

@@ -15,6 +15,11 @@ from sqlalchemy.ext.asyncio import async_engine_from_config
 
 from processor.ledger.models import Base
 import processor.settlement.models  # noqa: F401  (settlement tables share this history)
+import processor.api.models  # noqa: F401  (so do the money app's, the outbox's and savings')
+import processor.ledger.outbox  # noqa: F401
+import processor.savings.models  # noqa: F401
+import processor.issuing.controls  # noqa: F401  (card controls; the spend totals are processor.ledger.spend)
+import processor.ledger.spend  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,582 @@
+"""Money between people and between a person's own accounts: instant, double entry, group-committed.
+
+`TransferDesk.submit` queues a transfer; a writer takes what is waiting (up to `max_batch`) and applies it in
+ONE store transaction, then answers: each payment is durable before its answer, and one commit serves many
+payments. Each transfer runs under a savepoint, so one refused payment leaves its neighbours alone. Its
+Idempotency-Key record and its feed events are written in the same transaction as the money.
+
+Funds are taken by one conditional UPDATE (open and enough available), the per-day totals by one
+conditional upsert, so no interleaving of requests, writers or processes can overdraw an account or pass a
+limit. On PostgreSQL a batch locks its accounts in id order first, as the authorization hot path does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
+
+from processor.issuing import config
+from processor.api import idempotency as idem
+from processor.api.errors import ApiError
+from processor.api.models import conversation_items, p2p_daily, payment_requests
+from processor.api.threads import checking_account, request_json
+from processor.events.outbox import cardholder_event, write_events
+from processor.ledger.apply import Conflict, LedgerBug
+from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
+from processor.ledger.spend import capped_increment
+from processor.ledger.errors import StoreBusy, StoreClosed
+
+log = logging.getLogger("processor.api.payments")
+
+DAILY_LIMIT_CONFIG = "p2p.daily_limit_minor"
+DAILY_COUNT_CONFIG = "p2p.daily_count"
+DEFAULT_DAILY_LIMIT_MINOR = 2_500_00
+DEFAULT_DAILY_COUNT = 100
+
+a, it, rq, pd, ch = accounts.c, conversation_items.c, payment_requests.c, p2p_daily.c, cardholders.c
+
+_TAKE = (
+    update(accounts)
+    .where(a.id == bindparam("aid"), a.status == "open", a.ledger_minor - a.held_minor >= bindparam("amt"))
+    .values(ledger_minor=a.ledger_minor - bindparam("amt"))
+    .returning(a.ledger_minor, a.held_minor)
+)
+_GIVE = (
+    update(accounts)
+    .where(a.id == bindparam("aid"), a.status == "open")
+    .values(ledger_minor=a.ledger_minor + bindparam("amt"))
+    .returning(a.ledger_minor)
+)
+_INS_ITEM = insert(conversation_items).returning(it.id)
+_LOCK = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-day limits on what one account sends to other people (UTC days)."""
+
+    daily_minor: int = DEFAULT_DAILY_LIMIT_MINOR
+    daily_count: int = DEFAULT_DAILY_COUNT
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One queued transfer: to a person by handle (or paying a request), or between the caller's own accounts."""
+
+    kind: str  # "p2p" | "own"
+    payer_id: int
+    principal: str
+    idem_key: str
+    rhash: str
+    amount_minor: int = 0
+    currency: str = ""
+    note: str = ""
+    payee_handle: str | None = None
+    request_id: int | None = None
+    from_account_id: int | None = None
+    to_account_id: int | None = None
+
+
+def check_amount(amount_minor: int, currency: str) -> None:
+    if amount_minor <= 0:
+        raise ApiError("invalid_request", "amount_minor must be a positive integer", details={"fields": ["amount_minor"]})
+    if not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
+        raise ApiError("invalid_request", "currency must be an ISO 4217 code such as EUR", details={"fields": ["currency"]})
+
+
+# ------------------------------------------------------------------ the batch (inside one transaction)
+
+_UNDO_TAKE = update(accounts).where(a.id == bindparam("aid")).values(ledger_minor=a.ledger_minor + bindparam("amt"))
+_LIMIT_ROW = select(pd.sent_minor, pd.sent_count).where(pd.account_id == bindparam("aid"), pd.day == bindparam("day"))
+_LIMIT_UNDO = (
+    update(p2p_daily)
+    .where(pd.account_id == bindparam("undo_aid"), pd.day == bindparam("undo_day"))
+    .values(sent_minor=pd.sent_minor - bindparam("undo_amt"), sent_count=pd.sent_count - 1)
+)
+
+
+_LIMIT_UPSERT = capped_increment(p2p_daily, ("account_id", "day"), "sent_minor", "sent_count")
+_INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
+_INS_POSTINGS = insert(postings)
+_INS_ITEMS = insert(conversation_items).returning(it.id, sort_by_parameter_order=True)
+_PAY_REQUEST = (
+    update(payment_requests)
+    .where(rq.id == bindparam("rid"), rq.status == "open")
+    .values(status="paid", payment_item_id=bindparam("iid"), closed_at=bindparam("at"))
+)
+_REQUESTS = select(rq).where(rq.id.in_(bindparam("ids", expanding=True)))
+_CARDHOLDERS = select(ch.id, ch.handle).where(or_(ch.handle.in_(bindparam("handles", expanding=True)), ch.id.in_(bindparam("ids", expanding=True))))
+_CHECKINGS = (
+    select(a.id, a.cardholder_id, a.currency, a.status)
+    .where(a.cardholder_id.in_(bindparam("ids", expanding=True)), a.kind == "checking", a.status != "closed")
+    .order_by(a.id)
+)
+_ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
+_STATUSES = select(a.id, a.status).where(a.id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass(slots=True)
+class _Moved:
+    """A transfer whose money moved; its rows are written together at the end of the batch."""
+
+    t: Transfer
+    source: int
+    target: int
+    amount_minor: int
+    currency: str
+    note: str
+    payee_id: int | None
+    source_after: Any
+    target_after: Any = None
+    entry_id: int = 0
+    item_id: int = 0
+    conversation_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """The same key twice in one batch: the second gets the first's answer."""
+
+    first: int  # index of the first in the batch
+
+
+@dataclass(frozen=True, slots=True)
+class _SamePayment:
+    """A request paid twice in one batch: the second answers with the first's payment."""
+
+    moved: int  # index in the batch's moved transfers
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one batch knows after its few look-ups: the people, their accounts and the requests it names."""
+
+    now: dt.datetime
+    limits: Limits
+    limit_stmt: Any
+    handles: dict[str, int]
+    names: dict[int, str]
+    checking: dict[tuple[int, str], Any]
+    accounts: dict[int, Any]
+    requests: dict[int, Any]
+    status: dict[int, str]
+    events: list[dict[str, Any]]
+    paying: dict[int, int]  # request id -> index in `moved` of the payment paying it in this batch
+
+    def checking_of(self, cardholder_id: int, currency: str) -> Any:
+        return self.checking.get((cardholder_id, currency))
+
+
+def _load(conn: Connection, batch: Sequence[Transfer], now: dt.datetime, limits: Limits) -> _Batch:
+    request_ids = sorted({t.request_id for t in batch if t.request_id is not None})
+    requests = {r.id: r for r in conn.execute(_REQUESTS, {"ids": request_ids})} if request_ids else {}
+    handles = sorted({t.payee_handle for t in batch if t.payee_handle})
+    ids = {t.payer_id for t in batch} | {r.requester_id for r in requests.values()} | {r.payer_id for r in requests.values()}
+    names: dict[int, str] = {}
+    by_handle: dict[str, int] = {}
+    for row in conn.execute(_CARDHOLDERS, {"handles": handles, "ids": sorted(ids)}):
+        names[row.id] = row.handle
+        by_handle[row.handle] = row.id
+    people = sorted(set(names))
+    checking: dict[tuple[int, str], Any] = {}
+    for row in conn.execute(_CHECKINGS, {"ids": people}) if people else ():
+        checking.setdefault((row.cardholder_id, row.currency), row)
+    own_ids = sorted({x for t in batch if t.kind == "own" for x in (t.from_account_id, t.to_account_id) if x is not None})
+    own = {r.id: r for r in conn.execute(_ACCOUNTS, {"ids": own_ids})} if own_ids else {}
+    status = {r.id: r.status for r in checking.values()} | {r.id: r.status for r in own.values()}
+    if conn.dialect.name == "postgresql" and status:
+        # Lock every account the batch may touch in id order (parallel batches queue instead of deadlocking),
+        # then read their status again: it may have changed before the lock was ours.
+        conn.execute(_LOCK, {"ids": sorted(status)})
+        status = {r.id: r.status for r in conn.execute(_STATUSES, {"ids": sorted(status)})}
+    dialect = "sqlite" if conn.dialect.name == "sqlite" else "postgresql"
+    return _Batch(now, limits, _LIMIT_UPSERT[dialect], by_handle, names, checking, own, requests, status, [], {})
+
+
+def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits) -> list[idem.Answer]:
+    """Apply `batch` in order inside the caller's transaction; the answers hold once it commits."""
+    now = utcnow()
+    stored = idem.stored_many(conn, list({(t.principal, t.idem_key) for t in batch}))
+    b = _load(conn, batch, now, limits)
+    answers: list[idem.Answer | _Moved | _Replay | _SamePayment] = []
+    fresh: dict[tuple[str, str], tuple[str, int]] = {}
+    moved: list[_Moved] = []
+    for t in batch:
+        k = (t.principal, t.idem_key)
+        try:
+            if k in fresh:
+                rhash, first = fresh[k]
+                if rhash != t.rhash:
+                    raise ApiError("idempotency_key_reused", "this Idempotency-Key was already used for a different request")
+                answers.append(_Replay(first))
+                continue
+            if k in stored:
+                answers.append(idem.answer_from_row(stored[k], t.rhash))
+                continue
+        except ApiError as err:
+            answers.append(idem.Answer(err.status, err.body()))
+            continue
+        fresh[k] = (t.rhash, len(answers))
+        try:
+            result = _own(conn, b, t) if t.kind == "own" else _p2p(conn, b, t, moved)
+        except ApiError as err:
+            result = idem.Answer(err.status, err.body())
+        if isinstance(result, _Moved):
+            moved.append(result)
+        answers.append(result)
+    _write_moved(conn, b, moved)
+    final: list[idem.Answer] = []
+    records = []
+    for index, answer in enumerate(answers):
+        if isinstance(answer, _Replay):
+            first = final[answer.first]
+            final.append(idem.Answer(first.status, first.body, replayed=True))
+            continue
+        if isinstance(answer, _SamePayment):
+            final.append(idem.Answer(200, _payment_body(b, moved[answer.moved], with_balance=False)))
+        elif isinstance(answer, _Moved):
+            final.append(_moved_answer(b, answer))
+        else:
+            final.append(answer)
+        t = batch[index]
+        if fresh.get((t.principal, t.idem_key), ("", -1))[1] == index:  # answered here, not read back
+            records.append(idem.record_row(t.principal, t.idem_key, t.rhash, final[-1], now))
+    if records:
+        conn.execute(insert(idem.idempotency), records)
+    write_events(conn, b.events)
+    return final
+
+
+def _count_against_limits(conn: Connection, b: _Batch, account_id: int, amount_minor: int) -> None:
+    limit_minor, limit_count = b.limits.daily_minor, b.limits.daily_count
+    if amount_minor > limit_minor:
+        raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
+                       details={"limit_minor": limit_minor})
+    day = b.now.date()
+    params = {"k1": account_id, "k2": day, "amt": amount_minor, "max_amt": limit_minor, "max_cnt": limit_count}
+    if conn.execute(b.limit_stmt, params).first() is not None:
+        return
+    row = conn.execute(_LIMIT_ROW, {"aid": account_id, "day": day}).one()
+    if row.sent_count + 1 > limit_count:
+        raise ApiError("daily_count_exceeded", f"at most {limit_count} payments to people a day",
+                       details={"limit_count": limit_count, "sent_count": row.sent_count})
+    raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
+                   details={"limit_minor": limit_minor, "sent_minor": row.sent_minor})
+
+
+def _take(conn: Connection, b: _Batch, account_id: int, amount_minor: int) -> Any:
+    row = conn.execute(_TAKE, {"aid": account_id, "amt": amount_minor}).first()
+    if row is not None:
+        return row
+    if b.status.get(account_id) != "open":
+        raise ApiError("account_not_open", f"your account {account_id} is {b.status.get(account_id)}: it can neither send nor receive")
+    raise ApiError("insufficient_funds", f"account {account_id} does not have {amount_minor} minor units available")
+
+
+def _give(conn: Connection, account_id: int, amount_minor: int) -> Any:
+    row = conn.execute(_GIVE, {"aid": account_id, "amt": amount_minor}).first()
+    if row is None:
+        # The status was read open in this transaction (and locked on PostgreSQL): try the batch again.
+        raise Conflict(f"account {account_id} changed during the batch")
+    return row
+
+
+def _p2p(conn: Connection, b: _Batch, t: Transfer, moved: list[_Moved]) -> idem.Answer | _Moved | _SamePayment:
+    request = None
+    amount_minor, currency, note = t.amount_minor, t.currency, t.note
+    if t.request_id is not None:
+        request = b.requests.get(t.request_id)
+        if request is None or t.payer_id not in (request.payer_id, request.requester_id):
+            raise ApiError("not_found", f"payment request {t.request_id} not found")
+        if request.payer_id != t.payer_id:
+            raise ApiError("forbidden", "only the request's payer can pay it")
+        if request.id in b.paying:
+            return _SamePayment(b.paying[request.id])
+        if request.status == "paid":
+            return _paid_already(conn, b, request)
+        if request.status == "open" and request.expires_at <= b.now:
+            return _expired(conn, b, request)
+        if request.status != "open":
+            raise ApiError("request_not_open", f"payment request {request.id} is {request.status}")
+        amount_minor, currency, note, payee_id = request.amount_minor, request.currency, request.note, request.requester_id
+    else:
+        check_amount(amount_minor, currency)
+        found = b.handles.get(t.payee_handle or "")
+        if found is None:
+            raise ApiError("recipient_not_found", f"no cardholder with handle @{t.payee_handle}")
+        payee_id = found
+    if payee_id == t.payer_id:
+        raise ApiError("cannot_pay_yourself", "payer and payee are the same cardholder")
+    payer = b.checking_of(t.payer_id, currency)
+    if payer is None:
+        raise ApiError("currency_mismatch", f"you have no account in {currency}")
+    payee = b.checking_of(payee_id, currency)
+    if payee is None:
+        raise ApiError("recipient_not_found", f"the recipient has no account in {currency}")
+    if b.status[payer.id] != "open":
+        raise ApiError("account_not_open", f"your account {payer.id} is {b.status[payer.id]}: it can neither send nor receive")
+    if b.status[payee.id] != "open":
+        raise ApiError("recipient_cannot_receive", "the recipient's account cannot receive payments now")
+    _count_against_limits(conn, b, payer.id, amount_minor)
+    try:
+        after = _take(conn, b, payer.id, amount_minor)
+    except ApiError:
+        conn.execute(_LIMIT_UNDO, {"undo_aid": payer.id, "undo_day": b.now.date(), "undo_amt": amount_minor})
+        raise
+    _give(conn, payee.id, amount_minor)
+    if request is not None:
+        b.paying[request.id] = len(moved)
+    return _Moved(t, payer.id, payee.id, amount_minor, currency, note, payee_id, after)
+
+
+def _own(conn: Connection, b: _Batch, t: Transfer) -> _Moved:
+    if t.amount_minor <= 0:
+        raise ApiError("invalid_request", "amount_minor must be a positive integer", details={"fields": ["amount_minor"]})
+    rows = {}
+    for which, account_id in (("from_account_id", t.from_account_id), ("to_account_id", t.to_account_id)):
+        row = b.accounts.get(account_id or 0)
+        if row is None or row.cardholder_id != t.payer_id:
+            raise ApiError("not_found", f"account {account_id} not found", details={"fields": [which]})
+        rows[which] = row
+    source, target = rows["from_account_id"], rows["to_account_id"]
+    if source.id == target.id:
+        raise ApiError("invalid_request", "from and to are the same account", details={"fields": ["to_account_id"]})
+    if source.currency != target.currency:
+        raise ApiError("currency_mismatch", f"account {source.id} is in {source.currency}, account {target.id} in {target.currency}")
+    for row in (source, target):
+        if b.status[row.id] != "open":
+            raise ApiError("account_not_open", f"account {row.id} is {b.status[row.id]}")
+    after = _take(conn, b, source.id, t.amount_minor)
+    target_after = _give(conn, target.id, t.amount_minor)
+    return _Moved(t, source.id, target.id, t.amount_minor, source.currency, t.note, None, after, target_after)
+
+
+def _write_moved(conn: Connection, b: _Batch, moved: list[_Moved]) -> None:
+    """One multi-row INSERT each for the batch's journal entries, postings and conversation items."""
+    if not moved:
+        return
+    entry_ids = conn.execute(_INS_ENTRIES, [
+        {"kind": "p2p" if m.t.kind == "p2p" else "transfer", "reference": f"{m.t.kind} {m.t.principal} {m.t.idem_key}"[:200],
+         "auth_id": None, "forced": False, "created_at": b.now}
+        for m in moved
+    ]).scalars().all()
+    if len(entry_ids) != len(moved):
+        raise LedgerBug(f"{len(moved)} journal entries written but {len(entry_ids)} ids returned")
+    lines = []
+    for m, entry_id in zip(moved, entry_ids, strict=True):
+        m.entry_id = entry_id
+        lines += [{"entry_id": entry_id, "account_id": m.source, "amount_minor": -m.amount_minor, "currency": m.currency},
+                  {"entry_id": entry_id, "account_id": m.target, "amount_minor": m.amount_minor, "currency": m.currency}]
+    if sum(line["amount_minor"] for line in lines) != 0:
+        raise LedgerBug("transfer postings do not balance")
+    conn.execute(_INS_POSTINGS, lines)
+    payments = [m for m in moved if m.t.kind == "p2p"]
+    if not payments:
+        return
+    pairs = {(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id)) for m in payments if m.payee_id is not None}
+    conversations = conversations_of(conn, pairs, b.now)
+    item_ids = conn.execute(_INS_ITEMS, [
+        {"conversation_id": conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))], "kind": "payment",
+         "sender_id": m.t.payer_id, "text": m.note, "amount_minor": m.amount_minor, "currency": m.currency,
+         "entry_id": m.entry_id, "request_id": m.t.request_id, "created_at": b.now}
+        for m in payments
+    ]).scalars().all()
+    for m, item_id in zip(payments, item_ids, strict=True):
+        m.item_id = item_id
+        assert m.payee_id is not None
+        m.conversation_id = conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))]
+        if m.t.request_id is not None:
+            if conn.execute(_PAY_REQUEST, {"rid": m.t.request_id, "iid": item_id, "at": b.now}).rowcount != 1:
+                raise Conflict(f"payment request {m.t.request_id} changed during the batch")
+
+
+def _payment_body(b: _Batch, m: _Moved, *, with_balance: bool) -> dict[str, Any]:
+    after = m.source_after
+    body = {
+        "id": m.item_id,
+        "conversation_id": m.conversation_id,
+        "from": b.names[m.t.payer_id],
+        "to": b.names[m.payee_id] if m.payee_id is not None else "",
+        "amount_minor": m.amount_minor,
+        "currency": m.currency,
+        "note": m.note,
+        "request_id": m.t.request_id,
+        "created_at": b.now.isoformat(),
+    }
+    if with_balance:
+        body["balance"] = {"account_id": m.source, "ledger_minor": after.ledger_minor, "available_minor": after.ledger_minor - after.held_minor}
+    return body
+
+
+def _moved_answer(b: _Batch, m: _Moved) -> idem.Answer:
+    if m.t.kind == "own":
+        after, target_after = m.source_after, m.target_after
+        transfer = {
+            "id": m.entry_id, "from_account_id": m.source, "to_account_id": m.target, "amount_minor": m.amount_minor,
+            "currency": m.currency, "note": m.note, "created_at": b.now.isoformat(),
+            "from_balance_minor": after.ledger_minor, "to_balance_minor": target_after.ledger_minor,
+        }
+        b.events.append(cardholder_event(m.t.payer_id, "transfer.completed", transfer, b.now))
+        return idem.Answer(201, transfer)
+    body = _payment_body(b, m, with_balance=True)
+    event = {k: v for k, v in body.items() if k != "balance"}
+    b.events.append(cardholder_event(m.t.payer_id, "payment.sent", event, b.now))
+    assert m.payee_id is not None
+    b.events.append(cardholder_event(m.payee_id, "payment.received", event, b.now))
+    return idem.Answer(201, body)
+
+
+def conversations_of(conn: Connection, pairs: set[tuple[int, int]], now: dt.datetime) -> dict[tuple[int, int], int]:
+    """The conversation id of each (low, high) cardholder pair, creating the missing ones."""
+    from processor.api.models import conversations
+
+    cv = conversations.c
+    found = {(r.low_id, r.high_id): r.id for r in conn.execute(
+        select(cv.id, cv.low_id, cv.high_id).where(tuple_(cv.low_id, cv.high_id).in_(sorted(pairs))))}
+    missing = sorted(pairs - set(found))
+    if missing:
+        ids = conn.execute(insert(conversations).returning(cv.id, sort_by_parameter_order=True),
+                           [{"low_id": lo, "high_id": hi, "created_at": now} for lo, hi in missing]).scalars().all()
+        found.update(zip(missing, ids, strict=True))
+    return found
+
+
+def _paid_already(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
+    """Paying a paid request again answers with the payment that paid it, and moves nothing."""
+    item = conn.execute(select(it.id, it.conversation_id, it.text, it.created_at).where(it.id == request.payment_item_id)).one()
+    return idem.Answer(200, {
+        "id": item.id, "conversation_id": item.conversation_id, "from": b.names[request.payer_id],
+        "to": b.names[request.requester_id], "amount_minor": request.amount_minor, "currency": request.currency,
+        "note": item.text, "request_id": request.id, "created_at": item.created_at.isoformat(),
+    })
+
+
+def _expired(conn: Connection, b: _Batch, request: Any) -> idem.Answer:
+    """An open request past its expiry: it becomes expired now (with its events) and cannot be paid."""
+    conn.execute(update(payment_requests).where(rq.id == request.id, rq.status == "open").values(status="expired", closed_at=b.now))
+    handles = {request.payer_id: b.names[request.payer_id], request.requester_id: b.names[request.requester_id]}
+    body = request_json(request, handles) | {"status": "expired", "closed_at": b.now.isoformat()}
+    b.events += [cardholder_event(who, "request.expired", body, b.now) for who in (request.requester_id, request.payer_id)]
+    err = ApiError("request_expired", f"payment request {request.id} expired at {request.expires_at.isoformat()}")
+    return idem.Answer(err.status, err.body())
+
+
+# ------------------------------------------------------------------ the desk (group commit)
+
+
+async def load_limits(store: Any) -> Limits:
+    limit = await config.get(store, DAILY_LIMIT_CONFIG)
+    count = await config.get(store, DAILY_COUNT_CONFIG)
+    return Limits(int(limit) if limit else DEFAULT_DAILY_LIMIT_MINOR, int(count) if count else DEFAULT_DAILY_COUNT)
+
+
+class TransferDesk:
+    """Queues transfers and applies them in group-committed batches through the store's write path."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        max_batch: int = 128,
+        queue_max: int = 4096,
+        writers: int = 1,
+        submit_timeout_s: float = 10.0,
+        limits_refresh_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.on_commit = on_commit or (lambda: None)
+        self.max_batch = max_batch
+        self.submit_timeout_s = submit_timeout_s
+        self.limits_refresh_s = limits_refresh_s
+        self._queue: asyncio.Queue[tuple[Transfer, asyncio.Future[idem.Answer]]] = asyncio.Queue(queue_max)
+        self._writers = writers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._limits = Limits()
+        self._limits_at = 0.0
+        self.batches = 0
+        self.transfers = 0
+
+    async def start(self) -> None:
+        self._limits = await load_limits(self.store)
+        self._limits_at = time.monotonic()
+        self._tasks = [asyncio.create_task(self._loop(), name=f"transfer-desk-{n}") for n in range(self._writers)]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(StoreClosed("the API is stopping before the transfer was committed"))
+
+    async def submit(self, transfer: Transfer) -> idem.Answer:
+        """Apply `transfer` with its neighbours in one transaction; returns once it is committed."""
+        fut: asyncio.Future[idem.Answer] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self.submit_timeout_s):
+                await self._queue.put((transfer, fut))
+                return await fut
+        except TimeoutError:
+            raise StoreBusy(f"no commit within {self.submit_timeout_s}s; retry with the same Idempotency-Key") from None
+
+    def reload_limits(self) -> None:
+        """Read the limits again before the next batch (they changed in this process)."""
+        self._limits_at = 0.0
+
+    async def _limits_now(self) -> Limits:
+        if time.monotonic() - self._limits_at > self.limits_refresh_s:
+            with contextlib.suppress(Exception):
+                self._limits = await load_limits(self.store)
+            self._limits_at = time.monotonic()
+        return self._limits
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [(t, f) for t, f in batch if not f.done()]
+            if not live:
+                continue
+            limits = await self._limits_now()
+            transfers = [t for t, _ in live]
+            results: list[idem.Answer | BaseException]
+            try:
+                results = list(await self.store.run_write(apply_transfers, transfers, limits))
+            except asyncio.CancelledError:
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(StoreClosed("the API stopped before the transfer was committed"))
+                raise
+            except Exception as exc:
+                if len(transfers) > 1:
+                    log.warning("transfer batch of %d failed (%s); applying one by one", len(transfers), type(exc).__name__)
+                results = []
+                for t in transfers:
+                    try:
+                        results.extend(await self.store.run_write(apply_transfers, [t], limits))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as one:
+                        log.error("transfer %s of %s failed: %s", t.idem_key, t.principal, one)
+                        results.append(one)
+            self.batches += 1
+            self.transfers += len(transfers)
+            self.on_commit()
+            for (_, fut), result in zip(live, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)

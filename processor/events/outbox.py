@@ -1,0 +1,155 @@
+"""The outbox's read side (the writers are `processor.ledger.outbox`, re-exported here): events in id order.
+
+Writers call `write_events(conn, [...])` inside their own transaction, so an event exists exactly when its
+change committed. Readers (the API's live feed, the MQTT publisher) read `after(position)` and remember the
+highest id they handed on; delivery is at least once, and a consumer drops an id it has already seen.
+
+Ids become visible in increasing order, which is what lets a position be one number:
+- SQLite has one writer at a time, so ids are given and committed in the same order.
+- PostgreSQL takes a transaction-scoped advisory lock just before inserting events. It is held until the
+  commit, so a transaction that got smaller ids has committed before the next one can take any.
+  Keep event writes the last statements of a transaction: the lock serializes only from there to the commit.
+
+Envelope (JSON, `schema_version` 1), the same on every consumer:
+
+    {"schema_version": 1, "id": 42, "type": "payment.received", "audience": "cardholder",
+     "cardholder_id": 7, "occurred_at": "2026-11-29T12:00:00.123456+00:00", "data": {...}}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from processor.ledger.outbox import (
+    EVENT_TYPES,
+    MAX_DATA_CHARS,
+    OUTBOX_LOCK,
+    READ_LIMIT_MAX,
+    SCHEMA_VERSION,
+    cardholder_event,
+    event_consumers,
+    events,
+    operator_event,
+    write_events,
+)
+from processor.ledger.models import utcnow
+
+e = events.c
+_AFTER = (
+    select(e.id, e.audience, e.cardholder_id, e.type, e.data, e.created_at)
+    .where(e.id > bindparam("after"))
+    .order_by(e.id)
+    .limit(bindparam("limit"))
+)
+_AFTER_FOR = (
+    select(e.id, e.audience, e.cardholder_id, e.type, e.data, e.created_at)
+    .where(e.cardholder_id == bindparam("cid"), e.id > bindparam("after"))
+    .order_by(e.id)
+    .limit(bindparam("limit"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed event as every consumer sees it."""
+
+    id: int
+    audience: str
+    cardholder_id: int | None
+    type: str
+    data: dict[str, Any]
+    occurred_at: dt.datetime
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "id": self.id,
+            "type": self.type,
+            "audience": self.audience,
+            "cardholder_id": self.cardholder_id,
+            "occurred_at": self.occurred_at.isoformat(),
+            "data": self.data,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.envelope(), separators=(",", ":"))
+
+
+def _event(row: Any) -> Event:
+    return Event(row.id, row.audience, row.cardholder_id, row.type, json.loads(row.data), row.created_at)
+
+
+def read_after(conn: Connection, after_id: int, limit: int = 500, *, cardholder_id: int | None = None) -> list[Event]:
+    """Committed events with id > after_id, oldest first (only one cardholder's when given)."""
+    limit = max(1, min(limit, READ_LIMIT_MAX))
+    if cardholder_id is None:
+        rows = conn.execute(_AFTER, {"after": after_id, "limit": limit})
+    else:
+        rows = conn.execute(_AFTER_FOR, {"cid": cardholder_id, "after": after_id, "limit": limit})
+    return [_event(r) for r in rows]
+
+
+def read_for(conn: Connection, cardholder_id: int, after_id: int, limit: int = 500) -> list[Event]:
+    """One cardholder's committed events with id > after_id, oldest first."""
+    return read_after(conn, after_id, limit, cardholder_id=cardholder_id)
+
+
+def last_id(conn: Connection) -> int:
+    """The highest committed event id (0 when there is none)."""
+    return int(conn.execute(select(func.coalesce(func.max(e.id), 0))).scalar_one())
+
+
+def consumer_position(conn: Connection, name: str) -> int:
+    """The id up to which consumer `name` has handed events on (0 for a new consumer)."""
+    found = conn.execute(select(event_consumers.c.position).where(event_consumers.c.name == name)).scalar()
+    return int(found or 0)
+
+
+def advance_consumer(conn: Connection, name: str, position: int) -> int:
+    """Move consumer `name` forward to `position` (never back); returns its position afterwards."""
+    c = event_consumers.c
+    now = utcnow()
+    moved = conn.execute(
+        update(event_consumers).where(c.name == name, c.position < position).values(position=position, updated_at=now)
+    ).rowcount
+    if not moved and conn.execute(select(c.name).where(c.name == name)).first() is None:
+        conn.execute(insert(event_consumers), {"name": name, "position": position, "updated_at": now})
+    return consumer_position(conn, name)
+
+
+class Deduplicator:
+    """Per-consumer drop of events already handed on: ids arrive in increasing order, so the highest is enough."""
+
+    def __init__(self, position: int = 0) -> None:
+        self.position = position
+
+    def fresh(self, items: Iterable[Event]) -> list[Event]:
+        """The events not seen yet, in order; remembers them as seen."""
+        out = []
+        for item in items:
+            if item.id > self.position:
+                out.append(item)
+                self.position = item.id
+        return out
+
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "Deduplicator",
+    "Event",
+    "advance_consumer",
+    "cardholder_event",
+    "consumer_position",
+    "last_id",
+    "operator_event",
+    "read_after",
+    "read_for",
+    "write_events",
+]

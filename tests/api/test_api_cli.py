@@ -1,0 +1,95 @@
+"""The money app from the command line: credentials, savings, and `processor api` serving as its own process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def run(workdir: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "processor.cli", *args], cwd=workdir, input=stdin, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"processor {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def data(workdir: Path, *args: str, stdin: str | None = None) -> dict:
+    return json.loads(run(workdir, *args, "--json", stdin=stdin).stdout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
+    data(tmp_path, "init")
+    ada = data(tmp_path, "cardholder", "create", "--name", "Ada", "--handle", "ada")
+    assert data(tmp_path, "app", "password", "ada", stdin="a long enough password\n")["password_set"] is True
+    short = run(tmp_path, "app", "password", "ada", stdin="short\n", check=False)
+    assert short.returncode == 2 and "10 to 256 characters" in short.stderr and "Traceback" not in short.stderr
+    missing = run(tmp_path, "app", "password", "nobody", stdin="a long enough password\n", check=False)
+    assert missing.returncode == 2 and "no cardholder" in missing.stderr
+    key = data(tmp_path, "app", "operator-key", "--name", "alice")["key"]
+    assert key.startswith("opk_")
+
+    product = data(tmp_path, "savings", "product", "--code", "SAVE", "--rate", "2.5")
+    assert product["annual_rate_ppm"] == 25_000 and product["annual_rate_percent"] == "2.5"
+    bad_rate = run(tmp_path, "savings", "product", "--code", "X", "--rate", "abc", check=False)
+    assert bad_rate.returncode == 2 and "rate" in bad_rate.stderr
+    savings = data(tmp_path, "savings", "open", "--cardholder", str(ada["id"]), "--product", "SAVE")
+    assert savings["kind"] == "savings"
+    data(tmp_path, "account", "deposit", str(savings["id"]), "1000.00")
+    today = dt.datetime.now(dt.UTC).date()
+    first = data(tmp_path, "savings", "accrue", "--date", today.isoformat())
+    assert first["days_accrued"] == 1 and first["accrued_minor"] == {"EUR": 7}  # 1000.00 at 2.5% for a day: 6.849 cents
+    assert data(tmp_path, "savings", "accrue", "--date", today.isoformat())["days_accrued"] == 0
+    settled = data(tmp_path, "settle", "run", "--date", (today - dt.timedelta(days=1)).isoformat(), "--out", str(tmp_path / "settlement"))
+    assert settled["jobs"]["savings_interest"]["date"] == (today - dt.timedelta(days=1)).isoformat()  # the end-of-day job ran
+    future = run(tmp_path, "savings", "accrue", "--date", (today + dt.timedelta(days=2)).isoformat(), check=False)
+    assert future.returncode == 2 and "has not happened yet" in future.stderr
+
+    checking = data(tmp_path, "account", "open", "--cardholder", str(ada["id"]), "--deposit", "10.00")
+    card = data(tmp_path, "card", "issue", "--account", str(checking["id"]))
+    controls = data(tmp_path, "card", "controls", str(card["id"]), "--per-transaction", "25.00", "--daily-count", "3",
+                    "--block-category", "gambling", "--abroad", "off")
+    assert (controls["per_transaction_minor"], controls["daily_count"], controls["blocked_categories"], controls["abroad"]) == (2500, 3, ["gambling"], False)
+    assert data(tmp_path, "card", "controls", str(card["id"]))["per_transaction_minor"] == 2500
+    bad = run(tmp_path, "card", "controls", str(card["id"]), "--block-category", "casinos", check=False)
+    assert bad.returncode == 2 and "unknown category" in bad.stderr and "Traceback" not in bad.stderr
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "processor.cli", "api", "--http", f"127.0.0.1:{port}"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, server.stderr.read() if server.poll() is not None else "timeout"
+                time.sleep(0.2)
+        assert r.status_code == 200 and "/v1/payments" in r.json()["paths"]
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/auth/sign-in", json={"handle": "ada", "password": "a long enough password"})
+        assert r.status_code == 200
+        token = r.json()["access_token"]
+        accounts = httpx.get(f"http://127.0.0.1:{port}/v1/accounts", headers={"Authorization": f"Bearer {token}"}).json()
+        assert [a["kind"] for a in accounts] == ["savings", "checking"] and accounts[0]["ledger_minor"] == 100_000
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    assert server.returncode == 0
+    bad = run(tmp_path, "api", "--http", "nonsense", check=False)
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
