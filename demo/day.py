@@ -141,7 +141,7 @@ async def _personalize_chip_and_wallet(
 async def _play_scenarios(
     day: Day, host: str, port: int, people: dict[str, dict[str, Any]], terminals: dict[str, PosTerminal], store: StoreInterface
 ) -> None:
-    conn = await TerminalConnection.connect(host, port, timeout_s=5.0)
+    conn = await TerminalConnection.connect(host, port, timeout_s=5.0, terminals=list(terminals.values()))
     try:
         card = {h: CardData.from_issued(p, p["pin"]) for h, p in people.items()}
         chip = people["hana"]["chip"]

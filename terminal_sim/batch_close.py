@@ -86,6 +86,7 @@ async def close_batch(
     started = time.perf_counter()
     for _ in range(max(1, attempts)):
         try:
+            conn.add_terminal(terminal)
             answer = await conn.request(request, timeout_s=timeout_s)
             break
         except ResponseTimeout as exc:

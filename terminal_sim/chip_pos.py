@@ -149,12 +149,17 @@ def _track2_for_de35(track2: str) -> str:
 
 
 async def _request_once(
-    conn: TerminalConnection | None, reconnect: Reconnect | None, fields: dict[str, Any], timeout_s: float | None
+    conn: TerminalConnection | None,
+    reconnect: Reconnect | None,
+    terminal: PosTerminal,
+    fields: dict[str, Any],
+    timeout_s: float | None,
 ) -> tuple[dict[str, Any], TerminalConnection]:
     if conn is None:
         if reconnect is None:
             raise ConnectionError("the connection to the engine is closed")
         conn = await reconnect()
+    conn.add_terminal(terminal)
     return await conn.request(fields, timeout_s=timeout_s), conn
 
 
@@ -172,7 +177,7 @@ async def send_reversal(
     last: BaseException | None = None
     for _ in range(max(1, attempts)):
         try:
-            answer, conn = await _request_once(conn, reconnect, reversal, timeout_s)
+            answer, conn = await _request_once(conn, reconnect, terminal, reversal, timeout_s)
             terminal.batch.record(reversal, answer)
             return answer
         except (ResponseTimeout, ConnectionError, OSError) as exc:
@@ -246,7 +251,7 @@ async def chip_transaction(
     result = ChipResult(None, None, "AAC", atc, contactless, mask_pan(read.pan), amount_minor, request["11"],
                         request=request)
     try:
-        answer, conn = await _request_once(conn, reconnect, request, timeout_s)
+        answer, conn = await _request_once(conn, reconnect, terminal, request, timeout_s)
     except (ResponseTimeout, ConnectionError, OSError) as exc:
         # Unable to go online: the card ends with an AAC, and whatever the engine did is reversed.
         result.reason = f"no answer: {exc}"

@@ -2,6 +2,11 @@
 
 Answers are matched to requests by terminal id (DE 41) and STAN (DE 11), so many requests can be in
 flight on one connection and answered in any order.
+
+Every request of a terminal the connection knows (`terminals=`, `add_terminal`) is MACed when it is sent,
+under the DUKPT key of its own KSN, and every answer's MAC is checked: an approval whose MAC does not
+verify is not an approval (UnauthenticatedAnswer). A request whose DE 41 the connection does not know goes
+out as it is, which is how a test plays a stranger.
 """
 
 from __future__ import annotations
@@ -9,11 +14,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from processor.iso8583 import FrameDecoder, MessageFormatError, decode, encode, encode_frame
 
+if TYPE_CHECKING:
+    from terminal_sim.pos import PosTerminal
+
 READ_CHUNK_BYTES = 65536
+APPROVALS = frozenset({"00", "10"})
+
+
+class UnauthenticatedAnswer(ConnectionError):
+    """An approval whose MAC is missing or wrong: the terminal must not act on it (it reverses instead)."""
+
+
+def outgoing(terminals: "dict[str, PosTerminal]", fields: dict[str, Any]) -> "tuple[bytes, PosTerminal | None, str | None]":
+    """(the bytes to send, the terminal that MACed them, their KSN): MACed when DE 41 is a known terminal."""
+    terminal = terminals.get(str(fields.get("41", "")).strip())
+    if terminal is None:
+        return encode(fields), None, None
+    payload, ksn = terminal.sign(fields)
+    return payload, terminal, ksn
+
+
+def checked(answer: dict[str, Any], raw: bytes, terminal: "PosTerminal | None", ksn: str | None) -> dict[str, Any]:
+    """The answer, with `_authentic` set when its request was MACed; UnauthenticatedAnswer for a false approval."""
+    if terminal is not None and ksn is not None:
+        answer["_authentic"] = terminal.authentic(raw, ksn)
+        if not answer["_authentic"] and answer.get("39") in APPROVALS:
+            raise UnauthenticatedAnswer(f"the approval of STAN {answer.get('11')} does not carry the engine's MAC")
+    return answer
 
 
 class ResponseTimeout(TimeoutError):
@@ -30,22 +61,37 @@ class TerminalConnection:
         *,
         timeout_s: float,
         max_in_flight: int,
+        terminals: "list[PosTerminal] | tuple[PosTerminal, ...]" = (),
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.timeout_s = timeout_s
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._waiting: dict[tuple[str, str], deque[asyncio.Future[dict[str, Any]]]] = {}
+        self._waiting: dict[tuple[str, str], deque[asyncio.Future[tuple[dict[str, Any], bytes]]]] = {}
+        self.terminals: dict[str, PosTerminal] = {}
+        for terminal in terminals:
+            self.add_terminal(terminal)
         self._closed = False
         self._reader_task = asyncio.create_task(self._read_answers())
         self.unmatched = 0
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, timeout_s: float = 5.0, max_in_flight: int = 64
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = 5.0,
+        max_in_flight: int = 64,
+        terminals: "list[PosTerminal] | tuple[PosTerminal, ...]" = (),
     ) -> "TerminalConnection":
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout_s)
-        return cls(reader, writer, timeout_s=timeout_s, max_in_flight=max_in_flight)
+        return cls(reader, writer, timeout_s=timeout_s, max_in_flight=max_in_flight, terminals=terminals)
+
+    def add_terminal(self, terminal: "PosTerminal") -> None:
+        """MAC this terminal's requests (by its DE 41) and check its answers' MACs."""
+        if terminal.ipek is not None:
+            self.terminals[terminal.terminal_id.strip()] = terminal
 
     @property
     def closed(self) -> bool:
@@ -59,16 +105,16 @@ class TerminalConnection:
         """Send one request and return its decoded answer; ResponseTimeout when none comes in time."""
         if self._closed:
             raise ConnectionError("connection closed")
-        payload = encode(fields)
         key = self._key(fields)
+        payload, terminal, ksn = outgoing(self.terminals, fields)
         async with self._slots:
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
             self._waiting.setdefault(key, deque()).append(future)
             try:
                 async with asyncio.timeout(timeout_s or self.timeout_s):
                     self._writer.write(encode_frame(payload))
                     await self._writer.drain()
-                    return await future
+                    answer, raw = await future
             except TimeoutError:
                 raise ResponseTimeout(f"no answer to STAN {key[1]} within {timeout_s or self.timeout_s:g} s") from None
             finally:
@@ -78,6 +124,7 @@ class TerminalConnection:
                         queue.remove(future)
                     if not queue:
                         self._waiting.pop(key, None)
+        return checked(answer, raw, terminal, ksn)
 
     async def _read_answers(self) -> None:
         decoder = FrameDecoder()
@@ -99,7 +146,7 @@ class TerminalConnection:
                         continue
                     future = queue.popleft()
                     if not future.done():
-                        future.set_result(answer)
+                        future.set_result((answer, payload))
         except (ConnectionError, OSError) as exc:
             error = exc
         except asyncio.CancelledError:

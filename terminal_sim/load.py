@@ -354,6 +354,10 @@ async def run_load(
     else:
         by_terminal = await mqtt.connect_all(terminals, timeout_s=timeout_s)
         conns = [by_terminal[terminals[i % len(terminals)].terminal_id] for i in range(connections)]
+    # Every terminal MACs its requests and checks the engine's MACs, whichever connection carries them.
+    for conn in conns:
+        for terminal in terminals:
+            conn.add_terminal(terminal)
     started = time.perf_counter()
     deadline = started + seconds
     tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None

@@ -22,11 +22,14 @@ import math
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from processor.iso8583 import MessageFormatError, decode, encode
-from terminal_sim.iso_client import ResponseTimeout
+from processor.iso8583 import MessageFormatError, decode
+from terminal_sim.iso_client import ResponseTimeout, checked, outgoing
+
+if TYPE_CHECKING:
+    from terminal_sim.pos import PosTerminal
 
 log = logging.getLogger("terminal_sim.mqtt")
 
@@ -80,10 +83,11 @@ class MqttTerminalConnection:
     def __init__(self, client: Any, terminal_id: str, *, timeout_s: float, retry_after_s: float, max_in_flight: int) -> None:
         self._client = client
         self.terminal_id = terminal_id
+        self.terminals: dict[str, PosTerminal] = {}
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._waiting: dict[bytes, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._closed = False
         self.unmatched = 0
         self.retries = 0
@@ -142,6 +146,11 @@ class MqttTerminalConnection:
     def closed(self) -> bool:
         return self._closed
 
+    def add_terminal(self, terminal: "PosTerminal") -> None:
+        """MAC this terminal's requests and check its answers' MACs (it must be the one logged in)."""
+        if terminal.ipek is not None and terminal.terminal_id.strip() == self.terminal_id:
+            self.terminals[self.terminal_id] = terminal
+
     async def request(self, fields: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
         """Publish one request and return its decoded answer; ResponseTimeout when none comes in time.
 
@@ -152,7 +161,7 @@ class MqttTerminalConnection:
         if self._closed:
             raise ConnectionError("connection closed")
         timeout_s = timeout_s or self.timeout_s
-        payload = encode(fields)
+        payload, terminal, ksn = outgoing(self.terminals, fields)
         correlation = secrets.token_bytes(8)
         props = _publish_properties(
             ResponseTopic=response_topic(self.terminal_id),
@@ -160,7 +169,7 @@ class MqttTerminalConnection:
             MessageExpiryInterval=max(1, math.ceil(timeout_s)),
         )
         async with self._slots:
-            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
             self._waiting[correlation] = future
             try:
                 async with asyncio.timeout(timeout_s):
@@ -168,7 +177,8 @@ class MqttTerminalConnection:
                         await self._client.publish(request_topic(self.terminal_id), payload, qos=1, properties=props)
                         done, _ = await asyncio.wait({future}, timeout=self.retry_after_s)
                         if done:
-                            return future.result()
+                            answer, raw = future.result()
+                            return checked(answer, raw, terminal, ksn)
                         self.retries += 1
             except TimeoutError:
                 raise ResponseTimeout(f"no answer to STAN {fields.get('11')} within {timeout_s:g} s") from None
@@ -189,7 +199,7 @@ class MqttTerminalConnection:
                     self.unmatched += 1  # an answer to a copy already answered, or to a request given up on
                     continue
                 try:
-                    future.set_result(decode(bytes(message.payload)))
+                    future.set_result((decode(bytes(message.payload)), bytes(message.payload)))
                 except MessageFormatError:
                     self.unmatched += 1
         except aiomqtt.MqttError as exc:

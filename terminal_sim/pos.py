@@ -7,14 +7,17 @@ counter for every PIN it encrypts, skipping counters with more than ten one-bits
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_sim.crypto.des import tdes_ecb_encrypt
-from hsm_sim.crypto.dukpt import derive_transaction_key, pin_encryption_key
+from hsm_sim.crypto.dukpt import COUNTER_MASK, derive_transaction_key, mac_request_key, mac_response_key, pin_encryption_key
+from hsm_sim.crypto.mac import retail_mac
 from hsm_sim.crypto.pinblock import encode_pin_block
-from processor.iso8583 import chip_service_code
+from processor.iso8583 import MessageFormatError, chip_service_code, decode
+from processor.iso8583.mac import MAC_BYTES, encode_for_mac, signed_parts
 from terminal_sim.journal import TerminalBatch
 
 COUNTER_BITS = 21
@@ -87,6 +90,7 @@ class PosTerminal:
     chip_capable: bool = True
     batch: TerminalBatch = field(default_factory=TerminalBatch)
     _stan: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _last_key: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_registered(cls, registered: dict[str, Any], currency_numeric: str = "978") -> "PosTerminal":
@@ -102,16 +106,61 @@ class PosTerminal:
 
     # ------------------------------------------------------------ security
 
-    def encrypt_pin(self, pin: str, pan: str) -> tuple[str, str]:
-        """(PIN block hex, KSN hex): ISO format 0 under this transaction's DUKPT PIN key."""
+    def next_ksn(self) -> str:
+        """The KSN of this terminal's next transaction (its DUKPT counter moves forward)."""
         if self.ipek is None or self.initial_ksn is None:
             raise RuntimeError(f"terminal {self.terminal_id} has no DUKPT key injected")
         self.dukpt_counter = next_dukpt_counter(self.dukpt_counter)
-        ksn_value = int(self.initial_ksn, 16) | self.dukpt_counter
-        ksn = bytes.fromhex(f"{ksn_value:020X}")
-        key = pin_encryption_key(derive_transaction_key(bytes.fromhex(self.ipek), ksn))
+        return f"{int(self.initial_ksn, 16) | self.dukpt_counter:020X}"
+
+    def _transaction_key(self, ksn: str) -> bytes:
+        """The DUKPT transaction key of `ksn`; its PIN block, its MAC and the answer's MAC share it."""
+        assert self.ipek is not None
+        last = self._last_key
+        if last is not None and last[0] == ksn:
+            return last[1]
+        key = derive_transaction_key(bytes.fromhex(self.ipek), bytes.fromhex(ksn))
+        self._last_key = (ksn, key)
+        return key
+
+    def owns(self, ksn: str) -> bool:
+        """The KSN is one of this terminal's (its initial KSN but for the counter)."""
+        try:
+            return self.initial_ksn is not None and int(ksn, 16) & ~COUNTER_MASK == int(self.initial_ksn, 16) and len(ksn) == 20
+        except ValueError:
+            return False
+
+    def encrypt_pin(self, pin: str, pan: str) -> tuple[str, str]:
+        """(PIN block hex, KSN hex): ISO format 0 under this transaction's DUKPT PIN key."""
+        ksn = self.next_ksn()
+        key = pin_encryption_key(self._transaction_key(ksn))
         block = tdes_ecb_encrypt(key, encode_pin_block(pin, pan, 0))
-        return block.hex().upper(), ksn.hex().upper()
+        return block.hex().upper(), ksn
+
+    def sign(self, fields: dict[str, Any]) -> tuple[bytes, str]:
+        """(the message as sent, its KSN): DE 53 the KSN of this transaction (its PIN block's when it has
+        one, else the next), and as its last field the MAC under that KSN's DUKPT request-MAC key."""
+        ksn = fields.get("53")
+        if ksn and self.owns(ksn):
+            # A PIN block built by a copy of this terminal still spends the counter here.
+            self.dukpt_counter = max(self.dukpt_counter, int(ksn, 16) & COUNTER_MASK)
+        else:
+            ksn = self.next_ksn()
+        raw = encode_for_mac({**fields, "53": ksn})
+        tag = retail_mac(mac_request_key(self._transaction_key(ksn)), raw[:-MAC_BYTES])
+        return raw[:-MAC_BYTES] + tag, ksn
+
+    def authentic(self, payload: bytes, ksn: str) -> bool:
+        """The answer carries, as its last field, the MAC under the response-MAC key of the request's KSN."""
+        try:
+            parts = signed_parts(payload, decode(payload))
+        except MessageFormatError:
+            return False
+        if parts is None:
+            return False
+        data, tag = parts
+        expected = retail_mac(mac_response_key(self._transaction_key(ksn)), data).hex().upper()
+        return hmac.compare_digest(expected, tag)
 
     # ------------------------------------------------------------ message building
 

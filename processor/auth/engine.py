@@ -41,6 +41,7 @@ from processor.iso8583 import (
     rc,
 )
 from processor.iso8583.codec import REQUEST_MTIS
+from processor.iso8583.mac import MAC_BYTES, encode_for_mac, signed_parts
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
 from processor.ledger import StoreInterface, ops
 
@@ -54,6 +55,11 @@ CARD_REQUEST_MTIS = frozenset({"0100", "0120", "0200"})
 MERCHANT_MTIS = CARD_REQUEST_MTIS | {"0220", "0400", "0420"}
 HANDLED_MTIS = MERCHANT_MTIS | {"0500", "0800"}
 DUKPT_COUNTER_MASK = (1 << 21) - 1
+# HSM answer statuses (hsm_sim/PROTOCOL.md) that say the HSM could not serve: key store error 40, internal
+# error 41, frame error 80, timeout 90, connection error 91 (answered 91); and those that refuse a PIN
+# block without saying anything of the PIN: PIN block error 20, invalid PIN 23 (answered 55, no try).
+HSM_UNAVAILABLE = frozenset({"40", "41", "80", "90", "91"})
+PIN_BLOCK_REFUSALS = frozenset({"20", "23"})
 # What each card request may ask for (DE 3 positions 1-2, by the name messages.TRANSACTION_TYPES gives
 # them). Anything else is refused (12) before any money moves.
 TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
@@ -260,6 +266,8 @@ async def check_pin(engine: "Engine", ctx: AuthContext) -> None:
             validation_data=pin_validation_data(ctx.pan) if card.pin_method == "ibm3624" else None,
         )
     except HsmError as exc:
+        if exc.code not in PIN_BLOCK_REFUSALS:
+            raise  # the HSM failed: answered 91 or 96 by Engine.handle, and no try is counted
         # A block that does not decipher under the terminal's key is a key problem, not a wrong guess:
         # the cardholder's try counter is left alone.
         raise Declined(rc.WRONG_PIN, f"PIN block rejected by the HSM ({exc.code})") from exc
@@ -424,7 +432,14 @@ class Engine:
             self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
-            return await self._dispatch(fields, request, started)
+            return await self._dispatch(payload, fields, request, started)
+        except HsmError as exc:
+            # Without the HSM nothing can be verified: the truth is "issuer inoperative", never a wrong PIN,
+            # and nothing was recorded (no PIN try spent). The client reconnects on the next call.
+            code = rc.ISSUER_INOPERATIVE if exc.code in HSM_UNAVAILABLE else rc.SYSTEM_ERROR
+            log.error("request %s stan=%s: HSM failed (%s): %s", request.mti, request.stan, exc.code, exc)
+            self._log(request, code, f"HSM failed ({exc.code})", started)
+            return encode(build_response(fields, code))
         except Exception:
             # A system error is a safe answer whatever happened: if the store had committed an outcome,
             # the terminal's retransmission (same STAN) gets that first answer back.
@@ -432,32 +447,66 @@ class Engine:
             self._log(request, rc.SYSTEM_ERROR, "system error", started)
             return encode(build_response(fields, rc.SYSTEM_ERROR))
 
-    async def _dispatch(self, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
+    async def _dispatch(self, payload: bytes, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
         mti = request.mti
         if mti not in HANDLED_MTIS:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
             return None
-        refusal = self._identity_refusal(request, await self.sender(request))
+        sender = await self.sender(request)
+        refusal = self._identity_refusal(request, sender)
         if refusal is not None:
             # Nothing is recorded for a message that does not come from the terminal it names.
             self._log(request, rc.INVALID_MERCHANT, refusal, started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
+        assert sender is not None
+        refusal = await self._authenticate(payload, fields, request, sender)
+        if refusal is not None:
+            # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
+            self._log(request, rc.SECURITY_VIOLATION, refusal, started)
+            return encode(build_response(fields, rc.SECURITY_VIOLATION))
+        ksn = request.ksn if sender.bdk_kcv is not None else None
+        ksn_counter = dukpt_counter(ksn) if ksn else None
         if mti == "0800":
-            return self._network_management(fields, request, started)
-        if mti in CARD_REQUEST_MTIS:
-            answer, outcome_rc = await self._card_request(fields, request)
+            answer, outcome_rc = await self._network_management(fields, request, ksn_counter)
+        elif mti in CARD_REQUEST_MTIS:
+            answer, outcome_rc = await self._card_request(fields, request, ksn_counter)
         elif mti == "0220":
-            answer, outcome_rc = await self._completion(fields, request)
+            answer, outcome_rc = await self._completion(fields, request, ksn_counter)
         elif mti in ("0400", "0420"):
-            answer, outcome_rc = await self._reversal(fields, request)
+            answer, outcome_rc = await self._reversal(fields, request, ksn_counter)
         elif mti == "0500":
-            ctx = AuthContext(fields=fields, request=request, now=self.clock())
+            ctx = AuthContext(fields=fields, request=request, now=self.clock(), ksn_counter=ksn_counter)
             answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
         else:
             raise AssertionError(f"MTI {mti} is in HANDLED_MTIS without a handler")
         self._log(request, outcome_rc, answer.pop("_reason", ""), started)
-        return encode(answer)
+        return await self._seal(answer, sender, ksn)
+
+    async def _authenticate(self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal) -> str | None:
+        """Why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None."""
+        if sender.bdk_kcv is None:
+            # A registered acquiring network vouches for its merchants' terminals (see `sender`).
+            return None
+        if req.ksn is None:
+            return "no key serial number (DE 53): every message is MACed under the terminal's DUKPT key"
+        if not sender.initial_ksn or not same_key_serial(req.ksn, sender.initial_ksn):
+            return "the KSN in DE 53 is not this terminal's"
+        parts = signed_parts(payload, fields)
+        if parts is None:
+            return "no MAC as the message's last field (DE 64, or DE 128 with a secondary bitmap)"
+        data, tag = parts
+        if not await self.hsm.verify_mac(sender.bdk_kcv, data, tag, ksn=req.ksn):
+            return "MAC does not verify under the terminal's key"
+        return None
+
+    async def _seal(self, answer: dict[str, Any], sender: Terminal, ksn: str | None) -> bytes:
+        """The encoded answer, MACed under the response key of the request's KSN when it came from a terminal."""
+        if ksn is None or sender.bdk_kcv is None:
+            return encode(answer)
+        raw = encode_for_mac(answer)
+        tag = await self.hsm.generate_mac(sender.bdk_kcv, raw[:-MAC_BYTES], ksn=ksn)
+        return raw[:-MAC_BYTES] + bytes.fromhex(tag)
 
     @staticmethod
     def _identity_refusal(request: Request, terminal: Terminal | None) -> str | None:
@@ -472,8 +521,10 @@ class Engine:
 
     # ------------------------------------------------------------ message kinds
 
-    async def _card_request(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+    async def _card_request(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
         advice = req.mti == "0120"
         incremental = req.mti == "0100" and bool(req.de48.get("incremental")) and req.original is not None
         checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else self.card_checks
@@ -499,8 +550,10 @@ class Engine:
             return answer, rc.APPROVED
         return self._answer(ctx, outcome), outcome.rc
 
-    async def _completion(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+    async def _completion(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
         try:
             await check_terminal(self, ctx)
             if req.original is None:
@@ -514,8 +567,10 @@ class Engine:
         outcome = await self.store.submit(op)
         return self._answer(ctx, outcome), outcome.rc
 
-    async def _reversal(self, fields: dict[str, Any], req: Request) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock())
+    async def _reversal(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
         try:
             await check_terminal(self, ctx)
             if req.original is None:
@@ -531,15 +586,21 @@ class Engine:
         outcome = await self.store.submit(op)
         return self._answer(ctx, outcome), outcome.rc
 
-    def _network_management(self, fields: dict[str, Any], req: Request, started: float) -> bytes:
+    async def _network_management(
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+    ) -> tuple[dict[str, Any], str]:
         code = req.network_code or "301"
         if code not in ("001", "002", "301"):
             answer = build_response(fields, rc.INVALID_TRANSACTION)
-            self._log(req, rc.INVALID_TRANSACTION, f"unknown network management code {code}", started)
-            return encode(answer)
+            answer["_reason"] = f"unknown network management code {code}"
+            return answer, rc.INVALID_TRANSACTION
+        if ksn_counter is not None and not await issuing.terminals.claim_ksn_counter(self.store, req.terminal_id or "", ksn_counter):
+            answer = build_response(fields, rc.SECURITY_VIOLATION)
+            answer["_reason"] = f"DUKPT counter {ksn_counter} is not above the terminal's last one: replayed message"
+            return answer, rc.SECURITY_VIOLATION
         answer = build_response(fields, rc.APPROVED)
-        self._log(req, rc.APPROVED, {"001": "sign-on", "002": "sign-off"}.get(code, "echo"), started)
-        return encode(answer)
+        answer["_reason"] = {"001": "sign-on", "002": "sign-off"}.get(code, "echo")
+        return answer, rc.APPROVED
 
     # ------------------------------------------------------------ building store operations
 

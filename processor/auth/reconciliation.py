@@ -19,6 +19,7 @@ from processor.iso8583 import MessageFormatError, build_response, rc
 from processor.iso8583.currency import alpha_for_numeric
 from processor.iso8583.messages import Reconciliation
 from processor.ledger import StoreInterface
+from processor.ledger.apply import KeySerialReplayed
 
 
 async def reconcile(
@@ -41,14 +42,21 @@ async def reconcile(
         answer = build_response(fields, declined.code)
         answer["_reason"] = declined.reason
         return answer, declined.code
-    outcome = await ledger.terminal_batches.close(store, 
-        idem_key=req.idempotency_key(),
-        terminal_id=req.terminal_id or "",
-        batch_number=close.batch_number,
-        currency=currency,
-        totals=close.totals,
-        now=ctx.now,
-    )
+    try:
+        outcome = await ledger.terminal_batches.close(
+            store,
+            idem_key=req.idempotency_key(),
+            terminal_id=req.terminal_id or "",
+            batch_number=close.batch_number,
+            currency=currency,
+            totals=close.totals,
+            now=ctx.now,
+            ksn_counter=ctx.ksn_counter,
+        )
+    except KeySerialReplayed as exc:
+        answer = build_response(fields, rc.SECURITY_VIOLATION)
+        answer["_reason"] = f"{exc}: replayed message"
+        return answer, rc.SECURITY_VIOLATION
     extra: dict[str, Any] = {
         "15": outcome.closed_at.strftime("%m%d"),
         "50": close.currency_numeric,

@@ -15,7 +15,7 @@ from hsm_sim import HsmApi
 from processor.errors import InvalidRequest
 from processor.issuing import config, merchants
 from processor.issuing.keys import IssuerKeys
-from processor.ledger import StoreError, StoreInterface, StoreNotFound
+from processor.ledger import StoreError, StoreInterface, StoreNotFound, apply
 from processor.ledger.models import merchants as merchants_table
 from processor.ledger.models import terminals, utcnow
 
@@ -141,6 +141,14 @@ async def create(
 async def set_status(store: StoreInterface, terminal_id: str, status: str) -> None:
     """active, inactive or blocked; only an active terminal is served."""
     await store.run_write(_set_status, terminal_id, status)
+
+
+async def claim_ksn_counter(store: StoreInterface, terminal_id: str, counter: int) -> bool:
+    """Record `counter` as the terminal's highest DUKPT counter; False when it is not above the last one.
+
+    For messages that record nothing else (0800); card requests claim theirs with their answer.
+    """
+    return await store.run_write(apply.claim_ksn_counter, terminal_id, counter)
 
 
 async def get(store: StoreInterface, terminal_id: str) -> TerminalRecord | None:

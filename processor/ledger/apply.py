@@ -31,6 +31,10 @@ class LedgerBug(AssertionError):
     """An internal consistency check failed before writing (for example postings that do not balance)."""
 
 
+class KeySerialReplayed(Exception):
+    """A terminal's message under a DUKPT counter it already used: nothing was applied."""
+
+
 class Conflict(Exception):
     """A row changed under the transaction between two of its statements; the batch is retried."""
 
@@ -159,27 +163,20 @@ _RESET_PIN_TRIES = (
     .where(cards.c.id == bindparam("cid"), cards.c.pin_tries < bindparam("limit"))
     .values(pin_tries=0, updated_at=bindparam("at"))
 )
-_CLAIM_KSN = (
-    update(terminals)
-    .where(
-        terminals.c.terminal_id == bindparam("tid"),
-        (terminals.c.ksn_counter.is_(None)) | (terminals.c.ksn_counter < bindparam("counter")),
+def _forward_only(table: Any, key: str, key_param: str, counter: str, counter_param: str) -> Any:
+    """UPDATE that sets a counter column only when the new value is above it (or it is still NULL)."""
+    column = table.c[counter]
+    return (
+        update(table)
+        .where(table.c[key] == bindparam(key_param), column.is_(None) | (column < bindparam(counter_param)))
+        .values({counter: bindparam(counter_param)})
     )
-    .values(ksn_counter=bindparam("counter"))
-)
-_CLAIM_ATC = (
-    update(cards)
-    .where(cards.c.id == bindparam("cid"), (cards.c.last_atc.is_(None)) | (cards.c.last_atc < bindparam("atc")))
-    .values(last_atc=bindparam("atc"))
-)
-_CLAIM_TOKEN_ATC = (
-    update(payment_tokens)
-    .where(
-        payment_tokens.c.id == bindparam("tid"),
-        (payment_tokens.c.last_atc.is_(None)) | (payment_tokens.c.last_atc < bindparam("atc")),
-    )
-    .values(last_atc=bindparam("atc"))
-)
+
+
+# Counters that only move forward: a terminal's DUKPT counter, a card's and a wallet token's chip ATC.
+_CLAIM_KSN = _forward_only(terminals, "terminal_id", "tid", "ksn_counter", "counter")
+_CLAIM_ATC = _forward_only(cards, "id", "cid", "last_atc", "atc")
+_CLAIM_TOKEN_ATC = _forward_only(payment_tokens, "id", "tid", "last_atc", "atc")
 _ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.ref.in_(bindparam("refs", expanding=True)))
 _LOCK_ACCOUNTS = (
     select(accounts.c.id)
@@ -233,7 +230,7 @@ def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState)
 def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.AnyOp:
     """Count a PIN try, claim the terminal's DUKPT counter and the card's ATC; a refused claim declines the op."""
     if op.ksn_counter is not None and op.terminal_id:
-        if conn.execute(_CLAIM_KSN, {"tid": op.terminal_id, "counter": op.ksn_counter}).rowcount != 1:
+        if not claim_ksn_counter(conn, op.terminal_id, op.ksn_counter):
             reason = f"DUKPT counter {op.ksn_counter} is not above the terminal's last one: replayed key serial number"
             return _declined(op, Result.REPLAYED_KEY_SERIAL, reason)
     if op.pin is not None and op.card_id is not None:
@@ -255,6 +252,11 @@ def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.A
         if conn.execute(claim, params).rowcount != 1:
             return _declined(op, Result.REPLAYED_CRYPTOGRAM, f"ATC {op.atc} is not above the {owner}'s last ATC: replayed cryptogram")
     return op
+
+
+def claim_ksn_counter(conn: Connection, terminal_id: str, counter: int) -> bool:
+    """Make `counter` the terminal's highest DUKPT counter if it is above the last one; False otherwise."""
+    return conn.execute(_CLAIM_KSN, {"tid": terminal_id, "counter": counter}).rowcount == 1
 
 
 def _declined(op: ops.AnyOp, result: Result, reason: str) -> ops.Decline:
@@ -837,4 +839,4 @@ _HANDLERS: dict[type, Any] = {
     ops.Decline: _decline,
 }
 
-__all__ = ["BatchState", "Conflict", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]
+__all__ = ["BatchState", "claim_ksn_counter", "Conflict", "KeySerialReplayed", "LedgerBug", "apply_batch", "defer_entry", "internal_account", "post_entry"]

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from processor.iso8583 import BatchTotals
+from processor.ledger.apply import KeySerialReplayed, claim_ksn_counter
 from processor.ledger.errors import StoreError
 from processor.ledger.interface import StoreInterface
 from processor.ledger.models import auths, terminal_batches, utcnow
@@ -74,10 +75,17 @@ async def close(
     currency: str,
     totals: BatchTotals,
     now: dt.datetime | None = None,
+    ksn_counter: int | None = None,
 ) -> BatchOutcome:
-    """Close the terminal's open batch (0500) and compare totals; a repeated `idem_key` gets the first answer."""
+    """Close the terminal's open batch (0500) and compare totals; a repeated `idem_key` gets the first answer.
+
+    With `ksn_counter`, the close is the terminal's DUKPT transaction with that counter: it must be above
+    the terminal's last one (KeySerialReplayed otherwise, and nothing is closed).
+    """
     try:
-        return await store.run_write(_close, idem_key, terminal_id, batch_number, currency, totals, now or utcnow())
+        return await store.run_write(
+            _close, idem_key, terminal_id, batch_number, currency, totals, now or utcnow(), ksn_counter
+        )
     except StoreError:
         # Two copies of one 0500 raced on the idempotency key: the loser answers with the winner's batch.
         stored = await store.run_query(_find, idem_key)
@@ -161,11 +169,14 @@ def _close(
     currency: str,
     totals: BatchTotals,
     now: dt.datetime,
+    ksn_counter: int | None = None,
 ) -> BatchOutcome:
     """Close the terminal's open batch in `currency` and compare its totals with ours (00 or 95)."""
     stored = _find(conn, idem_key)
     if stored is not None:
         return stored
+    if ksn_counter is not None and not claim_ksn_counter(conn, terminal_id, ksn_counter):
+        raise KeySerialReplayed(f"DUKPT counter {ksn_counter} is not above terminal {terminal_id}'s last one")
     batch_id = conn.execute(
         insert(terminal_batches).returning(terminal_batches.c.id),
         {

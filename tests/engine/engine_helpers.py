@@ -9,7 +9,7 @@ from typing import Any
 from hsm_sim import connect
 from processor import issuing, ledger
 from processor.config import Settings
-from processor.issuing import ensure_issuer_keys, issue_card
+from processor.issuing import ensure_issuer_keys, issue_card, load_issuer_keys
 from processor.issuing.terminals import add_terminal
 from processor.ledger import Store
 from processor.server import RunningEngine
@@ -81,6 +81,24 @@ async def build_issuer(settings: Settings) -> tuple[dict[str, CardData], dict[st
             registered = await add_terminal(store, hsm, keys, terminal_id=tid, merchant_id=mid, mcc=mcc, chip_capable=chip_reader)
             terminals[name] = PosTerminal.from_registered(registered.as_json())
         return cards, accounts, terminals
+    finally:
+        await hsm.close()
+        await store.close()
+
+
+async def more_terminals(settings: Settings, count: int, *, merchant_id: str, prefix: str = "PAD") -> list[PosTerminal]:
+    """`count` more stripe-reader terminals at `merchant_id`: one per connection where requests run at once,
+    since a terminal's DUKPT counter must reach the engine in order."""
+    store, hsm = await Store.open(settings.db_url), await connect(settings.hsm_url)
+    try:
+        keys = await load_issuer_keys(store, hsm)
+        pads = []
+        for n in range(count):
+            registered = await add_terminal(
+                store, hsm, keys, terminal_id=f"{prefix}{n:05d}", merchant_id=merchant_id, mcc="5411", chip_capable=False
+            )
+            pads.append(PosTerminal.from_registered(registered.as_json()))
+        return pads
     finally:
         await hsm.close()
         await store.close()

@@ -6,6 +6,8 @@ import asyncio
 
 from processor import issuing, ledger
 from processor.iso8583 import Balance
+from engine_helpers import more_terminals
+
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import CardData
 
@@ -162,10 +164,11 @@ async def test_network_management(issuer):
 
 async def test_concurrent_connections_never_overdraw(issuer):
     """60 connections each try 10.00 against bob's 10.00 at once: exactly one wins."""
-    shop, bob = issuer.terminals["shop"], issuer.cards["bob"]
-    conns = [await TerminalConnection.connect("127.0.0.1", issuer.running.port, timeout_s=10.0) for _ in range(60)]
+    bob = issuer.cards["bob"]
+    pads = await more_terminals(issuer.settings, 60, merchant_id=issuer.terminals["shop"].merchant_id)
+    conns = [await TerminalConnection.connect("127.0.0.1", issuer.running.port, timeout_s=10.0, terminals=[p]) for p in pads]
     try:
-        answers = await asyncio.gather(*(c.request(shop.card_request(bob, 10_00, entry="magstripe")) for c in conns))
+        answers = await asyncio.gather(*(c.request(p.card_request(bob, 10_00, entry="magstripe")) for c, p in zip(conns, pads)))
     finally:
         for c in conns:
             await c.close()

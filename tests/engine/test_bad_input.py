@@ -58,7 +58,8 @@ async def test_non_numeric_amount_gets_30_and_connection_keeps_serving(engine_wi
         answer = await _read_answer(reader)
         assert answer["t"] == "0210" and answer["39"] == "30"
         assert answer.get("11") == good["11"]
-        writer.write(encode_frame(encode(shop.card_request(cards["ada"], 1_00, entry="magstripe"))))
+        signed, _ = shop.sign(shop.card_request(cards["ada"], 1_00, entry="magstripe"))
+        writer.write(encode_frame(signed))
         assert (await _read_answer(reader))["39"] == "00"
     finally:
         writer.close()
@@ -153,7 +154,7 @@ async def test_a_pin_outside_de52_is_refused_not_ignored(engine_with_short_limit
 
 async def test_oversized_length_header_closes_only_that_connection(engine_with_short_limits):
     running, cards, accounts, terminals = engine_with_short_limits
-    bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
+    bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0, terminals=[terminals["shop"]])
     reader, writer = await _raw(running.port)
     try:
         writer.write((60_000).to_bytes(2, "big") + b"0100")
@@ -181,7 +182,7 @@ async def test_half_frame_then_stall_is_closed(engine_with_short_limits, caplog)
 
 async def test_garbage_closes_only_that_connection(engine_with_short_limits):
     running, cards, accounts, terminals = engine_with_short_limits
-    bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
+    bystander = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0, terminals=[terminals["shop"]])
     reader, writer = await _raw(running.port)
     try:
         writer.write(encode_frame(b"\xff\xfe garbage that is not ISO 8583"))

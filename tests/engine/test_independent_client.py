@@ -18,6 +18,7 @@ from typing import Any
 
 import pydukpt
 import pytest
+from psec.mac import generate_retail_mac
 from starkbank.iso8583 import parse, unparse
 from starkbank.iso8583.template.base import Template
 from starkbank.iso8583.utils.enum import Encoding
@@ -77,14 +78,29 @@ class IndependentTerminal:
     dukpt_counter: int = 0
 
     async def exchange(self, message: dict[str, Any], template: dict[str, Template] = TEMPLATE) -> dict[str, Any]:
-        """Send one message (2-byte big-endian length, then the payload) and decode the answer."""
-        payload = unparse(message, template=template)
+        """Send one message (2-byte big-endian length, then the payload) MACed as the README says, and
+        decode the answer after checking its MAC."""
+        ksn = bytes.fromhex(message["DE053"]) if "DE053" in message else self.next_ksn()
+        # The MAC is the last field: DE 128 when a field above 64 is present, otherwise DE 64.
+        mac_field = "DE128" if any(k.startswith("DE") and 64 < int(k[2:]) < 128 for k in message) else "DE064"
+        payload = unparse({**message, "DE053": ksn.hex(), mac_field: "00" * 8}, template=template)
+        if len(ksn) == 10:  # a malformed KSN (a test of the format check) cannot key a MAC: zeros stay
+            key = pydukpt.mac_request_key(pydukpt.derive_key(self.ipek, ksn))
+            payload = payload[:-8] + generate_retail_mac(key[:8], key[8:], payload[:-8], padding=1)
         self.writer.write(len(payload).to_bytes(2, "big") + payload)
         await self.writer.drain()
         length = int.from_bytes(await asyncio.wait_for(self.reader.readexactly(2), 5.0), "big")
-        answer = parse(await asyncio.wait_for(self.reader.readexactly(length), 5.0), template=TEMPLATE)
+        raw = await asyncio.wait_for(self.reader.readexactly(length), 5.0)
+        answer = parse(raw, template=TEMPLATE)
         assert answer["Length"] == length, "the answer has bytes the README's layout does not account for"
+        if len(ksn) == 10:
+            answer_key = pydukpt.mac_response_key(pydukpt.derive_key(self.ipek, ksn))
+            answer["mac_ok"] = raw[-8:] == generate_retail_mac(answer_key[:8], answer_key[8:], raw[:-8], padding=1)
         return answer
+
+    def next_ksn(self) -> bytes:
+        self.dukpt_counter += 1
+        return pydukpt.ksn_with_counter(self.initial_ksn, self.dukpt_counter)
 
     def base(self, mti: str, processing_code: str, amount_minor: int) -> dict[str, Any]:
         self.stan += 1
@@ -111,8 +127,7 @@ class IndependentTerminal:
 
     def with_pin(self, message: dict[str, Any], pin: str, pan: str) -> dict[str, Any]:
         """DE 52: ISO 9564 format 0 under this transaction's DUKPT PIN key; DE 53: its 10-byte KSN."""
-        self.dukpt_counter += 1
-        ksn = pydukpt.ksn_with_counter(self.initial_ksn, self.dukpt_counter)
+        ksn = self.next_ksn()
         block = pydukpt.encrypt_pin(pydukpt.derive_key(self.ipek, ksn), pin, pan)
         return {**message, "DE052": block.hex(), "DE053": ksn.hex()}
 
@@ -135,7 +150,7 @@ async def engine_and_client(tmp_path: Path) -> AsyncIterator[tuple[Any, dict[str
 
 def test_the_readme_layout_covers_secondary_bitmap_fields():
     names = set(TEMPLATE[IsoVersion._1987].fieldByName)
-    assert {"DE002", "DE052", "DE053", "DE055", "DE070", "DE090", "DE097"} <= names
+    assert {"DE002", "DE052", "DE053", "DE055", "DE064", "DE070", "DE090", "DE097", "DE128"} <= names
 
 
 async def test_network_management_echo(engine_and_client):
@@ -143,6 +158,7 @@ async def test_network_management_echo(engine_and_client):
     echo = {"MTI": "0800", "DE007": "0101120000", "DE011": "000901", "DE041": client.terminal_id.ljust(8), "DE070": "301"}
     answer = await client.exchange(echo)
     assert (answer["MTI"], answer["DE039"], answer["DE070"], answer["DE011"]) == ("0810", "00", "301", "000901")
+    assert answer["mac_ok"] and "DE128" in answer
 
 
 async def test_purchase_pin_balance_reversal_and_batch_close(engine_and_client):
@@ -153,6 +169,7 @@ async def test_purchase_pin_balance_reversal_and_batch_close(engine_and_client):
     answer = await client.exchange(purchase)
     assert (answer["MTI"], answer["DE039"], answer["DE011"], answer["DE037"]) == ("0210", "00", purchase["DE011"], purchase["DE037"])
     assert len(answer["DE038"]) == 6 and answer["DE004"] == "000000001234"
+    assert answer["mac_ok"] and "DE064" in answer
 
     wrong = await client.exchange(client.with_pin(client.swipe(ada, 5_00), "9999", ada.pan))
     assert wrong["DE039"] == "55"

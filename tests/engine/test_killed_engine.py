@@ -52,18 +52,21 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     sent: list[dict] = []
     approved: dict[str, int] = {}
 
+    device = asyncio.Lock()  # one terminal, one transaction at a time: its DUKPT counter only moves forward
+
     async def drive(conn: TerminalConnection) -> None:
         while True:
-            request = shop.card_request(ada, 1_00, entry="magstripe")
-            sent.append(request)
-            try:
-                answer = await conn.request(request, timeout_s=2.0)
-            except (ConnectionError, ResponseTimeout, OSError):
-                return
+            async with device:
+                request = shop.card_request(ada, 1_00, entry="magstripe")
+                sent.append(request)
+                try:
+                    answer = await conn.request(request, timeout_s=2.0)
+                except (ConnectionError, ResponseTimeout, OSError):
+                    return
             if answer["39"] == "00":
                 approved[Request.from_fields(decode(encode(request))).idempotency_key()] = int(request["4"])
 
-    conns = [await TerminalConnection.connect("127.0.0.1", port) for _ in range(8)]
+    conns = [await TerminalConnection.connect("127.0.0.1", port, terminals=[shop]) for _ in range(8)]
     drivers = [asyncio.create_task(drive(c)) for c in conns]
     await asyncio.sleep(1.5)
     engine.send_signal(signal.SIGKILL)
@@ -87,7 +90,7 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     engine = _start_engine(settings, port, tmp_path / "engine2.log")
     try:
         approvals = 0
-        async with await TerminalConnection.connect("127.0.0.1", port) as conn:
+        async with await TerminalConnection.connect("127.0.0.1", port, terminals=[shop]) as conn:
             for request in sent:
                 answer = await conn.request(request)
                 key = Request.from_fields(decode(encode(request))).idempotency_key()

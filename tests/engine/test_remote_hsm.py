@@ -29,7 +29,7 @@ async def test_authorizations_through_a_networked_hsm(tmp_path: Path):
         settings = dataclasses.replace(local, hsm_url=f"tcps://127.0.0.1:{server.port}", hsm_tls_dir=pki)
         shop = terminals["shop"]
         async with running_engine(settings) as running:
-            async with await TerminalConnection.connect("127.0.0.1", running.port) as conn:
+            async with await TerminalConnection.connect("127.0.0.1", running.port, terminals=[shop]) as conn:
                 codes = [
                     (await conn.request(shop.card_request(cards["ada"], 10_00, entry="magstripe", with_pin=True)))["39"],
                     (await conn.request(shop.card_request(cards["ada"], 10_00, entry="magstripe", with_pin=True, pin="0000")))["39"],

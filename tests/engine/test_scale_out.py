@@ -151,16 +151,20 @@ async def hammer(fleet: Fleet, conns: dict[str, Any], send: Send, engines: Engin
     done = asyncio.Event()
     rng = random.Random(14)
 
+    # A terminal's sessions take turns: one device, one DUKPT transaction at a time.
+    turns = {terminal.terminal_id: asyncio.Lock() for terminal in fleet.terminals}
+
     async def session(terminal: PosTerminal) -> None:
         while not done.is_set():
             card = rng.choice(fleet.cards)
             mti = rng.choice(("0100", "0200", "0200"))
-            request = terminal.card_request(card, rng.randint(1_00, 9_00), mti=mti, entry="magstripe")
-            try:
-                answer = await send(conns[terminal.terminal_id], request)
-            except (ResponseTimeout, ConnectionError, OSError):
-                fleet.unanswered += 1
-                answer = None
+            async with turns[terminal.terminal_id]:
+                request = terminal.card_request(card, rng.randint(1_00, 9_00), mti=mti, entry="magstripe")
+                try:
+                    answer = await send(conns[terminal.terminal_id], request)
+                except (ResponseTimeout, ConnectionError, OSError):
+                    fleet.unanswered += 1
+                    answer = None
             fleet.exchanges.append(Exchange(terminal, request, answer, card))
 
     async def killer() -> None:
@@ -267,6 +271,8 @@ async def test_three_engines_behind_one_broker_survive_sigkill(pg_url: str, brok
         conns = {t.terminal_id: await MqttTerminalConnection.connect(url, t.terminal_id, password=passwords[t.terminal_id],
                                                                      timeout_s=10.0, retry_after_s=1.0)
                  for t in fleet.terminals}
+        for terminal in fleet.terminals:
+            conns[terminal.terminal_id].add_terminal(terminal)
 
         async def send(conn: Any, request: dict[str, Any]) -> dict[str, Any]:
             return await conn.request(request)
@@ -296,7 +302,10 @@ async def test_three_engines_on_one_tcp_port_survive_sigkill(pg_url: str, tmp_pa
     try:
         for _ in range(ENGINES):
             engines.start()
-        sessions = {t.terminal_id: await TerminalConnection.connect("127.0.0.1", port, timeout_s=3.0) for t in fleet.terminals}
+        sessions = {
+            t.terminal_id: await TerminalConnection.connect("127.0.0.1", port, timeout_s=3.0, terminals=fleet.terminals)
+            for t in fleet.terminals
+        }
 
         async def send(conn_holder: Any, request: dict[str, Any]) -> dict[str, Any]:
             # A terminal whose connection died opens a new one and sends the same bytes again.
@@ -310,7 +319,9 @@ async def test_three_engines_on_one_tcp_port_survive_sigkill(pg_url: str, tmp_pa
                     reconnects += 1
                     await conn.close()
                     try:
-                        sessions[terminal_id] = await TerminalConnection.connect("127.0.0.1", port, timeout_s=3.0)
+                        sessions[terminal_id] = await TerminalConnection.connect(
+                            "127.0.0.1", port, timeout_s=3.0, terminals=fleet.terminals
+                        )
                     except OSError:
                         await asyncio.sleep(0.2)
             raise ConnectionError("no engine answered after ten attempts")

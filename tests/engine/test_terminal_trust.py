@@ -126,7 +126,8 @@ async def two_engines(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Issuer
         await hsm.close()
         await store.close()
     async with running_engine(settings) as one, running_engine(settings) as two:
-        conns = [await TerminalConnection.connect("127.0.0.1", e.port, timeout_s=20.0) for e in (one, two)]
+        known = [*terminals.values(), *pads]
+        conns = [await TerminalConnection.connect("127.0.0.1", e.port, timeout_s=20.0, terminals=known) for e in (one, two)]
         try:
             yield Issuer(settings, cards, accounts, terminals, one, conns[0]), conns, pads
         finally:

@@ -23,7 +23,7 @@ async def issuer(db_url: str, tmp_path: Path) -> AsyncIterator[Issuer]:
     settings = Settings(db_url=db_url, hsm_url=f"file:{tmp_path / 'hsm.json'}", log_dir=tmp_path)
     cards, accounts, terminals = await build_issuer(settings)
     async with running_engine(settings) as running:
-        conn = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0)
+        conn = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0, terminals=list(terminals.values()))
         try:
             yield Issuer(settings, cards, accounts, terminals, running, conn)
         finally:

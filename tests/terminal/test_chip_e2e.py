@@ -219,18 +219,17 @@ def _card_of(request: dict[str, Any]):
     return CardData(pan=pan, expiry=t2.split("=")[1][:4], track2=t2, cvv2="", chip_track2=t2)
 
 
-async def test_wrong_pin_block_key_declined_55_and_try_counter_unchanged(chip_issuer):
+async def test_a_terminal_with_the_wrong_key_is_refused_63_and_the_try_counter_unchanged(chip_issuer):
     shop, other = chip_issuer.terminals["shop"], chip_issuer.terminals["other"]
-    # The shop's identity and KSN, but the other terminal's initial key injected.
+    # The shop's identity and KSN, but the other terminal's initial key injected: its MAC does not verify,
+    # so nothing in the request is trusted, its PIN block included.
     wrong = replace(shop, ipek=other.ipek)
     card = VirtualCard(chip_issuer.profile("ada"))
     result = await chip_transaction(chip_issuer.conn, wrong, card.process_apdu, 10_00, contactless=False, pin=PIN)
-    assert (result.rc, result.cryptogram) == ("55", "AAC")
+    assert (result.rc, result.cryptogram) == ("63", "AAC")
+    assert "55" not in result.answer and not result.answer["_authentic"]
     assert (await issuing.cards.get(chip_issuer.store, chip_issuer.card_ids["ada"])).pin_tries == 0
     assert await chip_issuer.available("ada") == DEPOSIT
-    # The issuer authenticated the card and says so: an ARPC over the decline code "05".
-    issuer_data = decode_tlv(bytes.fromhex(result.answer["55"]))["91"]
-    assert len(issuer_data) == 10 and issuer_data[8:] == b"05"
 
 
 async def test_terminal_disconnected_mid_transaction_reverses_and_leaves_no_hold(chip_issuer):
