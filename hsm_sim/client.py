@@ -129,7 +129,9 @@ class HsmClient:
         """Send one host command and wait for its answer: the result as JSON, or HsmError."""
         code = CODE_OF[name]
         async with self._slots:
-            writer = await self._ensure_connected()
+            writer = self._writer
+            if writer is None or writer.is_closing():
+                writer = await self._ensure_connected()
             header = f"{next(self._headers) % 10_000:04d}"
             while header in self._pending:
                 header = f"{next(self._headers) % 10_000:04d}"

@@ -144,10 +144,13 @@ def command(
 
     def decorate(fn: Callable[Concatenate[Hsm, P], T]) -> Callable[Concatenate[Hsm, P], Coroutine[Any, Any, T]]:
         name = fn.__name__
+        names = fn.__code__.co_varnames[1 : fn.__code__.co_argcount]
+        # (name, position) of each KCV argument, worked out once rather than on every call
+        keys = tuple((p, names.index(p) if p in names else -1) for p in key_params)
 
         @functools.wraps(fn)
         async def run(self: Hsm, *args: P.args, **kwargs: P.kwargs) -> T:
-            return self._execute(fn, name, key_params, args, kwargs)
+            return self._execute(fn, name, keys, args, kwargs)
 
         return run
 
@@ -189,14 +192,17 @@ class Hsm:
 
     # ------------------------------------------------------------ plumbing
 
-    def _execute(self, fn: Callable[..., T], name: str, key_params: tuple[str, ...], args: tuple, kwargs: dict) -> T:
+    def _execute(self, fn: Callable[..., T], name: str, keys: tuple[tuple[str, int], ...], args: tuple, kwargs: dict) -> T:
         caller = CALLER.get()
         if not caller.may(name):
             why = f"role {caller.role} may not run {name}"
             self.audit.refusal(caller.name, caller.role, name, why)
             raise HsmError(st.NOT_PERMITTED, f"{name}: {caller.name} is refused: {why}")
-        kcvs = tuple(str(kwargs.get(p) if p in kwargs else _positional(fn, p, args)) for p in key_params)
-        kcvs = tuple(k for k in kcvs if k and k != "None")
+        kcvs = tuple(
+            str(value)
+            for value in (kwargs.get(p) if p in kwargs else (args[i] if 0 <= i < len(args) else None) for p, i in keys)
+            if value
+        )
         try:
             result = fn(self, *args, **kwargs)
         except HsmError as exc:
@@ -735,14 +741,6 @@ def _check_use(info: KeyInfo, use: str, command_name: str) -> None:
 def _aes_key_type(key: bytes) -> "dukpt_aes.KeyType":
     """The X9.24-3 key type of an AES BDK (and so of the initial keys derived from it)."""
     return {16: dukpt_aes.KeyType.AES128, 24: dukpt_aes.KeyType.AES192, 32: dukpt_aes.KeyType.AES256}[len(key)]
-
-
-def _positional(fn: Callable[..., Any], name: str, args: tuple) -> Any:
-    names = fn.__code__.co_varnames[1 : fn.__code__.co_argcount]
-    try:
-        return args[names.index(name)]
-    except (ValueError, IndexError):
-        return None
 
 
 def _safe(exc: BaseException) -> str:
