@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -509,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     from processor.logs import quiet_library_deprecations
 
     quiet_library_deprecations()
+    os.umask(0o077)  # the day's database, key store, logs and bureau records hold card and key data
     args = build_parser().parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="processor-day-"))
     try:

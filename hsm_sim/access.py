@@ -48,12 +48,6 @@ class Identity:
     def may(self, command: str) -> bool:
         return self is LOCAL or command in ROLES.get(self.role, ())
 
-    @property
-    def commands(self) -> list[str]:
-        from hsm_sim.hsm import COMMANDS
-
-        return [name for name in COMMANDS.values() if self.may(name)]
-
 
 LOCAL = Identity("local", "local")
 # The identity the current command runs for; the server sets it around each command it executes.

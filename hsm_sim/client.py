@@ -38,6 +38,7 @@ class HsmClient:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._headers = itertools.count(1)
         self._pending: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
+        self._outbox: list[bytes] = []
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting = asyncio.Lock()
@@ -110,6 +111,20 @@ class HsmClient:
                     future.set_exception(error)
             self._pending.clear()
 
+    def _send(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        """Queue a frame; the frames of one turn of the loop go out in one write (one TLS record, one send).
+
+        The in-flight semaphore bounds what can be queued, so there is no unbounded buffer to drain.
+        """
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush, writer)
+        self._outbox.append(frame)
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        frames, self._outbox = self._outbox, []
+        if not writer.is_closing():
+            writer.write(b"".join(frames))
+
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Send one host command and wait for its answer: the result as JSON, or HsmError."""
         code = CODE_OF[name]
@@ -122,8 +137,7 @@ class HsmClient:
             self._pending[header] = future
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    writer.write(encode_request(header, code, list(args), kwargs))
-                    await writer.drain()
+                    self._send(writer, encode_request(header, code, list(args), kwargs))
                     status, body = await future
             except TimeoutError:
                 raise HsmError(st.TIMEOUT, f"{name}: no answer from the HSM within {self.timeout_s:g} s") from None

@@ -9,7 +9,6 @@ a specific status.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import hmac
 import json
@@ -362,7 +361,7 @@ class Hsm:
     def who_am_i(self) -> dict[str, Any]:
         """The caller as the HSM knows it: name, role and the commands it may run."""
         caller = CALLER.get()
-        return {"name": caller.name, "role": caller.role, "commands": caller.commands}
+        return {"name": caller.name, "role": caller.role, "commands": [name for name in COMMANDS.values() if caller.may(name)]}
 
     @command("kcv")
     def key_info(self, kcv: str) -> KeyInfo:

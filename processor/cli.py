@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal, InvalidOperation
@@ -503,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_library_deprecations()
+    # The database, logs, key store, audit log and bureau records hold card or key data: files 0600, folders 0700.
+    os.umask(0o077)
     args, harness_args = build_parser().parse_known_args(argv)
     if getattr(args, "demo", False):
         return _run_demo(harness_args)

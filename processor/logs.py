@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ class BufferedHandler(logging.handlers.MemoryHandler):
 
 def configure(path: Path | None = None, *, level: int = logging.INFO) -> BufferedHandler:
     """Send the processor's and the HSM's logs to `path` (or stderr), buffered; returns the handler."""
+    if path:
+        # Created owner-only before the handler opens it: the log names cards (masked) and terminals.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     target: logging.Handler = logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
     target.setFormatter(logging.Formatter(FORMAT))
     handler = BufferedHandler(target)

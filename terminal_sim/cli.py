@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
@@ -547,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_library_deprecations()
+    os.umask(0o077)  # bureau records and card state hold card data
     args = build_parser().parse_args(argv)
     if args.command == "load" and (args.connections < 1 or args.seconds <= 0):
         print("terminal-sim: --connections and --seconds must be positive", file=sys.stderr)

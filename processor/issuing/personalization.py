@@ -188,10 +188,11 @@ async def personalize_wallet(
 
 
 def _write(path: Path, record: BureauRecord) -> Path:
-    """Atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically, readable by its owner only from the first byte (a folder made here is 0700)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record.as_json(), indent=1), encoding="utf-8")
-    os.chmod(tmp, 0o600)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(record.as_json(), indent=1))
     os.replace(tmp, path)
     return path

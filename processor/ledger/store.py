@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -128,6 +129,7 @@ class Store:
         if backend == "sqlite":
             if parsed.database in (None, "", ":memory:"):
                 raise StoreError("SQLite store needs a file path (several connections share it), not :memory:")
+            _create_private(parsed.database)
             sync_url = parsed.set(drivername="sqlite+pysqlite").render_as_string(hide_password=False)
             writer = SqliteWriter(sync_url)
             try:
@@ -390,3 +392,11 @@ class Store:
         assert self._read_autocommit is not None
         async with self._read_autocommit.connect() as conn:
             return await conn.run_sync(work, *args)
+
+
+def _create_private(database: str) -> None:
+    """The SQLite file, created owner-only when it does not exist yet (SQLite gives its WAL the same mode)."""
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass

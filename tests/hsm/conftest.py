@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +84,48 @@ async def client(served: Served) -> AsyncIterator[Callable[[str], Awaitable[HsmC
     yield open_as
     for hsm in opened:
         await hsm.close()
+
+
+@pytest.fixture
+def hsm_sim_serve() -> Iterator[Callable[[Path, Path, Path], int]]:
+    """`port = hsm_sim_serve(keystore, pki, cwd)`: `hsm-sim serve` as a subprocess, up and listening;
+    stopped with SIGTERM after the test, which must find it exited cleanly."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(keystore: Path, pki: Path, cwd: Path) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "hsm_sim.cli", "serve", "--keystore", str(keystore), "--tls", str(pki), "--port", str(port)],
+            cwd=cwd, stdout=subprocess.DEVNULL,
+        ))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return port
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("hsm-sim serve did not start listening within 15 s")
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0, "SIGTERM stops the server cleanly"
+
+
+def audit_lines(path: Path, *, including: set[tuple[str, str, str]], timeout_s: float = 10.0) -> list[dict]:
+    """The audit log of a served HSM once it holds these (by, cmd, status) lines: a server flushes
+    its log within 50 ms, refusals at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if {(line["by"], line["cmd"], line["status"]) for line in lines} >= including or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def served_audit() -> Callable[..., list[dict]]:
+    return audit_lines

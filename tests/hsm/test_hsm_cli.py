@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,9 @@ import pytest
 
 def hsm_sim(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HSM_TLS_DIR": str(cwd / "pki")}
-    return subprocess.run([sys.executable, "-m", "hsm_sim.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, check=check)
+    done = subprocess.run([sys.executable, "-m", "hsm_sim.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert not check or done.returncode == 0, f"hsm-sim {' '.join(args)}: {done.stderr}"
+    return done
 
 
 def _json(*args: str, cwd: Path) -> object:
@@ -24,7 +25,7 @@ def _json(*args: str, cwd: Path) -> object:
 
 
 @pytest.mark.slow
-def test_walkthrough(tmp_path: Path):
+def test_walkthrough(tmp_path: Path, hsm_sim_serve):
     hsm_sim("ca", "init", "pki", "--host", "127.0.0.1", cwd=tmp_path)
     for role, name in (("custodian", "custodian-1"), ("custodian", "custodian-2"), ("operator", "alice")):
         hsm_sim("ca", "issue", "pki", "--role", role, "--name", name, cwd=tmp_path)
@@ -33,48 +34,32 @@ def test_walkthrough(tmp_path: Path):
     refused = hsm_sim("ca", "issue", "pki", "--role", "admin", "--name", "eve", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and refused.stderr.startswith("hsm-sim: role 'admin' is not one of")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"tcps://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hsm_sim.cli", "serve", "--keystore", "hsm.json", "--tls", "pki", "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        first = _json("keys", "component", "ZMK", "--algorithm", "AES", "--component", "0F" * 32, "--hsm", url,
-                      "--as", "custodian-1", cwd=tmp_path)
-        assert first["key"] is None and first["custodians"] == ["custodian-1"]
-        same = hsm_sim("keys", "component", "ZMK", "--algorithm", "AES", "--component", "F0" * 32, "--ceremony",
-                       first["ceremony"], "--hsm", url, "--as", "custodian-1", cwd=tmp_path, check=False)
-        assert same.returncode == 2 and "dual control needs another custodian" in same.stderr
-        second = _json("keys", "component", "ZMK", "--algorithm", "AES", "--component", "F0" * 32, "--ceremony",
-                       first["ceremony"], "--hsm", url, "--as", "custodian-2", cwd=tmp_path)
-        zmk = second["key"]["kcv"]
-        assert second["key"]["origin"] == "components"
-        cvk = _json("keys", "generate", "CVK", "--hsm", url, "--as", "custodian-2", cwd=tmp_path)["kcv"]
-        block = _json("keys", "export", cvk, "--zmk", zmk, "--hsm", url, "--as", "custodian-1", cwd=tmp_path)["key_block"]
-        assert block.startswith("D") and block[5:7] == "C0"
-        export = hsm_sim("keys", "export", cvk, "--zmk", zmk, "--hsm", url, "--as", "alice", cwd=tmp_path, check=False)
-        assert export.returncode == 2 and "role operator may not run export_key" in export.stderr
-        hsm_sim("ca", "revoke", "pki", "alice", cwd=tmp_path)
-        time.sleep(1.1)
-        revoked = hsm_sim("keys", "list", "--hsm", url, "--as", "alice", cwd=tmp_path, check=False)
-        assert revoked.returncode == 2 and "revoked" in revoked.stderr
-        assert [e["revoked"] for e in _json("ca", "list", "pki", cwd=tmp_path) if e["name"] == "alice"] == [True]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    hsm = ["--hsm", f"tcps://127.0.0.1:{hsm_sim_serve(tmp_path / 'hsm.json', tmp_path / 'pki', tmp_path)}"]
+    first = _json("keys", "component", "ZMK", "--algorithm", "AES", "--component", "0F" * 32, *hsm, "--as", "custodian-1",
+                  cwd=tmp_path)
+    assert first["key"] is None and first["custodians"] == ["custodian-1"]
+    same = hsm_sim("keys", "component", "ZMK", "--algorithm", "AES", "--component", "F0" * 32, "--ceremony", first["ceremony"],
+                   *hsm, "--as", "custodian-1", cwd=tmp_path, check=False)
+    assert same.returncode == 2 and "dual control needs another custodian" in same.stderr
+    second = _json("keys", "component", "ZMK", "--algorithm", "AES", "--component", "F0" * 32, "--ceremony", first["ceremony"],
+                   *hsm, "--as", "custodian-2", cwd=tmp_path)
+    zmk = second["key"]["kcv"]
+    assert second["key"]["origin"] == "components"
+    cvk = _json("keys", "generate", "CVK", *hsm, "--as", "custodian-2", cwd=tmp_path)["kcv"]
+    block = _json("keys", "export", cvk, "--zmk", zmk, *hsm, "--as", "custodian-1", cwd=tmp_path)["key_block"]
+    assert block.startswith("D") and block[5:7] == "C0"
+    export = hsm_sim("keys", "export", cvk, "--zmk", zmk, *hsm, "--as", "alice", cwd=tmp_path, check=False)
+    assert export.returncode == 2 and "role operator may not run export_key" in export.stderr
+    hsm_sim("ca", "revoke", "pki", "alice", cwd=tmp_path)
+    time.sleep(1.1)  # the server re-reads the revocation list at most once a second
+    revoked = hsm_sim("keys", "list", *hsm, "--as", "alice", cwd=tmp_path, check=False)
+    assert revoked.returncode == 2 and "revoked" in revoked.stderr
+    assert [e["revoked"] for e in _json("ca", "list", "pki", cwd=tmp_path) if e["name"] == "alice"] == [True]
+
     refusals = _json("audit", "--keystore", "hsm.json", "--refusals", cwd=tmp_path)
     assert [(r["by"], r["cmd"]) for r in refusals] == [
         ("custodian-1", "add_key_component"), ("alice", "export_key"), ("alice", "who_am_i"),
     ]
+    time.sleep(0.2)  # successful commands reach the log within 50 ms
     text = hsm_sim("audit", "--keystore", "hsm.json", "--who", "custodian-2", cwd=tmp_path).stdout
     assert "cmd=add_key_component" in text and "cmd=generate_key" in text and "alice" not in text

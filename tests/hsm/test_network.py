@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -140,53 +139,30 @@ async def test_timeout_and_lost_server_are_clear_errors_and_the_client_reconnect
     await hsm.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_hsm_sim_serve_subprocess(tmp_path: Path, pki: Path):
-    port = _free_port()
+def test_hsm_sim_serve_subprocess(tmp_path: Path, pki: Path, hsm_sim_serve, served_audit):
     keystore = tmp_path / "ks.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hsm_sim.cli", "serve", "--port", str(port), "--keystore", str(keystore), "--tls", str(pki)],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    url = f"tcps://127.0.0.1:{hsm_sim_serve(keystore, pki, tmp_path)}"
 
-        async def use() -> None:
-            custodian = await connect(f"tcps://127.0.0.1:{port}", tls=ClientTls.from_dir(pki, "custodian-1"))
-            cvk = (await custodian.generate_key("CVK")).kcv
-            await custodian.close()
-            engine = await connect(f"tcps://127.0.0.1:{port}", tls=ClientTls.from_dir(pki, "engine-1"))
-            assert await engine.verify_cvv(cvk, PAN, "3012", "000", "123") in (True, False)
-            with pytest.raises(HsmError):
-                await engine.generate_cvv(cvk, PAN, "3012", "000")
-            await engine.close()
-            with pytest.raises(HsmError):  # no certificate, no TLS: nothing
-                plain = await connect(f"tcp://127.0.0.1:{port}")
-                await plain.list_keys()
+    async def use() -> None:
+        custodian = await connect(url, tls=ClientTls.from_dir(pki, "custodian-1"))
+        cvk = (await custodian.generate_key("CVK")).kcv
+        await custodian.close()
+        engine = await connect(url, tls=ClientTls.from_dir(pki, "engine-1"))
+        assert await engine.verify_cvv(cvk, PAN, "3012", "000", "123") in (True, False)
+        with pytest.raises(HsmError):
+            await engine.generate_cvv(cvk, PAN, "3012", "000")
+        await engine.close()
+        with pytest.raises(HsmError):  # no certificate, no TLS: nothing
+            plain = await connect(url.replace("tcps", "tcp"))
+            await plain.list_keys()
 
-        asyncio.run(use())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert proc.returncode == 0, "SIGTERM stops the server cleanly"
+    asyncio.run(use())
     assert keystore.stat().st_mode & 0o777 == 0o600
     audit_path = tmp_path / "ks.json.audit.jsonl"
     assert audit_path.stat().st_mode & 0o777 == 0o600
-    lines = [json.loads(line) for line in audit_path.read_text().splitlines()]
-    assert {(line["by"], line["cmd"], line["status"]) for line in lines} >= {
-        ("custodian-1", "generate_key", "00"), ("engine-1", "generate_cvv", "17"), ("-", "connect", "17")
-    }
+    expected = {("custodian-1", "generate_key", "00"), ("engine-1", "generate_cvv", "17"), ("-", "connect", "17")}
+    lines = served_audit(audit_path, including=expected)
+    assert {(line["by"], line["cmd"], line["status"]) for line in lines} >= expected
     audit = subprocess.run(
         [sys.executable, "-m", "hsm_sim.cli", "audit", "--keystore", str(keystore), "--refusals", "--json"],
         capture_output=True, text=True, check=True, env={**os.environ},

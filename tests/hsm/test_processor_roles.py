@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,35 +21,18 @@ def _run(module: str, *args: str, env: dict[str, str], cwd: Path, check: bool = 
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+def deployment(tmp_path: Path, hsm_sim_serve) -> tuple[dict[str, str], Path]:
     env = {**os.environ, "PROCESSOR_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"}
     _run("hsm_sim.cli", "ca", "init", "pki", env=env, cwd=tmp_path)
     for role, name in (("engine", "engine"), ("issuer", "issuer"), ("custodian", "custodian"), ("custodian", "custodian-2"),
                        ("key-loader", "key-loader"), ("operator", "alice")):
         _run("hsm_sim.cli", "ca", "issue", "pki", "--role", role, "--name", name, env=env, cwd=tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hsm_sim.cli", "serve", "--keystore", "hsm.json", "--tls", "pki", "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    port = hsm_sim_serve(tmp_path / "hsm.json", tmp_path / "pki", tmp_path)
     env.update(PROCESSOR_HSM_URL=f"tcps://127.0.0.1:{port}", PROCESSOR_HSM_TLS_DIR=str(tmp_path / "pki"))
-    try:
-        yield env, tmp_path
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    return env, tmp_path
 
 
-def test_each_command_runs_as_its_role(deployment):
+def test_each_command_runs_as_its_role(deployment, served_audit):
     env, cwd = deployment
 
     def processor(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -82,8 +62,8 @@ def test_each_command_runs_as_its_role(deployment):
     assert data("bureau", "key", "--kcv", second["key"]["kcv"])["kcv"] == second["key"]["kcv"]
     assert data("card", "personalize", str(card["id"]), "--bureau-dir", "bureau")["cvn"] == 18
 
-    audit = [json.loads(line) for line in (cwd / "hsm.json.audit.jsonl").read_text().splitlines()]
-    by_command = {(line["by"], line["cmd"]) for line in audit if line["status"] == "00"}
-    assert {("custodian", "generate_key"), ("issuer", "generate_cvv"), ("issuer", "tokenize_pan"), ("alice", "reveal_pan"),
-            ("key-loader", "inject_ipek"), ("issuer", "personalization_data")} <= by_command
+    expected = {("custodian", "generate_key", "00"), ("issuer", "generate_cvv", "00"), ("issuer", "tokenize_pan", "00"),
+                ("alice", "reveal_pan", "00"), ("key-loader", "inject_ipek", "00"), ("issuer", "personalization_data", "00")}
+    audit = served_audit(cwd / "hsm.json.audit.jsonl", including=expected)
+    assert {(line["by"], line["cmd"], line["status"]) for line in audit} >= expected
     assert card["pan"] not in (cwd / "hsm.json.audit.jsonl").read_text()
