@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import build_issuer
+from engine_helpers import build_issuer, more_terminals
 
 from processor import ledger
 from processor.config import Settings
 from processor.iso8583 import Request, decode, encode
 from processor.ledger import Store
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
+from terminal_sim.pos import PosTerminal
 
 
 def _free_port() -> int:
@@ -46,28 +47,27 @@ def _start_engine(settings: Settings, port: int, log: Path) -> subprocess.Popen:
 async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path):
     settings = Settings(db_url=db_url, hsm_url=f"file:{tmp_path / 'hsm.json'}")
     cards, accounts, terminals = await build_issuer(settings)
-    shop, ada = terminals["shop"], cards["ada"]
+    ada = cards["ada"]
+    # Eight terminals, one per connection: each device sends one transaction at a time (DUKPT counters).
+    pads = await more_terminals(settings, 8, merchant_id=terminals["shop"].merchant_id)
     port = _free_port()
     engine = _start_engine(settings, port, tmp_path / "engine.log")
     sent: list[dict] = []
     approved: dict[str, int] = {}
 
-    device = asyncio.Lock()  # one terminal, one transaction at a time: its DUKPT counter only moves forward
-
-    async def drive(conn: TerminalConnection) -> None:
+    async def drive(conn: TerminalConnection, pad: PosTerminal) -> None:
         while True:
-            async with device:
-                request = shop.card_request(ada, 1_00, entry="magstripe")
-                sent.append(request)
-                try:
-                    answer = await conn.request(request, timeout_s=2.0)
-                except (ConnectionError, ResponseTimeout, OSError):
-                    return
+            request = pad.card_request(ada, 1_00, entry="magstripe")
+            sent.append(request)
+            try:
+                answer = await conn.request(request, timeout_s=2.0)
+            except (ConnectionError, ResponseTimeout, OSError):
+                return
             if answer["39"] == "00":
                 approved[Request.from_fields(decode(encode(request))).idempotency_key()] = int(request["4"])
 
-    conns = [await TerminalConnection.connect("127.0.0.1", port, terminals=[shop]) for _ in range(8)]
-    drivers = [asyncio.create_task(drive(c)) for c in conns]
+    conns = [await TerminalConnection.connect("127.0.0.1", port, terminals=[pad]) for pad in pads]
+    drivers = [asyncio.create_task(drive(c, pad)) for c, pad in zip(conns, pads)]
     await asyncio.sleep(1.5)
     engine.send_signal(signal.SIGKILL)
     engine.wait(timeout=10)
@@ -90,7 +90,7 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     engine = _start_engine(settings, port, tmp_path / "engine2.log")
     try:
         approvals = 0
-        async with await TerminalConnection.connect("127.0.0.1", port, terminals=[shop]) as conn:
+        async with await TerminalConnection.connect("127.0.0.1", port, terminals=pads) as conn:
             for request in sent:
                 answer = await conn.request(request)
                 key = Request.from_fields(decode(encode(request))).idempotency_key()
