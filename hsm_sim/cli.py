@@ -43,7 +43,7 @@ async def _open(args: argparse.Namespace) -> Any:
 
     if args.hsm:
         if not args.tls or not args.as_name:
-            raise SystemExit("hsm-sim: --hsm needs --tls DIR and --as NAME (the certificate to connect with)")
+            raise ValueError("--hsm needs --tls DIR and --as NAME (the certificate to connect with)")
         return await connect(args.hsm, tls=ClientTls.from_dir(args.tls, args.as_name))
     from hsm_sim import Hsm
 
@@ -101,7 +101,7 @@ def _audit(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     path = Path(args.file) if args.file else Path(_keystore(args) + ".audit.jsonl")
     if not path.exists():
-        raise SystemExit(f"hsm-sim: no audit log at {path} (give --file or --keystore)")
+        raise ValueError(f"no audit log at {path} (give --file or --keystore)")
     records = list(audit.read(path, refusals_only=args.refusals, who=args.who, since=args.since))
     return records[-args.limit :] if args.limit else records
 
