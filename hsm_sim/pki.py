@@ -68,7 +68,9 @@ class ClientTls:
         """The certificate `hsm-sim ca issue` wrote for `name` in `directory`."""
         folder = Path(directory)
         tls = cls(folder / "ca.pem", folder / f"{check_name(name)}.pem", folder / f"{name}.key")
-        for path in (tls.ca, tls.cert, tls.key):
+        if not tls.ca.is_file():
+            raise PkiError(f"{tls.ca} does not exist: is {folder} the folder `hsm-sim ca init` made?")
+        for path in (tls.cert, tls.key):
             if not path.is_file():
                 raise PkiError(f"{path} does not exist: issue it with `hsm-sim ca issue {folder} --role ROLE --name {name}`")
         return tls
