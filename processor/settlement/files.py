@@ -10,10 +10,10 @@ Format `settlement-file/1`, the same content in both encodings:
   "totals": {currency: {"count", "net_minor", "control_sum_minor"}}}.
 - CSV `payouts-YYYY-MM-DD.csv`: one row per merchant (what we pay) and per network (what we owe).
 
-Each file is written to a temporary file (0600) in the same folder, flushed to disk and renamed into
-place, so a reader never sees half a file. A file that exists with other content is never replaced:
-the new content goes to the next free revision (`settlement-YYYY-MM-DD.r2.csv`) and the result says so.
-The content depends only on settled rows, so a rerun finds its files identical and writes nothing.
+Each file is written to an unnamed temporary file (0600, O_TMPFILE) in the same folder, flushed to disk and
+linked into place, so a reader never sees half a file and a killed run leaves no temporary file behind.
+A file that exists with other content is never replaced: the new content goes to the next free revision
+(`settlement-YYYY-MM-DD.r2.csv`) and the result says so. The content depends only on settled rows, so a rerun finds its files identical and writes nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +50,58 @@ def place_atomically(write: Callable[[Any], None], target: Path) -> dict[str, An
     Returns {"path", "sha256", "written"}: written is False when an identical file was already there.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(os, "O_TMPFILE"):
+        return _place_unnamed(write, target)
+    return _place_named(write, target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _next_free(target: Path, digest: str) -> tuple[int, Path, bool]:
+    """(revision, path, already there): the first revision that is free or already holds this content."""
+    revision, candidate = 1, target
+    while candidate.exists():
+        if _sha256(candidate) == digest:
+            return revision, candidate, True
+        revision += 1
+        candidate = target.with_name(f"{target.stem}.r{revision}{target.suffix}")
+    return revision, candidate, False
+
+
+def _place_unnamed(write: Callable[[Any], None], target: Path) -> dict[str, Any]:
+    # An O_TMPFILE file has no name until it is linked, so a process killed mid-write leaves nothing behind.
+    fd = os.open(target.parent, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        digest = hashlib.sha256()
+
+        class _Hashing:
+            def write(self, data: bytes) -> int:
+                digest.update(data)
+                return f.write(data)
+
+        write(_Hashing())
+        f.flush()
+        os.fsync(f.fileno())
+        while True:
+            revision, candidate, there = _next_free(target, digest.hexdigest())
+            if there:
+                return {"path": str(candidate), "sha256": digest.hexdigest(), "written": False}
+            try:
+                # link() never replaces: a file that appeared meanwhile sends us to the next revision.
+                os.link(f"/proc/self/fd/{f.fileno()}", candidate, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            _fsync_dir(target.parent)
+            return {"path": str(candidate), "sha256": digest.hexdigest(), "written": True, "revision": revision}
+
+
+def _place_named(write: Callable[[Any], None], target: Path) -> dict[str, Any]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -59,19 +111,12 @@ def place_atomically(write: Callable[[Any], None], target: Path) -> dict[str, An
             f.flush()
             os.fsync(f.fileno())
         digest = _sha256(tmp)
-        revision, candidate = 1, target
-        while candidate.exists():
-            if _sha256(candidate) == digest:
-                tmp.unlink()
-                return {"path": str(candidate), "sha256": digest, "written": False}
-            revision += 1
-            candidate = target.with_name(f"{target.stem}.r{revision}{target.suffix}")
+        revision, candidate, there = _next_free(target, digest)
+        if there:
+            tmp.unlink()
+            return {"path": str(candidate), "sha256": digest, "written": False}
         os.rename(tmp, candidate)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(target.parent)
         return {"path": str(candidate), "sha256": digest, "written": True, "revision": revision}
     except BaseException:
         tmp.unlink(missing_ok=True)
