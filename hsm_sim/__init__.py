@@ -13,12 +13,12 @@ from typing import Any
 from hsm_sim.access import ROLES, Identity
 from hsm_sim.api import HsmApi
 from hsm_sim.errors import INVALID_INPUT, HsmError
-from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import COMMANDS, MAX_PAN_BATCH, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.pki import ClientTls
 
 __all__ = [
-    "COMMANDS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
+    "COMMANDS", "MAX_PAN_BATCH", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
     "TokenizedPan", "connect",
 ]
 
