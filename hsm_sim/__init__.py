@@ -15,11 +15,11 @@ from hsm_sim.api import HsmApi
 from hsm_sim.errors import INVALID_INPUT, HsmError
 from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
-from hsm_sim.pki import ClientTls
+from hsm_sim.pki import ClientTls, PkiError
 
 __all__ = [
     "COMMANDS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
-    "TokenizedPan", "connect",
+    "PkiError", "TokenizedPan", "connect",
 ]
 
 

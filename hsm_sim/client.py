@@ -10,10 +10,11 @@ from typing import Any
 
 from hsm_sim import errors as st
 from hsm_sim.errors import HsmError
+from hsm_sim.framing import FrameDecoder, FrameTooLarge
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
 from hsm_sim.hsm import CODE_OF, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
-from hsm_sim.protocol import ProtocolError, decode_answer, encode_request
+from hsm_sim.protocol import MAX_FRAME_BYTES, ProtocolError, decode_answer, encode_request
 
 
 READ_BYTES = 256 * 1024
@@ -81,14 +82,11 @@ class HsmClient:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         error = HsmError(st.CONNECTION_ERROR, f"connection to the HSM at {self.host}:{self.port} lost")
-        buffer = bytearray()
+        decoder = FrameDecoder(MAX_FRAME_BYTES)
         try:
             # Answers arrive many to a read when requests are pipelined: cut every complete frame per read.
             while chunk := await reader.read(READ_BYTES):
-                buffer += chunk
-                while len(buffer) >= 2 and len(buffer) >= 2 + (length := int.from_bytes(buffer[:2], "big")):
-                    payload = bytes(buffer[2 : 2 + length])
-                    del buffer[: 2 + length]
+                for payload in decoder.feed(chunk):
                     try:
                         tag, _, status, body = decode_answer(payload)
                     except ProtocolError:
@@ -96,6 +94,8 @@ class HsmClient:
                     future = self._pending.pop(tag, None)
                     if future is not None and not future.done():
                         future.set_result((status, body))
+        except FrameTooLarge as exc:
+            error = HsmError(st.FRAME_ERROR, f"the HSM at {self.host}:{self.port} sent an answer {exc}: connection closed")
         except ssl.SSLError as exc:
             # TLS 1.3 finishes the client's side of the handshake before the HSM has checked its
             # certificate: a refused certificate arrives as an alert on the first read.
