@@ -12,7 +12,7 @@ from hsm_sim import errors as st
 from hsm_sim.errors import HsmError
 from hsm_sim.framing import FrameDecoder, FrameTooLarge
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
-from hsm_sim.hsm import CODE_OF, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import CODE_OF, KEY_PAGE, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.protocol import MAX_FRAME_BYTES, ProtocolError, decode_answer, encode_request
 
@@ -128,27 +128,28 @@ class HsmClient:
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Send one host command and wait for its answer: the result as JSON, or HsmError."""
         code = CODE_OF[name]
-        async with self._slots:
-            writer = self._writer
-            if writer is None or writer.is_closing():
-                writer = await self._ensure_connected()
-            header = f"{next(self._headers) % 10_000:04d}"
-            while header in self._pending:
+        try:
+            # One deadline for the whole call: waiting for a free in-flight slot, connecting, the answer.
+            async with asyncio.timeout(self.timeout_s), self._slots:
+                writer = self._writer
+                if writer is None or writer.is_closing():
+                    writer = await self._ensure_connected()
                 header = f"{next(self._headers) % 10_000:04d}"
-            future: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
-            self._pending[header] = future
-            try:
-                async with asyncio.timeout(self.timeout_s):
+                while header in self._pending:
+                    header = f"{next(self._headers) % 10_000:04d}"
+                future: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+                self._pending[header] = future
+                try:
                     self._send(writer, encode_request(header, code, list(args), kwargs))
                     status, body = await future
-            except TimeoutError:
-                raise HsmError(st.TIMEOUT, f"{name}: no answer from the HSM within {self.timeout_s:g} s") from None
-            except (ConnectionError, OSError):
-                raise HsmError(st.CONNECTION_ERROR, f"{name}: connection to the HSM lost") from None
-            except ProtocolError as exc:
-                raise HsmError(exc.status, f"{name}: {exc}") from None
-            finally:
-                self._pending.pop(header, None)
+                finally:
+                    self._pending.pop(header, None)
+        except TimeoutError:
+            raise HsmError(st.TIMEOUT, f"{name}: no answer from the HSM within {self.timeout_s:g} s") from None
+        except (ConnectionError, OSError):
+            raise HsmError(st.CONNECTION_ERROR, f"{name}: connection to the HSM lost") from None
+        except ProtocolError as exc:
+            raise HsmError(exc.status, f"{name}: {exc}") from None
         if status == st.VERIFICATION_FAILED:
             return body.get("result", False)
         if status != st.OK:
@@ -179,8 +180,8 @@ class HsmClient:
     async def key_info(self, kcv: str) -> KeyInfo:
         return KeyInfo(**await self.call("key_info", kcv))
 
-    async def list_keys(self) -> list[KeyInfo]:
-        return [KeyInfo(**item) for item in await self.call("list_keys")]
+    async def list_keys(self, key_type: str | None = None, *, offset: int = 0, limit: int = KEY_PAGE) -> list[KeyInfo]:
+        return [KeyInfo(**item) for item in await self.call("list_keys", key_type, offset=offset, limit=limit)]
 
     async def generate_pin_verification(
         self,

@@ -98,11 +98,11 @@ def answer_code(code: str) -> str:
     return code[0] + chr(ord(code[1]) + 1) if len(code) == 2 else "ZZ"
 
 
-def encode_answer(header: str, code: str, status: str, body: dict[str, Any]) -> bytes:
-    """The answer frame; FrameTooLarge when it would be over MAX_FRAME_BYTES."""
+def encode_answer(header: str, code: str, status: str, body: dict[str, Any], max_len: int = MAX_FRAME_BYTES) -> bytes:
+    """The answer frame; FrameTooLarge when it would be over `max_len`."""
     raw = json.dumps(body, separators=(",", ":")).encode()
     payload = header.encode("ascii", "replace")[:HEADER_BYTES].ljust(HEADER_BYTES, b" ") + answer_code(code).encode("ascii", "replace") + status.encode() + raw
-    return encode_frame(payload, MAX_FRAME_BYTES)
+    return encode_frame(payload, max_len)
 
 
 def decode_answer(payload: bytes) -> tuple[str, str, str, dict[str, Any]]:

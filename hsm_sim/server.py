@@ -263,7 +263,7 @@ class _Connection(asyncio.Protocol):
             log.exception("%s: command %s failed", self.peer, command.code)
             status, body = st.INTERNAL_ERROR, {"error": f"command {command.code} failed inside the HSM"}
         try:
-            return encode_answer(command.header, command.code, status, body)
+            return encode_answer(command.header, command.code, status, body, self.limits.max_frame_bytes)
         except FrameTooLarge as exc:
             log.warning("%s: answer to %s is %s", self.peer, command.code, exc)
             why = f"the answer would be a {exc}; ask for less (list_keys takes offset and limit)"
