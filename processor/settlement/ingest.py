@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from hsm_sim import MAX_PAN_BATCH, HsmApi
+from hsm_sim import MAX_PAN_FINGERPRINTS, HsmApi
 from processor.errors import InvalidRequest
 from processor.iso8583.clearing import ClearingFileError, Presentment, read_presentments, scan_clearing_file
 from processor.iso8583.currency import alpha_for_numeric
@@ -364,10 +364,10 @@ def _chunks(rows: Iterator[tuple[int, Presentment, str]], size: int) -> Iterator
 
 
 async def _fingerprinted(hsm: HsmApi, chunk: list[tuple[int, Presentment, str]]) -> list[Record]:
-    """The chunk's records with their PANs' fingerprints: one HSM command per MAX_PAN_BATCH PANs."""
+    """The chunk's records with their PANs' fingerprints: as many PANs per HSM command as its answer holds."""
     pans = [p.pan for _, p, _ in chunk]
-    parts = await asyncio.gather(*(
-        hsm.fingerprint_pans(pans[i : i + MAX_PAN_BATCH]) for i in range(0, len(pans), MAX_PAN_BATCH)
-    ))
+    versions = len(await hsm.fingerprint_pan(pans[0]))
+    step = max(1, MAX_PAN_FINGERPRINTS // versions)
+    parts = await asyncio.gather(*(hsm.fingerprint_pans(pans[i : i + step]) for i in range(0, len(pans), step)))
     fingerprints = [tuple(fp for _, fp in one) for part in parts for one in part]
     return [Record(seq, p, checksum, fps) for (seq, p, checksum), fps in zip(chunk, fingerprints, strict=True)]

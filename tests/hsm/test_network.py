@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hsm_sim import MAX_PAN_BATCH, ClientTls, Hsm, HsmError, connect
+from hsm_sim import MAX_PAN_FINGERPRINTS, ClientTls, Hsm, HsmError, connect
 from hsm_sim.client import HsmClient
 from hsm_sim.crypto import pinblock
 from hsm_sim.crypto.des import tdes_ecb_encrypt
@@ -58,12 +58,13 @@ async def test_a_chunk_of_pans_is_fingerprinted_in_one_command_as_one_by_one(ser
     await local.generate_key("FPK")
     await local.rotate_tokenization_keys()  # two fingerprint key versions: each PAN gets both, newest first
     engine, operator = await client("engine-1"), await client("alice")
-    pans = [f"476173900101{i:04d}" for i in range(MAX_PAN_BATCH)]
+    most = MAX_PAN_FINGERPRINTS // 2
+    pans = [f"476173900101{i:04d}" for i in range(most)]
     batch = await engine.fingerprint_pans(pans)
     assert batch == [await local.fingerprint_pan(pan) for pan in pans]
-    assert [len(one) for one in batch] == [2] * MAX_PAN_BATCH
+    assert [len(one) for one in batch] == [2] * most
     for call, status in (
-        (lambda: engine.fingerprint_pans([*pans, PAN]), "15"),  # one more than a command takes
+        (lambda: engine.fingerprint_pans([*pans, PAN]), "15"),  # one more than an answer holds
         (lambda: engine.fingerprint_pans([]), "15"),
         (lambda: engine.fingerprint_pans([PAN, "4761abc"]), "15"),
         (lambda: operator.fingerprint_pans([PAN]), "17"),  # an operator may reveal one PAN, not look up cards
