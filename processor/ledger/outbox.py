@@ -60,6 +60,7 @@ class EventConsumer(Base):
 events = Event.__table__
 event_consumers = EventConsumer.__table__
 
+_INSERT_EVENTS = insert(events)  # built once: the hot path's driver compiles each statement once
 SCHEMA_VERSION = 1
 OUTBOX_LOCK = 0x6F757462  # "outb"
 READ_LIMIT_MAX = 1000
@@ -108,7 +109,7 @@ def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         return
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})")
-    conn.execute(insert(events), list(rows))
+    conn.execute(_INSERT_EVENTS, list(rows))
 
 
 # ------------------------------------------------------------------ card traffic
