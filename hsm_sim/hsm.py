@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import hmac
 import json
 import logging
@@ -64,6 +65,8 @@ class KeyCeremony:
 
 
 CEREMONY_TIMEOUT_S = 900
+KEY_PAGE = 50  # keys in one list_keys answer: about 10 KiB of JSON, under the protocol's frame limit
+FINGERPRINT_VERSIONS = 32  # fingerprint-key versions a look-up tries: a bounded answer however often keys rotate
 MAX_CEREMONIES = 16
 COMPONENTS_NEEDED = 2
 
@@ -376,8 +379,20 @@ class Hsm:
         return self.store.info(kcv)
 
     @command()
-    def list_keys(self) -> list[KeyInfo]:
-        return [k.info for k in self.store.keys.values()]
+    def list_keys(self, key_type: str | None = None, *, offset: int = 0, limit: int = KEY_PAGE) -> list[KeyInfo]:
+        """One page of key information (of one type, or all), in the order the keys were made.
+
+        A page is at most KEY_PAGE keys, so an answer fits a frame however many keys the store holds;
+        `all_keys` pages through them.
+        """
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise HsmError(st.INVALID_INPUT, "list_keys: offset must be a whole number from 0")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= KEY_PAGE:
+            raise HsmError(st.INVALID_INPUT, f"list_keys: limit must be 1 to {KEY_PAGE} (page with offset)")
+        infos = (k.info for k in self.store.keys.values())
+        if key_type is not None:
+            infos = (i for i in infos if i.key_type == key_type)
+        return list(itertools.islice(infos, offset, offset + limit))
 
     # ------------------------------------------------------------ PIN
 
@@ -674,9 +689,10 @@ class Hsm:
 
     @command()
     def fingerprint_pan(self, pan: str) -> list[tuple[int, str]]:
-        """The PAN's fingerprint under every fingerprint-key version, newest first (one look-up query)."""
+        """The PAN's fingerprint under the newest FINGERPRINT_VERSIONS fingerprint-key versions, newest
+        first (one look-up query); a vault re-sealed after each rotation needs only the newest."""
         out = []
-        for info in self.store.versions("FPK"):
+        for info in self.store.versions("FPK")[:FINGERPRINT_VERSIONS]:
             key, _ = self._key(info.kcv, ("FPK",), "fingerprint_pan", use=GENERATE)
             out.append((info.version, tokens.pan_fingerprint(key, pan)))
         if not out:
