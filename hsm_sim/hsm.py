@@ -168,6 +168,8 @@ class Hsm:
         self.audit = audit
         self._keys: dict[str, tuple[bytes, KeyInfo]] = {}  # KCV -> key and its authenticated header
         self._ipek_cache: dict[tuple[str, bytes], bytes] = {}
+        # A request's MAC, its PIN block and its answer's MAC share one transaction key, derived once.
+        self._transaction_keys = dukpt.TransactionKeys()
         self._ceremonies: dict[str, _Ceremony] = {}
         self._audit_extra: dict[str, str] = {}  # what the running command adds to its audit line
 
@@ -452,7 +454,7 @@ class Hsm:
         if ipek is None:
             ipek = dukpt.derive_ipek(bdk, raw_ksn)
             self._remember_ipek((info.kcv, base), ipek)
-        return _TDES_DUKPT_VARIANT[usage](dukpt.derive_transaction_key(ipek, raw_ksn))
+        return _TDES_DUKPT_VARIANT[usage](self._transaction_keys.get(info.kcv, ipek, raw_ksn))
 
     def _remember_ipek(self, key: tuple[str, bytes], value: bytes) -> None:
         """Initial keys per terminal, kept in HSM memory (bounded) so each PIN costs one derivation."""
@@ -639,7 +641,10 @@ class Hsm:
             if algorithm not in ("retail", "cmac"):
                 raise HsmError(st.INVALID_INPUT, f"{command_name}: unknown MAC algorithm {algorithm!r}")
             raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: a {info.algorithm} key makes {expected} MACs, not {algorithm}")
-        return mac.retail_mac(key, bytes(data)) if expected == "retail" else mac.aes_cmac(key, bytes(data))
+        if expected == "cmac":
+            return mac.aes_cmac(key, bytes(data))
+        # A DUKPT key serves one transaction: its key schedules are not worth keeping.
+        return mac.retail_mac(key, bytes(data), cache=info.key_type != "BDK")
 
     @command("key")
     def generate_mac(self, key: str, data: bytes, *, algorithm: str | None = None, ksn: str | None = None) -> str:
