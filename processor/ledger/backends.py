@@ -177,7 +177,10 @@ class PgLookupReader:
     async def open(cls, dsn: str, size: int) -> "PgLookupReader":
         import asyncpg
 
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10))
+        # Look-ups are single read-only statements that change no session state, so a connection goes back
+        # to the pool as it is: asyncpg's default reset would cost a round trip (RESET ALL ...) per look-up.
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10, reset=_keep_session)
+        return cls(pool)
 
     def _statement(self, query: Lookup[Any]) -> str:
         sql = self._sql.get(query)
@@ -192,6 +195,10 @@ class PgLookupReader:
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)
+
+
+async def _keep_session(_conn: Any) -> None:
+    """A look-up connection needs no reset on release (asyncpg still rolls back an open transaction)."""
 
 
 class SqliteWriter:
