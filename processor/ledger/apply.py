@@ -298,14 +298,16 @@ def _apply_together(
     changed = True
     while changed:
         changed = False
+        kept = []
         for op in candidates:
             claims = op.ksn_counter is not None and bool(op.terminal_id)
             if op.account_id in busy_accounts or (claims and op.terminal_id in busy_terminals):
-                candidates = [other for other in candidates if other is not op]
                 busy_accounts.add(op.account_id)
                 busy_terminals.add(op.terminal_id)
                 changed = True
-                break
+            else:
+                kept.append(op)
+        candidates = kept
     rounds: list[list[ops.AnyOp]] = []
     next_round: dict[Any, int] = {}
     for op in candidates:
