@@ -17,8 +17,11 @@ from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.pki import ClientTls
 
+# The key-store file's name in the working folder, for `hsm-sim` and for the processor's in-process HSM alike.
+DEFAULT_KEYSTORE = "hsm-keystore.json"
+
 __all__ = [
-    "COMMANDS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
+    "COMMANDS", "DEFAULT_KEYSTORE", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
     "TokenizedPan", "connect",
 ]
 
