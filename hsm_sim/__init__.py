@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from hsm_sim.access import ROLES, Identity
-from hsm_sim.api import HsmApi
+from hsm_sim.api import HsmApi, all_keys
 from hsm_sim.errors import INVALID_INPUT, HsmError
 from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
-from hsm_sim.pki import ClientTls
+from hsm_sim.pki import ClientTls, PkiError
 
 # The key-store file's name in the working folder, for `hsm-sim` and for the processor's in-process HSM alike.
 DEFAULT_KEYSTORE = "hsm-keystore.json"
 
 __all__ = [
-    "COMMANDS", "DEFAULT_KEYSTORE", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
-    "TokenizedPan", "connect",
+    "COMMANDS", "DEFAULT_KEYSTORE", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony",
+    "KeyInfo", "PkiError", "TokenizedPan", "all_keys", "connect",
 ]
 
 

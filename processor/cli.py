@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from processor import issuing, ledger
 from processor.commands import Runtime, amount_minor, count, listen_address, validity_years
@@ -20,6 +20,9 @@ from processor.errors import ConfigurationError, InvalidRequest, NotFound, Proce
 from processor.logs import quiet_library_deprecations
 from processor.iso8583.currency import format_amount
 from processor.output import print_result, progress
+
+if TYPE_CHECKING:
+    from hsm_sim import HsmApi
 
 
 log = logging.getLogger("processor.cli")
@@ -50,6 +53,22 @@ async def runtime(settings: Settings, hsm_role: str = "engine", *, hsm_name: str
             await hsm.close()
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def key_loader(rt: Runtime) -> AsyncIterator[HsmApi]:
+    """The HSM as the key-loading role, which alone receives terminals' initial keys from a networked HSM
+    (`key-loader.pem` in PROCESSOR_HSM_TLS_DIR); an HSM in this process is the one already open."""
+    from processor.config import open_hsm
+
+    if not rt.settings.hsm_url.startswith("tcps://"):
+        yield rt.hsm
+        return
+    loader = await open_hsm(rt.settings, "key-loader")
+    try:
+        yield loader
+    finally:
+        await loader.close()
 
 
 # ------------------------------------------------------------------ commands
@@ -281,18 +300,20 @@ async def cmd_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]
         await _bureau_ready(rt)
     keys = await rt.issuer_keys()
     with progress("provision") as report:
-        population = await issuing.provisioning.provision(
-            rt.store,
-            rt.hsm,
-            keys,
-            cardholders=args.cardholders,
-            terminals=args.terminals,
-            deposit_minor=deposit_minor,
-            currency=currency,
-            bin_prefix=await issuing.config.issuer_bin(rt.store),
-            label=args.label,
-            progress=report,
-        )
+        async with key_loader(rt) as loader:
+            population = await issuing.provisioning.provision(
+                rt.store,
+                rt.hsm,
+                keys,
+                cardholders=args.cardholders,
+                terminals=args.terminals,
+                deposit_minor=deposit_minor,
+                currency=currency,
+                bin_prefix=await issuing.config.issuer_bin(rt.store),
+                label=args.label,
+                key_loader=loader,
+                progress=report,
+            )
         result: dict[str, Any] = {"cards": population.cards, "terminals": population.terminals}
         if args.bureau_dir is not None:
             chips, wallets = [], []

@@ -28,6 +28,7 @@ from processor.auth.entry_modes import Proof
 from processor.auth.policy import Policy
 from processor.auth.reconciliation import reconcile
 from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
+from processor.issuing.controls import find_card_with_controls
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
 from processor.iso8583 import (
@@ -163,10 +164,11 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
         return
-    card = await issuing.cards.find_by_fingerprints(engine.store, fingerprints)
-    if card is None:
+    found_card = await find_card_with_controls(engine.store, fingerprints)
+    if found_card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
-    ctx.card = card
+    ctx.card, ctx.controls = found_card
+    ctx.controls_read = True
 
 
 _STATUS_CODES = {
@@ -344,7 +346,8 @@ async def check_controls(engine: "Engine", ctx: AuthContext) -> None:
     req, card = ctx.request, ctx.card
     if req.transaction_type in ("balance", "refund"):
         return
-    controls = await for_card(engine.store, card.token)
+    # Read with the card in the same request when it came by PAN; a wallet token's card is read here.
+    controls = ctx.controls if ctx.controls_read else await for_card(engine.store, card.token)
     if controls is None:
         return
     refusal = evaluate(

@@ -51,12 +51,12 @@ async def open_account(
 ) -> int:
     """A customer account, with its opening deposit in the same transaction; the funding and clearing accounts
     of `currency` are created when missing."""
-    return await store.run_write(_open_account, cardholder_id, kind, currency, deposit_minor, reference)
+    return await store.run_write(add_account, cardholder_id, kind, currency, deposit_minor, reference)
 
 
 async def deposit(store: StoreInterface, account_id: int, amount_minor: int, *, reference: str) -> int:
     """Move `amount_minor` from the currency's funding account to the account; returns the journal entry id."""
-    return await store.run_write(_deposit, account_id, amount_minor, reference)
+    return await store.run_write(post_deposit, account_id, amount_minor, reference)
 
 
 async def transfer(
@@ -135,9 +135,10 @@ def lock_accounts(conn: Connection, *account_ids: int) -> None:
         )
 
 
-def _open_account(
+def add_account(
     conn: Connection, cardholder_id: int, kind: str, currency: str, deposit_minor: int = 0, reference: str = "opening deposit"
 ) -> int:
+    """`open_account` inside the caller's transaction: the new account's id."""
     if deposit_minor < 0:
         raise StoreError(f"an opening deposit cannot be negative, got {deposit_minor}")
     if kind not in CUSTOMER_KINDS:
@@ -151,7 +152,7 @@ def _open_account(
     internal_account(conn, state, "clearing", currency)
     account_id = insert_account(conn, cardholder_id, kind, None, currency, state.now)
     if deposit_minor:
-        _deposit(conn, account_id, deposit_minor, reference)
+        post_deposit(conn, account_id, deposit_minor, reference)
     return account_id
 
 
@@ -192,7 +193,8 @@ def _take(conn: Connection, account_id: int, amount_minor: int, what: str) -> No
         )
 
 
-def _deposit(conn: Connection, account_id: int, amount_minor: int, reference: str) -> int:
+def post_deposit(conn: Connection, account_id: int, amount_minor: int, reference: str) -> int:
+    """`deposit` inside the caller's transaction: the journal entry id."""
     _positive(amount_minor, "deposit")
     account = customer_account(conn, account_id)
     if account.status == "closed":
