@@ -11,9 +11,10 @@ import sys
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from hsm_sim import DEFAULT_KEYSTORE
+from hsm_sim.arguments import Parser, count, port, positive
 
 DEFAULT_PORT = 1500
 
@@ -33,31 +34,6 @@ def _keystore(args: argparse.Namespace) -> str:
     if not folder.is_dir():
         raise ValueError(f"key store {path}: the folder {folder} does not exist; create it or give another --keystore")
     return path
-
-
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 0 (any free one) to 65535."""
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return int(text)
-
-
-def _positive(text: str) -> float:
-    """An argparse type: a number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
 
 
 def _plain(value: Any) -> Any:
@@ -143,14 +119,8 @@ def _audit(args: argparse.Namespace) -> list[dict[str, Any]]:
     return list(collections.deque(records, maxlen=args.limit)) if args.limit else list(records)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """A usage mistake in one line (the usage is one --help away)."""
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hsm-sim", description="A software payment HSM.")
+    parser = Parser(prog="hsm-sim", description="A software payment HSM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ca = sub.add_parser("ca", help="the deployment's CA: certificates for the HSM and its clients").add_subparsers(
@@ -159,12 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ca.add_parser("init", help="create the CA, the HSM's server certificate and an empty revocation list in DIR")
     p.add_argument("dir", help="the CA's folder")
     p.add_argument("--host", action="append", help="a host name or address the HSM serves (repeat; default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--days", type=_count, default=3650, help="validity of the CA and server certificates (default 3650)")
+    p.add_argument("--days", type=count, default=3650, help="validity of the CA and server certificates (default 3650)")
     p = ca.add_parser("issue", help="a client certificate: DIR/NAME.pem and DIR/NAME.key")
     p.add_argument("dir", help="the CA's folder")
     p.add_argument("--role", required=True, help="engine, issuer, operator, custodian or key-loader")
     p.add_argument("--name", required=True, help="who holds it (letters, digits, '.', '-', '_')")
-    p.add_argument("--days", type=_count, default=365, help="validity (default 365)")
+    p.add_argument("--days", type=count, default=365, help="validity (default 365)")
     p = ca.add_parser("revoke", help="revoke a client's certificate; a running hsm-sim serve refuses it within a second")
     p.add_argument("dir", help="the CA's folder")
     p.add_argument("who", help="the certificate's name or serial (hex)")
@@ -175,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the host commands over mutual TLS")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument("--keystore", help=f"key-store file (default: HSM_KEYSTORE or ./{DEFAULT_KEYSTORE})")
     p.add_argument("--tls", default=os.environ.get("HSM_TLS_DIR"), help="the CA folder of `hsm-sim ca init` (default: HSM_TLS_DIR)")
 
@@ -197,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = sub.add_parser("bench", help="operations per second: in process, over TCP, over mutual TLS")
-    p.add_argument("--seconds", type=_positive, default=1.0, help="length of one round (default 1.0)")
-    p.add_argument("--rounds", type=_count, default=3, help="rounds per case; the median is reported (default 3)")
-    p.add_argument("--in-flight", type=_count, default=256, help="requests in flight over the network (default 256)")
+    p.add_argument("--seconds", type=positive, default=1.0, help="length of one round (default 1.0)")
+    p.add_argument("--rounds", type=count, default=3, help="rounds per case; the median is reported (default 3)")
+    p.add_argument("--in-flight", type=count, default=256, help="requests in flight over the network (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_command", required=True)

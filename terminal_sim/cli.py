@@ -11,8 +11,9 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from hsm_sim.arguments import Parser, count, host_port, port, positive
 from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
 from terminal_sim.load_report import ProgressDisplay, print_summary
 from terminal_sim.journal import TerminalBatch
@@ -26,37 +27,6 @@ def _quiet_library_deprecations() -> None:
     from cryptography.utils import CryptographyDeprecationWarning
 
     warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 1 to 65535, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
-    return int(text)
-
-
-def _positive(text: str) -> float:
-    """An argparse type: a finite number above 0 (seconds, a rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
 
 
 async def _processor_json(args: argparse.Namespace, *command: str, timeout_s: float) -> dict[str, Any]:
@@ -465,14 +435,8 @@ async def _network(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """A usage mistake in one line (the usage is one --help away)."""
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
+    parser = Parser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "load",
@@ -481,15 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(percentiles to p99.99, histogram) and answers by kind. Exit 0 when every answer is one its kind expects "
         "(see --expect), nothing timed out and every batch closed in balance; 1 otherwise; 2 on a usage error.",
     )
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
+    p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
     _mqtt_option(p)
     p.add_argument("--broker-dir", help="with --mqtt: the processor's broker folder, to create the terminals' "
                    "broker accounts (same machine)")
-    p.add_argument("--retry-after", type=_positive, default=1.0,
+    p.add_argument("--retry-after", type=positive, default=1.0,
                    help="with --mqtt: seconds before an unanswered request is published again (an engine may have died) (default 1)")
-    p.add_argument("--connections", type=_count, default=32, help="terminal connections at once (default 32)")
-    p.add_argument("--seconds", type=_positive, default=10.0, help="length of the run (default 10)")
-    p.add_argument("--rate", type=_positive, help="fixed overall request rate per second (default: as fast as answered)")
+    p.add_argument("--connections", type=count, default=32, help="terminal connections at once (default 32)")
+    p.add_argument("--seconds", type=positive, default=10.0, help="length of the run (default 10)")
+    p.add_argument("--rate", type=positive, help="fixed overall request rate per second (default: as fast as answered)")
     p.add_argument(
         "--mix",
         help="weights, e.g. purchase=60,pin=15,manual=10,preauth=5,balance=5,refund=5,chip=20,contactless=20,wallet=10 "
@@ -497,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cards", help="JSON list of cards as `processor card issue --json` prints them (with a pin key)")
     p.add_argument("--terminals", help="JSON list of terminals as `processor terminal add --json` prints them")
-    p.add_argument("--provision", type=_count, metavar="N",
+    p.add_argument("--provision", type=count, metavar="N",
                    help="first issue this many funded cards (and terminals) with `processor provision`")
     p.add_argument("--bureau-dir", help="bureau records (card-ID.json) of the --cards, for the chip kinds; "
                    "with --provision, where the new records go (default: a temporary folder)")
@@ -505,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
     p.add_argument("--db", help="processor database URL for --provision (default: PROCESSOR_DB_URL)")
     p.add_argument("--hsm", help="processor HSM URL for --provision (default: PROCESSOR_HSM_URL)")
-    p.add_argument("--timeout", type=_positive, default=5.0, help="seconds before an unanswered request is reversed (default 5)")
+    p.add_argument("--timeout", type=positive, default=5.0, help="seconds before an unanswered request is reversed (default 5)")
     p.add_argument("--seed", type=int, help="random seed for a repeatable mix")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -534,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("T=0", "T=1"),
                    help="transmission protocol the ATR offers and the card speaks (default: T=0 contact, T=1 contactless)")
     p.add_argument("--host", default="127.0.0.1", help="vpcd driver address (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=35963, help="vpcd driver port (default 35963)")
+    p.add_argument("--port", type=port, default=35963, help="vpcd driver port (default 35963)")
     p.set_defaults(func=_card)
 
     for name, interface, text in (
@@ -542,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("nfc", "contactless", "one contactless tap of the card in a PC/SC reader (exit 0 approved, 1 declined)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
+        p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
         _mqtt_option(p)
         p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name (default: Virtual PCD 00 00)")
         p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
@@ -555,33 +519,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
         p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization (default 0200)")
         p.add_argument("--processing-code", default="000000", help="DE 3 (default 000000: purchase)")
-        p.add_argument("--timeout", type=_positive, default=5.0, help="seconds before an unanswered request is reversed (default 5)")
-        p.add_argument("--card-timeout", type=_positive, default=10.0, help="seconds to wait for a card in the reader (default 10)")
+        p.add_argument("--timeout", type=positive, default=5.0, help="seconds before an unanswered request is reversed (default 5)")
+        p.add_argument("--card-timeout", type=positive, default=10.0, help="seconds to wait for a card in the reader (default 10)")
         p.add_argument("--json", action="store_true", help="print the result as one JSON document")
         p.set_defaults(func=_pos)
 
     p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
+    p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
     p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer (default 400001)")
     p.add_argument("--cards", required=True, help="JSON list of cards as `processor card issue --json` prints them")
     p.add_argument("--merchants", type=int, default=3, choices=range(1, 5), metavar="1-4",
                    help="merchants behind the connection (default 3)")
-    p.add_argument("--transactions", type=_count, default=20, help="authorizations to send (default 20)")
+    p.add_argument("--transactions", type=count, default=20, help="authorizations to send (default 20)")
     p.add_argument("--clearing-file", required=True, help="where the end-of-day clearing file goes (0600)")
     p.add_argument("--file-id", help="the file's id (default: acquirer, date and a random suffix)")
     p.add_argument("--date", help="the network's business date in the file header (default today)")
     p.add_argument("--scenarios", action="store_true", help="add over-tolerance, unauthorized, duplicate and refund presentments")
     p.add_argument("--seed", type=int, default=7, help="random seed of the day (default 7)")
-    p.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait for each answer (default 5)")
+    p.add_argument("--timeout", type=positive, default=5.0, help="seconds to wait for each answer (default 5)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=_network)
 
     p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
+    p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
     _mqtt_option(p)
     p.add_argument("--terminal", required=True, help="terminal JSON file, as for `pos` (its batch is kept in FILE.ID.state)")
     p.add_argument("--terminal-id", help="which terminal when the file lists several")
-    p.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait for the answer (the 0500 is sent again) (default 5)")
+    p.add_argument("--timeout", type=positive, default=5.0, help="seconds to wait for the answer (the 0500 is sent again) (default 5)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.set_defaults(func=_close_batch)
     return parser
