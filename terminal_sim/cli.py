@@ -296,7 +296,7 @@ def _state_path(path: str, terminal_id: str) -> Path:
 
 def _save_counter(terminal: PosTerminal, state: Path) -> None:
     """Write the terminal's DUKPT counter into its state file, keeping whatever else `pos` keeps there."""
-    from terminal_sim.files import write_private
+    from hsm_sim.files import write_private
 
     saved = json.loads(state.read_text(encoding="utf-8")) if state.exists() else {}
     saved["dukpt_counter"] = max(terminal.dukpt_counter, int(saved.get("dukpt_counter", 0)))
@@ -304,7 +304,7 @@ def _save_counter(terminal: PosTerminal, state: Path) -> None:
 
 
 def _save_terminal(terminal: PosTerminal, state: Path) -> None:
-    from terminal_sim.files import write_private
+    from hsm_sim.files import write_private
 
     next_stan = int(terminal.next_stan())  # the first STAN not yet sent
     saved = {"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan, "batch": terminal.batch.as_state()}
