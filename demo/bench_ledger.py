@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--pg-writers", type=int, default=4, help="writer connections on PostgreSQL")
+    parser.add_argument("--pg-writers", type=int, default=2, help="writer connections on PostgreSQL")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--op", choices=["hold", "debit"], default="hold", help="PlaceHold (0100) or Debit (0200)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")

@@ -298,14 +298,16 @@ def _apply_together(
     changed = True
     while changed:
         changed = False
+        kept = []
         for op in candidates:
             claims = op.ksn_counter is not None and bool(op.terminal_id)
             if op.account_id in busy_accounts or (claims and op.terminal_id in busy_terminals):
-                candidates = [other for other in candidates if other is not op]
                 busy_accounts.add(op.account_id)
                 busy_terminals.add(op.terminal_id)
                 changed = True
-                break
+            else:
+                kept.append(op)
+        candidates = kept
     rounds: list[list[ops.AnyOp]] = []
     next_round: dict[Any, int] = {}
     for op in candidates:
@@ -322,7 +324,8 @@ def _apply_together(
         return {}
     done: dict[int, ops.Decline | tuple[Take, int | None]] = {}
     for ops_in_round in rounds:
-        claims = [op for op in ops_in_round if op.ksn_counter is not None and op.terminal_id]
+        # (in terminal order, like the accounts in id order: two batches meet their rows in one order)
+        claims = sorted((op for op in ops_in_round if op.ksn_counter is not None and op.terminal_id), key=lambda o: o.terminal_id)
         claimed: set[str] = set()
         if claims:
             params = {"tids": [op.terminal_id for op in claims], "counters": [op.ksn_counter for op in claims]}
