@@ -12,22 +12,40 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from processor.iso8583 import FrameDecoder, FrameTooLarge, encode_frame
 
 log = logging.getLogger("processor.transport.tcp")
 
-Handler = Callable[[bytes], Awaitable[bytes | None]]
+# handler(payload, session=connection): the engine marks the session authenticated once one of its
+# messages carried a MAC that verified (`Session.authenticated`).
+Handler = Callable[..., Awaitable[bytes | None]]
+
+
+class Session(Protocol):
+    """What the engine may tell the transport about a connection."""
+
+    authenticated: bool
 
 
 @dataclass(frozen=True, slots=True)
 class TcpLimits:
-    """Bounds of the TCP server; the defaults suit a few hundred terminals per engine process."""
+    """Bounds of the TCP server; the defaults suit a few hundred terminals per engine process.
+
+    Idle sockets cannot lock terminals out: a connection must authenticate (send a message whose MAC
+    verifies) within `unauthenticated_timeout_s`; one address holds at most `max_connections_per_peer`;
+    and when a limit is reached, the idle connection that least deserves its place (unauthenticated
+    first, then the longest idle) is closed to make room. Only when every connection has a request in
+    flight is a new one refused.
+    """
 
     max_frame_bytes: int = 8192
     max_connections: int = 512
+    max_connections_per_peer: int = 128
     max_in_flight_per_connection: int = 64
     idle_timeout_s: float = 300.0
+    unauthenticated_timeout_s: float = 10.0
     frame_timeout_s: float = 5.0
     handler_timeout_s: float = 10.0
     write_buffer_high_bytes: int = 256 * 1024
@@ -45,7 +63,11 @@ class _Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_timer: asyncio.TimerHandle | None = None
         self.frame_timer: asyncio.TimerHandle | None = None
+        self.auth_timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.host = "-"
+        self.authenticated = False  # set by the engine once a message of this connection authenticated
+        self.last_active = 0.0
 
     # ------------------------------------------------------------ protocol callbacks
 
@@ -53,20 +75,39 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         info = transport.get_extra_info("peername")
         self.peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
-        if len(self.server.connections) >= self.limits.max_connections:
-            self.server.stats["refused"] += 1
-            log.warning("connection limit %d reached: refusing %s", self.limits.max_connections, self.peer)
-            self.closed = True
-            transport.close()
+        self.host = str(info[0]) if isinstance(info, tuple) else str(info)
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        server, limits = self.server, self.limits
+        same_peer = server.peers.get(self.host, set())
+        if len(same_peer) >= limits.max_connections_per_peer and not server.evict(
+            same_peer, f"{self.host} holds {len(same_peer)} connections (limit {limits.max_connections_per_peer})"
+        ):
+            self._refuse(f"{self.host} already holds {len(same_peer)} busy connections")
             return
-        self.server.connections.add(self)
-        self.server.stats["connections"] += 1
-        transport.set_write_buffer_limits(high=self.limits.write_buffer_high_bytes)
+        if len(server.connections) >= limits.max_connections and not server.evict(
+            server.connections, f"connection limit {limits.max_connections} reached"
+        ):
+            self._refuse(f"connection limit {limits.max_connections} reached and every connection is busy")
+            return
+        server.connections.add(self)
+        server.peers.setdefault(self.host, set()).add(self)
+        server.stats["connections"] += 1
+        transport.set_write_buffer_limits(high=limits.write_buffer_high_bytes)
         self._arm_idle()
+        self.auth_timer = loop.call_later(limits.unauthenticated_timeout_s, self._auth_deadline)
+
+    def _refuse(self, why: str) -> None:
+        self.server.stats["refused"] += 1
+        log.warning("refusing %s: %s", self.peer, why)
+        self.closed = True
+        assert self.transport is not None
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.last_active = asyncio.get_running_loop().time()
         self._arm_idle()
         try:
             frames = list(self.decoder.feed(data))
@@ -87,8 +128,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._forget()
+
+    def _forget(self) -> None:
+        """Give this connection's places back (at once, even before the socket has finished closing)."""
         self.server.connections.discard(self)
-        for timer in (self.idle_timer, self.frame_timer):
+        same_peer = self.server.peers.get(self.host)
+        if same_peer is not None:
+            same_peer.discard(self)
+            if not same_peer:
+                del self.server.peers[self.host]
+        for timer in (self.idle_timer, self.frame_timer, self.auth_timer):
             if timer is not None:
                 timer.cancel()
 
@@ -121,7 +171,7 @@ class _Connection(asyncio.Protocol):
     async def _answer(self, payload: bytes) -> None:
         try:
             async with asyncio.timeout(self.limits.handler_timeout_s):
-                answer = await self.server.handler(payload)
+                answer = await self.server.handler(payload, session=self)
         except TimeoutError:
             log.error("%s: request not answered within %.1f s", self.peer, self.limits.handler_timeout_s)
             return
@@ -155,6 +205,20 @@ class _Connection(asyncio.Protocol):
         log.info("%s idle for %.0f s: closing", self.peer, self.limits.idle_timeout_s)
         self.close()
 
+    def _auth_deadline(self) -> None:
+        self.auth_timer = None
+        if self.authenticated or self.closed:
+            return
+        if self.tasks:
+            # Its first request is still being answered (a slow HSM): judge it by that answer.
+            self.auth_timer = asyncio.get_running_loop().call_later(1.0, self._auth_deadline)
+            return
+        self.server.stats["unauthenticated"] += 1
+        log.warning(
+            "%s sent no authenticated message within %.1f s: closing", self.peer, self.limits.unauthenticated_timeout_s
+        )
+        self.close()
+
     def _frame_stalled(self) -> None:
         self.frame_timer = None
         self.server.stats["bad_frames"] += 1
@@ -168,6 +232,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._forget()
         if self.transport is not None:
             self.transport.close()
 
@@ -185,7 +250,25 @@ class TcpServer:
         self.limits = limits or TcpLimits()
         self._server: asyncio.base_events.Server | None = None
         self.connections: set[_Connection] = set()
-        self.stats = {"connections": 0, "refused": 0, "frames": 0, "answers": 0, "bad_frames": 0}
+        self.peers: dict[str, set[_Connection]] = {}
+        self.stats = {
+            "connections": 0, "refused": 0, "evicted": 0, "unauthenticated": 0, "frames": 0, "answers": 0, "bad_frames": 0,
+        }
+
+    def evict(self, candidates: set[_Connection], why: str) -> bool:
+        """Close the idle connection among `candidates` that least deserves its place; False when all are busy.
+
+        Unauthenticated connections go first, then the one idle the longest: a flood of idle sockets makes
+        room for the terminal that comes next instead of locking it out.
+        """
+        idle = [c for c in candidates if not c.tasks and not c.closed]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.authenticated, c.last_active))
+        self.stats["evicted"] += 1
+        log.warning("%s: closing idle %s%s to make room", why, "" if victim.authenticated else "unauthenticated ", victim.peer)
+        victim.close()
+        return True
 
     @property
     def port(self) -> int:
