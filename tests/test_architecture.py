@@ -134,9 +134,9 @@ def test_processor_packages_depend_one_way() -> None:
 def test_the_three_programs_and_the_harness_import_only_what_they_may() -> None:
     graph = import_graph(["processor", "hsm_sim", "terminal_sim", "demo"])
     imports = {(source, target) for source, targets in graph.items() for target in targets}
-    # The processor reaches the HSM through its client API only (and the client's certificates, for the
-    # error they raise), never the terminals or the harness.
-    client_api = {"hsm_sim", "hsm_sim.pki"}
+    # The processor reaches the HSM through its client API only (the package, and the framing that the
+    # HSM's protocol and the processor's ISO 8583 link share), never the terminals or the harness.
+    client_api = {"hsm_sim", "hsm_sim.framing"}
     assert {t for s, t in imports if s.startswith("processor") and not t.startswith("processor")} <= client_api
     # The HSM is a program of its own.
     assert not {t for s, t in imports if s.startswith("hsm_sim") and not t.startswith("hsm_sim")}
@@ -151,3 +151,27 @@ def test_the_three_programs_and_the_harness_import_only_what_they_may() -> None:
 
 def test_terminal_sim_has_no_import_cycle() -> None:
     assert cycles(import_graph(["terminal_sim"])) == []
+
+
+def private_imports(packages: Iterable[str], root: Path = ROOT) -> list[str]:
+    """`from our.module import _name` anywhere in `packages`: a private name used outside its module."""
+    modules = _modules(packages, root)
+    found = []
+    for name, path in sorted(modules.items()):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level and node.module.split(".")[0] in packages:
+                found += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    assert private_imports(["processor"]) == []
+
+
+def test_the_private_import_finder_sees_one(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("def _put(conn):\n    pass\n")
+    (tmp_path / "pkg" / "b.py").write_text("def f():\n    from pkg.a import _put as put\n    put(None)\n")
+    assert private_imports(["pkg"], tmp_path) == ["pkg.b: from pkg.a import _put"]

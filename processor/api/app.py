@@ -399,10 +399,10 @@ def _name_of(conn: Any, cardholder_id: int) -> str:
 
 def _set_limits(conn: Any, daily_limit_minor: int, daily_count: int) -> tuple[int, dict[str, Any]]:
     from processor.api.payments import DAILY_COUNT_CONFIG, DAILY_LIMIT_CONFIG
-    from processor.issuing.config import _put as put_config
+    from processor.issuing.config import set_value
 
-    put_config(conn, DAILY_LIMIT_CONFIG, str(daily_limit_minor))
-    put_config(conn, DAILY_COUNT_CONFIG, str(daily_count))
+    set_value(conn, DAILY_LIMIT_CONFIG, str(daily_limit_minor))
+    set_value(conn, DAILY_COUNT_CONFIG, str(daily_count))
     return 200, {"daily_limit_minor": daily_limit_minor, "daily_count": daily_count}
 
 
@@ -419,11 +419,11 @@ def _open_savings(conn: Any, me: int, product: str) -> tuple[int, dict[str, Any]
 
 
 def _enroll(conn: Any, name: str, handle: str, currency: str, password_hash: str) -> tuple[int, dict[str, Any]]:
-    from processor.issuing.cardholders import _create as create_cardholder
-    from processor.ledger.accounts import _open_account as open_account
+    from processor.issuing.cardholders import add_cardholder
+    from processor.ledger.accounts import add_account
 
-    cardholder_id = create_cardholder(conn, name, handle)
-    account_id = open_account(conn, cardholder_id, "checking", currency)
+    cardholder_id = add_cardholder(conn, name, handle)
+    account_id = add_account(conn, cardholder_id, "checking", currency)
     security.set_password(conn, cardholder_id, password_hash)
     return 201, {"id": cardholder_id, "name": name, "handle": handle, "account_id": account_id}
 
@@ -436,10 +436,10 @@ def _set_password(conn: Any, cardholder_id: int, password_hash: str) -> tuple[in
 def _deposit(conn: Any, account_id: int, amount_minor: int) -> tuple[int, dict[str, Any]]:
     from sqlalchemy import select
 
-    from processor.ledger.accounts import _deposit as deposit
+    from processor.ledger.accounts import post_deposit
     from processor.ledger.models import accounts
 
-    deposit(conn, account_id, amount_minor, "deposit by an operator")
+    post_deposit(conn, account_id, amount_minor, "deposit by an operator")
     owner = conn.execute(select(accounts.c.cardholder_id).where(accounts.c.id == account_id)).scalar()
     return 201, views.own_account(conn, owner, account_id)
 

@@ -12,7 +12,7 @@ from processor.api import idempotency as idem
 from processor.api.errors import ApiError
 from processor.api.views import card_json, own_card_row
 from processor.issuing.cards import change_status
-from processor.tokenization.tokens import _repoint as repoint_tokens
+from processor.tokenization.tokens import repoint_tokens
 from processor.ledger.models import cards, utcnow
 
 c = cards.c

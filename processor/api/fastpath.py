@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
-from processor.api.payments import Transfer
+from processor.api.payments import REVOKED, Transfer
+from processor.api.security import token_hash
 from processor.api.schemas import NewPayment
 from processor.api.threads import normalize_handle
 from processor.ledger.errors import StoreBusy, StoreClosed
@@ -55,7 +56,7 @@ class PaymentsFastPath:
 
     async def _pay(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any], dict[str, str]]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        principal = await self._caller(headers.get("authorization"))
+        principal, hashed = await self._caller(headers.get("authorization"))
         raw = await _read_body(receive)
         try:
             body = NewPayment.model_validate_json(raw or b"null")
@@ -67,21 +68,24 @@ class PaymentsFastPath:
         payload = body.model_dump(mode="json")
         transfer = Transfer(kind="p2p", payer_id=principal.id, principal=principal.key, idem_key=key,
                             rhash=idem.request_hash("POST", PATH, payload), amount_minor=body.amount_minor,
-                            currency=body.currency, note=body.note, payee_handle=normalize_handle(body.to))
+                            currency=body.currency, note=body.note, payee_handle=normalize_handle(body.to), token_hash=hashed)
         answer = await self.service.desk.submit(transfer)
+        if answer.status == REVOKED.status:
+            return answer.status, answer.body, REVOKED.headers
         return answer.status, answer.body, ({"Idempotent-Replayed": "true"} if answer.replayed else {})
 
-    async def _caller(self, authorization: str | None) -> Any:
+    async def _caller(self, authorization: str | None) -> tuple[Any, str]:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > 200:
             raise ApiError("unauthenticated", "send Authorization: Bearer <access token>", headers={"WWW-Authenticate": "Bearer"})
-        principal = await self.service.principal(token.strip())
+        token = token.strip()
+        principal = await self.service.principal(token, checked_in_write=True)
         if principal is None:
             raise ApiError("unauthenticated", "unknown, expired or revoked token; refresh or sign in again",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if principal.role != "cardholder":
             raise ApiError("forbidden", "this route is for cardholders")
-        return principal
+        return principal, token_hash(token)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, updat
 from processor.issuing import config
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
-from processor.api.models import conversation_items, p2p_daily, payment_requests
+from processor.api.models import conversation_items, p2p_daily, payment_requests, tokens
 from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
@@ -83,6 +83,9 @@ class Transfer:
     request_id: int | None = None
     from_account_id: int | None = None
     to_account_id: int | None = None
+    # The caller's access token (its SHA-256): checked live in the batch's own transaction, so a sign-out or
+    # revocation committed by any process refuses the payment at once.
+    token_hash: str | None = None
 
 
 def check_amount(amount_minor: int, currency: str) -> None:
@@ -121,6 +124,12 @@ _CHECKINGS = (
 )
 _ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
 _STATUSES = select(a.id, a.status).where(a.id.in_(bindparam("ids", expanding=True)))
+_LIVE_TOKENS = select(tokens.c.token_hash).where(
+    tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), tokens.c.kind == "access",
+    tokens.c.revoked_at.is_(None), tokens.c.expires_at > bindparam("now"),
+)
+REVOKED = ApiError("unauthenticated", "unknown, expired or revoked token; refresh or sign in again",
+                   headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 @dataclass(slots=True)
@@ -204,6 +213,8 @@ def _load(conn: Connection, batch: Sequence[Transfer], now: dt.datetime, limits:
 def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits) -> list[idem.Answer]:
     """Apply `batch` in order inside the caller's transaction; the answers hold once it commits."""
     now = utcnow()
+    hashes = sorted({t.token_hash for t in batch if t.token_hash is not None})
+    live = set(conn.execute(_LIVE_TOKENS, {"hashes": hashes, "now": now}).scalars()) if hashes else set()
     stored = idem.stored_many(conn, list({(t.principal, t.idem_key) for t in batch}))
     b = _load(conn, batch, now, limits)
     answers: list[idem.Answer | _Moved | _Replay | _SamePayment] = []
@@ -211,6 +222,9 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
     moved: list[_Moved] = []
     for t in batch:
         k = (t.principal, t.idem_key)
+        if t.token_hash is not None and t.token_hash not in live:
+            answers.append(idem.Answer(REVOKED.status, REVOKED.body()))  # not recorded: the key stays unused
+            continue
         try:
             if k in fresh:
                 rhash, first = fresh[k]

@@ -219,9 +219,12 @@ def create_operator(conn: Connection, name: str) -> tuple[int, str]:
 
 
 class TokenCache:
-    """Recently seen access tokens, so most requests cost no store read; bounded in size and in age."""
+    """Who each recently seen access token names (that never changes), bounded in size and age.
 
-    def __init__(self, ttl_s: float = 2.0, max_entries: int = 50_000) -> None:
+    Not whether it is still live: a caller that uses it checks revocation in its own transaction.
+    """
+
+    def __init__(self, ttl_s: float = ACCESS_TTL.total_seconds(), max_entries: int = 50_000) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[float, Principal, dt.datetime]] = {}

@@ -48,16 +48,23 @@ class ApiService:
 
     # ------------------------------------------------------------------ callers
 
-    async def principal(self, token: str) -> security.Principal | None:
+    async def principal(self, token: str, *, checked_in_write: bool = False) -> security.Principal | None:
+        """The caller behind a bearer token, or None when it is unknown, expired or revoked.
+
+        Revocation counts at once, in every process: the token is read from the store on each request, except
+        when `checked_in_write` says the request's own write transaction checks it again (the transfer desk
+        does); then who the token names comes from the cache, since that never changes.
+        """
         hashed = security.token_hash(token)
         now = utcnow()
         if token.startswith(security.OPERATOR_PREFIX):
             return await self.store.run_query(security.principal_for_operator_key, hashed)
         if not token.startswith(security.ACCESS_PREFIX):
             return None
-        hit = self.tokens.get(hashed, now)
-        if hit is not None:
-            return hit
+        if checked_in_write:
+            hit = self.tokens.get(hashed, now)
+            if hit is not None:
+                return hit
         found = await self.store.run_query(security.principal_for_token, hashed, now)
         if found is None:
             return None

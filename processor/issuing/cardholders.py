@@ -21,14 +21,15 @@ class CardholderRecord:
 
 async def create(store: StoreInterface, name: str, handle: str) -> int:
     """A new cardholder; refused when the handle is taken."""
-    return await store.run_write(_create, name, handle)
+    return await store.run_write(add_cardholder, name, handle)
 
 
 async def find_by_handle(store: StoreInterface, handle: str) -> CardholderRecord | None:
     return await store.run_query(_find_by_handle, handle)
 
 
-def _create(conn: Connection, name: str, handle: str) -> int:
+def add_cardholder(conn: Connection, name: str, handle: str) -> int:
+    """`create` inside the caller's transaction: the new cardholder's id."""
     if not handle or not name:
         raise StoreError("cardholder needs a name and a handle")
     if conn.execute(select(cardholders.c.id).where(cardholders.c.handle == handle)).first() is not None:

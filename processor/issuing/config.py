@@ -23,7 +23,7 @@ async def get(store: StoreInterface, key: str) -> str | None:
 
 async def put(store: StoreInterface, key: str, value: str) -> None:
     """Set `key` to `value` (insert or replace)."""
-    await store.run_write(_put, key, value)
+    await store.run_write(set_value, key, value)
 
 
 async def issuer_bin(store: StoreInterface) -> str:
@@ -35,7 +35,8 @@ def _get(conn: Connection, key: str) -> str | None:
     return conn.execute(select(config.c.value).where(config.c.key == key)).scalar()
 
 
-def _put(conn: Connection, key: str, value: str) -> None:
+def set_value(conn: Connection, key: str, value: str) -> None:
+    """`put` inside the caller's transaction."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert
     else:

@@ -48,12 +48,12 @@ class AccountView:
 
 async def open_account(store: StoreInterface, cardholder_id: int, kind: str, currency: str) -> int:
     """A customer account; the funding and clearing accounts of `currency` are created when missing."""
-    return await store.run_write(_open_account, cardholder_id, kind, currency)
+    return await store.run_write(add_account, cardholder_id, kind, currency)
 
 
 async def deposit(store: StoreInterface, account_id: int, amount_minor: int, *, reference: str) -> int:
     """Move `amount_minor` from the currency's funding account to the account; returns the journal entry id."""
-    return await store.run_write(_deposit, account_id, amount_minor, reference)
+    return await store.run_write(post_deposit, account_id, amount_minor, reference)
 
 
 async def transfer(
@@ -127,7 +127,8 @@ def lock_accounts(conn: Connection, *account_ids: int) -> None:
         )
 
 
-def _open_account(conn: Connection, cardholder_id: int, kind: str, currency: str) -> int:
+def add_account(conn: Connection, cardholder_id: int, kind: str, currency: str) -> int:
+    """`open_account` inside the caller's transaction: the new account's id."""
     if kind not in CUSTOMER_KINDS:
         raise StoreError(f"account kind must be one of {sorted(CUSTOMER_KINDS)}, got {kind!r}")
     check_currency(currency)
@@ -177,7 +178,8 @@ def _take(conn: Connection, account_id: int, amount_minor: int, what: str) -> No
         )
 
 
-def _deposit(conn: Connection, account_id: int, amount_minor: int, reference: str) -> int:
+def post_deposit(conn: Connection, account_id: int, amount_minor: int, reference: str) -> int:
+    """`deposit` inside the caller's transaction: the journal entry id."""
     _positive(amount_minor, "deposit")
     account = customer_account(conn, account_id)
     if account.status == "closed":

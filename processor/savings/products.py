@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from processor.ledger.accounts import _open_account as open_account
+from processor.ledger.accounts import add_account
 from processor.ledger.models import utcnow
 from processor.ledger.errors import StoreError, StoreNotFound
 from processor.savings.models import savings_accounts, savings_products
@@ -43,7 +43,7 @@ def open_savings(conn: Connection, cardholder_id: int, product_code: str) -> int
     product = conn.execute(select(savings_products).where(sp.code == product_code)).first()
     if product is None or product.status != "open":
         raise StoreNotFound(f"savings product {product_code!r} does not exist or is closed")
-    account_id = open_account(conn, cardholder_id, "savings", product.currency)
+    account_id = add_account(conn, cardholder_id, "savings", product.currency)
     conn.execute(insert(savings_accounts), {"account_id": account_id, "product_id": product.id, "accrued_minor": 0,
                                             "carry_units": 0, "opened_on": utcnow().date(), "last_accrued_on": None})
     return account_id

@@ -157,7 +157,7 @@ async def set_status(store: StoreInterface, token_id: int, status: str, detail: 
 
 async def repoint(store: StoreInterface, old_card_id: int, new_card_id: int) -> list[int]:
     """Move the old card's active and suspended tokens to the new card; the moved token ids."""
-    return await store.run_write(_repoint, old_card_id, new_card_id)
+    return await store.run_write(repoint_tokens, old_card_id, new_card_id)
 
 
 async def close_and_repoint(store: StoreInterface, old_card_id: int, new_card_id: int) -> list[int]:
@@ -294,7 +294,7 @@ def _set_status(conn: Connection, token_id: int, status: str, detail: str = "") 
     _record_event(conn, token_id, event, detail, now)
 
 
-def _repoint(conn: Connection, old_card_id: int, new_card_id: int) -> list[int]:
+def repoint_tokens(conn: Connection, old_card_id: int, new_card_id: int) -> list[int]:
     """Move the old card's active and suspended tokens to the new card (event "repointed"); their ids."""
     if conn.execute(select(cards.c.id).where(cards.c.id == new_card_id)).first() is None:
         raise StoreNotFound(f"card {new_card_id} does not exist")
@@ -338,7 +338,7 @@ def _close_and_repoint(conn: Connection, old_card_id: int, new_card_id: int) -> 
     if claimed != 1:
         raise StoreError(f"card {old_card_id} was replaced by another card meanwhile")
     change_status(conn, old_card_id, "closed")
-    return _repoint(conn, old_card_id, new_card_id)
+    return repoint_tokens(conn, old_card_id, new_card_id)
 
 
 _VIEW_SELECT = select(
