@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Integer, String, bindparam, func, select
+from sqlalchemy import BigInteger, Connection, Integer, String, bindparam, func, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from processor.ledger import ops
@@ -40,23 +40,31 @@ merchant_refunds = MerchantRefunds.__table__
 
 _CLAIM = capped_increment(merchant_refunds, ("merchant_id", "day"), "amount_minor", "count")
 _APPROVED = [ops.Result.APPROVED.value, ops.Result.PARTIAL.value]
+# The write path's driver takes no IN over a literal list: equalities instead.
+_APPROVED_ROW = or_(*(auths.c.result == value for value in _APPROVED))
+
+
+def _op_is(*names: str) -> Any:
+    return or_(*(auths.c.op == name for name in names))
+
+
 # What later messages took back from a purchase: its refunds (posted or authorized) and its reversal.
 _TAKEN_BACK = select(func.coalesce(func.sum(auths.c.approved_minor), 0)).where(
     auths.c.original_auth_id == bindparam("oid"),
-    auths.c.op.in_(("credit", "reverse")),
-    auths.c.result.in_(_APPROVED),
+    _op_is("credit", "reverse"),
+    _APPROVED_ROW,
 )
 _CAPTURED = select(holds.c.status, holds.c.captured_minor).where(holds.c.id == bindparam("hid"))
 _COMPLETIONS = select(func.count()).where(
-    auths.c.original_auth_id == bindparam("oid"), auths.c.op == "capture", auths.c.result.in_(_APPROVED)
+    auths.c.original_auth_id == bindparam("oid"), auths.c.op == "capture", _APPROVED_ROW
 )
 _BY_RRN = (
     select(auths.c.ref)
     .where(
         auths.c.terminal_id == bindparam("tid"),
         auths.c.rrn == bindparam("rrn"),
-        auths.c.op.in_(("debit", "hold", "capture")),
-        auths.c.result.in_(_APPROVED),
+        _op_is("debit", "hold", "capture"),
+        _APPROVED_ROW,
     )
     .order_by(auths.c.id.desc())
     .limit(1)
