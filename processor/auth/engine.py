@@ -10,6 +10,7 @@ the first answer back without a second hold.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
@@ -163,10 +164,11 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
     if req.pan and req.track2 is not None and req.track2.pan != req.pan:
         raise Declined(rc.FORMAT_ERROR, "DE 2 and the track 2 data in DE 35 name different cards")
     ctx.pan = pan
-    fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+    hsm = engine.hsm
+    fingerprints = [fp for _, fp in await hsm.fingerprint_pan(pan)]
     if engine.token_bin and pan.startswith(engine.token_bin):
         found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
-        if found is None and await engine.learn_key_versions():
+        if found is None and await engine.learn_key_versions(hsm):
             fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
             found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
         if found is None:
@@ -174,7 +176,7 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
         ctx.token, ctx.card = found
         return
     card = await issuing.cards.find_by_fingerprints(engine.store, fingerprints)
-    if card is None and await engine.learn_key_versions():
+    if card is None and await engine.learn_key_versions(hsm):
         # The vault was re-sealed under a fingerprint key this engine had not seen: look again with it.
         fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
         card = await issuing.cards.find_by_fingerprints(engine.store, fingerprints)
@@ -442,6 +444,7 @@ class Engine:
         # process (`processor keys rotate --new-keys`) changed the key store, None when nothing changed.
         self._reopen_hsm = reopen_hsm
         self._retired_hsms: list[HsmApi] = []
+        self._reopen_lock = asyncio.Lock()
         self._home_country: str | None = None
 
     # ------------------------------------------------------------ entry point
@@ -816,19 +819,24 @@ class Engine:
         self._network_cache[acquirer_id] = (now, found)
         return found
 
-    async def learn_key_versions(self) -> bool:
-        """After a card or token was not found: True when the HSM now knows key versions it did not before.
+    async def learn_key_versions(self, used: HsmApi) -> bool:
+        """After a card or token was not found with HSM `used`: True when the engine's HSM now knows key
+        versions that one did not.
 
         Key versions change while the engine runs (a vault rotation): the engine picks them up on the first
-        look-up that misses, without a restart. Requests still in flight finish on the HSM they started on.
+        look-up that misses, without a restart; the misses waiting meanwhile use the fresh HSM too.
+        Requests still in flight finish on the HSM they started on.
         """
         if self._reopen_hsm is None:
             return False
-        fresh = await self._reopen_hsm()
-        if fresh is None:
-            return False
-        self._retired_hsms.append(self.hsm)
-        self.hsm = fresh
+        async with self._reopen_lock:
+            if self.hsm is not used:
+                return True
+            fresh = await self._reopen_hsm()
+            if fresh is None:
+                return False
+            self._retired_hsms.append(self.hsm)
+            self.hsm = fresh
         log.warning("the HSM's key store changed: key versions read again")
         return True
 
