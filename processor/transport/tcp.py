@@ -1,8 +1,15 @@
 """ISO 8583 over TCP: 2-byte length framing, pipelined requests, every resource bounded.
 
 The server is an asyncio Protocol: bytes are cut into frames as they arrive, each frame becomes one
-task, and its answer is written the moment it is ready. Timeouts are loop timers rather than
-`wait_for` wrappers, which keeps the transport's cost per request in the tens of microseconds.
+task, and its answer is written the moment it is ready. One watchdog per server, ticking a few times a
+second, enforces the idle, authentication and per-request deadlines: a request costs no timer of its own, only the loop
+time it started at.
+
+Idle sockets cannot lock terminals out: a connection must authenticate (send a message whose MAC verifies)
+within `unauthenticated_timeout_s`; one address holds at most `max_connections_per_peer`; and when a limit
+is reached, the idle connection that least deserves its place (one that never authenticated first, then
+the longest idle) is closed to make room. Only when every connection has a request in flight is a new
+one refused.
 """
 
 from __future__ import annotations
@@ -32,14 +39,7 @@ class Session(Protocol):
 @dataclass(frozen=True, slots=True)
 class TcpLimits(StreamLimits):
     """Bounds of the TCP server (the framed-stream ones and its own); the defaults suit a few hundred
-    terminals per engine process.
-
-    Idle sockets cannot lock terminals out: a connection must authenticate (send a message whose MAC
-    verifies) within `unauthenticated_timeout_s`; one address holds at most `max_connections_per_peer`;
-    and when a limit is reached, the idle connection that least deserves its place (unauthenticated
-    first, then the longest idle) is closed to make room. Only when every connection has a request in
-    flight is a new one refused.
-    """
+    terminals per engine process."""
 
     max_connections: int = 512
     max_connections_per_peer: int = 128
@@ -57,14 +57,14 @@ class _Connection(asyncio.Protocol):
         self.decoder = FrameDecoder(self.limits.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.tasks: dict[asyncio.Task[None], float] = {}  # in flight, with the loop time each started at
+        self.timed_out: set[asyncio.Task[None]] = set()
+        self.last_active = 0.0
+        self.opened = 0.0
         self.frame_timer: asyncio.TimerHandle | None = None
-        self.auth_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.host = "-"
         self.authenticated = False  # set by the engine once a message of this connection authenticated
-        self.last_active = 0.0
 
     # ------------------------------------------------------------ protocol callbacks
 
@@ -73,8 +73,7 @@ class _Connection(asyncio.Protocol):
         info = transport.get_extra_info("peername")
         self.peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
         self.host = str(info[0]) if isinstance(info, tuple) else str(info)
-        loop = asyncio.get_running_loop()
-        self.last_active = loop.time()
+        self.opened = self.last_active = asyncio.get_running_loop().time()
         server, limits = self.server, self.limits
         same_peer = server.peers.get(self.host, set())
         if len(same_peer) >= limits.max_connections_per_peer and not server.evict(
@@ -91,8 +90,6 @@ class _Connection(asyncio.Protocol):
         server.peers.setdefault(self.host, set()).add(self)
         server.stats["connections"] += 1
         transport.set_write_buffer_limits(high=limits.write_buffer_high_bytes)
-        self._arm_idle()
-        self.auth_timer = loop.call_later(limits.unauthenticated_timeout_s, self._auth_deadline)
 
     def _refuse(self, why: str) -> None:
         self.server.stats["refused"] += 1
@@ -105,7 +102,6 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.last_active = asyncio.get_running_loop().time()
-        self._arm_idle()
         try:
             frames = list(self.decoder.feed(data))
         except FrameTooLarge as exc:
@@ -135,9 +131,8 @@ class _Connection(asyncio.Protocol):
             same_peer.discard(self)
             if not same_peer:
                 del self.server.peers[self.host]
-        for timer in (self.idle_timer, self.frame_timer, self.auth_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.frame_timer is not None:
+            self.frame_timer.cancel()
 
     def pause_writing(self) -> None:
         # The terminal does not read its answers: stop reading its requests until it catches up.
@@ -156,20 +151,23 @@ class _Connection(asyncio.Protocol):
             # Reading pauses until answers go out; the frame already received is still served.
             assert self.transport is not None
             self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._answer(payload))
-        self.tasks.add(task)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._answer(payload))
+        self.tasks[task] = loop.time()
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
+        self.timed_out.discard(task)
         if not self.closed and self.transport is not None and len(self.tasks) < self.limits.max_in_flight_per_connection:
             self.transport.resume_reading()
 
     async def _answer(self, payload: bytes) -> None:
         try:
-            async with asyncio.timeout(self.limits.handler_timeout_s):
-                answer = await self.server.handler(payload, session=self)
-        except TimeoutError:
+            answer = await self.server.handler(payload, session=self)
+        except asyncio.CancelledError:
+            if asyncio.current_task() not in self.timed_out:
+                raise
             log.error("%s: request not answered within %.1f s", self.peer, self.limits.handler_timeout_s)
             return
         except Exception:
@@ -190,31 +188,23 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ timers
 
-    def _arm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = asyncio.get_running_loop().call_later(self.limits.idle_timeout_s, self._idle)
-
-    def _idle(self) -> None:
-        if self.tasks:
-            self._arm_idle()
-            return
-        log.info("%s idle for %.0f s: closing", self.peer, self.limits.idle_timeout_s)
-        self.close()
-
-    def _auth_deadline(self) -> None:
-        self.auth_timer = None
-        if self.authenticated or self.closed:
-            return
-        if self.tasks:
-            # Its first request is still being answered (a slow HSM): judge it by that answer.
-            self.auth_timer = asyncio.get_running_loop().call_later(1.0, self._auth_deadline)
-            return
-        self.server.stats["unauthenticated"] += 1
-        log.warning(
-            "%s sent no authenticated message within %.1f s: closing", self.peer, self.limits.unauthenticated_timeout_s
-        )
-        self.close()
+    def watch(self, now: float) -> None:
+        """The watchdog's visit: cancel requests past their deadline, close the connection when idle."""
+        deadline = now - self.limits.handler_timeout_s
+        for task, started in list(self.tasks.items()):
+            if started <= deadline and task not in self.timed_out and not task.done():
+                self.timed_out.add(task)
+                task.cancel()
+        if not self.tasks and now - self.last_active >= self.limits.idle_timeout_s:
+            log.info("%s idle for %.0f s: closing", self.peer, self.limits.idle_timeout_s)
+            self.close()
+        elif not self.authenticated and not self.tasks and now - self.opened >= self.limits.unauthenticated_timeout_s:
+            # Its first requests, if any, were answered: none of them authenticated.
+            self.server.stats["unauthenticated"] += 1
+            log.warning(
+                "%s sent no authenticated message within %.1f s: closing", self.peer, self.limits.unauthenticated_timeout_s
+            )
+            self.close()
 
     def _frame_stalled(self) -> None:
         self.frame_timer = None
@@ -246,6 +236,7 @@ class TcpServer:
         self.handler = handler
         self.limits = limits or TcpLimits()
         self._server: asyncio.base_events.Server | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self.connections: set[_Connection] = set()
         self.peers: dict[str, set[_Connection]] = {}
         self.stats = {
@@ -279,6 +270,20 @@ class TcpServer:
             lambda: _Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
         )
         log.info("listening on %s:%d", host, self.port)
+        self._watch()
+
+    @property
+    def watch_interval_s(self) -> float:
+        """How often the watchdog looks: a quarter of the shortest deadline, at most a second."""
+        limits = self.limits
+        return min(1.0, limits.handler_timeout_s / 4, limits.idle_timeout_s / 4, limits.unauthenticated_timeout_s / 4)
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.watch(now)
+        self._watchdog = loop.call_later(self.watch_interval_s, self._watch)
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -289,6 +294,8 @@ class TcpServer:
         """Stop accepting, let in-flight requests finish (bounded), then drop the connections."""
         if self._server is not None:
             self._server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         pending = [t for c in self.connections for t in c.tasks]
         if pending:
             await asyncio.wait(pending, timeout=self.limits.handler_timeout_s)
