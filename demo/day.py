@@ -371,14 +371,16 @@ async def _settle_the_day(running: RunningEngine, people: dict[str, dict[str, An
     The demo's day ends now: its cutoff is set to the next second (UTC), so everything played above falls
     in the day that is settled.
     """
-    from processor.settlement import add_network, build_report, save_config, settle_day, write_html
+    from processor.settlement import add_network, add_network_merchant, build_report, save_config, settle_day, write_html
     from processor.settlement.day import COMMIT_GRACE
     from processor.settlement.ingest import ingest_file
     from terminal_sim.network import AcquiringNetwork
 
     store, hsm = running.store, running.hsm
-    await add_network(store, "400001", "EuroNet")
-    network = AcquiringNetwork("400001", merchants=3)
+    key = await add_network(store, hsm, running.engine.keys, "400001", "EuroNet")
+    network = AcquiringNetwork("400001", key, merchants=3)
+    for merchant in network.registrations():
+        await add_network_merchant(store, "400001", **merchant)
     cards = [CardData.from_issued(people[h], "1234") for h in ("ada", "grace")]
     async with await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0) as conn:
         network_day = await network.run(conn, cards, 12)

@@ -419,10 +419,16 @@ async def _network(args: argparse.Namespace) -> int:
     from terminal_sim.iso_client import TerminalConnection
     from terminal_sim.network import AcquiringNetwork
 
+    key = json.loads(Path(args.key).read_text(encoding="utf-8"))
+    if not isinstance(key, dict):
+        raise ValueError(f"{args.key} is not the network's registration (`processor settle network add --json`)")
+    network = AcquiringNetwork(args.acquirer, key, merchants=args.merchants, seed=args.seed)
+    if args.list_merchants:
+        print(json.dumps(network.registrations()))
+        return 0
     cards = [CardData.from_issued(c, c.get("pin")) for c in load_json_list(args.cards)]
     if not cards:
         raise ValueError(f"{args.cards} lists no card")
-    network = AcquiringNetwork(args.acquirer, merchants=args.merchants, seed=args.seed)
     host, port = args.tcp
     conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
     try:
@@ -535,8 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
     p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
     p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer")
+    p.add_argument("--key", required=True, help="the network's key file: what `processor settle network add --json` printed")
     p.add_argument("--cards", required=True, help="JSON list of cards as `processor card issue --json` prints them")
     p.add_argument("--merchants", type=int, default=3, help="merchants behind the connection (1-4)")
+    p.add_argument("--list-merchants", action="store_true",
+                   help="print the merchants to register (`processor settle network merchant`) as JSON, and stop")
     p.add_argument("--transactions", type=int, default=20)
     p.add_argument("--clearing-file", required=True, help="where the end-of-day clearing file goes (0600)")
     p.add_argument("--file-id", help="the file's id (default: acquirer, date and a random suffix)")

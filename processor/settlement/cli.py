@@ -75,7 +75,16 @@ async def cmd_config(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
 async def cmd_network_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import add_network
 
-    return await add_network(rt.store, args.acquirer, args.name)
+    return await add_network(rt.store, rt.hsm, await rt.issuer_keys(), args.acquirer, args.name)
+
+
+async def cmd_network_merchant(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.settlement.config import add_network_merchant
+
+    return await add_network_merchant(
+        rt.store, args.acquirer, terminal_id=args.terminal, merchant_id=args.merchant, mcc=args.mcc, name=args.name,
+        location=args.location,
+    )
 
 
 async def cmd_run(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -158,9 +167,17 @@ def register(sub: Any, data_command: DataCommand) -> None:
     p.add_argument("--tolerance-bps", type=int, help="how far a presentment may exceed its authorization (basis points)")
 
     nw = se.add_parser("network", help="acquiring networks").add_subparsers(dest="network_command", required=True)
-    p = data_command(nw, "add", cmd_network_add, "register an acquiring network by its acquirer id (DE 32)")
+    p = data_command(nw, "add", cmd_network_add, "register an acquiring network (DE 32); prints its key material for its host")
+    p.set_defaults(hsm_role="key-loader")
     p.add_argument("--acquirer", required=True, help="acquirer id the network sends in DE 32, e.g. 400001")
     p.add_argument("--name", required=True)
+    p = data_command(nw, "merchant", cmd_network_merchant, "register a network's merchant (DE 42) and its terminal (DE 41)")
+    p.add_argument("--acquirer", required=True, help="the network's acquirer id (DE 32)")
+    p.add_argument("--terminal", required=True, help="terminal id (DE 41, up to 8 characters)")
+    p.add_argument("--merchant", required=True, help="merchant id (DE 42, up to 15 characters)")
+    p.add_argument("--mcc", required=True, help="merchant category code")
+    p.add_argument("--name", default="Merchant")
+    p.add_argument("--location", default="")
 
     p = data_command(se, "run", cmd_run, "close a business day: claim, post, write the files")
     p.add_argument("--date", required=True, help="business day, YYYY-MM-DD")
