@@ -17,8 +17,12 @@ from hsm_sim.hsm import COMMANDS, MAX_PAN_FINGERPRINTS, Hsm, KeyCeremony, Tokeni
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.pki import ClientTls, PkiError
 
+# The key-store file's name in the working folder, for `hsm-sim` and for the processor's in-process HSM alike.
+DEFAULT_KEYSTORE = "hsm-keystore.json"
+
 __all__ = [
-    "COMMANDS", "MAX_PAN_FINGERPRINTS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony",
+    "COMMANDS", "DEFAULT_KEYSTORE", "MAX_PAN_FINGERPRINTS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError",
+    "Identity", "KeyCeremony",
     "KeyInfo", "PkiError", "TokenizedPan", "all_keys", "connect",
 ]
 

@@ -164,9 +164,9 @@ async def get(store: StoreInterface, terminal_id: str) -> TerminalRecord | None:
     return await store.run_query(_get, terminal_id)
 
 
-async def list_all(store: StoreInterface, limit: int = 10_000) -> list[TerminalRecord]:
-    """Registered terminals by terminal id, at most `limit`."""
-    return await store.run_query(_list_all, limit)
+async def list_all(store: StoreInterface, limit: int = 10_000, merchant_id: str | None = None) -> list[TerminalRecord]:
+    """Registered terminals (of one merchant) by terminal id, at most `limit`."""
+    return await store.run_query(_list_all, limit, merchant_id)
 
 
 def _create(
@@ -228,6 +228,9 @@ def _get(conn: Connection, terminal_id: str) -> TerminalRecord | None:
     return TerminalRecord(**row._asdict()) if row is not None else None
 
 
-def _list_all(conn: Connection, limit: int) -> list[TerminalRecord]:
-    rows = conn.execute(_TERMINAL_SELECT.order_by(terminals.c.terminal_id).limit(limit))
+def _list_all(conn: Connection, limit: int, merchant_id: str | None = None) -> list[TerminalRecord]:
+    query = _TERMINAL_SELECT.order_by(terminals.c.terminal_id).limit(limit)
+    if merchant_id is not None:
+        query = query.where(merchants_table.c.merchant_id == merchant_id)
+    rows = conn.execute(query)
     return [TerminalRecord(**row._asdict()) for row in rows]
