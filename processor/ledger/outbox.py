@@ -4,11 +4,15 @@ Writers (the hot path's batches, the card lifecycle, the money app, savings) cal
 inside their own transaction, so an event exists exactly when its change committed; `processor.events`
 reads them back for the feed and the other consumers.
 
-Ids become visible in increasing order, which is what lets a consumer's position be one number:
+A consumer's position is one number, the last event id it handed on; readers (`processor.events.read_after`)
+never hand out an id while a smaller one may still commit:
 - SQLite has one writer at a time, so ids are given and committed in the same order.
-- PostgreSQL takes a transaction-scoped advisory lock just before inserting events. It is held until the
-  commit, so a transaction that got smaller ids has committed before the next one can take any.
-  Keep event writes the last statements of a transaction: the lock serializes only from there to the commit.
+- PostgreSQL writers do not wait for each other. A writer makes sure its transaction has an xid, takes its
+  ids from the sequence, then stores with each event its horizon: the snapshot's xmax after the ids were
+  taken, so every transaction that could hold a smaller id has an xid below it. A reader hands out an event
+  when every id below it is settled: the ids between its position and the event are all visible, or the
+  oldest transaction still running (its snapshot's xmin) is at or past the event's horizon, so a missing
+  smaller id was rolled back and never appears.
 
 Card traffic: `card_events` turns the auths rows a hot-path batch answered into one event each for the
 cardholder, `card.authorization` (approved or declined, merchant and amount) and `card.reversal`.
@@ -22,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Connection, ForeignKey, Index, String, Text, bindparam, insert, select
+from sqlalchemy import BigInteger, CheckConstraint, Connection, ForeignKey, Index, String, Text, bindparam, insert, literal_column, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from processor.ledger.models import Base, Id, UtcDateTime, accounts, cards, merchants, terminals, utcnow
@@ -44,6 +48,8 @@ class Event(Base):
     # The event's `data` object as JSON text (the envelope is built when the event is read).
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # PostgreSQL: the xmax of a snapshot taken after this event's id was given (see the module's note).
+    horizon: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class EventConsumer(Base):
@@ -61,7 +67,6 @@ events = Event.__table__
 event_consumers = EventConsumer.__table__
 
 SCHEMA_VERSION = 1
-OUTBOX_LOCK = 0x6F757462  # "outb"
 READ_LIMIT_MAX = 1000
 MAX_DATA_CHARS = 8000
 
@@ -102,13 +107,25 @@ def _row(audience: str, cardholder_id: int | None, type_: str, data: dict[str, A
     return {"audience": audience, "cardholder_id": cardholder_id, "type": type_, "data": text, "created_at": now}
 
 
+_PG_XID = "SELECT pg_current_xact_id()::text, current_setting('transaction_isolation')"
+_PG_IDS = "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, {n:d})"
+# Evaluated by the INSERT, a statement of its own: its snapshot is taken after the ids above were given.
+_PG_INSERT = insert(events).values(horizon=literal_column("pg_snapshot_xmax(pg_current_snapshot())::text::bigint"))
+
+
 def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events inside the caller's transaction (ideally its last statements; see the module's note)."""
+    """Insert events inside the caller's transaction (READ COMMITTED on PostgreSQL; see the module's note)."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})")
-    conn.execute(insert(events), list(rows))
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(events), list(rows))
+        return
+    # The xid first: a transaction without one would not show as running to a reader while it holds ids.
+    _, isolation = conn.exec_driver_sql(_PG_XID).one()
+    if isolation != "read committed":
+        raise RuntimeError(f"events are written in READ COMMITTED transactions, not {isolation}: the horizon needs a fresh snapshot")
+    ids = conn.exec_driver_sql(_PG_IDS.format(n=len(rows))).scalars().all()
+    conn.execute(_PG_INSERT, [row | {"id": event_id} for row, event_id in zip(rows, ids, strict=True)])
 
 
 # ------------------------------------------------------------------ card traffic
