@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from hsm_sim.access import ROLES, Identity
-from hsm_sim.api import HsmApi
+from hsm_sim.api import HsmApi, all_keys
 from hsm_sim.errors import INVALID_INPUT, HsmError
 from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
-from hsm_sim.pki import ClientTls
+from hsm_sim.pki import ClientTls, PkiError
 
 __all__ = [
     "COMMANDS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
-    "TokenizedPan", "connect",
+    "PkiError", "TokenizedPan", "all_keys", "connect",
 ]
 
 

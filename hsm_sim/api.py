@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
-from hsm_sim.hsm import KeyCeremony, TokenizedPan
+from hsm_sim.hsm import KEY_PAGE, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 
 
@@ -24,7 +24,7 @@ class HsmApi(Protocol):
         self, key_type: str, component: str, algorithm: str = "TDES", *, ceremony: str | None = None
     ) -> KeyCeremony: ...
     async def key_info(self, kcv: str) -> KeyInfo: ...
-    async def list_keys(self) -> list[KeyInfo]: ...
+    async def list_keys(self, key_type: str | None = None, *, offset: int = 0, limit: int = KEY_PAGE) -> list[KeyInfo]: ...
 
     # PIN
     async def generate_pin_verification(
@@ -109,3 +109,13 @@ class HsmApi(Protocol):
     async def diagnostics(self) -> dict[str, Any]: ...
     async def who_am_i(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
+
+
+async def all_keys(hsm: HsmApi, key_type: str | None = None) -> list[KeyInfo]:
+    """Every key's information (of one type, or all), page by page: `list_keys` answers a page at a time."""
+    found: list[KeyInfo] = []
+    while True:
+        page = await hsm.list_keys(key_type, offset=len(found), limit=KEY_PAGE)
+        found.extend(page)
+        if len(page) < KEY_PAGE:
+            return found

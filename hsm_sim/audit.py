@@ -8,6 +8,10 @@
 `by` is the client's certificate name (`local` for the process that opened the key store itself), `cmd`
 the command, or `connect` for a connection refused before it sent one. Status `17` marks a refusal of
 the client, with `why`. `hsm-sim audit` reads the file.
+
+The file is bounded: when the next line would take it over `max_bytes` (HSM_AUDIT_MAX_BYTES, default 64 MiB) it is renamed
+`<file>.1` (the older ones shift to `.2` ... up to `keep`, HSM_AUDIT_KEEP, default 8) and a new file is
+begun, so the log never holds more than (keep + 1) x max_bytes and the newest lines are never lost.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import asyncio
 import collections
 import datetime as dt
 import json
+import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +32,25 @@ from hsm_sim.errors import NOT_PERMITTED
 from hsm_sim.files import open_private_append
 
 MEMORY_LINES = 10_000
+MAX_BYTES = 64 * 1024 * 1024
+KEEP = 8
+
+log = logging.getLogger("hsm_sim.audit")
+
+
+def _env_int(name: str, default: int, lowest: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < lowest:
+        raise ValueError(f"{name}={raw!r} must be a whole number of at least {lowest}")
+    return int(raw)
+
+
+def rotated(path: Path, keep: int = KEEP) -> list[Path]:
+    """The log's files that exist, oldest first: <file>.keep ... <file>.1, <file>."""
+    names = [path.with_name(f"{path.name}.{n}") for n in range(keep, 0, -1)] + [path]
+    return [p for p in names if p.exists()]
 
 
 class AuditLog:
@@ -37,10 +62,13 @@ class AuditLog:
 
     FLUSH_INTERVAL_S = 0.05
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, max_bytes: int | None = None, keep: int | None = None) -> None:
         self.path = path
+        self.max_bytes = max_bytes if max_bytes is not None else _env_int("HSM_AUDIT_MAX_BYTES", MAX_BYTES, 4096)
+        self.keep = keep if keep is not None else _env_int("HSM_AUDIT_KEEP", KEEP, 1)
         self.memory: collections.deque[str] = collections.deque(maxlen=MEMORY_LINES)
         self._fh = open_private_append(path) if path else None
+        self._size = os.fstat(self._fh.fileno()).st_size if self._fh else 0
         self._lock = threading.Lock()
         self._flush_pending = False
         self._stamp_ms = -1
@@ -78,9 +106,32 @@ class AuditLog:
         if self._fh is None:
             self.memory.append(line)
             return
+        size = len(line) + 1  # JSON is ASCII: characters are bytes
         with self._lock:
+            if self._size + size > self.max_bytes and self._size:
+                self._rotate()
             self._fh.write(line + "\n")
+            self._size += size
         self._schedule_flush()
+
+    def _rotate(self) -> None:
+        """Close the full file, shift the older ones up (dropping the oldest beyond `keep`), begin a new one."""
+        assert self._fh is not None and self.path is not None
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        path = self.path
+
+        def numbered(n: int) -> Path:
+            return path.with_name(f"{path.name}.{n}")
+
+        for n in range(self.keep - 1, 0, -1):  # .keep-1 replaces .keep (the oldest goes), ... .1 becomes .2
+            if numbered(n).exists():
+                os.replace(numbered(n), numbered(n + 1))
+        os.replace(path, numbered(1))
+        self._fh = open_private_append(path)
+        self._size = 0
+        log.info("audit log %s reached %d bytes: continued in a new file, the previous one is %s.1", path, self.max_bytes, path.name)
 
     def flush(self) -> None:
         self._flush_pending = False
@@ -107,18 +158,20 @@ class AuditLog:
 
 
 def read(path: Path, *, refusals_only: bool = False, who: str | None = None, since: str | None = None) -> Iterator[dict[str, Any]]:
-    """The log's records, oldest first, filtered; a line that is not JSON is reported as such, not skipped."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                yield {"t": "?", "by": "?", "cmd": "?", "status": "??", "why": f"line {number} of {path} is not JSON"}
-                continue
-            if refusals_only and record.get("status") != NOT_PERMITTED:
-                continue
-            if who is not None and record.get("by") != who:
-                continue
-            if since is not None and record.get("t", "") < since:
-                continue
-            yield record
+    """The log's records (its rotated files first), oldest first, filtered; a line that is not JSON is
+    reported as such, not skipped."""
+    for part in rotated(path):
+        with open(part, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    yield {"t": "?", "by": "?", "cmd": "?", "status": "??", "why": f"line {number} of {part} is not JSON"}
+                    continue
+                if refusals_only and record.get("status") != NOT_PERMITTED:
+                    continue
+                if who is not None and record.get("by") != who:
+                    continue
+                if since is not None and record.get("t", "") < since:
+                    continue
+                yield record

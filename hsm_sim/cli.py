@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import sys
@@ -51,13 +52,15 @@ async def _open(args: argparse.Namespace) -> Any:
 
 
 async def _keys(args: argparse.Namespace) -> Any:
+    from hsm_sim import all_keys
+
     hsm = await _open(args)
     try:
         command = args.keys_command
         if command == "generate":
             return await hsm.generate_key(args.key_type, args.algorithm, key_bits=args.bits)
         if command == "list":
-            return await hsm.list_keys()
+            return await all_keys(hsm)
         if command == "export":
             return {"kcv": args.kcv, "zmk": args.zmk, "key_block": await hsm.export_key(args.kcv, args.zmk, version=args.version)}
         if command == "import":
@@ -102,8 +105,11 @@ def _audit(args: argparse.Namespace) -> list[dict[str, Any]]:
     path = Path(args.file) if args.file else Path(_keystore(args) + ".audit.jsonl")
     if not path.exists():
         raise ValueError(f"no audit log at {path} (give --file or --keystore)")
-    records = list(audit.read(path, refusals_only=args.refusals, who=args.who, since=args.since))
-    return records[-args.limit :] if args.limit else records
+    records = audit.read(path, refusals_only=args.refusals, who=args.who, since=args.since)
+    if args.limit < 0:
+        raise ValueError("--limit must be 0 (all) or more")
+    # The last N lines are kept as the log streams by, so a long log costs no more memory than N lines.
+    return list(collections.deque(records, maxlen=args.limit)) if args.limit else list(records)
 
 
 def build_parser() -> argparse.ArgumentParser:

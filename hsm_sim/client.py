@@ -10,10 +10,11 @@ from typing import Any
 
 from hsm_sim import errors as st
 from hsm_sim.errors import HsmError
+from hsm_sim.framing import FrameDecoder, FrameTooLarge
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
-from hsm_sim.hsm import CODE_OF, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import CODE_OF, KEY_PAGE, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
-from hsm_sim.protocol import ProtocolError, decode_answer, encode_request
+from hsm_sim.protocol import MAX_FRAME_BYTES, ProtocolError, decode_answer, encode_request
 
 
 READ_BYTES = 256 * 1024
@@ -81,14 +82,11 @@ class HsmClient:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         error = HsmError(st.CONNECTION_ERROR, f"connection to the HSM at {self.host}:{self.port} lost")
-        buffer = bytearray()
+        decoder = FrameDecoder(MAX_FRAME_BYTES)
         try:
             # Answers arrive many to a read when requests are pipelined: cut every complete frame per read.
             while chunk := await reader.read(READ_BYTES):
-                buffer += chunk
-                while len(buffer) >= 2 and len(buffer) >= 2 + (length := int.from_bytes(buffer[:2], "big")):
-                    payload = bytes(buffer[2 : 2 + length])
-                    del buffer[: 2 + length]
+                for payload in decoder.feed(chunk):
                     try:
                         tag, _, status, body = decode_answer(payload)
                     except ProtocolError:
@@ -96,6 +94,8 @@ class HsmClient:
                     future = self._pending.pop(tag, None)
                     if future is not None and not future.done():
                         future.set_result((status, body))
+        except FrameTooLarge as exc:
+            error = HsmError(st.FRAME_ERROR, f"the HSM at {self.host}:{self.port} sent an answer {exc}: connection closed")
         except ssl.SSLError as exc:
             # TLS 1.3 finishes the client's side of the handshake before the HSM has checked its
             # certificate: a refused certificate arrives as an alert on the first read.
@@ -128,27 +128,28 @@ class HsmClient:
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Send one host command and wait for its answer: the result as JSON, or HsmError."""
         code = CODE_OF[name]
-        async with self._slots:
-            writer = self._writer
-            if writer is None or writer.is_closing():
-                writer = await self._ensure_connected()
-            header = f"{next(self._headers) % 10_000:04d}"
-            while header in self._pending:
+        try:
+            # One deadline for the whole call: waiting for a free in-flight slot, connecting, the answer.
+            async with asyncio.timeout(self.timeout_s), self._slots:
+                writer = self._writer
+                if writer is None or writer.is_closing():
+                    writer = await self._ensure_connected()
                 header = f"{next(self._headers) % 10_000:04d}"
-            future: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
-            self._pending[header] = future
-            try:
-                async with asyncio.timeout(self.timeout_s):
+                while header in self._pending:
+                    header = f"{next(self._headers) % 10_000:04d}"
+                future: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+                self._pending[header] = future
+                try:
                     self._send(writer, encode_request(header, code, list(args), kwargs))
                     status, body = await future
-            except TimeoutError:
-                raise HsmError(st.TIMEOUT, f"{name}: no answer from the HSM within {self.timeout_s:g} s") from None
-            except (ConnectionError, OSError):
-                raise HsmError(st.CONNECTION_ERROR, f"{name}: connection to the HSM lost") from None
-            except ProtocolError as exc:
-                raise HsmError(exc.status, f"{name}: {exc}") from None
-            finally:
-                self._pending.pop(header, None)
+                finally:
+                    self._pending.pop(header, None)
+        except TimeoutError:
+            raise HsmError(st.TIMEOUT, f"{name}: no answer from the HSM within {self.timeout_s:g} s") from None
+        except (ConnectionError, OSError):
+            raise HsmError(st.CONNECTION_ERROR, f"{name}: connection to the HSM lost") from None
+        except ProtocolError as exc:
+            raise HsmError(exc.status, f"{name}: {exc}") from None
         if status == st.VERIFICATION_FAILED:
             return body.get("result", False)
         if status != st.OK:
@@ -179,8 +180,8 @@ class HsmClient:
     async def key_info(self, kcv: str) -> KeyInfo:
         return KeyInfo(**await self.call("key_info", kcv))
 
-    async def list_keys(self) -> list[KeyInfo]:
-        return [KeyInfo(**item) for item in await self.call("list_keys")]
+    async def list_keys(self, key_type: str | None = None, *, offset: int = 0, limit: int = KEY_PAGE) -> list[KeyInfo]:
+        return [KeyInfo(**item) for item in await self.call("list_keys", key_type, offset=offset, limit=limit)]
 
     async def generate_pin_verification(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import hmac
 import json
 import logging
@@ -64,6 +65,8 @@ class KeyCeremony:
 
 
 CEREMONY_TIMEOUT_S = 900
+KEY_PAGE = 50  # keys in one list_keys answer: about 10 KiB of JSON, under the protocol's frame limit
+FINGERPRINT_VERSIONS = 32  # fingerprint-key versions a look-up tries: a bounded answer however often keys rotate
 MAX_CEREMONIES = 16
 COMPONENTS_NEEDED = 2
 
@@ -165,6 +168,8 @@ class Hsm:
         self.audit = audit
         self._keys: dict[str, tuple[bytes, KeyInfo]] = {}  # KCV -> key and its authenticated header
         self._ipek_cache: dict[tuple[str, bytes], bytes] = {}
+        # A request's MAC, its PIN block and its answer's MAC share one transaction key, derived once.
+        self._transaction_keys = dukpt.TransactionKeys()
         self._ceremonies: dict[str, _Ceremony] = {}
         self._audit_extra: dict[str, str] = {}  # what the running command adds to its audit line
 
@@ -374,8 +379,20 @@ class Hsm:
         return self.store.info(kcv)
 
     @command()
-    def list_keys(self) -> list[KeyInfo]:
-        return [k.info for k in self.store.keys.values()]
+    def list_keys(self, key_type: str | None = None, *, offset: int = 0, limit: int = KEY_PAGE) -> list[KeyInfo]:
+        """One page of key information (of one type, or all), in the order the keys were made.
+
+        A page is at most KEY_PAGE keys, so an answer fits a frame however many keys the store holds;
+        `all_keys` pages through them.
+        """
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise HsmError(st.INVALID_INPUT, "list_keys: offset must be a whole number from 0")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= KEY_PAGE:
+            raise HsmError(st.INVALID_INPUT, f"list_keys: limit must be 1 to {KEY_PAGE} (page with offset)")
+        infos = (k.info for k in self.store.keys.values())
+        if key_type is not None:
+            infos = (i for i in infos if i.key_type == key_type)
+        return list(itertools.islice(infos, offset, offset + limit))
 
     # ------------------------------------------------------------ PIN
 
@@ -437,7 +454,7 @@ class Hsm:
         if ipek is None:
             ipek = dukpt.derive_ipek(bdk, raw_ksn)
             self._remember_ipek((info.kcv, base), ipek)
-        return _TDES_DUKPT_VARIANT[usage](dukpt.derive_transaction_key(ipek, raw_ksn))
+        return _TDES_DUKPT_VARIANT[usage](self._transaction_keys.get(info.kcv, ipek, raw_ksn))
 
     def _remember_ipek(self, key: tuple[str, bytes], value: bytes) -> None:
         """Initial keys per terminal, kept in HSM memory (bounded) so each PIN costs one derivation."""
@@ -624,7 +641,10 @@ class Hsm:
             if algorithm not in ("retail", "cmac"):
                 raise HsmError(st.INVALID_INPUT, f"{command_name}: unknown MAC algorithm {algorithm!r}")
             raise HsmError(st.KEY_ALGORITHM_MISMATCH, f"{command_name}: a {info.algorithm} key makes {expected} MACs, not {algorithm}")
-        return mac.retail_mac(key, bytes(data)) if expected == "retail" else mac.aes_cmac(key, bytes(data))
+        if expected == "cmac":
+            return mac.aes_cmac(key, bytes(data))
+        # A DUKPT key serves one transaction: its key schedules are not worth keeping.
+        return mac.retail_mac(key, bytes(data), cache=info.key_type != "BDK")
 
     @command("key")
     def generate_mac(self, key: str, data: bytes, *, algorithm: str | None = None, ksn: str | None = None) -> str:
@@ -669,9 +689,10 @@ class Hsm:
 
     @command()
     def fingerprint_pan(self, pan: str) -> list[tuple[int, str]]:
-        """The PAN's fingerprint under every fingerprint-key version, newest first (one look-up query)."""
+        """The PAN's fingerprint under the newest FINGERPRINT_VERSIONS fingerprint-key versions, newest
+        first (one look-up query); a vault re-sealed after each rotation needs only the newest."""
         out = []
-        for info in self.store.versions("FPK"):
+        for info in self.store.versions("FPK")[:FINGERPRINT_VERSIONS]:
             key, _ = self._key(info.kcv, ("FPK",), "fingerprint_pan", use=GENERATE)
             out.append((info.version, tokens.pan_fingerprint(key, pan)))
         if not out:

@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-MAX_FRAME_BYTES = 16 * 1024
+from hsm_sim.framing import FrameTooLarge, encode_frame
+
+MAX_FRAME_BYTES = 16 * 1024  # a request's or an answer's payload; list_keys pages to stay under it
 HEADER_BYTES = 4
 
 
@@ -52,9 +54,10 @@ def encode_request(header: str, code: str, args: list[Any], kwargs: dict[str, An
         {"args": [to_wire(a) for a in args], "kwargs": {k: to_wire(v) for k, v in kwargs.items()}}, separators=(",", ":")
     ).encode()
     payload = header.encode("ascii") + code.encode("ascii") + body
-    if len(payload) > MAX_FRAME_BYTES:
-        raise ProtocolError("80", f"command {code} is {len(payload)} bytes, the limit is {MAX_FRAME_BYTES}")
-    return len(payload).to_bytes(2, "big") + payload
+    try:
+        return encode_frame(payload, MAX_FRAME_BYTES)
+    except FrameTooLarge:
+        raise ProtocolError("80", f"command {code} is {len(payload)} bytes, the limit is {MAX_FRAME_BYTES}") from None
 
 
 def decode_request(payload: bytes) -> Command:
@@ -95,10 +98,11 @@ def answer_code(code: str) -> str:
     return code[0] + chr(ord(code[1]) + 1) if len(code) == 2 else "ZZ"
 
 
-def encode_answer(header: str, code: str, status: str, body: dict[str, Any]) -> bytes:
+def encode_answer(header: str, code: str, status: str, body: dict[str, Any], max_len: int = MAX_FRAME_BYTES) -> bytes:
+    """The answer frame; FrameTooLarge when it would be over `max_len`."""
     raw = json.dumps(body, separators=(",", ":")).encode()
     payload = header.encode("ascii", "replace")[:HEADER_BYTES].ljust(HEADER_BYTES, b" ") + answer_code(code).encode("ascii", "replace") + status.encode() + raw
-    return len(payload).to_bytes(2, "big") + payload
+    return encode_frame(payload, max_len)
 
 
 def decode_answer(payload: bytes) -> tuple[str, str, str, dict[str, Any]]:

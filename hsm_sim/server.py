@@ -24,6 +24,7 @@ from typing import Any
 from hsm_sim import errors as st
 from hsm_sim.access import CALLER, Identity, check_role
 from hsm_sim.errors import HsmError
+from hsm_sim.framing import FrameDecoder, FrameTooLarge, StreamLimits
 from hsm_sim.hsm import COMMANDS, Hsm, to_jsonable
 from hsm_sim.pki import ServerTls, identity_of
 from hsm_sim.protocol import MAX_FRAME_BYTES, CommandError, ProtocolError, decode_request, encode_answer
@@ -34,13 +35,13 @@ TLS_READ_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ServerLimits:
-    max_connections: int = 256
+class ServerLimits(StreamLimits):
+    """Bounds of `hsm-sim serve`: the framed-stream ones, and the time a client has to finish its TLS handshake."""
+
     max_frame_bytes: int = MAX_FRAME_BYTES
     idle_timeout_s: float = 600.0
-    frame_timeout_s: float = 5.0
-    handshake_timeout_s: float = 5.0
     write_buffer_high_bytes: int = 1024 * 1024
+    handshake_timeout_s: float = 5.0
 
 
 def run_command(hsm: Hsm, identity: Identity, code: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -73,7 +74,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: "HsmServer") -> None:
         self.server = server
         self.limits = server.limits
-        self.buffer = bytearray()
+        self.decoder = FrameDecoder(self.limits.max_frame_bytes)
         self.transport: Any = None
         self.peer = "-"
         self.tls: ssl.SSLObject | None = None
@@ -215,20 +216,16 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ frames
 
     def _frames(self, data: bytes) -> None:
-        self.buffer += data
         out = []
-        while len(self.buffer) >= 2 and not self.closed:
-            length = int.from_bytes(self.buffer[:2], "big")
-            if length > self.limits.max_frame_bytes:
-                log.warning("%s: frame of %d bytes over the limit %d: closing", self.peer, length, self.limits.max_frame_bytes)
-                out.append(encode_answer("0000", "ZY", st.FRAME_ERROR, {"error": "frame too long"}))
-                self.closed = True
-                break
-            if len(self.buffer) < 2 + length:
-                break
-            payload = bytes(self.buffer[2 : 2 + length])
-            del self.buffer[: 2 + length]
-            out.append(self._answer(payload))
+        try:
+            for payload in self.decoder.feed(data):
+                out.append(self._answer(payload))
+                if self.closed:  # refused: nothing more is read
+                    break
+        except FrameTooLarge as exc:
+            log.warning("%s: %s: closing", self.peer, exc)
+            out.append(encode_answer("0000", "ZY", st.FRAME_ERROR, {"error": f"request {exc}"}))
+            self.closed = True
         if out:
             self._write(b"".join(out))
         if self.closed:
@@ -236,9 +233,9 @@ class _Connection(asyncio.Protocol):
             return
         if self.refusal is not None:
             return
-        if self.buffer and self.frame_timer is None:
+        if self.decoder.pending and self.frame_timer is None:
             self.frame_timer = asyncio.get_running_loop().call_later(self.limits.frame_timeout_s, self._stalled)
-        elif not self.buffer and self.frame_timer is not None:
+        elif not self.decoder.pending and self.frame_timer is not None:
             self.frame_timer.cancel()
             self.frame_timer = None
 
@@ -265,7 +262,12 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s: command %s failed", self.peer, command.code)
             status, body = st.INTERNAL_ERROR, {"error": f"command {command.code} failed inside the HSM"}
-        return encode_answer(command.header, command.code, status, body)
+        try:
+            return encode_answer(command.header, command.code, status, body, self.limits.max_frame_bytes)
+        except FrameTooLarge as exc:
+            log.warning("%s: answer to %s is %s", self.peer, command.code, exc)
+            why = f"the answer would be a {exc}; ask for less (list_keys takes offset and limit)"
+            return encode_answer(command.header, command.code, st.FRAME_ERROR, {"error": why})
 
     # ------------------------------------------------------------ timers
 

@@ -13,13 +13,16 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from processor import issuing, ledger
 from processor.commands import Runtime
 from processor.config import Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
 from processor.logs import quiet_library_deprecations
+
+if TYPE_CHECKING:
+    from hsm_sim import HsmApi
 
 
 log = logging.getLogger("processor.cli")
@@ -49,6 +52,22 @@ async def runtime(settings: Settings, hsm_role: str = "engine", *, hsm_name: str
             await hsm.close()
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def key_loader(rt: Runtime) -> AsyncIterator[HsmApi]:
+    """The HSM as the key-loading role, which alone receives terminals' initial keys from a networked HSM
+    (`key-loader.pem` in PROCESSOR_HSM_TLS_DIR); an HSM in this process is the one already open."""
+    from processor.config import open_hsm
+
+    if not rt.settings.hsm_url.startswith("tcps://"):
+        yield rt.hsm
+        return
+    loader = await open_hsm(rt.settings, "key-loader")
+    try:
+        yield loader
+    finally:
+        await loader.close()
 
 
 def parse_amount_minor(text: str, exponent: int = 2) -> int:
@@ -218,16 +237,18 @@ async def cmd_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]
     if args.cardholders < 1 or args.terminals < 1:
         raise InvalidRequest("provision needs at least one cardholder and one terminal")
     keys = await rt.issuer_keys()
-    population = await issuing.provisioning.provision(
-        rt.store,
-        rt.hsm,
-        keys,
-        cardholders=args.cardholders,
-        terminals=args.terminals,
-        deposit_minor=parse_amount_minor(args.deposit, exponent_for_alpha(args.currency)),
-        currency=args.currency,
-        label=args.label,
-    )
+    async with key_loader(rt) as loader:
+        population = await issuing.provisioning.provision(
+            rt.store,
+            rt.hsm,
+            keys,
+            cardholders=args.cardholders,
+            terminals=args.terminals,
+            deposit_minor=parse_amount_minor(args.deposit, exponent_for_alpha(args.currency)),
+            currency=args.currency,
+            label=args.label,
+            key_loader=loader,
+        )
     result: dict[str, Any] = {"cards": population.cards, "terminals": population.terminals}
     if args.bureau_dir is not None:
         chips, wallets = [], []

@@ -49,8 +49,7 @@ async def open_hsm(settings: Settings, role: str = "engine", *, name: str | None
     """The HSM the settings name. A `tcps://` HSM (`hsm-sim serve`) is reached with the certificate
     `<name>.pem` in PROCESSOR_HSM_TLS_DIR, by default the one named after the role the command needs
     (engine, issuer, custodian, key-loader); an operator's is their own name."""
-    from hsm_sim import ClientTls, connect
-    from hsm_sim.pki import PkiError
+    from hsm_sim import ClientTls, PkiError, connect
 
     if not settings.hsm_url.startswith("tcps://"):
         return await connect(settings.hsm_url)

@@ -201,6 +201,8 @@ async def _load(args: argparse.Namespace) -> int:
                 close_batches=args.close_batches,
                 expected=expected,
                 mqtt=mqtt,
+                engine_pids=args.engine_pid,
+                postgres_url=args.postgres_cpu,
             )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
@@ -479,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for a repeatable mix")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--engine-pid", type=int, action="append", metavar="PID",
+                   help="a process of the engine on this machine (repeatable): report its CPU per answer (with its "
+                   "children) against the decode unit, one pyiso8583 decode of the run's request measured beside the load")
+    p.add_argument("--postgres-cpu", metavar="URL",
+                   help="the engine's PostgreSQL database (server on this machine): also report its backends' CPU per answer")
     p.add_argument("--close-batches", action="store_true",
                    help="at the end, every terminal closes its batch (0500) and the summary says which were in balance")
     p.add_argument("--expect", action="append", metavar="KIND=CODES",

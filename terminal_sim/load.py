@@ -28,8 +28,9 @@ from typing import Any
 from processor.iso8583 import rc
 from terminal_sim.batch_close import BatchReport, close_batch
 from terminal_sim.chip_pos import ChipCard, ReversalFailed, chip_transaction
+from terminal_sim.cpu import CpuFigures, DecodeUnit, PostgresCpu, ProcessCpu
 from terminal_sim.emv.kernel import CardError
-from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
+from terminal_sim.iso_client import ResponseTimeout, TerminalConnection, outgoing
 from terminal_sim.load_report import Latencies, LoadProgress, distribution_json, histogram_json, nearest_rank
 from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
@@ -99,6 +100,7 @@ class LoadResult:
     errors: int = 0
     reversals: int = 0  # approved by the issuer, then refused by the card, and reversed
     batches: list[BatchReport] = field(default_factory=list)  # the terminals' closes at the end, when asked
+    cpu: CpuFigures | None = None  # what the engine and the generator spent per answer, when measured
     unexpected: int = 0
     # The last second's latencies, for the live line's p99; emptied every second by `progress`.
     _since_progress_ms: list[float] = field(default_factory=list)
@@ -218,6 +220,7 @@ class LoadResult:
             "latency_histogram_ms": histogram_json(lat),
             "latency_hdr": lat.encoded(),
             **({"batches": self.batches_summary()} if self.batches else {}),
+            **({"cpu": self.cpu.as_json()} if self.cpu is not None else {}),
             "ok": not failures,
             "failures": failures,
         }
@@ -331,6 +334,8 @@ async def run_load(
     close_batches: bool = False,
     expected: dict[str, frozenset[str]] | None = None,
     mqtt: MqttTarget | None = None,
+    engine_pids: list[int] | None = None,
+    postgres_url: str | None = None,
 ) -> LoadResult:
     """Drive the engine for `seconds`; a request unanswered within `timeout_s` is reversed, as a terminal does.
 
@@ -338,6 +343,9 @@ async def run_load(
     (`mqtt` given; host and port unused) each terminal has one broker connection, shared by its sessions.
     With `close_batches`, every terminal closes its batch (0500) at the end and the result says which
     were in balance with the engine's totals.
+
+    With `engine_pids` (processes on this machine) the result also says what CPU they spent per answer
+    against the decode unit (terminal_sim.cpu), with `postgres_url` what the database's backends spent.
     """
     if not terminals:
         raise ValueError("no terminals to load with")
@@ -358,6 +366,7 @@ async def run_load(
     for conn in conns:
         for terminal in terminals:
             conn.add_terminal(terminal)
+    meter = await _CpuMeter.begin(workload, terminals, conns[0], seconds, engine_pids, postgres_url)
     started = time.perf_counter()
     deadline = started + seconds
     tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
@@ -458,6 +467,8 @@ async def run_load(
     async def reporter() -> None:
         while True:
             await asyncio.sleep(1.0)
+            if meter is not None:
+                await meter.sample()
             line = result.progress(time.perf_counter() - started)
             if progress:
                 progress(line)
@@ -468,9 +479,14 @@ async def run_load(
         helpers.append(asyncio.create_task(pacer()))
     try:
         await asyncio.wait(tasks, timeout=seconds + timeout_s * 2 + 5)
+        if meter is not None:
+            result.cpu = await meter.end(result.count)
+            meter = None
         if close_batches:
             result.batches = await _close_batches(conns, by_terminal, terminals, timeout_s)
     finally:
+        if meter is not None:
+            await meter.cancel()
         for task in tasks + helpers:
             task.cancel()
         await asyncio.gather(*tasks, *helpers, return_exceptions=True)
@@ -478,6 +494,61 @@ async def run_load(
             await conn.close()
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _CpuMeter:
+    """The CPU of the engine's processes, the database's backends and this generator over the timed run,
+    and the decode unit measured beside it."""
+
+    def __init__(self, engine: ProcessCpu | None, postgres: PostgresCpu | None, unit: DecodeUnit) -> None:
+        self.engine = engine
+        self.postgres = postgres
+        self.unit = unit
+        self.generator_start = time.process_time()
+
+    @classmethod
+    async def begin(
+        cls, workload: Workload, terminals: list[PosTerminal], conn: Any, seconds: float,
+        engine_pids: list[int] | None, postgres_url: str | None,
+    ) -> "_CpuMeter | None":
+        if not engine_pids and not postgres_url:
+            return None
+        # The decode unit decodes the request the run sends most: its first kind, built and MACed as sent.
+        terminal = terminals[0]
+        kind = next((k for k in workload.kinds if k not in CHIP_KINDS), None)
+        if kind is not None:
+            _, request = workload.next(terminal, kind)
+        else:
+            # A chip-only run: a keyed request of the same terminal stands in (the chip kinds exchange several).
+            sample = CardData(pan="4761739001010010", expiry="3012", track2="4761739001010010=30122010000000000000", cvv2="123")
+            request = terminal.card_request(sample, 1000, entry="manual", cvv2=sample.cvv2)
+        raw, _, _ = outgoing(getattr(conn, "terminals", {}), request)
+        unit = DecodeUnit(raw, max(1.0, seconds - 0.5))
+        await unit.start()
+        postgres = PostgresCpu(postgres_url) if postgres_url else None
+        if postgres is not None:
+            await postgres.start()
+        engine = ProcessCpu(list(engine_pids)) if engine_pids else None
+        if engine is not None:
+            engine.start()
+        meter = cls(engine, postgres, unit)
+        return meter
+
+    async def sample(self) -> None:
+        if self.engine is not None:
+            self.engine.sample()
+        if self.postgres is not None:
+            await self.postgres.sample()
+
+    async def end(self, answers: int) -> CpuFigures:
+        generator_s = time.process_time() - self.generator_start
+        engine_s = self.engine.stop() if self.engine is not None else None
+        postgres_s = await self.postgres.stop() if self.postgres is not None else None
+        unit = await self.unit.result()
+        return CpuFigures(answers, engine_s, generator_s, unit["decode_us"], postgres_s)
+
+    async def cancel(self) -> None:
+        await self.unit.cancel()
 
 
 async def _close_batches(

@@ -175,6 +175,17 @@ def print_summary(summary: dict[str, Any], out: TextIO | None = None) -> None:
             f"({b['debits_minor']}), credits {b['credits_count']} ({b['credits_minor']}); slowest close {b['close_max_ms']} ms",
             file=out,
         )
+    cpu = summary.get("cpu")
+    if cpu:
+        parts = []
+        if cpu.get("engine_us_per_auth") is not None:
+            parts.append(f"engine {cpu['engine_us_per_auth']:,.0f} µs per answer = {cpu['engine_decode_ratio']} decode units "
+                         f"({cpu['decode_unit_us']:.1f} µs each)")
+        if cpu.get("postgres_us_per_auth") is not None:
+            parts.append(f"PostgreSQL {cpu['postgres_us_per_auth']:,.0f} µs")
+        parts.append(f"load generator {cpu['generator_us_per_request']:,.0f} µs per request")
+        load = ", ".join(f"{x:.2f}" for x in cpu["load_average"])
+        print(f"CPU: {'; '.join(parts)} (load average {load})", file=out)
     print("latency distribution:", file=out)
     for q, ms in summary["latency_distribution_ms"].items():
         print(f"  {q + '%':>7} {ms:10.2f} ms", file=out)

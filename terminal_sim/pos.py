@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsm_sim.crypto.des import tdes_ecb_encrypt
-from hsm_sim.crypto.dukpt import COUNTER_MASK, derive_transaction_key, mac_request_key, mac_response_key, pin_encryption_key
+from hsm_sim.crypto.dukpt import COUNTER_MASK, TransactionKeys, mac_request_key, mac_response_key, pin_encryption_key
 from hsm_sim.crypto.mac import retail_mac
 from hsm_sim.crypto.pinblock import encode_pin_block
 from processor.iso8583 import MessageFormatError, chip_service_code, decode
@@ -91,6 +91,8 @@ class PosTerminal:
     batch: TerminalBatch = field(default_factory=TerminalBatch)
     _stan: itertools.count = field(default_factory=lambda: itertools.count(1))
     _last_key: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # The keys on the path of the latest counter, as a terminal's future-key registers keep them.
+    _keys: TransactionKeys = field(default_factory=lambda: TransactionKeys(max_devices=4), init=False, repr=False, compare=False)
 
     @classmethod
     def from_registered(cls, registered: dict[str, Any], currency_numeric: str = "978") -> "PosTerminal":
@@ -119,7 +121,7 @@ class PosTerminal:
         last = self._last_key
         if last is not None and last[0] == ksn:
             return last[1]
-        key = derive_transaction_key(bytes.fromhex(self.ipek), bytes.fromhex(ksn))
+        key = self._keys.get(self.ipek, bytes.fromhex(self.ipek), bytes.fromhex(ksn))
         self._last_key = (ksn, key)
         return key
 
@@ -147,7 +149,7 @@ class PosTerminal:
         else:
             ksn = self.next_ksn()
         raw = encode_for_mac({**fields, "53": ksn})
-        tag = retail_mac(mac_request_key(self._transaction_key(ksn)), raw[:-MAC_BYTES])
+        tag = retail_mac(mac_request_key(self._transaction_key(ksn)), raw[:-MAC_BYTES], cache=False)
         return raw[:-MAC_BYTES] + tag, ksn
 
     def authentic(self, payload: bytes, ksn: str) -> bool:
@@ -159,7 +161,7 @@ class PosTerminal:
         if parts is None:
             return False
         data, tag = parts
-        expected = retail_mac(mac_response_key(self._transaction_key(ksn)), data).hex().upper()
+        expected = retail_mac(mac_response_key(self._transaction_key(ksn)), data, cache=False).hex().upper()
         return hmac.compare_digest(expected, tag)
 
     # ------------------------------------------------------------ message building

@@ -134,9 +134,9 @@ def test_processor_packages_depend_one_way() -> None:
 def test_the_three_programs_and_the_harness_import_only_what_they_may() -> None:
     graph = import_graph(["processor", "hsm_sim", "terminal_sim", "demo"])
     imports = {(source, target) for source, targets in graph.items() for target in targets}
-    # The processor reaches the HSM through its client API only (and the client's certificates, for the
-    # error they raise), never the terminals or the harness.
-    client_api = {"hsm_sim", "hsm_sim.pki"}
+    # The processor reaches the HSM through its client API only (the package, and the framing that the
+    # HSM's protocol and the processor's ISO 8583 link share), never the terminals or the harness.
+    client_api = {"hsm_sim", "hsm_sim.framing"}
     assert {t for s, t in imports if s.startswith("processor") and not t.startswith("processor")} <= client_api
     # The HSM is a program of its own.
     assert not {t for s, t in imports if s.startswith("hsm_sim") and not t.startswith("hsm_sim")}

@@ -94,6 +94,49 @@ def derive_transaction_key(ipek: bytes, ksn: bytes) -> bytes:
     return key.to_bytes(16, "big")
 
 
+class TransactionKeys:
+    """Transaction keys of many devices, each derived from the nearest key on its counter's path.
+
+    The key of counter c is one NRKGP step from the key of c without its lowest one-bit, so a device's
+    counters in sequence cost about one step each instead of one per one-bit, and asking again for the
+    same KSN (a request's MAC, then its answer's) costs none. Per device the keys on the path of its
+    latest counter are kept (at most ten); at most `max_devices` devices, then it starts again.
+    """
+
+    def __init__(self, max_devices: int = 10_000) -> None:
+        self.max_devices = max_devices
+        self._paths: dict[tuple[object, int], dict[int, int]] = {}
+
+    def get(self, owner: object, ipek: bytes, ksn: bytes) -> bytes:
+        """derive_transaction_key(ipek, ksn) for the device `owner` names with that IPEK (e.g. BDK and KSN base)."""
+        _check_key(ipek, "IPEK")
+        _check_ksn(ksn)
+        value = int.from_bytes(ksn, "big")
+        counter = value & COUNTER_MASK
+        if bin(counter).count("1") > MAX_COUNTER_ONE_BITS:
+            raise ValueError(f"KSN counter has more than {MAX_COUNTER_ONE_BITS} one-bits; no device uses it")
+        register = value & _LOW64 & ~COUNTER_MASK
+        device = (owner, value & ~COUNTER_MASK)
+        known = self._paths.get(device)
+        if known is None:
+            if len(self._paths) >= self.max_devices:
+                self._paths.clear()
+            known = {}
+        key = int.from_bytes(ipek, "big")
+        path: dict[int, int] = {}
+        prefix = 0
+        bit = 1 << 20
+        while bit:
+            if counter & bit:
+                prefix |= bit
+                cached = known.get(prefix)
+                key = cached if cached is not None else _nrkgp(key, register | prefix)
+                path[prefix] = key
+            bit >>= 1
+        self._paths[device] = path
+        return key.to_bytes(16, "big")
+
+
 def _variant(transaction_key: bytes, variant: int) -> bytes:
     _check_key(transaction_key, "transaction key")
     return (int.from_bytes(transaction_key, "big") ^ variant).to_bytes(16, "big")

@@ -8,7 +8,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
-from hsm_sim.crypto.des import des_ecb_decrypt, des_ecb_encrypt
+from hsm_sim.crypto.des import tdes_ecb_encrypt
 
 _ZERO8 = bytes(8)
 
@@ -36,11 +36,12 @@ def pad(data: bytes, method: int) -> bytes:
     raise ValueError(f"MAC padding method must be 1, 2 or 3, got {method}")
 
 
-def retail_mac(key16: bytes, data: bytes, *, padding: int = 1) -> bytes:
+def retail_mac(key16: bytes, data: bytes, *, padding: int = 1, cache: bool = True) -> bytes:
     """8-byte ISO 9797-1 MAC algorithm 3 (ANSI X9.19 retail MAC) under a double-length key K1||K2.
 
     Single-DES CBC under K1 over the padded data, then the last block decrypted under K2 and
-    encrypted under K1. Raises ValueError for a key that is not 16 bytes or an unknown padding.
+    encrypted under K1. `cache=False` for a key used once (a DUKPT transaction's): its key schedules are
+    not kept. Raises ValueError for a key that is not 16 bytes or an unknown padding.
 
     ISO/IEC 9797-1 annex B (K = 0123456789ABCDEF, K' = FEDCBA9876543210, padding method 1):
 
@@ -49,9 +50,18 @@ def retail_mac(key16: bytes, data: bytes, *, padding: int = 1) -> bytes:
     """
     if len(key16) != 16:
         raise ValueError(f"retail MAC key must be 16 bytes, got {len(key16)}")
-    k1, k2 = bytes(key16[:8]), bytes(key16[8:])
-    chained = _des_cbc(k1).encryptor().update(pad(data, padding))[-8:]
-    return des_ecb_encrypt(k1, des_ecb_decrypt(k2, chained))
+    return _retail_mac(bytes(key16), pad(data, padding), cache)
+
+
+def _retail_mac(key16: bytes, padded: bytes, cache: bool) -> bytes:
+    # E_K1(D_K2(C_n)) with C_n = E_K1(P_n ^ C_n-1) is TDES (K1, K2, K1) of P_n ^ C_n-1: two key schedules
+    # (single-DES CBC under K1 for the blocks before the last, TDES for the last) instead of three.
+    last = padded[-8:]
+    if len(padded) > 8:
+        factory = _des_cbc if cache else _des_cbc.__wrapped__
+        chained = factory(key16[:8]).encryptor().update(padded[:-8])[-8:]
+        last = (int.from_bytes(last, "big") ^ int.from_bytes(chained, "big")).to_bytes(8, "big")
+    return tdes_ecb_encrypt(key16, last, cache=cache)
 
 
 def aes_cmac(key: bytes, data: bytes, *, length: int = 8) -> bytes:

@@ -1,8 +1,12 @@
-"""The host interface: ISO 8583:1987 messages (`SPEC`), framing, typed views, response codes, DE 55 TLV."""
+"""The host interface: ISO 8583:1987 messages (`SPEC`), framing, typed views, response codes, DE 55 TLV.
+
+The 2-byte length framing is the HSM protocol's too; its one home is hsm_sim.framing (part of the client API).
+"""
+
+from hsm_sim.framing import FrameDecoder, FrameError, FrameTimeout, FrameTooLarge, IncompleteFrame, encode_frame, read_frame
 
 from . import response_codes as rc
 from .codec import MessageFormatError, decode, encode, encode_de48, parse_de48
-from .framing import FrameDecoder, FrameError, FrameTimeout, FrameTooLarge, IncompleteFrame, encode_frame, read_frame
 from .messages import (
     Balance,
     BatchTotals,

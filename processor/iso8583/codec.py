@@ -6,6 +6,7 @@ from typing import Any
 
 import iso8583
 
+from .compiled import CompiledCodec
 from .spec import KSN_BYTES, NUMERIC_FIELDS, REFUSED_FIELDS, SPEC
 from .tlv import TlvError, decode_tlv
 
@@ -16,6 +17,8 @@ RESPONSE_MTIS = frozenset({"0110", "0130", "0210", "0230", "0410", "0430", "0510
 KNOWN_MTIS = REQUEST_MTIS | RESPONSE_MTIS
 PAN_DIGITS_MIN = 12
 PAN_DIGITS_MAX = 19
+# The fast path compiled from SPEC; pyiso8583 decides whatever it declines (and words every error).
+COMPILED = CompiledCodec(SPEC)
 
 
 class MessageFormatError(ValueError):
@@ -37,12 +40,20 @@ def _describe(exc: iso8583.DecodeError | iso8583.EncodeError) -> str:
 
 def decode(raw: bytes) -> dict[str, Any]:
     """The message as {field: value}; raises MessageFormatError on anything that is not ours."""
+    fields = COMPILED.decode(raw)
+    if fields is None:
+        fields = reference_decode(raw)
+    validate(fields)
+    return fields
+
+
+def reference_decode(raw: bytes) -> dict[str, Any]:
+    """pyiso8583's decode of `raw`, its error worded as a MessageFormatError (no validation of our own)."""
     try:
         fields, _ = iso8583.decode(raw, SPEC)
     except iso8583.DecodeError as exc:
         partial = {k: v for k, v in exc.doc_dec.items() if k in ("t", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49")}
         raise MessageFormatError(f"{_describe(exc)}: field {exc.field}", exc.field, partial) from None
-    validate(fields)
     return fields
 
 
@@ -85,6 +96,14 @@ def _without(fields: dict[str, Any], de: str) -> dict[str, Any]:
 
 def encode(fields: dict[str, Any]) -> bytes:
     """The message bytes; raises MessageFormatError naming the field that does not fit SPEC."""
+    raw = COMPILED.encode(fields)
+    if raw is not None:
+        return raw
+    return reference_encode(fields)
+
+
+def reference_encode(fields: dict[str, Any]) -> bytes:
+    """pyiso8583's encoding of `fields`, its error worded as a MessageFormatError."""
     try:
         raw, _ = iso8583.encode(dict(fields), SPEC)
     except iso8583.EncodeError as exc:

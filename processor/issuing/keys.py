@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from hsm_sim import HsmApi
+from hsm_sim import HsmApi, all_keys
 from processor.errors import ConfigurationError
 from processor.issuing import config
 from processor.ledger import StoreInterface
@@ -73,7 +73,7 @@ async def load_issuer_keys(store: StoreInterface, hsm: HsmApi | None = None) -> 
 
 async def verify_issuer_keys(keys: IssuerKeys, hsm: HsmApi) -> None:
     """Fail early, naming the key, when the store and the HSM disagree (e.g. a different key-store file)."""
-    known = {info.kcv for info in await hsm.list_keys()}
+    known = {info.kcv for info in await all_keys(hsm)}
     missing = [name for name, kcv in keys.as_dict().items() if kcv not in known]
     if missing:
         raise ConfigurationError(

@@ -36,11 +36,14 @@ async def provision(
     mcc: str = "5411",
     label: str = "load",
     stripe_only_every: int = 2,
+    key_loader: HsmApi | None = None,
 ) -> Population:
     """Cardholders with a funded checking account and a card each, and terminals at one merchant.
 
     Every `stripe_only_every`-th card is a magstripe-only card (service code 101), the kind a terminal
-    with a chip reader may swipe; the others carry a chip. 0 issues chip cards only.
+    with a chip reader may swipe; the others carry a chip. 0 issues chip cards only. Cards are issued
+    through `hsm`; the terminals' initial keys come through `key_loader` (a networked HSM gives them to
+    its key-loading role only), or `hsm` when it is the same.
     """
     run = secrets.token_hex(3)
     population = Population()
@@ -58,7 +61,7 @@ async def provision(
     for i in range(terminals):
         registered = await add_terminal(
             store,
-            hsm,
+            key_loader or hsm,
             keys,
             terminal_id=f"T{run[:4].upper()}{i:03d}"[:8],
             merchant_id=merchant_id,

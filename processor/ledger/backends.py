@@ -29,14 +29,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import greenlet_spawn
 
 from processor.ledger.apply import Conflict, LedgerBug
+from processor.ledger.driver import AsyncpgDriver, SqliteDriver
 from processor.ledger.interface import Lookup
 
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 TXN_ATTEMPTS = 6
+PG_COMMAND_TIMEOUT_S = 30.0
 PG_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 
 
@@ -198,6 +201,7 @@ class SqliteWriter:
         self.engine = sqlite_writer_engine(url)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
         self.conn: Connection | None = None
+        self.driver: SqliteDriver | None = None  # the hot path's statements, on the same connection
 
     async def transact(self, body: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._transact, body, args)
@@ -212,7 +216,36 @@ class SqliteWriter:
             except Exception as exc:
                 if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                     self.conn.close()
-                    self.conn = None  # the next attempt (or transaction) starts on a new connection
+                    self.conn = None
+                    self.driver = None  # the next attempt (or transaction) starts on a new connection
+                if attempt + 1 == TXN_ATTEMPTS or not retryable(exc):
+                    raise
+                time.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def transact_driver(self, body: Callable[..., T], *args: Any) -> T:
+        """Run `body(driver, *args)` in one BEGIN IMMEDIATE transaction on the writer's own connection."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._transact_driver, body, args)
+
+    def _transact_driver(self, body: Callable[..., T], args: Sequence[Any]) -> T:
+        for attempt in range(TXN_ATTEMPTS):
+            if self.conn is None:
+                self.conn = self.engine.connect()
+            if self.driver is None or self.driver.raw is not self.conn.connection.dbapi_connection:
+                self.driver = SqliteDriver(self.conn.connection.dbapi_connection, self.engine.dialect, self.engine.url)
+            raw = self.driver.raw
+            try:
+                self.driver.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    result = body(self.driver, *args)
+                    self.driver.exec_driver_sql("COMMIT")
+                    return result
+                except BaseException:
+                    if raw.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            raw.execute("ROLLBACK")
+                    raise
+            except Exception as exc:
                 if attempt + 1 == TXN_ATTEMPTS or not retryable(exc):
                     raise
                 time.sleep(0.002 * 2**attempt)
@@ -220,6 +253,7 @@ class SqliteWriter:
 
     def close(self) -> None:
         def _close() -> None:
+            self.driver = None
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
@@ -242,32 +276,50 @@ async def pg_transact(conn: AsyncConnection, body: Callable[..., T], *args: Any)
 
 
 class PgWriter:
-    """One writer's own PostgreSQL connection, replaced when the server drops it."""
+    """One writer's own asyncpg connection for the hot path's batches, replaced when the server drops it.
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.conn: AsyncConnection | None = None
+    The batch code is synchronous; it runs in a greenlet whose statements go to asyncpg as prepared
+    statements (`processor.ledger.driver`). No pool: the connection is this writer's for its whole life, so
+    nothing is reset between batches.
+    """
+
+    def __init__(self, dsn: str, dialect: Any, url: Any) -> None:
+        self.dsn = dsn
+        self.dialect = dialect
+        self.url = url
+        self.driver: AsyncpgDriver | None = None
 
     async def connect(self) -> None:
-        self.conn = await self.engine.connect()
+        import asyncpg
+
+        raw = await asyncpg.connect(self.dsn, timeout=10, command_timeout=PG_COMMAND_TIMEOUT_S)
+        self.driver = AsyncpgDriver(raw, self.dialect, self.url)
 
     async def transact(self, body: Callable[..., T], *args: Any) -> T:
-        if self.conn is None or self.conn.invalidated or self.conn.closed:
-            await self.close()
-            await self.connect()
-        assert self.conn is not None
-        try:
-            return await pg_transact(self.conn, body, *args)
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                await self.close()  # the next batch reconnects
-            raise
+        """Run `body(driver, *args)` in one transaction; deadlocks and serialization failures are retried."""
+        for attempt in range(TXN_ATTEMPTS):
+            if self.driver is None or self.driver.raw.is_closed():
+                await self.close()
+                await self.connect()
+            assert self.driver is not None
+            try:
+                async with self.driver.raw.transaction():
+                    return await greenlet_spawn(body, self.driver, *args)
+            except Exception as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    await self.close()  # the next attempt (or batch) reconnects
+                if attempt + 1 == TXN_ATTEMPTS or not retryable(exc):
+                    raise
+                await asyncio.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                await self.conn.close()
-            self.conn = None
+        if self.driver is not None:
+            raw, self.driver = self.driver.raw, None
+            try:
+                await asyncio.wait_for(raw.close(), timeout=5)
+            except Exception:
+                raw.terminate()
 
 
 def describe(exc: BaseException) -> str:

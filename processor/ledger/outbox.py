@@ -66,6 +66,7 @@ class EventConsumer(Base):
 events = Event.__table__
 event_consumers = EventConsumer.__table__
 
+_INSERT_EVENTS = insert(events)  # built once: the hot path's driver compiles each statement once
 SCHEMA_VERSION = 1
 READ_LIMIT_MAX = 1000
 MAX_DATA_CHARS = 8000
@@ -118,7 +119,7 @@ def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     if conn.dialect.name != "postgresql":
-        conn.execute(insert(events), list(rows))
+        conn.execute(_INSERT_EVENTS, list(rows))
         return
     # The xid first: a transaction without one would not show as running to a reader while it holds ids.
     _, isolation = conn.exec_driver_sql(_PG_XID).one()
@@ -182,40 +183,45 @@ _memos: dict[str, _Memo] = {}  # one per database this process writes to
 
 
 def card_events(conn: Connection, answered: Sequence[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
-    """Event rows for the auths rows of one batch (those of a cardholder's account)."""
-    mine = [row for row in answered if row.get("account_id") is not None and row["op"] in AUTHORIZATION_OPS | REVERSAL_OPS]
+    """Event rows for the auths rows of one batch: the cardholder's when the account has a holder, else
+    one `authorization.unmatched` for operators (an unknown card, an internal account), so that
+    operators hear of every decision."""
+    mine = [row for row in answered if row["op"] in AUTHORIZATION_OPS | REVERSAL_OPS]
     if not mine:
         return []
     database = conn.engine.url.render_as_string(hide_password=True)
     memo = _memos.get(database)
     if memo is None:
         memo = _memos[database] = _Memo()
-    memo.fill(conn, {r["account_id"] for r in mine}, {r["card_id"] for r in mine if r.get("card_id") is not None},
+    memo.fill(conn, {r["account_id"] for r in mine if r.get("account_id") is not None},
+              {r["card_id"] for r in mine if r.get("card_id") is not None},
               {r["terminal_id"] for r in mine if r.get("terminal_id")})
     holders, last4, shops = memo.holders, memo.last4, memo.shops
     rows = []
     for r in mine:
-        cardholder_id = holders.get(r["account_id"])
-        if cardholder_id is None:
-            continue  # an internal account: nobody's feed
+        cardholder_id = holders.get(r["account_id"]) if r.get("account_id") is not None else None
         data = {
             "card_id": r.get("card_id"),
             "last4": last4.get(r.get("card_id")),
-            "account_id": r["account_id"],
+            "account_id": r.get("account_id"),
             "amount_minor": r["amount_minor"],
             "approved_minor": r["approved_minor"],
             "currency": r["currency"],
             "merchant": shops.get(r.get("terminal_id") or "", (0.0, None))[1],
         }
-        if r["op"] in REVERSAL_OPS:
-            rows.append(cardholder_event(cardholder_id, "card.reversal", data, now))
-            continue
-        approved = r["rc"] in APPROVALS
-        data |= {
-            "approved": approved,
-            "kind": {"hold": "authorization", "debit": "purchase", "credit": "refund", "increment": "incremental"}.get(r["op"], "declined"),
-            "response_code": r["rc"],
-            "decline_reason": None if approved else r["reason"],
-        }
-        rows.append(cardholder_event(cardholder_id, "card.authorization", data, now))
+        reversal = r["op"] in REVERSAL_OPS
+        if not reversal:
+            approved = r["rc"] in APPROVALS
+            data |= {
+                "approved": approved,
+                "kind": {"hold": "authorization", "debit": "purchase", "credit": "refund", "increment": "incremental"}.get(r["op"], "declined"),
+                "response_code": r["rc"],
+                "decline_reason": None if approved else r["reason"],
+            }
+        if cardholder_id is None:
+            # Nobody's feed (an unknown card, an internal account): the operators still see the decision.
+            rows.append(operator_event("authorization.unmatched", {**data, "terminal_id": r.get("terminal_id"),
+                                                                   "reversal": reversal}, now))
+        else:
+            rows.append(cardholder_event(cardholder_id, "card.reversal" if reversal else "card.authorization", data, now))
     return rows

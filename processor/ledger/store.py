@@ -167,11 +167,19 @@ class Store:
 
     async def _start(self) -> None:
         if self._sqlite is not None:
-            self._writers.append(asyncio.create_task(self._writer_loop(self._sqlite.transact), name="ledger-writer"))
+            self._writers.append(
+                asyncio.create_task(self._writer_loop(self._sqlite.transact_driver), name="ledger-writer")
+            )
         for i in range(self._pg_writers if self._sqlite is None else 0):
             assert self._read is not None
-            writer = PgWriter(self._read)
-            await writer.connect()
+            url = make_url(self.url)
+            writer = PgWriter(url.set(drivername="postgresql").render_as_string(hide_password=False), self._read.dialect, url)
+            try:
+                await writer.connect()
+            except BaseException:
+                for started in self._pg_writer_conns:
+                    await started.close()
+                raise
             self._pg_writer_conns.append(writer)
             self._writers.append(asyncio.create_task(self._writer_loop(writer.transact), name=f"ledger-writer-{i}"))
         for task in self._writers:
@@ -294,7 +302,7 @@ class Store:
             batch.append(item)
         return False
 
-    def _batch_body(self, conn: Connection, batch: Sequence[ops.AnyOp]) -> tuple[list[ops.AuthOutcome], dict[Any, int]]:
+    def _batch_body(self, conn: Any, batch: Sequence[ops.AnyOp]) -> tuple[list[ops.AuthOutcome], dict[Any, int]]:
         state = BatchState(now=utcnow(), internal_ids=self._internal_ids)
         outcomes = apply_batch(conn, batch, state)
         return outcomes, state.new_internal_ids

@@ -35,6 +35,7 @@ from processor.errors import InvalidRequest
 from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import accounts, auths, holds, merchants, terminal_batches, terminals, utcnow
+from processor.ledger.outbox import operator_event, write_events
 from processor.settlement.config import SettlementConfig
 from processor.settlement.models import (
     settlement_days,
@@ -360,6 +361,13 @@ def post_day(conn: Connection, handle: DayHandle, config: SettlementConfig, hold
             state="settled", settled_at=settled_at, next_scan_id=next_scan, summary=json.dumps(summary)
         )
     )
+    # Operators hear of it from the outbox (the broker's events/operators/settlement/finished): the totals,
+    # not the per-merchant lines, which `processor settle report` shows.
+    write_events(conn, [operator_event("settlement.finished", {
+        "business_date": key, "settled_at": summary["settled_at"], "items": summary["items"],
+        "totals": summary["totals"], "merchants": len(merchants_out), "networks": len(networks_out),
+        "holds_expired": holds_expired, "exceptions": exceptions,
+    }, settled_at)])
     return summary
 
 

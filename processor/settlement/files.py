@@ -92,11 +92,15 @@ def _place_unnamed(write: Callable[[Any], None], target: Path) -> dict[str, Any]
             revision, candidate, there = _next_free(target, digest.hexdigest())
             if there:
                 return {"path": str(candidate), "sha256": digest.hexdigest(), "written": False}
+            dir_fd = os.open(target.parent, os.O_RDONLY)
             try:
-                # link() never replaces: a file that appeared meanwhile sends us to the next revision.
-                os.link(f"/proc/self/fd/{f.fileno()}", candidate, follow_symlinks=True)
+                # linkat() with AT_SYMLINK_FOLLOW (a dir fd makes os.link use it) gives the unnamed file a name;
+                # it never replaces: a file that appeared meanwhile sends us to the next revision.
+                os.link(f"/proc/self/fd/{f.fileno()}", candidate.name, dst_dir_fd=dir_fd, follow_symlinks=True)
             except FileExistsError:
                 continue
+            finally:
+                os.close(dir_fd)
             _fsync_dir(target.parent)
             return {"path": str(candidate), "sha256": digest.hexdigest(), "written": True, "revision": revision}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Table, func, select, update
 
-from hsm_sim import HsmApi, TokenizedPan
+from hsm_sim import HsmApi, TokenizedPan, all_keys
 from processor.errors import ConfigurationError, InvalidRequest
 from processor.ledger import StoreInterface
 from processor.ledger.models import cards, payment_tokens, utcnow
@@ -25,9 +25,9 @@ MAX_BATCH = 5000
 async def current_versions(hsm: HsmApi) -> tuple[int, int]:
     """(DEK version, FPK version) the HSM tokenizes with now: the newest of each key type."""
     newest: dict[str, int] = {}
-    for info in await hsm.list_keys():
-        if info.key_type in ("DEK", "FPK"):
-            newest[info.key_type] = max(newest.get(info.key_type, 0), int(info.version))
+    for key_type in ("DEK", "FPK"):
+        for info in await all_keys(hsm, key_type):
+            newest[key_type] = max(newest.get(key_type, 0), int(info.version))
     missing = [kind for kind in ("DEK", "FPK") if kind not in newest]
     if missing:
         raise ConfigurationError(f"the HSM holds no {' and no '.join(missing)} key: run `processor init` first")

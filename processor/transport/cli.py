@@ -6,6 +6,8 @@
     processor broker terminal ID        a registered terminal's broker account (password shown once)
     processor broker cardholder HANDLE  a cardholder app's account, to read its own events
     processor terminal list             registered terminals, with which are online on the broker
+    processor events publish            the outbox's events, published to the broker after commit (runs until stopped)
+    processor events status             how far the publisher is: its position, the newest event, the backlog
 
 `init`, `run` and `url` need no database: they set `standalone` instead of `func`.
 """
@@ -153,6 +155,79 @@ def _terminal_table(rows: list[dict[str, Any]], *, broker: bool) -> str:
     return "\n".join(lines)
 
 
+def cmd_events_publish(args: argparse.Namespace, settings: Any) -> int:
+    """Publish the outbox to the broker until SIGINT or SIGTERM, with a progress line every few seconds."""
+    import asyncio
+
+    url = args.mqtt or os.environ.get("PROCESSOR_EVENTS_MQTT_URL")
+    if not url:
+        raise ConfigurationError("no broker: give --mqtt URL (`processor broker url events` prints it) "
+                                 "or set PROCESSOR_EVENTS_MQTT_URL")
+    from processor.transport.mqtt import MqttEndpoint
+
+    try:
+        MqttEndpoint.parse(url)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if args.batch < 1 or args.batch > 1000:
+        raise ConfigurationError(f"--batch must be 1 to 1000 events, not {args.batch}")
+    return asyncio.run(_publish(args, settings, url))
+
+
+async def _publish(args: argparse.Namespace, settings: Any, url: str) -> int:
+    import asyncio
+    import contextlib
+    import time
+
+    from rich.console import Console
+
+    from processor.ledger import Store
+    from processor.logs import FLUSH_INTERVAL_S, configure
+    from processor.transport.publisher import EventPublisher, PublisherLimits, PublisherStats
+
+    console = Console(stderr=True, highlight=False)
+    handler = configure(settings.log_file)
+
+    async def flush_logs() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            handler.flush()
+
+    flusher = asyncio.create_task(flush_logs())
+    shown = {"at": 0.0}
+
+    def progress(stats: PublisherStats) -> None:
+        now = time.monotonic()
+        if now - shown["at"] < args.progress_s:
+            return
+        shown["at"] = now
+        state = "connected" if stats.connected else f"broker unreachable ({stats.last_error})"
+        console.print(f"events: position {stats.position}, newest {stats.newest}, backlog {stats.backlog}, "
+                      f"published {stats.events} ({stats.messages} messages), {state}")
+
+    store = await Store.open(settings.db_url)
+    publisher = EventPublisher(store, url, name=args.name, limits=PublisherLimits(batch=args.batch), on_progress=progress)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, publisher.stop)
+    try:
+        console.print(f"publishing events as {args.name!r} to {publisher.endpoint.safe()}")
+        await publisher.run()
+    finally:
+        await store.close()
+        flusher.cancel()
+        handler.flush()
+    console.print(f"stopped at event {publisher.stats.position}; published {publisher.stats.events} event(s)")
+    return 0
+
+
+async def cmd_events_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.transport.publisher import publisher_status
+
+    return await publisher_status(rt.store, args.name)
+
+
 def register(sub: Any, data_command: DataCommand) -> None:
     """Add `broker ...` and `terminal list` to the `processor` command parser."""
     default_dir = os.environ.get("PROCESSOR_BROKER_DIR") or DEFAULT_DIR
@@ -184,6 +259,19 @@ def register(sub: Any, data_command: DataCommand) -> None:
     te = group(sub, "terminal", "terminals")
     p = data_command(te, "list", cmd_terminal_list, "registered terminals, and which are online on the broker")
     p.add_argument("--limit", type=int, default=10_000)
+
+    from processor.transport.publisher import DEFAULT_CONSUMER
+
+    ev = group(sub, "events", "events on the broker")
+    p = ev.add_parser("publish", help="publish the outbox's events to the broker after commit, until stopped")
+    p.add_argument("--mqtt", help="the broker's events account, mqtt://events:PASSWORD@HOST:PORT "
+                   "(default: PROCESSOR_EVENTS_MQTT_URL; `processor broker url events` prints it)")
+    p.add_argument("--name", default=DEFAULT_CONSUMER, help=f"the consumer position to publish from (default {DEFAULT_CONSUMER})")
+    p.add_argument("--batch", type=int, default=500, help="events read and published at once, 1-1000 (default 500)")
+    p.add_argument("--progress-s", type=float, default=10.0, help="seconds between progress lines (default 10)")
+    p.set_defaults(func=None, run=cmd_events_publish)
+    p = data_command(ev, "status", cmd_events_status, "how far the publisher is: position, newest event, backlog")
+    p.add_argument("--name", default=DEFAULT_CONSUMER, help=f"the consumer (default {DEFAULT_CONSUMER})")
 
 
 def run_standalone(args: argparse.Namespace, settings: Any) -> int:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from processor.iso8583 import FrameDecoder, FrameTooLarge, encode_frame
+from hsm_sim.framing import FrameDecoder, FrameTooLarge, StreamLimits, encode_frame
 
 log = logging.getLogger("processor.transport.tcp")
 
@@ -21,16 +21,13 @@ Handler = Callable[[bytes], Awaitable[bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
-class TcpLimits:
-    """Bounds of the TCP server; the defaults suit a few hundred terminals per engine process."""
+class TcpLimits(StreamLimits):
+    """Bounds of the TCP server (the framed-stream ones and its own); the defaults suit a few hundred
+    terminals per engine process."""
 
-    max_frame_bytes: int = 8192
     max_connections: int = 512
     max_in_flight_per_connection: int = 64
-    idle_timeout_s: float = 300.0
-    frame_timeout_s: float = 5.0
     handler_timeout_s: float = 10.0
-    write_buffer_high_bytes: int = 256 * 1024
 
 
 class _Connection(asyncio.Protocol):

@@ -149,3 +149,13 @@ def test_progress_counts_the_last_second_only():
     assert (second.answered, second.answered_last_s, second.p99_last_s_ms) == (7, 1, pytest.approx(3.0, rel=1e-3))
     assert isinstance(second, LoadProgress) and "declined 1 (51=1)" in second.text().plain
     assert result.failures() == []
+
+
+async def test_the_engines_cpu_per_answer_against_the_decode_unit(target):
+    # The engine runs in this process: its CPU per answer is this process's.
+    code, summary, err = await _load(target, target.known_cards, "--mix", "purchase=1", "--quiet", "--engine-pid", str(os.getpid()))
+    assert code == 0, err
+    cpu = summary["cpu"]
+    assert cpu["engine_us_per_auth"] > 0 and cpu["decode_unit_us"] > 0 and cpu["generator_us_per_request"] > 0
+    assert abs(cpu["engine_decode_ratio"] - cpu["engine_us_per_auth"] / cpu["decode_unit_us"]) < 0.05
+    assert "postgres_us_per_auth" not in cpu

@@ -253,3 +253,65 @@ def test_file_permissions_of_the_pki(pki: Path):
     assert pki.stat().st_mode & 0o777 == 0o700
     for path in pki.glob("*.key"):
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+async def test_the_engine_never_obtains_an_ipek_a_clear_key_or_a_clear_pin(served, client):
+    """Every command outside the engine's role is refused whatever its arguments, and every command in it,
+    run with every key the HSM holds in every argument slot, answers nothing that is a clear key, an
+    IPEK, a DUKPT working key or the PIN."""
+    from hsm_sim import COMMANDS
+    from hsm_sim.crypto import dukpt, pinblock
+    from hsm_sim.crypto.des import tdes_ecb_encrypt
+
+    components = {"CVK": ["4F" * 16, "10" * 16], "PVK": ["3B" * 16, "08" * 16], "BDK": ["01" * 16, "F2" * 16],
+                  "TPK": ["1C" * 16, "02" * 16], "TAK": ["5A" * 16, "06" * 16], "IMK-AC": ["5D" * 16, "20" * 16],
+                  "ZMK": ["11" * 16, "24" * 16]}
+    clear = {t: bytes(a ^ b for a, b in zip(*(bytes.fromhex(c) for c in parts))) for t, parts in components.items()}
+    kcvs = {t: (await served.hsm.form_key_from_components(t, parts)).kcv for t, parts in components.items()}
+    await served.hsm.generate_key("DEK", "AES")
+    await served.hsm.generate_key("FPK")
+    pin, ksn = "482190735", "FFFF9876543210E00003"
+    ipek = dukpt.derive_ipek(clear["BDK"], bytes.fromhex(ksn))
+    transaction_key = dukpt.derive_transaction_key(ipek, bytes.fromhex(ksn))
+    working = [dukpt.pin_encryption_key(transaction_key), dukpt.mac_request_key(transaction_key), dukpt.mac_response_key(transaction_key)]
+    secrets = [k.hex().upper() for k in [*clear.values(), ipek, *working]]
+    tpk_block = tdes_ecb_encrypt(clear["TPK"], pinblock.encode_pin_block(pin, PAN, 0)).hex().upper()
+    dukpt_block = tdes_ecb_encrypt(working[0], pinblock.encode_pin_block(pin, PAN, 0)).hex().upper()
+    engine = await client("engine-1")
+
+    for name in COMMANDS.values():
+        if name not in ROLES["engine"]:
+            with pytest.raises(HsmError) as info:
+                await engine.call(name)
+            assert info.value.code == "17", name
+
+    answers: list[str] = []
+
+    async def run(name: str, *args: object, **kwargs: object) -> None:
+        try:
+            answers.append(repr(await engine.call(name, *args, **kwargs)))
+        except HsmError as exc:
+            answers.append(exc.message)
+
+    for key in kcvs.values():
+        for other in kcvs.values():
+            for block in (tpk_block, dukpt_block):
+                for extra in ({}, {"ksn": ksn}):
+                    await run("verify_pin", block, PAN, key, 0, other, method="pvv", verification_value="1234", **extra)
+        for extra in ({}, {"ksn": ksn}):
+            await run("generate_mac", key, b"\x00" * 16, **extra)
+            await run("verify_mac", key, b"\x00" * 16, "00" * 8, **extra)
+        await run("verify_cvv", key, PAN, "3012", "000", "123")
+        await run("verify_arqc", key, PAN, "00", "0001", "00" * 8, "00" * 29, cvn=18, arc="3030")
+        await run("key_info", key)
+    await run("list_keys")
+    await run("tokenize_pan", PAN)
+    await run("fingerprint_pan", PAN)
+    await run("who_am_i")
+    # A command added to the engine's role must be tried here too.
+    assert ROLES["engine"] == {"verify_pin", "generate_mac", "verify_mac", "verify_cvv", "verify_arqc", "key_info", "list_keys",
+                               "tokenize_pan", "fingerprint_pan", "who_am_i"}
+    text = "\n".join(answers).upper()
+    assert len(answers) == len(kcvs) * 35 + 4 and "FALSE" in text and "FINGERPRINT" in text  # the commands ran
+    assert not [s for s in secrets if s in text]
+    assert pin not in text

@@ -51,6 +51,9 @@ def test_each_command_runs_as_its_role(deployment, served_audit):
     assert stranger.returncode == 2 and "no HSM certificate for mallory" in stranger.stderr and "Traceback" not in stranger.stderr
     terminal = data("terminal", "add", "--id", "SHOP0001", "--merchant", "SHOP00000000001", "--mcc", "5411")
     assert len(terminal["ipek"]) == 32
+    # Bulk provisioning issues cards as the issuer and takes the terminals' IPEKs as the key loader.
+    provisioned = data("provision", "--cardholders", "1", "--terminals", "2")
+    assert len(provisioned["cards"]) == 1 and [len(t["ipek"]) for t in provisioned["terminals"]] == [32, 32]
 
     formed = processor("bureau", "key", check=False)
     assert formed.returncode == 2 and "dual control" in formed.stderr
@@ -66,4 +69,6 @@ def test_each_command_runs_as_its_role(deployment, served_audit):
                 ("alice", "reveal_pan", "00"), ("key-loader", "inject_ipek", "00"), ("issuer", "personalization_data", "00")}
     audit = served_audit(cwd / "hsm.json.audit.jsonl", including=expected)
     assert {(line["by"], line["cmd"], line["status"]) for line in audit} >= expected
+    ipeks = [line["by"] for line in audit if line["cmd"] == "inject_ipek"]
+    assert ipeks == ["key-loader"] * 3  # terminal add, then provision's two terminals: no other identity got one
     assert card["pan"] not in (cwd / "hsm.json.audit.jsonl").read_text()

@@ -1,11 +1,19 @@
-"""2-byte big-endian length framing, with a bound on the frame and a timeout on every read."""
+"""Length-prefixed framing with bounds: the one copy used by `hsm-sim serve`, its client, and the
+processor's ISO 8583 link.
+
+A frame is a 2-byte big-endian length followed by that many bytes. The receiver refuses a length over
+its limit (FrameTooLarge) before reading the body, and a frame once started must be complete within a
+timeout (FrameTimeout), so neither a large nor a slow peer can hold memory or a connection.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-HEADER_BYTES = 2
+LENGTH_BYTES = 2
+MAX_PAYLOAD_BYTES = 0xFFFF  # what two length bytes can say
 MAX_FRAME_BYTES = 8192
 
 
@@ -14,10 +22,10 @@ class FrameError(Exception):
 
 
 class FrameTooLarge(FrameError):
-    """The length header announces more than the receiver accepts."""
+    """A frame longer than the receiver (or the sender's limit) accepts."""
 
     def __init__(self, length: int, limit: int = MAX_FRAME_BYTES) -> None:
-        super().__init__(f"{length} (limit {limit})")
+        super().__init__(f"frame of {length} bytes, the limit is {limit}")
         self.length = length
         self.limit = limit
 
@@ -35,11 +43,22 @@ class IncompleteFrame(FrameError):
         self.got = got
 
 
-def encode_frame(payload: bytes) -> bytes:
-    """Length header + payload."""
-    if len(payload) > 0xFFFF:
-        raise FrameTooLarge(len(payload), 0xFFFF)
-    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """The bounds every framed-stream server keeps; each server sets its own defaults and adds its own."""
+
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_connections: int = 256
+    idle_timeout_s: float = 300.0
+    frame_timeout_s: float = 5.0  # from a frame's first byte to its last
+    write_buffer_high_bytes: int = 256 * 1024  # a peer that does not read its answers stops being read
+
+
+def encode_frame(payload: bytes, max_len: int = MAX_PAYLOAD_BYTES) -> bytes:
+    """Length header + payload; FrameTooLarge when the payload is over `max_len`."""
+    if len(payload) > max_len:
+        raise FrameTooLarge(len(payload), max_len)
+    return len(payload).to_bytes(LENGTH_BYTES, "big") + payload
 
 
 async def read_frame(reader: asyncio.StreamReader, *, max_len: int = MAX_FRAME_BYTES, timeout_s: float) -> bytes | None:
@@ -66,23 +85,27 @@ async def read_frame(reader: asyncio.StreamReader, *, max_len: int = MAX_FRAME_B
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes as they arrive, iterate complete payloads. The buffer is bounded."""
+    """Incremental decoder: feed bytes as they arrive, iterate complete payloads. The buffer is bounded:
+    a header announcing more than `max_len` raises FrameTooLarge after the frames before it."""
+
+    __slots__ = ("max_len", "_buffer")
 
     def __init__(self, max_len: int = MAX_FRAME_BYTES) -> None:
         self.max_len = max_len
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        self._buffer += data
-        while len(self._buffer) >= HEADER_BYTES:
-            length = int.from_bytes(self._buffer[:HEADER_BYTES], "big")
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= LENGTH_BYTES:
+            length = int.from_bytes(buffer[:LENGTH_BYTES], "big")
             if length > self.max_len:
                 raise FrameTooLarge(length, self.max_len)
-            end = HEADER_BYTES + length
-            if len(self._buffer) < end:
+            end = LENGTH_BYTES + length
+            if len(buffer) < end:
                 return
-            payload = bytes(self._buffer[HEADER_BYTES:end])
-            del self._buffer[:end]
+            payload = bytes(buffer[LENGTH_BYTES:end])
+            del buffer[:end]
             yield payload
 
     @property
