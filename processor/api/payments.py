@@ -31,11 +31,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from processor.issuing import config
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
-from processor.api.models import conversation_items, p2p_daily, payment_requests, tokens
+from processor.api.models import conversation_items, conversations, p2p_daily, payment_requests, tokens
 from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
 from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
+from processor.ledger.rows import insert_rows
 from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
@@ -103,9 +104,19 @@ def _sent_upsert(insert_: Any) -> Any:
 
 
 _SENT_UPSERT = {"sqlite": _sent_upsert(sqlite_insert), "postgresql": _sent_upsert(pg_insert)}
-_INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
-_INS_POSTINGS = insert(postings)
-_INS_ITEMS = insert(conversation_items).returning(it.id, sort_by_parameter_order=True)
+
+
+def new_ids(conn: Connection, table: str, count: int) -> list[int]:
+    """`count` fresh ids for `table`'s integer key, taken before one multi-row INSERT that names them.
+
+    (An INSERT ... RETURNING that must give ids in row order runs one statement per row on SQLite.) SQLite:
+    this transaction holds the write lock, so the ids after the highest are free. PostgreSQL: the table's sequence.
+    """
+    if conn.dialect.name == "postgresql":
+        sql = f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, {count:d})"
+        return list(conn.exec_driver_sql(sql).scalars())
+    top = conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table}").scalar_one()
+    return list(range(top + 1, top + 1 + count))
 _PAY_REQUEST = (
     update(payment_requests)
     .where(rq.id == bindparam("rid"), rq.status == "open")
@@ -118,6 +129,8 @@ _CHECKINGS = (
     .where(a.cardholder_id.in_(bindparam("ids", expanding=True)), a.kind == "checking", a.status != "closed")
     .order_by(a.id)
 )
+_CONVERSATIONS = select(conversations.c.id, conversations.c.low_id, conversations.c.high_id).where(
+    tuple_(conversations.c.low_id, conversations.c.high_id).in_(bindparam("pairs", expanding=True)))
 _ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
 _LIVE_TOKENS = select(tokens.c.token_hash).where(
     tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), tokens.c.kind == "access",
@@ -274,7 +287,7 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
         if fresh.get((t.principal, t.idem_key), ("", -1))[1] == index:  # answered here, not read back
             records.append(idem.record_row(t.principal, t.idem_key, t.rhash, final[-1], now))
     if records:
-        conn.execute(insert(idem.idempotency), records)
+        insert_rows(conn, idem.idempotency, records)
     write_events(conn, b.events)
     return final
 
@@ -404,13 +417,12 @@ def _write_moved(conn: Connection, b: _Batch, moved: list[_Moved]) -> None:
     """One multi-row INSERT each for the batch's journal entries, postings and conversation items."""
     if not moved:
         return
-    entry_ids = conn.execute(_INS_ENTRIES, [
-        {"kind": "p2p" if m.t.kind == "p2p" else "transfer", "reference": f"{m.t.kind} {m.t.principal} {m.t.idem_key}"[:200],
-         "auth_id": None, "forced": False, "created_at": b.now}
-        for m in moved
-    ]).scalars().all()
-    if len(entry_ids) != len(moved):
-        raise LedgerBug(f"{len(moved)} journal entries written but {len(entry_ids)} ids returned")
+    entry_ids = new_ids(conn, "journal_entries", len(moved))
+    insert_rows(conn, journal_entries, [
+        {"id": entry_id, "kind": "p2p" if m.t.kind == "p2p" else "transfer",
+         "reference": f"{m.t.kind} {m.t.principal} {m.t.idem_key}"[:200], "auth_id": None, "forced": False, "created_at": b.now}
+        for m, entry_id in zip(moved, entry_ids, strict=True)
+    ])
     lines = []
     for m, entry_id in zip(moved, entry_ids, strict=True):
         m.entry_id = entry_id
@@ -418,18 +430,19 @@ def _write_moved(conn: Connection, b: _Batch, moved: list[_Moved]) -> None:
                   {"entry_id": entry_id, "account_id": m.target, "amount_minor": m.amount_minor, "currency": m.currency}]
     if sum(line["amount_minor"] for line in lines) != 0:
         raise LedgerBug("transfer postings do not balance")
-    conn.execute(_INS_POSTINGS, lines)
+    insert_rows(conn, postings, lines)
     payments = [m for m in moved if m.t.kind == "p2p"]
     if not payments:
         return
     pairs = {(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id)) for m in payments if m.payee_id is not None}
     conversations = conversations_of(conn, pairs, b.now)
-    item_ids = conn.execute(_INS_ITEMS, [
-        {"conversation_id": conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))], "kind": "payment",
-         "sender_id": m.t.payer_id, "text": m.note, "amount_minor": m.amount_minor, "currency": m.currency,
+    item_ids = new_ids(conn, "conversation_items", len(payments))
+    insert_rows(conn, conversation_items, [
+        {"id": item_id, "conversation_id": conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))],
+         "kind": "payment", "sender_id": m.t.payer_id, "text": m.note, "amount_minor": m.amount_minor, "currency": m.currency,
          "entry_id": m.entry_id, "request_id": m.t.request_id, "created_at": b.now}
-        for m in payments
-    ]).scalars().all()
+        for m, item_id in zip(payments, item_ids, strict=True)
+    ])
     for m, item_id in zip(payments, item_ids, strict=True):
         m.item_id = item_id
         assert m.payee_id is not None
@@ -477,15 +490,11 @@ def _moved_answer(b: _Batch, m: _Moved) -> idem.Answer:
 
 def conversations_of(conn: Connection, pairs: set[tuple[int, int]], now: dt.datetime) -> dict[tuple[int, int], int]:
     """The conversation id of each (low, high) cardholder pair, creating the missing ones."""
-    from processor.api.models import conversations
-
-    cv = conversations.c
-    found = {(r.low_id, r.high_id): r.id for r in conn.execute(
-        select(cv.id, cv.low_id, cv.high_id).where(tuple_(cv.low_id, cv.high_id).in_(sorted(pairs))))}
+    found = {(r.low_id, r.high_id): r.id for r in conn.execute(_CONVERSATIONS, {"pairs": sorted(pairs)})}
     missing = sorted(pairs - set(found))
     if missing:
-        ids = conn.execute(insert(conversations).returning(cv.id, sort_by_parameter_order=True),
-                           [{"low_id": lo, "high_id": hi, "created_at": now} for lo, hi in missing]).scalars().all()
+        ids = new_ids(conn, "conversations", len(missing))
+        conn.execute(insert(conversations), [{"id": i, "low_id": lo, "high_id": hi, "created_at": now} for i, (lo, hi) in zip(ids, missing, strict=True)])
         found.update(zip(missing, ids, strict=True))
     return found
 

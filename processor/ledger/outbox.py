@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import BigInteger, CheckConstraint, Connection, ForeignKey, Index, String, Text, bindparam, insert, literal_column, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from processor.ledger.rows import insert_rows
 from processor.ledger.models import Base, Id, UtcDateTime, accounts, cards, merchants, terminals, utcnow
 
 class Event(Base):
@@ -119,7 +120,7 @@ def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     if conn.dialect.name != "postgresql":
-        conn.execute(_INSERT_EVENTS, list(rows))
+        insert_rows(conn, events, rows)
         return
     # The xid first: a transaction without one would not show as running to a reader while it holds ids.
     _, isolation = conn.exec_driver_sql(_PG_XID).one()
