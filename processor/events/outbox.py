@@ -126,11 +126,8 @@ def read_for(conn: Connection, cardholder_id: int, after_id: int, limit: int = 5
 
 
 def last_id(conn: Connection) -> int:
-    """The highest committed event id below which no id can still appear (0 when there is none)."""
-    query = select(func.coalesce(func.max(e.id), 0))
-    if conn.dialect.name == "postgresql":
-        query = query.where(e.horizon.is_(None) | (e.horizon <= literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")))
-    return int(conn.execute(query).scalar_one())
+    """The highest committed event id (0 when there is none): where a consumer that wants only new events starts."""
+    return int(conn.execute(select(func.coalesce(func.max(e.id), 0))).scalar_one())
 
 
 def consumer_position(conn: Connection, name: str) -> int:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Table, bindparam, insert
 
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
 _compiled: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
+_inserts: dict[str, Any] = {}
 
 
 def _compile(conn: Connection, table: Table, columns: tuple[str, ...]) -> _Compiled:
@@ -50,8 +51,13 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     """INSERT `rows` (dicts with the same keys) into `table` inside the caller's transaction."""
     if not rows:
         return
-    if conn.dialect.name != "sqlite":
-        conn.execute(insert(table), list(rows))
+    if conn.dialect.name != "sqlite" or not isinstance(conn, Connection):
+        # PostgreSQL through SQLAlchemy, or the hot path's driver connection (which has its own bulk path):
+        # one statement object per table, so a compiled form is reused.
+        stmt = _inserts.get(table.name)
+        if stmt is None:
+            stmt = _inserts[table.name] = insert(table)
+        conn.execute(stmt, list(rows))
         return
     sql, order, processors = _compile(conn, table, tuple(rows[0]))
     columns = []
