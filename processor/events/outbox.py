@@ -7,10 +7,10 @@ highest id they handed on; delivery is at least once, and a consumer drops an id
 A position can be one number because `read_after` never hands out an id while a smaller one may still
 commit:
 - SQLite has one writer at a time, so ids are given and committed in the same order.
-- PostgreSQL writers do not wait for each other (no lock orders them); each event carries the horizon it was
-  written under (see `processor.ledger.outbox`). An event is handed out when every id between the reader's
-  position and it is visible, or when no transaction that could still commit a smaller id is running (the
-  reading statement's snapshot xmin is at or past the event's horizon). Otherwise the read stops just
+- PostgreSQL writers do not wait for each other (no lock orders them); each event row's xmin is an xid
+  assigned after its id (see `processor.ledger.outbox`). An event is handed out when every id between the
+  reader's position and it is visible, or when no transaction older than its xmin is still running (the
+  reading statement's own snapshot xmin), so no smaller id can still commit. Otherwise the read stops just
   before it, and a later read returns it, after the smaller ids that committed meanwhile.
 
 Envelope (JSON, `schema_version` 1), the same on every consumer:
@@ -48,8 +48,12 @@ _AFTER = select(*_COLUMNS).where(e.id > bindparam("after")).order_by(e.id).limit
 _AFTER_FOR = (
     select(*_COLUMNS).where(e.cardholder_id == bindparam("cid"), e.id > bindparam("after")).order_by(e.id).limit(bindparam("limit"))
 )
-# PostgreSQL: each row with its horizon and the xmin of the very snapshot that found it.
-_SETTLED = (e.horizon, literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint").label("running_xmin"))
+# PostgreSQL: each row with the (32-bit) xid that inserted it, and the xmin and xmax of the very snapshot that found it.
+_SETTLED = (
+    literal_column("events.xmin::text::bigint").label("row_xid"),
+    literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint").label("running_xmin"),
+    literal_column("pg_snapshot_xmax(pg_current_snapshot())::text::bigint").label("next_xid"),
+)
 _PG_AFTER = select(*_COLUMNS, *_SETTLED).where(e.id > bindparam("after")).order_by(e.id).limit(bindparam("limit"))
 _PG_AFTER_FOR = (
     select(*_COLUMNS, *_SETTLED)
@@ -101,6 +105,12 @@ def read_after(conn: Connection, after_id: int, limit: int = 500, *, cardholder_
     return [_event(r) for r in rows]
 
 
+def _full_xid(xid32: int, next_xid: int) -> int:
+    """A row's 32-bit xid as the 64-bit one (epoch included), knowing it is below the snapshot's xmax."""
+    full = (next_xid & ~0xFFFFFFFF) | xid32
+    return full - (1 << 32) if full > next_xid else full
+
+
 def _settled(conn: Connection, after_id: int, limit: int, cardholder_id: int | None) -> list[Event]:
     """PostgreSQL: the rows after `after_id` up to the first one a smaller, still uncommitted id may precede."""
     if cardholder_id is None:
@@ -110,10 +120,10 @@ def _settled(conn: Connection, after_id: int, limit: int, cardholder_id: int | N
     out: list[Event] = []
     previous = after_id
     for row in rows:
-        # Every id between the position and this row was seen (the whole feed only), or the row's horizon is
+        # Every id between the position and this row was seen (the whole feed only), or the xid that wrote it is
         # behind every running transaction: nothing below it can still appear.
         contiguous = cardholder_id is None and row.id == previous + 1
-        if not contiguous and row.horizon is not None and row.horizon > row.running_xmin:
+        if not contiguous and _full_xid(row.row_xid, row.next_xid) > row.running_xmin:
             break
         out.append(_event(row))
         previous = row.id

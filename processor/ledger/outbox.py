@@ -8,11 +8,11 @@ A consumer's position is one number, the last event id it handed on; readers (`p
 never hand out an id while a smaller one may still commit:
 - SQLite has one writer at a time, so ids are given and committed in the same order.
 - PostgreSQL writers do not wait for each other. A writer makes sure its transaction has an xid, takes its
-  ids from the sequence, then stores with each event its horizon: the snapshot's xmax after the ids were
-  taken, so every transaction that could hold a smaller id has an xid below it. A reader hands out an event
-  when every id below it is settled: the ids between its position and the event are all visible, or the
-  oldest transaction still running (its snapshot's xmin) is at or past the event's horizon, so a missing
-  smaller id was rolled back and never appears.
+  ids from the sequence, then inserts the events in a subtransaction (a savepoint, released at once): the
+  rows' xmin is then an xid assigned after the ids were taken, above the xid of every transaction that
+  could hold a smaller id. A reader hands out an event when every id below it is settled: the ids between
+  its position and the event are all visible, or no transaction older than the event's xmin is still
+  running (its snapshot's xmin), so a missing smaller id was rolled back and never appears.
 
 Card traffic: `card_events` turns the auths rows a hot-path batch answered into one event each for the
 cardholder, `card.authorization` (approved or declined, merchant and amount) and `card.reversal`.
@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Connection, ForeignKey, Index, String, Text, bindparam, insert, literal_column, select
+from sqlalchemy import CheckConstraint, Connection, ForeignKey, Index, String, Text, bindparam, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from processor.ledger.rows import insert_rows
@@ -49,8 +49,6 @@ class Event(Base):
     # The event's `data` object as JSON text (the envelope is built when the event is read).
     data: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
-    # PostgreSQL: the xmax of a snapshot taken after this event's id was given (see the module's note).
-    horizon: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class EventConsumer(Base):
@@ -109,25 +107,27 @@ def _row(audience: str, cardholder_id: int | None, type_: str, data: dict[str, A
     return {"audience": audience, "cardholder_id": cardholder_id, "type": type_, "data": text, "created_at": now}
 
 
-_PG_XID = "SELECT pg_current_xact_id()::text, current_setting('transaction_isolation')"
-_PG_IDS = "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, {n:d})"
-# Evaluated by the INSERT, a statement of its own: its snapshot is taken after the ids above were given.
-_PG_INSERT = insert(events).values(horizon=literal_column("pg_snapshot_xmax(pg_current_snapshot())::text::bigint"))
+# The WHERE's uncorrelated subquery runs once, before the first row's nextval: the xid comes first.
+_PG_IDS = "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, {n:d}) WHERE (SELECT pg_current_xact_id() IS NOT NULL)"
+_PG_SAVEPOINT = "SAVEPOINT outbox_events"
+_PG_RELEASE = "RELEASE SAVEPOINT outbox_events"
 
 
 def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events inside the caller's transaction (READ COMMITTED on PostgreSQL; see the module's note)."""
+    """Insert events inside the caller's transaction (see the module's note for PostgreSQL)."""
     if not rows:
         return
     if conn.dialect.name != "postgresql":
         insert_rows(conn, events, rows)
         return
-    # The xid first: a transaction without one would not show as running to a reader while it holds ids.
-    _, isolation = conn.exec_driver_sql(_PG_XID).one()
-    if isolation != "read committed":
-        raise RuntimeError(f"events are written in READ COMMITTED transactions, not {isolation}: the horizon needs a fresh snapshot")
+    # The xid first (a transaction without one would not show as running while it holds ids), then the ids,
+    # then the rows under a subtransaction whose xid is newer than both.
     ids = conn.exec_driver_sql(_PG_IDS.format(n=len(rows))).scalars().all()
-    conn.execute(_PG_INSERT, [row | {"id": event_id} for row, event_id in zip(rows, ids, strict=True)])
+    if len(ids) != len(rows):
+        raise RuntimeError(f"{len(rows)} event ids asked for, {len(ids)} given")
+    conn.exec_driver_sql(_PG_SAVEPOINT)
+    conn.execute(_INSERT_EVENTS, [row | {"id": event_id} for row, event_id in zip(rows, ids, strict=True)])
+    conn.exec_driver_sql(_PG_RELEASE)
 
 
 # ------------------------------------------------------------------ card traffic
