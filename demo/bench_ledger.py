@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import random
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from processor.auth.answers import LEDGER_ANSWERS as ANSWER_CODES
 from processor import issuing, ledger
@@ -27,6 +30,27 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process on this machine, from /proc (None when not readable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _pg_backends_cpu_s(store: Store) -> dict[int, float]:
+    """CPU so far of each PostgreSQL backend connected to the store's database (empty: not PostgreSQL or not local)."""
+    if store.dialect != "postgresql":
+        return {}
+
+    def pids(conn: Any) -> list[int]:
+        return list(conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars())
+
+    found = {pid: _process_cpu_s(pid) for pid in await store.run_query(pids)}
+    return {pid: cpu for pid, cpu in found.items() if cpu is not None}
 
 
 async def run(
@@ -73,9 +97,15 @@ async def run(
                 if not outcome.approved:
                     declined += 1
 
-        started = time.perf_counter()
+        pg_before = await _pg_backends_cpu_s(store)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        batches_before, batched_before = store.batches, store.batched_ops
         await asyncio.gather(*(submitter(n) for n in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+        batches, batched = store.batches - batches_before, store.batched_ops - batched_before
+        pg_after = await _pg_backends_cpu_s(store)
+        # Backends that served the run: their CPU since the start (a new one counts from zero).
+        pg_cpu_s = sum(cpu - pg_before.get(pid, 0.0) for pid, cpu in pg_after.items()) if pg_after else None
         latencies_ms.sort()
         failures = await ledger.invariants.check(store)
         return {
@@ -89,8 +119,11 @@ async def run(
             "latency_ms_p50": round(_percentile(latencies_ms, 0.50), 2),
             "latency_ms_p99": round(_percentile(latencies_ms, 0.99), 2),
             "latency_ms_max": round(latencies_ms[-1], 2) if latencies_ms else 0.0,
-            "batches": store.batches,
-            "mean_batch": round(store.batched_ops / max(1, store.batches), 1),
+            "batches": batches,
+            "mean_batch": round(batched / max(1, batches), 1),
+            # This process's CPU (submitters, event loop, writer threads) per operation, and PostgreSQL's.
+            "cpu_us_per_op": round(cpu_s / max(1, len(latencies_ms)) * 1e6, 1),
+            "pg_cpu_us_per_op": round(pg_cpu_s / max(1, len(latencies_ms)) * 1e6, 1) if pg_cpu_s is not None else None,
             "invariant_failures": len(failures),
         }
     finally:
@@ -103,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--pg-writers", type=int, default=4, help="writer connections on PostgreSQL")
+    parser.add_argument("--pg-writers", type=int, default=2, help="writer connections on PostgreSQL")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--op", choices=["hold", "debit"], default="hold", help="PlaceHold (0100) or Debit (0200)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")

@@ -9,9 +9,10 @@
 the command, or `connect` for a connection refused before it sent one. Status `17` marks a refusal of
 the client, with `why`. `hsm-sim audit` reads the file.
 
-The file is bounded: when the next line would take it over `max_bytes` (HSM_AUDIT_MAX_BYTES, default 64 MiB) it is renamed
-`<file>.1` (the older ones shift to `.2` ... up to `keep`, HSM_AUDIT_KEEP, default 8) and a new file is
-begun, so the log never holds more than (keep + 1) x max_bytes and the newest lines are never lost.
+The file is bounded: when the next line would take it over `max_bytes` (HSM_AUDIT_MAX_BYTES, default
+64 MiB) it is renamed `<file>.1` (the older ones shift to `.2` ... up to `keep`, HSM_AUDIT_KEEP, default
+8; the oldest is dropped) and a new file is begun, so the log never holds more than (keep + 1) x
+max_bytes and the newest lines are never lost.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Files that hold keys or card data: owner-only, written whole or not at all."""
+"""Files that hold keys or card data: owner-only, written whole or not at all.
+
+terminal_sim keeps its counters with `write_private` too: a DUKPT counter or ATC that went back after a
+crash would be reused, so its state files need the same durability as a key store.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ def private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write atomically (temporary file in the same folder, fsync, rename) with `mode` from the start."""
+    """Write atomically (temporary file in the same folder, fsync, rename, fsync of the folder) with
+    `mode` from the start."""
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -38,6 +43,11 @@ def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename itself reaches the disk
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def open_private_append(path: Path) -> TextIO:

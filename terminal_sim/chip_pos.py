@@ -25,10 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hsm_sim.files import write_private
 from terminal_sim.emv import tlv
 from terminal_sim.emv.card import CardProfile, VirtualCard, mask_pan
 from terminal_sim.emv.kernel import CardReadResult, Transmit, complete, read_card
-from terminal_sim.files import write_private
 from terminal_sim.iso_client import ResponseTimeout, TerminalConnection
 from terminal_sim.pos import CardData, PosTerminal
 

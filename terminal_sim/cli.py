@@ -203,6 +203,7 @@ async def _load(args: argparse.Namespace) -> int:
                 mqtt=mqtt,
                 engine_pids=args.engine_pid,
                 postgres_url=args.postgres_cpu,
+                templates=args.templates,
             )
     finally:
         # The cards' counters go back next to their records: the next run (or `card --vpcd`) continues from them.
@@ -304,7 +305,7 @@ def _state_path(path: str, terminal_id: str) -> Path:
 
 def _save_counter(terminal: PosTerminal, state: Path) -> None:
     """Write the terminal's DUKPT counter into its state file, keeping whatever else `pos` keeps there."""
-    from terminal_sim.files import write_private
+    from hsm_sim.files import write_private
 
     saved = json.loads(state.read_text(encoding="utf-8")) if state.exists() else {}
     saved["dukpt_counter"] = max(terminal.dukpt_counter, int(saved.get("dukpt_counter", 0)))
@@ -312,7 +313,7 @@ def _save_counter(terminal: PosTerminal, state: Path) -> None:
 
 
 def _save_terminal(terminal: PosTerminal, state: Path) -> None:
-    from terminal_sim.files import write_private
+    from hsm_sim.files import write_private
 
     next_stan = int(terminal.next_stan())  # the first STAN not yet sent
     saved = {"dukpt_counter": terminal.dukpt_counter, "next_stan": next_stan, "batch": terminal.batch.as_state()}
@@ -481,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for a repeatable mix")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--templates", action="store_true",
+                   help="for throughput runs: send purchase, manual, preauth, balance and refund requests from prepared "
+                   "templates (card, amount, STAN, RRN, times, KSN and MAC patched in), at a fraction of the generator's CPU; "
+                   "the PIN and chip kinds keep the full terminal path")
     p.add_argument("--engine-pid", type=int, action="append", metavar="PID",
                    help="a process of the engine on this machine (repeatable): report its CPU per answer (with its "
                    "children) against the decode unit, one pyiso8583 decode of the run's request measured beside the load")

@@ -41,7 +41,7 @@ def outgoing(terminals: "dict[str, PosTerminal]", fields: dict[str, Any]) -> "tu
 def checked(answer: dict[str, Any], raw: bytes, terminal: "PosTerminal | None", ksn: str | None) -> dict[str, Any]:
     """The answer, with `_authentic` set when its request was MACed; UnauthenticatedAnswer for a false approval."""
     if terminal is not None and ksn is not None:
-        answer["_authentic"] = terminal.authentic(raw, ksn)
+        answer["_authentic"] = terminal.authentic(raw, ksn, answer)
         if not answer["_authentic"] and answer.get("39") in APPROVALS:
             raise UnauthenticatedAnswer(f"the approval of STAN {answer.get('11')} does not carry the engine's MAC")
     return answer
@@ -105,8 +105,22 @@ class TerminalConnection:
         """Send one request and return its decoded answer; ResponseTimeout when none comes in time."""
         if self._closed:
             raise ConnectionError("connection closed")
-        key = self._key(fields)
         payload, terminal, ksn = outgoing(self.terminals, fields)
+        return await self.send(payload, self._key(fields), terminal, ksn, timeout_s=timeout_s)
+
+    async def send(
+        self,
+        payload: bytes,
+        key: tuple[str, str],
+        terminal: "PosTerminal | None",
+        ksn: str | None,
+        *,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Send a message already encoded (and MACed by `terminal` under `ksn`) whose (DE 41, DE 11) is `key`;
+        its decoded answer, checked as request() checks it."""
+        if self._closed:
+            raise ConnectionError("connection closed")
         async with self._slots:
             future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
             self._waiting.setdefault(key, deque()).append(future)
@@ -120,7 +134,10 @@ class TerminalConnection:
             finally:
                 queue = self._waiting.get(key)
                 if queue is not None:
-                    with contextlib.suppress(ValueError):
+                    # Answered futures were taken off the queue by the reader. deque.remove of one no longer
+                    # there would raise a ValueError whose message formats the future's repr (its whole
+                    # answer): a cost on every answer, so only a future still queued is removed.
+                    if future in queue:
                         queue.remove(future)
                     if not queue:
                         self._waiting.pop(key, None)

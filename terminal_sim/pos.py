@@ -152,10 +152,11 @@ class PosTerminal:
         tag = retail_mac(mac_request_key(self._transaction_key(ksn)), raw[:-MAC_BYTES], cache=False)
         return raw[:-MAC_BYTES] + tag, ksn
 
-    def authentic(self, payload: bytes, ksn: str) -> bool:
-        """The answer carries, as its last field, the MAC under the response-MAC key of the request's KSN."""
+    def authentic(self, payload: bytes, ksn: str, decoded: dict[str, Any] | None = None) -> bool:
+        """The answer carries, as its last field, the MAC under the response-MAC key of the request's KSN
+        (`decoded`: the payload already decoded, when the caller has it)."""
         try:
-            parts = signed_parts(payload, decode(payload))
+            parts = signed_parts(payload, decoded if decoded is not None else decode(payload))
         except MessageFormatError:
             return False
         if parts is None:

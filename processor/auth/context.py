@@ -57,6 +57,8 @@ class AuthContext:
     icc_response: dict[str, bytes] | None = None
     reason: str = "approved"
     spend: Any = None  # processor.ledger.ops.SpendLimits when the card's controls set daily or monthly limits
+    controls: Any = None  # the card's CardControls when read with the card (see controls_read)
+    controls_read: bool = False  # True when check_card_known read the controls with the card (None: none set)
 
 
 def active_terminal(terminal: Terminal | None) -> Terminal:

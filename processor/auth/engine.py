@@ -28,6 +28,7 @@ from processor.auth.entry_modes import Proof
 from processor.auth.policy import Policy
 from processor.auth.reconciliation import reconcile
 from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
+from processor.issuing.controls import find_card_with_controls
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
 from processor.iso8583 import (
@@ -44,6 +45,7 @@ from processor.iso8583.codec import REQUEST_MTIS
 from processor.iso8583.mac import MAC_BYTES, encode_for_mac, signed_parts
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
 from processor.ledger import StoreInterface, ops
+from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.auth")
 
@@ -163,10 +165,11 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
         return
-    card = await issuing.cards.find_by_fingerprints(engine.store, fingerprints)
-    if card is None:
+    found_card = await find_card_with_controls(engine.store, fingerprints)
+    if found_card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
-    ctx.card = card
+    ctx.card, ctx.controls = found_card
+    ctx.controls_read = True
 
 
 _STATUS_CODES = {
@@ -344,7 +347,8 @@ async def check_controls(engine: "Engine", ctx: AuthContext) -> None:
     req, card = ctx.request, ctx.card
     if req.transaction_type in ("balance", "refund"):
         return
-    controls = await for_card(engine.store, card.token)
+    # Read with the card in the same request when it came by PAN; a wallet token's card is read here.
+    controls = ctx.controls if ctx.controls_read else await for_card(engine.store, card.token)
     if controls is None:
         return
     refusal = evaluate(
@@ -415,7 +419,8 @@ class Engine:
     # ------------------------------------------------------------ entry point
 
     async def handle(self, payload: bytes, *, sender: str | None = None) -> bytes | None:
-        """Answer one framed payload; None means it cannot be answered and the connection should close.
+        """Answer one framed payload; None means no answer (unreadable, or the outcome not confirmed yet): the
+        connection should close, and a terminal sends the request again.
 
         `sender` is the terminal id the transport has authenticated, when it has (the broker's account on
         MQTT). A request whose DE 41 names another terminal is then refused with 03 and nothing is recorded:
@@ -440,9 +445,17 @@ class Engine:
             log.error("request %s stan=%s: HSM failed (%s): %s", request.mti, request.stan, exc.code, exc)
             self._log(request, code, f"HSM failed ({exc.code})", started)
             return encode(build_response(fields, code))
+        except (StoreBusy, StoreClosed) as exc:
+            # The store could not confirm the commit (no commit in time, or the store closing under it): the
+            # operation may still be applied. A 96 now could contradict the answer the store records, so no
+            # answer at all: the terminal sends the same request again (over TCP on a new connection, this
+            # one closes) and its idempotency key gets the recorded first answer, from this engine or another.
+            log.warning("request %s stan=%s terminal=%s: outcome not confirmed (%s); not answered, the terminal "
+                        "retransmits", request.mti, request.stan, request.terminal_id, exc)
+            return None
         except Exception:
-            # A system error is a safe answer whatever happened: if the store had committed an outcome,
-            # the terminal's retransmission (same STAN) gets that first answer back.
+            # A system error is a safe answer for a failure that recorded nothing: a retransmission (same
+            # STAN) of a request whose outcome the store did record gets that first answer back.
             log.exception("request %s stan=%s failed", request.mti, request.stan)
             self._log(request, rc.SYSTEM_ERROR, "system error", started)
             return encode(build_response(fields, rc.SYSTEM_ERROR))

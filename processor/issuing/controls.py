@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Connection, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from processor.issuing.cards import CARD_COLUMNS, CARD_SELECT, CardRecord, card_from_values
 from processor.ledger import Lookup, StoreInterface
+from processor.ledger.models import cards as cards_table
 from processor.ledger.models import Base, UtcDateTime, utcnow
 from processor.ledger.errors import StoreError
 
@@ -145,6 +148,32 @@ def _from_values(values: Any) -> CardControls:
 
 # The engine's read, once per authorization, through the store's fastest reader.
 BY_CARD_TOKEN: Lookup[CardControls] = Lookup("card controls by card token", select(*_COLUMNS), card_controls.c.card_token, _from_values)
+
+
+def _card_and_controls(values: Sequence[Any]) -> tuple[CardRecord, CardControls | None]:
+    card = card_from_values(values[:_CARD_WIDTH])
+    # The controls' own card_token is NULL when the outer join found no controls for the card.
+    return card, (_from_values(values[_CARD_WIDTH + 1 :]) if values[_CARD_WIDTH] is not None else None)
+
+
+_CARD_WIDTH = len(CARD_COLUMNS)
+# The engine's one read per card authorization: the card, its account's status and its controls, in one
+# statement instead of two round trips to the store's reader.
+CARD_WITH_CONTROLS_BY_FINGERPRINT: Lookup[tuple[CardRecord, CardControls | None]] = Lookup(
+    "card and its controls by PAN fingerprint",
+    CARD_SELECT.add_columns(card_controls.c.card_token, *_COLUMNS).outerjoin(
+        card_controls, card_controls.c.card_token == cards_table.c.token
+    ),
+    cards_table.c.pan_fingerprint,
+    _card_and_controls,
+)
+
+
+async def find_card_with_controls(
+    store: StoreInterface, fingerprints: Sequence[str]
+) -> tuple[CardRecord, CardControls | None] | None:
+    """The card whose PAN fingerprint is one of `fingerprints`, with its controls (None: none set), read fresh."""
+    return await store.lookup(CARD_WITH_CONTROLS_BY_FINGERPRINT, fingerprints)
 
 
 async def for_card(store: StoreInterface, card_token: str) -> CardControls | None:

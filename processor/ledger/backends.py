@@ -1,13 +1,16 @@
 """How the store reaches each database: writer connections, readers, retries. Internal to `processor.ledger`.
 
 - SQLite: one writer thread holding a pysqlite connection (WAL, synchronous=FULL, BEGIN IMMEDIATE). A batch
-  costs one thread hop instead of one per statement (aiosqlite's model); several processes on one file
-  serialize on the database write lock (busy_timeout). Reads run on a few read-only connections in their own
-  threads, and the hot path's look-ups on one read-only sqlite3 connection straight from the event loop.
-- PostgreSQL: several writer tasks, each on its own asyncpg connection, running the same synchronous batch
-  code through `AsyncConnection.run_sync`. Row locks serialize conflicting batches; deadlocks and
-  serialization failures are retried a bounded number of times. The hot path's look-ups go through a small
-  asyncpg pool with prepared statements.
+  costs one thread hop instead of one per statement (aiosqlite's model), and its statements go straight to
+  pysqlite (`processor.ledger.driver`); several processes on one file serialize on the database write lock
+  (busy_timeout). Reads run on a few read-only connections in their own threads, and the hot path's
+  look-ups on one read-only sqlite3 connection straight from the event loop.
+- PostgreSQL: two writer tasks by default, each on its own asyncpg connection, running the same synchronous
+  batch code in a greenlet whose statements are asyncpg prepared statements. Few writers make big batches:
+  a batch's plain holds and debits cost a few statements in all (`apply._apply_together`), so one commit
+  answers many. Row locks serialize conflicting batches; deadlocks and serialization failures are retried
+  a bounded number of times. The hot path's look-ups go through a small asyncpg pool with prepared
+  statements and no reset on release. `run_write`, `run_read` and `run_query` use SQLAlchemy's own pool.
 """
 
 from __future__ import annotations
@@ -177,7 +180,10 @@ class PgLookupReader:
     async def open(cls, dsn: str, size: int) -> "PgLookupReader":
         import asyncpg
 
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10))
+        # Look-ups are single read-only statements that change no session state, so a connection goes back
+        # to the pool as it is: asyncpg's default reset would cost a round trip (RESET ALL ...) per look-up.
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10, reset=_keep_session)
+        return cls(pool)
 
     def _statement(self, query: Lookup[Any]) -> str:
         sql = self._sql.get(query)
@@ -192,6 +198,10 @@ class PgLookupReader:
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)
+
+
+async def _keep_session(_conn: Any) -> None:
+    """A look-up connection needs no reset on release (asyncpg still rolls back an open transaction)."""
 
 
 class SqliteWriter:

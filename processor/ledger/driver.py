@@ -127,6 +127,9 @@ class Compiled:
     def _unnest(self, compiled: SQLCompiler, dialect: Dialect, stmt: Insert) -> None:
         """PostgreSQL: many rows with RETURNING in one statement, the rows inserted in the order given."""
         table = stmt.table
+        ids = [c.name for c in table.primary_key.columns]
+        if ids != ["id"] or compiled._result_columns[0][0] != "id":
+            return  # (the returned rows are put back in order by their new ids)
         binds = [b for b in self.binds if b[0] in table.c]
         if len(binds) != len(self.binds) or stmt._multi_values or getattr(stmt, "_post_values_clause", None) is not None:
             return  # (values() with expressions: such a statement runs row by row)

@@ -97,7 +97,7 @@ class Store:
         queue_max: int = 4096,
         linger_ms: float = 1.0,
         submit_timeout_s: float = 5.0,
-        pg_writers: int = 4,
+        pg_writers: int = 2,
         reader_threads: int = 2,
     ) -> "Store":
         """Open (and migrate to the newest schema) the database at `url`."""
@@ -146,7 +146,8 @@ class Store:
         elif backend == "postgresql":
             async_url = parsed.set(drivername="postgresql+asyncpg")
             read = create_async_engine(
-                async_url, pool_size=pg_writers + 4, max_overflow=8, pool_timeout=5
+                # (the writers have their own connections: this pool serves run_write, run_read and run_query)
+                async_url, pool_size=4, max_overflow=8, pool_timeout=5
             )
             try:
                 async with read.begin() as conn:

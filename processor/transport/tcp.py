@@ -1,8 +1,9 @@
 """ISO 8583 over TCP: 2-byte length framing, pipelined requests, every resource bounded.
 
 The server is an asyncio Protocol: bytes are cut into frames as they arrive, each frame becomes one
-task, and its answer is written the moment it is ready. Timeouts are loop timers rather than
-`wait_for` wrappers, which keeps the transport's cost per request in the tens of microseconds.
+task, and its answer is written the moment it is ready. One watchdog per server, ticking a few times a
+second, enforces the idle and per-request deadlines: a request costs no timer of its own, only the loop
+time it started at.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class _Connection(asyncio.Protocol):
         self.decoder = FrameDecoder(self.limits.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.tasks: dict[asyncio.Task[None], float] = {}  # in flight, with the loop time each started at
+        self.timed_out: set[asyncio.Task[None]] = set()
+        self.last_active = 0.0
         self.frame_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -59,12 +61,12 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
         self.server.stats["connections"] += 1
         transport.set_write_buffer_limits(high=self.limits.write_buffer_high_bytes)
-        self._arm_idle()
+        self.last_active = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self._arm_idle()
+        self.last_active = asyncio.get_running_loop().time()
         try:
             frames = list(self.decoder.feed(data))
         except FrameTooLarge as exc:
@@ -85,9 +87,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        for timer in (self.idle_timer, self.frame_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.frame_timer is not None:
+            self.frame_timer.cancel()
 
     def pause_writing(self) -> None:
         # The terminal does not read its answers: stop reading its requests until it catches up.
@@ -106,20 +107,23 @@ class _Connection(asyncio.Protocol):
             # Reading pauses until answers go out; the frame already received is still served.
             assert self.transport is not None
             self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._answer(payload))
-        self.tasks.add(task)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._answer(payload))
+        self.tasks[task] = loop.time()
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+        self.tasks.pop(task, None)
+        self.timed_out.discard(task)
         if not self.closed and self.transport is not None and len(self.tasks) < self.limits.max_in_flight_per_connection:
             self.transport.resume_reading()
 
     async def _answer(self, payload: bytes) -> None:
         try:
-            async with asyncio.timeout(self.limits.handler_timeout_s):
-                answer = await self.server.handler(payload)
-        except TimeoutError:
+            answer = await self.server.handler(payload)
+        except asyncio.CancelledError:
+            if asyncio.current_task() not in self.timed_out:
+                raise
             log.error("%s: request not answered within %.1f s", self.peer, self.limits.handler_timeout_s)
             return
         except Exception:
@@ -140,17 +144,16 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ timers
 
-    def _arm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = asyncio.get_running_loop().call_later(self.limits.idle_timeout_s, self._idle)
-
-    def _idle(self) -> None:
-        if self.tasks:
-            self._arm_idle()
-            return
-        log.info("%s idle for %.0f s: closing", self.peer, self.limits.idle_timeout_s)
-        self.close()
+    def watch(self, now: float) -> None:
+        """The watchdog's visit: cancel requests past their deadline, close the connection when idle."""
+        deadline = now - self.limits.handler_timeout_s
+        for task, started in list(self.tasks.items()):
+            if started <= deadline and task not in self.timed_out and not task.done():
+                self.timed_out.add(task)
+                task.cancel()
+        if not self.tasks and now - self.last_active >= self.limits.idle_timeout_s:
+            log.info("%s idle for %.0f s: closing", self.peer, self.limits.idle_timeout_s)
+            self.close()
 
     def _frame_stalled(self) -> None:
         self.frame_timer = None
@@ -181,6 +184,7 @@ class TcpServer:
         self.handler = handler
         self.limits = limits or TcpLimits()
         self._server: asyncio.base_events.Server | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self.connections: set[_Connection] = set()
         self.stats = {"connections": 0, "refused": 0, "frames": 0, "answers": 0, "bad_frames": 0}
 
@@ -196,6 +200,19 @@ class TcpServer:
             lambda: _Connection(self), host, port, backlog=1024, reuse_port=reuse_port or None
         )
         log.info("listening on %s:%d", host, self.port)
+        self._watch()
+
+    @property
+    def watch_interval_s(self) -> float:
+        """How often the watchdog looks: a quarter of the shortest deadline, at most a second."""
+        return min(1.0, self.limits.handler_timeout_s / 4, self.limits.idle_timeout_s / 4)
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.watch(now)
+        self._watchdog = loop.call_later(self.watch_interval_s, self._watch)
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -206,6 +223,8 @@ class TcpServer:
         """Stop accepting, let in-flight requests finish (bounded), then drop the connections."""
         if self._server is not None:
             self._server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         pending = [t for c in self.connections for t in c.tasks]
         if pending:
             await asyncio.wait(pending, timeout=self.limits.handler_timeout_s)

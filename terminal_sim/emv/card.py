@@ -47,8 +47,8 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyemv import ac as _ac
 
+from hsm_sim.files import write_private
 from terminal_sim.emv import cryptogram, tlv
-from terminal_sim.files import write_private
 
 __all__ = [
     "PSE_NAME",

@@ -108,3 +108,46 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     finally:
         engine.terminate()
         engine.wait(timeout=10)
+
+
+async def test_an_unconfirmed_commit_is_not_answered_and_the_retransmission_gets_the_first_answer(tmp_path: Path):
+    """The store cannot confirm a commit in time (another process holds the database's write lock): the
+    engine answers nothing rather than a 96 the store may contradict; once the commit lands, the terminal's
+    retransmission gets the recorded approval and the account is charged once."""
+    import sqlite3
+
+    from hsm_sim import connect
+    from processor.auth.engine import Engine
+    from processor.issuing import load_issuer_keys
+
+    db = tmp_path / "p.db"
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{db}", hsm_url=f"file:{tmp_path / 'hsm.json'}")
+    cards, accounts, terminals = await build_issuer(settings)
+    store = await Store.open(settings.db_url, submit_timeout_s=0.5)
+    hsm = await connect(settings.hsm_url)
+    try:
+        engine = Engine(store, hsm, await load_issuer_keys(store, hsm))
+        shop = terminals["shop"]
+        request = shop.card_request(cards["ada"], 12_00, entry="magstripe")
+        payload, _ = shop.sign(request)
+        before = (await ledger.accounts.get(store, accounts["ada"])).ledger_minor
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            assert await engine.handle(payload) is None, "no answer while the commit is not confirmed"
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        key = Request.from_fields(decode(encode(request))).idempotency_key()
+        for _ in range(100):
+            if await ledger.auths.find(store, key) is not None:
+                break
+            await asyncio.sleep(0.05)
+        recorded = await ledger.auths.find(store, key)
+        assert recorded is not None and recorded.rc == "00", "the operation was applied after all"
+        answer = decode(await engine.handle(payload))
+        assert answer["39"] == "00" and answer["38"] == recorded.auth_code, "the retransmission gets the first answer"
+        assert (await ledger.accounts.get(store, accounts["ada"])).ledger_minor == before - 12_00, "charged once"
+    finally:
+        await hsm.close()
+        await store.close()

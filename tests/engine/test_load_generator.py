@@ -159,3 +159,12 @@ async def test_the_engines_cpu_per_answer_against_the_decode_unit(target):
     assert cpu["engine_us_per_auth"] > 0 and cpu["decode_unit_us"] > 0 and cpu["generator_us_per_request"] > 0
     assert abs(cpu["engine_decode_ratio"] - cpu["engine_us_per_auth"] / cpu["decode_unit_us"]) < 0.05
     assert "postgres_us_per_auth" not in cpu
+
+
+async def test_template_requests_are_answered_and_balance_like_full_ones(target):
+    code, summary, err = await _load(target, target.known_cards, "--mix", "purchase=3,manual=1,preauth=1,balance=1,refund=1",
+                                     "--quiet", "--templates", "--close-batches")
+    assert code == 0, err
+    assert summary["ok"] and summary["approved"] > 10
+    assert {"purchase", "manual", "preauth", "completion", "balance", "refund"} <= set(summary["by_kind"])
+    assert summary["batches"]["in_balance"] == summary["batches"]["closed"] >= 1
