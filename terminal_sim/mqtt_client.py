@@ -7,7 +7,8 @@ on `pos/{terminal_id}/status` once connected, and a last will saying `offline` s
 a clean close says `offline` itself (the broker sends the will only when the link breaks).
 
 An engine can die with a request in its hands. When no answer comes within `retry_after_s`, the terminal
-publishes the very same bytes again (same STAN and transmission time, same correlation data): whichever
+publishes the very same bytes again (same STAN and transmission time, same correlation data), then again
+after twice that pause, and so on until its timeout: whichever
 engine gets it, the store's idempotency key answers it with the first outcome, never a second hold.
 Each request carries a Message Expiry Interval, so a request the terminal has given up on is never
 delivered late.
@@ -173,13 +174,17 @@ class MqttTerminalConnection:
             self._waiting[correlation] = future
             try:
                 async with asyncio.timeout(timeout_s):
+                    # The pause before each copy doubles: an engine that is only slow is not sent the same
+                    # request every second (each copy is work for whichever engine takes it).
+                    wait_s = self.retry_after_s
                     while True:
                         await self._client.publish(request_topic(self.terminal_id), payload, qos=1, properties=props)
-                        done, _ = await asyncio.wait({future}, timeout=self.retry_after_s)
+                        done, _ = await asyncio.wait({future}, timeout=wait_s)
                         if done:
                             answer, raw = future.result()
                             return checked(answer, raw, terminal, ksn)
                         self.retries += 1
+                        wait_s *= 2
             except TimeoutError:
                 raise ResponseTimeout(f"no answer to STAN {fields.get('11')} within {timeout_s:g} s") from None
             except aiomqtt.MqttError as exc:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import threading
+from typing import Any
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -46,6 +48,28 @@ def _tdes_ecb(key: bytes) -> Cipher:
     return Cipher(TripleDES(expand_tdes_key(key)), modes.ECB())
 
 
+_contexts = threading.local()
+
+
+def _ecb_context(key: bytes, encrypt: bool) -> Any:
+    """One TDES ECB context per key and direction, kept open (per thread: a context is not thread-safe).
+
+    ECB carries nothing from one block to the next and the data is always whole blocks without padding, so
+    an open context's update() gives what a fresh context would: the key schedule is built once per key
+    instead of once per operation.
+    """
+    cache: dict[tuple[bytes, bool], Any] | None = getattr(_contexts, "cache", None)
+    if cache is None:
+        cache = _contexts.cache = {}
+    context = cache.get((key, encrypt))
+    if context is None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cipher = _tdes_ecb(key)
+        context = cache[(key, encrypt)] = cipher.encryptor() if encrypt else cipher.decryptor()
+    return context
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _aes_ecb(key: bytes) -> Cipher:
     if len(key) not in (16, 24, 32):
@@ -67,7 +91,9 @@ def tdes_ecb_encrypt(key: bytes, data: bytes, *, cache: bool = True) -> bytes:
     '08D7B4FB629D0885'
     """
     _blocks(data, 8, "TDES")
-    enc = (_tdes_ecb if cache else _tdes_ecb.__wrapped__)(bytes(key)).encryptor()
+    if cache:
+        return _ecb_context(bytes(key), True).update(data)
+    enc = _tdes_ecb.__wrapped__(bytes(key)).encryptor()
     return enc.update(data) + enc.finalize()
 
 
@@ -79,7 +105,9 @@ def tdes_ecb_decrypt(key: bytes, data: bytes, *, cache: bool = True) -> bytes:
     '0000000000000000'
     """
     _blocks(data, 8, "TDES")
-    dec = (_tdes_ecb if cache else _tdes_ecb.__wrapped__)(bytes(key)).decryptor()
+    if cache:
+        return _ecb_context(bytes(key), False).update(data)
+    dec = _tdes_ecb.__wrapped__(bytes(key)).decryptor()
     return dec.update(data) + dec.finalize()
 
 

@@ -18,6 +18,8 @@ adapter, and beyond that a request is dropped with a warning. (Mosquitto 2.0.11 
 Receive Maximum quota twice per acknowledgement, so the broker cannot be trusted to hold requests back.)
 A dropped request, like one held by an engine that dies, is sent again by its terminal, and the store's
 idempotency key gives the copy the first answer: nothing is lost or done twice, it only comes later.
+A copy that reaches the engine still answering the original (same terminal, same correlation data) is
+dropped: the answer under way serves both.
 """
 
 from __future__ import annotations
@@ -143,7 +145,9 @@ class MqttServer:
         self.limits = limits or MqttLimits()
         self.group = group
         self.client_id = engine_client_id()
-        self.stats = {"requests": 0, "answers": 0, "refused": 0, "failed": 0, "connects": 0}
+        self.stats = {"requests": 0, "answers": 0, "refused": 0, "failed": 0, "connects": 0, "copies": 0}
+        # (terminal id, correlation data) of the requests being answered: at most max_in_flight of them.
+        self._in_flight: set[tuple[str, bytes]] = set()
         self._client: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.limits.max_in_flight)
@@ -262,6 +266,13 @@ class MqttServer:
             self.stats["refused"] += 1
             return
         terminal_id, response_topic, correlation = target
+        key = (terminal_id, correlation)
+        if key in self._in_flight:
+            # A terminal's retransmission of a request this engine is still answering: the answer under way
+            # carries the same correlation data, so the copy would only be work done twice.
+            self.stats["copies"] += 1
+            return
+        self._in_flight.add(key)
         try:
             async with asyncio.timeout(self.limits.handler_timeout_s):
                 answer = await self.handler(bytes(message.payload), sender=terminal_id)
@@ -273,6 +284,8 @@ class MqttServer:
             self.stats["failed"] += 1
             log.exception("terminal %s: request failed", terminal_id)
             return
+        finally:
+            self._in_flight.discard(key)
         if answer is None:
             return
         props = mqtt_properties("PUBLISH", CorrelationData=correlation, MessageExpiryInterval=self.limits.answer_expiry_s)

@@ -147,13 +147,16 @@ async def test_unanswered_request_is_published_again_with_the_same_bytes(mqtt_is
 
         mqtt_issuer.running.mqtt.handler = slow_handler
         second = shop.card_request(ivan, 2_00, mti="0100", entry="magstripe")
+        copies_before = mqtt_issuer.running.mqtt.stats["copies"]
         pending = asyncio.create_task(conn.request(second, timeout_s=5.0))
         await asyncio.sleep(0.7)
         slow.set()
         answered = await pending
         mqtt_issuer.running.mqtt.handler = original
     assert answer["39"] == "00" and answered["39"] == "00"
-    assert conn.retries > retries_before, "the terminal published its unanswered request again"
+    # Copies at 0.2 s and 0.6 s (the pause doubles), each dropped by the engine still answering the first.
+    assert conn.retries - retries_before == 2, "the terminal published its unanswered request again, backing off"
+    assert mqtt_issuer.running.mqtt.stats["copies"] - copies_before == 2, "the engine did the work once"
     holds = (await mqtt_issuer.account("ivan")).holds
     assert sorted(h.amount_minor for h in holds) == [2_00, 3_00], "one hold per request, whatever the copies"
 

@@ -265,3 +265,14 @@ def test_cached_transaction_keys_are_the_derived_ones_in_any_order(ipek, device,
 def test_retail_mac_without_the_key_cache_is_the_same_mac(key, data, padding, cache):
     assume(data or padding != 3)  # psec differs on empty data with padding 3 (see above)
     assert retail_mac(key, data, padding=padding, cache=cache) == psec.mac.generate_retail_mac(key[:8], key[8:], data, padding)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from([bytes(range(16)), bytes(range(8)), bytes(range(24)), b"\x01" * 16]),
+                          st.binary(min_size=8, max_size=8).flatmap(lambda b: st.just(b * 2)), st.booleans()), min_size=1, max_size=30))
+def test_kept_ecb_contexts_give_what_fresh_ones_give(operations):
+    from hsm_sim.crypto.des import tdes_ecb_decrypt, tdes_ecb_encrypt
+
+    for key, data, encrypt in operations:
+        operation = tdes_ecb_encrypt if encrypt else tdes_ecb_decrypt
+        assert operation(key, data) == operation(key, data, cache=False)
