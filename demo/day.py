@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from hsm_sim import HsmApi
 from processor import issuing, ledger
 from processor.config import Settings
@@ -32,6 +34,7 @@ from processor.ledger import StoreInterface
 from processor.server import RunningEngine
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.load import LoadResult, run_load
+from terminal_sim.load_report import ProgressDisplay
 from terminal_sim.pos import CardData, PosTerminal
 
 log = logging.getLogger("demo")
@@ -304,6 +307,14 @@ async def _malformed(day: Day, host: str, port: int) -> None:
         writer.close()
 
 
+_ERR = Console(stderr=True, highlight=False)
+
+
+def _phase(text: str) -> None:
+    """Say on standard error what the day does now; the summary stays alone on standard output."""
+    _ERR.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}")
+
+
 async def run_day(
     workdir: Path, *, cardholders: int = 40, seconds: float = 8.0, connections: int = 16
 ) -> Day:
@@ -312,8 +323,10 @@ async def run_day(
     from processor.issuing import ensure_issuer_keys
     from processor.issuing.provisioning import provision
     from processor.ledger import Store
+    from processor.output import progress
     from processor.server import running_engine
 
+    _phase(f"opening the store and the HSM in {workdir}")
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env(workdir)
     day = Day(workdir=workdir)
@@ -325,33 +338,43 @@ async def run_day(
         try:
             keys = await ensure_issuer_keys(store, hsm)
             today = dt.datetime.now(dt.UTC).date()
+            _phase("issuing the day's cardholders, cards, chip and phone, and terminals")
             people = await _people(store, hsm, keys, today)
             people["hana"]["chip"], people["hana"]["wallet"] = await _personalize_chip_and_wallet(
                 store, hsm, keys, workdir, people["hana"]["id"], people["hana"]["account_id"]
             )
             terminals = await _terminals(store, hsm, keys)
-            crowd = await provision(
-                store, hsm, keys, cardholders=cardholders, terminals=max(1, connections // 2), deposit_minor=100_000_00, label="day"
-            )
+            _phase(f"provisioning {cardholders} customers for the load phase")
+            with progress("demo") as report:
+                crowd = await provision(
+                    store, hsm, keys, cardholders=cardholders, terminals=max(1, connections // 2), deposit_minor=100_000_00,
+                    label="day", progress=report,
+                )
         finally:
             await hsm.close()
     finally:
         await store.close()
 
     async with running_engine(settings) as running:
+        _phase(f"engine on 127.0.0.1:{running.port}: playing the day's situations")
         await _play_scenarios(day, "127.0.0.1", running.port, people, terminals, running.store)
-        day.load = await run_load(
-            "127.0.0.1",
-            running.port,
-            [PosTerminal.from_registered(t) for t in crowd.terminals],
-            [CardData.from_issued(c, c["pin"]) for c in crowd.cards],
-            connections=connections,
-            seconds=seconds,
-            seed=20261125,
-            close_batches=True,
-        )
+        _phase(f"load: {connections} connections for {seconds:g} s, then every terminal closes its batch")
+        with ProgressDisplay(_ERR) as display:
+            day.load = await run_load(
+                "127.0.0.1",
+                running.port,
+                [PosTerminal.from_registered(t) for t in crowd.terminals],
+                [CardData.from_issued(c, c["pin"]) for c in crowd.cards],
+                connections=connections,
+                seconds=seconds,
+                seed=20261125,
+                close_batches=True,
+                progress=display,
+            )
         store = running.store
+        _phase("an acquiring network's day and clearing file, then settling the day")
         day.settlement = await _settle_the_day(running, people, workdir)
+        _phase("checking the ledger")
         day.ledger_failures = await ledger.invariants.check(store)
         day.ledger_report = await ledger.invariants.report(store)
         for handle in ("ada", "bob", "grace"):
@@ -371,14 +394,16 @@ async def _settle_the_day(running: RunningEngine, people: dict[str, dict[str, An
     The demo's day ends now: its cutoff is set to the next second (UTC), so everything played above falls
     in the day that is settled.
     """
-    from processor.settlement import add_network, build_report, save_config, settle_day, write_html
+    from processor.settlement import add_network, add_network_merchant, build_report, save_config, settle_day, write_html
     from processor.settlement.day import COMMIT_GRACE
     from processor.settlement.ingest import ingest_file
     from terminal_sim.network import AcquiringNetwork
 
     store, hsm = running.store, running.hsm
-    await add_network(store, "400001", "EuroNet")
-    network = AcquiringNetwork("400001", merchants=3)
+    key = await add_network(store, hsm, running.engine.keys, "400001", "EuroNet")
+    network = AcquiringNetwork("400001", key, merchants=3)
+    for merchant in network.registrations():
+        await add_network_merchant(store, "400001", **merchant)
     cards = [CardData.from_issued(people[h], "1234") for h in ("ada", "grace")]
     async with await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0) as conn:
         network_day = await network.run(conn, cards, 12)

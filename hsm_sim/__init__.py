@@ -13,13 +13,17 @@ from typing import Any
 from hsm_sim.access import ROLES, Identity
 from hsm_sim.api import HsmApi, all_keys
 from hsm_sim.errors import INVALID_INPUT, HsmError
-from hsm_sim.hsm import COMMANDS, Hsm, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import COMMANDS, MAX_PAN_FINGERPRINTS, Hsm, KeyCeremony, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.pki import ClientTls, PkiError
 
+# The key-store file's name in the working folder, for `hsm-sim` and for the processor's in-process HSM alike.
+DEFAULT_KEYSTORE = "hsm-keystore.json"
+
 __all__ = [
-    "COMMANDS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError", "Identity", "KeyCeremony", "KeyInfo",
-    "PkiError", "TokenizedPan", "all_keys", "connect",
+    "COMMANDS", "DEFAULT_KEYSTORE", "MAX_PAN_FINGERPRINTS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError",
+    "Identity", "KeyCeremony",
+    "KeyInfo", "PkiError", "TokenizedPan", "all_keys", "connect",
 ]
 
 

@@ -13,7 +13,9 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_KEYSTORE = "hsm-keystore.json"
+from hsm_sim import DEFAULT_KEYSTORE
+from hsm_sim.arguments import Parser, count, port, positive
+
 DEFAULT_PORT = 1500
 
 
@@ -26,7 +28,12 @@ def _quiet() -> None:
 
 
 def _keystore(args: argparse.Namespace) -> str:
-    return args.keystore or os.environ.get("HSM_KEYSTORE") or DEFAULT_KEYSTORE
+    """The key-store file; its folder must exist (a mistyped path must not create folders)."""
+    path = args.keystore or os.environ.get("HSM_KEYSTORE") or DEFAULT_KEYSTORE
+    folder = Path(path).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"key store {path}: the folder {folder} does not exist; create it or give another --keystore")
+    return path
 
 
 def _plain(value: Any) -> Any:
@@ -113,33 +120,33 @@ def _audit(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsm-sim", description="A software payment HSM.")
+    parser = Parser(prog="hsm-sim", description="A software payment HSM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ca = sub.add_parser("ca", help="the deployment's CA: certificates for the HSM and its clients").add_subparsers(
         dest="ca_command", required=True
     )
     p = ca.add_parser("init", help="create the CA, the HSM's server certificate and an empty revocation list in DIR")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the CA's folder")
     p.add_argument("--host", action="append", help="a host name or address the HSM serves (repeat; default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--days", type=int, default=3650, help="validity of the CA and server certificates (default 3650)")
+    p.add_argument("--days", type=count, default=3650, help="validity of the CA and server certificates (default 3650)")
     p = ca.add_parser("issue", help="a client certificate: DIR/NAME.pem and DIR/NAME.key")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the CA's folder")
     p.add_argument("--role", required=True, help="engine, issuer, operator, custodian or key-loader")
     p.add_argument("--name", required=True, help="who holds it (letters, digits, '.', '-', '_')")
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    p.add_argument("--days", type=count, default=365, help="validity (default 365)")
     p = ca.add_parser("revoke", help="revoke a client's certificate; a running hsm-sim serve refuses it within a second")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the CA's folder")
     p.add_argument("who", help="the certificate's name or serial (hex)")
     p = ca.add_parser("list", help="certificates issued, with their roles and whether they are revoked")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the CA's folder")
     for p in ca.choices.values():
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = sub.add_parser("serve", help="serve the host commands over mutual TLS")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--keystore", help="key-store file (default: HSM_KEYSTORE or ./hsm-keystore.json)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--keystore", help=f"key-store file (default: HSM_KEYSTORE or ./{DEFAULT_KEYSTORE})")
     p.add_argument("--tls", default=os.environ.get("HSM_TLS_DIR"), help="the CA folder of `hsm-sim ca init` (default: HSM_TLS_DIR)")
 
     p = sub.add_parser("audit", help="the audit log: every command and every refusal")
@@ -149,21 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--who", help="only this client's lines")
     p.add_argument("--since", help="only lines at or after this ISO time, e.g. 2026-12-01T09:00")
     p.add_argument("--limit", type=int, default=50, help="the last N lines (0: all; default 50)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
     lmk = sub.add_parser("lmk", help="the LMK, kept apart from the key store").add_subparsers(dest="lmk_command", required=True)
     p = lmk.add_parser("status", help="where the key store's LMK comes from, its check value, the number of keys")
-    p.add_argument("--keystore", help="key-store file (default: HSM_KEYSTORE or ./hsm-keystore.json)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--keystore", help=f"key-store file (default: HSM_KEYSTORE or ./{DEFAULT_KEYSTORE})")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p = lmk.add_parser("migrate", help="move an older key store's keys from its embedded LMK to an LMK kept apart")
-    p.add_argument("keystore")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("keystore", help="the key-store file to migrate")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = sub.add_parser("bench", help="operations per second: in process, over TCP, over mutual TLS")
-    p.add_argument("--seconds", type=float, default=1.0, help="length of one round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--in-flight", type=int, default=256, help="requests in flight over the network")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seconds", type=positive, default=1.0, help="length of one round (default 1.0)")
+    p.add_argument("--rounds", type=count, default=3, help="rounds per case; the median is reported (default 3)")
+    p.add_argument("--in-flight", type=count, default=256, help="requests in flight over the network (default 256)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_command", required=True)
     for name, help_text in (
@@ -179,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hsm", help="or a running HSM: tcps://HOST:PORT")
         p.add_argument("--tls", default=os.environ.get("HSM_TLS_DIR"), help="folder holding ca.pem and the certificate (default: HSM_TLS_DIR)")
         p.add_argument("--as", dest="as_name", default=os.environ.get("HSM_CLIENT_NAME"), help="the certificate's name (default: HSM_CLIENT_NAME)")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
         if name in ("generate", "components", "component", "import"):
-            p.add_argument("key_type")
+            p.add_argument("key_type", help="the key's type, e.g. CVK, PVK, BDK, ZMK, KEK")
         if name in ("generate", "components", "component"):
-            p.add_argument("--algorithm", default="TDES", choices=["TDES", "AES", "HMAC"])
+            p.add_argument("--algorithm", default="TDES", choices=["TDES", "AES", "HMAC"], help="the key's algorithm (default TDES)")
         if name == "generate":
             p.add_argument("--bits", type=int, help="key length: TDES 128 or 192, AES 128, 192 or 256 (default by key type)")
         if name == "components":
@@ -192,12 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--component", required=True, help="this custodian's clear component (hex)")
             p.add_argument("--ceremony", help="the ceremony the first custodian's component opened")
         if name == "export":
-            p.add_argument("kcv")
-            p.add_argument("--zmk", required=True)
+            p.add_argument("kcv", help="check value of the key to export")
+            p.add_argument("--zmk", required=True, help="check value of the ZMK or KEK to wrap it under")
             p.add_argument("--version", choices=["B", "C", "D"], help="TR-31 version (default: D under AES, B under TDES)")
         if name == "import":
-            p.add_argument("key_block")
-            p.add_argument("--zmk", required=True)
+            p.add_argument("key_block", help="the TR-31 key block")
+            p.add_argument("--zmk", required=True, help="check value of the ZMK or KEK it is wrapped under")
     return parser
 
 
@@ -225,12 +232,20 @@ def main(argv: list[str] | None = None) -> int:
             result = _lmk(args)
         else:
             result = _run(_keys(args))
+        _print(_plain(result), args.json)
     except (HsmError, PkiError, ValueError) as exc:
         print(f"hsm-sim: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    _print(_plain(result), args.json)
+    except BrokenPipeError:
+        # The reader went away (`hsm-sim keys list | head -1`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # A port in use, a folder that cannot be written: the operator's to fix, said in one line.
+        print(f"hsm-sim: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return 2
     return 0
 
 

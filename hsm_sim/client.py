@@ -291,6 +291,12 @@ class HsmClient:
     async def fingerprint_pan(self, pan: str) -> list[tuple[int, str]]:
         return [(int(version), str(fingerprint)) for version, fingerprint in await self.call("fingerprint_pan", pan)]
 
+    async def fingerprint_pans(self, pans: list[str]) -> list[list[tuple[int, str]]]:
+        return [
+            [(int(version), str(fingerprint)) for version, fingerprint in one]
+            for one in await self.call("fingerprint_pans", list(pans))
+        ]
+
     async def reveal_pan(self, sealed_pan: str, data_key_version: int, *, operator: str, reason: str) -> str:
         return str(await self.call("reveal_pan", sealed_pan, data_key_version, operator=operator, reason=reason))
 

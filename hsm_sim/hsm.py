@@ -68,6 +68,8 @@ CEREMONY_TIMEOUT_S = 900
 KEY_PAGE = 50  # keys in one list_keys answer: about 10 KiB of JSON, under the protocol's frame limit
 FINGERPRINT_VERSIONS = 32  # fingerprint-key versions a look-up tries: a bounded answer however often keys rotate
 MAX_CEREMONIES = 16
+# Fingerprints (PANs times key versions) per fingerprint_pans answer: 64 hex digits each, inside one frame.
+MAX_PAN_FINGERPRINTS = 96
 COMPONENTS_NEEDED = 2
 
 
@@ -108,6 +110,7 @@ COMMANDS: dict[str, str] = {
     "M8": "verify_mac",
     "T0": "tokenize_pan",
     "T2": "fingerprint_pan",
+    "TA": "fingerprint_pans",
     "T4": "reveal_pan",
     "T6": "reseal_pan",
     "T8": "rotate_tokenization_keys",
@@ -698,6 +701,23 @@ class Hsm:
         if not out:
             raise HsmError(st.UNKNOWN_KEY, "fingerprint_pan: no FPK has been generated")
         return out
+
+    @command()
+    def fingerprint_pans(self, pans: list[str]) -> list[list[tuple[int, str]]]:
+        """`fingerprint_pan` for several PANs in their order, at most MAX_PAN_FINGERPRINTS fingerprints (PANs
+        times key versions) per command: one command and one audit line for a part of a clearing file."""
+        keys = [
+            (info.version, self._key(info.kcv, ("FPK",), "fingerprint_pans", use=GENERATE)[0])
+            for info in self.store.versions("FPK")[:FINGERPRINT_VERSIONS]
+        ]
+        if not keys:
+            raise HsmError(st.UNKNOWN_KEY, "fingerprint_pans: no FPK has been generated")
+        if not isinstance(pans, list) or not 1 <= len(pans) * len(keys) <= MAX_PAN_FINGERPRINTS:
+            raise HsmError(
+                st.INVALID_INPUT,
+                f"fingerprint_pans: 1 to {MAX_PAN_FINGERPRINTS // len(keys)} PANs per command ({len(keys)} key versions)",
+            )
+        return [[(version, tokens.pan_fingerprint(key, pan)) for version, key in keys] for pan in pans]
 
     def _open(self, sealed_pan: str, data_key_version: int, command_name: str) -> str:
         dek = self._dek_version(int(data_key_version), command_name)

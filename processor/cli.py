@@ -7,19 +7,19 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from processor import issuing, ledger
-from processor.commands import Runtime
-from processor.config import Settings
+from processor.commands import Runtime, amount_minor, count, listen_address, validity_years
+from processor.config import ENVIRONMENT, Settings
 from processor.errors import ConfigurationError, InvalidRequest, NotFound, ProcessorError
 from processor.logs import quiet_library_deprecations
+from processor.iso8583.currency import format_amount
+from processor.output import print_result, progress
 
 if TYPE_CHECKING:
     from hsm_sim import HsmApi
@@ -43,6 +43,7 @@ async def runtime(settings: Settings, hsm_role: str = "engine", *, hsm_name: str
     from processor.config import open_hsm
     from processor.ledger import Store
 
+    settings.check()
     store = await Store.open(settings.db_url)
     try:
         hsm = await open_hsm(settings, hsm_role, name=hsm_name)
@@ -70,37 +71,19 @@ async def key_loader(rt: Runtime) -> AsyncIterator[HsmApi]:
         await loader.close()
 
 
-def parse_amount_minor(text: str, exponent: int = 2) -> int:
-    """'100.00' -> 10000 for a currency with two decimals; refuses more decimals than the currency has."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InvalidRequest(f"amount {text!r} is not a number") from None
-    scaled = value.scaleb(exponent)
-    if value < 0 or scaled != scaled.to_integral_value():
-        raise InvalidRequest(f"amount {text!r} must be positive with at most {exponent} decimals")
-    return int(scaled)
-
-
-def format_minor(amount_minor: int, currency: str) -> str:
-    """10000, 'EUR' -> '100.00 EUR'."""
-    from processor.iso8583.currency import exponent_for_alpha
-
-    exponent = exponent_for_alpha(currency)
-    sign = "-" if amount_minor < 0 else ""
-    units, cents = divmod(abs(amount_minor), 10**exponent)
-    return f"{sign}{units}.{cents:0{exponent}d} {currency}" if exponent else f"{sign}{units} {currency}"
-
-
 # ------------------------------------------------------------------ commands
 
 
 async def cmd_init(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import ensure_issuer_keys
+    from processor.tokenization.wallet import DEFAULT_TOKEN_BIN, TOKEN_BIN_CONFIG
 
     if args.bin:
-        await issuing.config.put(rt.store, issuing.config.ISSUER_BIN, args.bin)
+        token_bin = await issuing.config.get(rt.store, TOKEN_BIN_CONFIG) or DEFAULT_TOKEN_BIN
+        check_bin(args.bin, token_bin)
     keys = await ensure_issuer_keys(rt.store, rt.hsm)
+    if args.bin:
+        await issuing.config.put(rt.store, issuing.config.ISSUER_BIN, args.bin)
     return {
         "db_url": _safe_url(rt.settings.db_url),
         "hsm_url": rt.settings.hsm_url,
@@ -109,33 +92,52 @@ async def cmd_init(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def check_bin(bin_prefix: str, token_bin: str) -> None:
+    """An issuer BIN: 6 to 8 digits, outside the token BIN and the 99 range of the surrogate numbers."""
+    if not (bin_prefix.isdigit() and 6 <= len(bin_prefix) <= 8):
+        raise InvalidRequest(f"--bin must be 6 to 8 digits, such as 476173, got {bin_prefix!r}")
+    if bin_prefix.startswith(token_bin) or token_bin.startswith(bin_prefix):
+        raise InvalidRequest(f"--bin {bin_prefix} overlaps the token BIN {token_bin}: cards and tokens need ranges of their own")
+    if bin_prefix.startswith("99"):
+        raise InvalidRequest(f"--bin {bin_prefix} is in the 99 range kept for surrogate card numbers: choose another BIN")
+
+
 async def cmd_cardholder_create(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     cardholder_id = await issuing.cardholders.create(rt.store, args.name, args.handle)
     return {"id": cardholder_id, "name": args.name, "handle": args.handle}
 
 
-async def cmd_account_open(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.iso8583.currency import exponent_for_alpha
+async def cmd_cardholder_list(rt: Runtime, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "name": c.name, "handle": c.handle, "created_at": c.created_at.isoformat(timespec="seconds")}
+        for c in await issuing.cardholders.list_all(rt.store)
+    ]
 
+
+async def _cardholder_id(rt: Runtime, text: str) -> int:
+    """A cardholder named by id or by handle."""
+    if text.isdigit():
+        return int(text)
+    found = await issuing.cardholders.find_by_handle(rt.store, text)
+    if found is None:
+        raise NotFound(f"no cardholder with handle {text!r}: `processor cardholder list` shows them")
+    return found.id
+
+
+async def cmd_account_open(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     currency = args.currency.upper()
-    try:
-        exponent = exponent_for_alpha(currency)
-    except KeyError:
-        raise InvalidRequest(f"currency {currency} is not supported") from None
-    account_id = await ledger.accounts.open_account(rt.store, args.cardholder, args.type, currency)
-    if args.deposit:
-        amount_minor = parse_amount_minor(args.deposit, exponent)
-        if amount_minor:
-            await ledger.accounts.deposit(rt.store, account_id, amount_minor, reference="opening deposit")
+    deposit_minor = amount_minor(args.deposit, currency, "--deposit") if args.deposit is not None else 0
+    cardholder_id = await _cardholder_id(rt, args.cardholder)
+    account_id = await ledger.accounts.open_account(rt.store, cardholder_id, args.type, currency, deposit_minor=deposit_minor)
     return await _account_json(rt, account_id)
 
 
 async def cmd_account_deposit(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.iso8583.currency import exponent_for_alpha
-
-    view = await ledger.accounts.get(rt.store, args.account_id)
-    amount_minor = parse_amount_minor(args.amount, exponent_for_alpha(view.currency))
-    await ledger.accounts.deposit(rt.store, args.account_id, amount_minor, reference=args.reference)
+    view = await _customer_account(rt, args.account_id)
+    deposit_minor = amount_minor(args.amount, view.currency)
+    if not deposit_minor:
+        raise InvalidRequest("a deposit must be more than 0")
+    await ledger.accounts.deposit(rt.store, args.account_id, deposit_minor, reference=args.reference)
     return await _account_json(rt, args.account_id)
 
 
@@ -143,17 +145,46 @@ async def cmd_account_show(rt: Runtime, args: argparse.Namespace) -> dict[str, A
     return await _account_json(rt, args.account_id)
 
 
-async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
+async def cmd_account_list(rt: Runtime, args: argparse.Namespace) -> list[dict[str, Any]]:
+    cardholder_id = await _cardholder_id(rt, args.cardholder) if args.cardholder else None
+    views = await ledger.accounts.list_accounts(rt.store, cardholder_id=cardholder_id, internal=args.internal)
+    return [
+        {
+            "id": v.id,
+            "cardholder_id": v.cardholder_id,
+            "kind": f"internal {v.purpose}" if v.kind == "internal" else v.kind,
+            "currency": v.currency,
+            "status": v.status,
+            "ledger_minor": v.ledger_minor,
+            "available_minor": v.available_minor,
+        }
+        for v in views
+    ]
+
+
+async def _customer_account(rt: Runtime, account_id: int) -> ledger.accounts.AccountView:
+    """The account, refused when it is one of the ledger's internal accounts."""
     view = await ledger.accounts.get(rt.store, account_id)
+    if view.kind == "internal":
+        raise InvalidRequest(
+            f"account {account_id} is the ledger's internal {view.purpose} account for {view.currency}, not a customer's: "
+            "`processor account list` shows customer accounts, `processor account list --internal` the internal ones"
+        )
+    return view
+
+
+async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
+    view = await _customer_account(rt, account_id)
     return {
         "id": view.id,
+        "cardholder_id": view.cardholder_id,
         "kind": view.kind,
         "currency": view.currency,
         "status": view.status,
         "ledger_minor": view.ledger_minor,
         "available_minor": view.available_minor,
-        "ledger": format_minor(view.ledger_minor, view.currency),
-        "available": format_minor(view.available_minor, view.currency),
+        "ledger": format_amount(view.ledger_minor, view.currency),
+        "available": format_amount(view.available_minor, view.currency),
         "holds": [
             {
                 "id": h.id,
@@ -167,9 +198,24 @@ async def _account_json(rt: Runtime, account_id: int) -> dict[str, Any]:
     }
 
 
+async def _bureau_ready(rt: Runtime) -> None:
+    """Refuse before anything is written when chips cannot be personalized (no transport key yet)."""
+    from processor.issuing.personalization import BUREAU_KEK_CONFIG
+
+    if await issuing.config.get(rt.store, BUREAU_KEK_CONFIG) is None:
+        raise ConfigurationError("no transport key shared with the card bureau: run `processor bureau key` first")
+
+
 async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing import issue_card
 
+    if args.pin is not None:
+        issuing.cards.check_pin_format(args.pin)
+    if args.chip and args.magstripe_only:
+        raise InvalidRequest("--chip personalizes the card's chip; a --magstripe-only card has none: give one of them")
+    await _customer_account(rt, args.account)
+    if args.chip:
+        await _bureau_ready(rt)
     keys = await rt.issuer_keys()
     card = await issue_card(
         rt.store,
@@ -186,7 +232,13 @@ async def cmd_card_issue(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
     if args.chip:
         from processor.issuing.personalization import personalize
 
-        _, path = await personalize(rt.store, rt.hsm, keys, card.id, directory=args.bureau_dir)
+        try:
+            _, path = await personalize(rt.store, rt.hsm, keys, card.id, directory=args.bureau_dir)
+        except BaseException:
+            # A card whose number was never shown and whose chip was never written must not stay usable.
+            await issuing.cards.set_status(rt.store, card.id, "closed")
+            log.error("card %d closed: its chip could not be personalized", card.id)
+            raise
         result["bureau_file"] = str(path)
     return result
 
@@ -214,12 +266,17 @@ async def cmd_card_personalize(rt: Runtime, args: argparse.Namespace) -> dict[st
 async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.issuing.personalization import BUREAU_KEK_CONFIG, form_bureau_key, record_bureau_key
 
-    if args.kcv:
-        return await record_bureau_key(rt.store, rt.hsm, args.kcv)
+    current = await issuing.config.get(rt.store, BUREAU_KEK_CONFIG)
     if args.keep_if_kcv is not None:
-        current = await issuing.config.get(rt.store, BUREAU_KEK_CONFIG)
         if current is not None and current == args.keep_if_kcv.upper():
             return {"kcv": current}
+    elif current is not None and not args.replace and (args.kcv or "").upper() != current:
+        raise InvalidRequest(
+            f"a transport key (KCV {current}) is already shared with the card bureau: give --replace to form a new one "
+            "(the bureau must then load it; records written before stay under the old key)"
+        )
+    if args.kcv:
+        return await record_bureau_key(rt.store, rt.hsm, args.kcv)
     if rt.settings.hsm_url.startswith("tcps://"):
         raise InvalidRequest(
             "a networked HSM forms keys under dual control: two custodians run `hsm-sim keys component KEK --algorithm AES "
@@ -230,42 +287,65 @@ async def cmd_bureau_key(rt: Runtime, args: argparse.Namespace) -> dict[str, Any
 
 async def cmd_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     """Many funded cards and terminals at once (load runs); with --bureau-dir their chips and phones too."""
-    from processor.iso8583.currency import exponent_for_alpha
     from processor.issuing.personalization import personalize
     from processor.tokenization.wallet import provision_token
 
-    if args.cardholders < 1 or args.terminals < 1:
-        raise InvalidRequest("provision needs at least one cardholder and one terminal")
-    keys = await rt.issuer_keys()
-    async with key_loader(rt) as loader:
-        population = await issuing.provisioning.provision(
-            rt.store,
-            rt.hsm,
-            keys,
-            cardholders=args.cardholders,
-            terminals=args.terminals,
-            deposit_minor=parse_amount_minor(args.deposit, exponent_for_alpha(args.currency)),
-            currency=args.currency,
-            label=args.label,
-            key_loader=loader,
-        )
-    result: dict[str, Any] = {"cards": population.cards, "terminals": population.terminals}
+    currency = args.currency.upper()
+    deposit_minor = amount_minor(args.deposit, currency, "--deposit")
+    if not (args.label.isascii() and args.label.isalnum()):
+        raise InvalidRequest(f"--label must be letters and digits, got {args.label!r}")
+    if args.wallets and args.bureau_dir is None:
+        raise InvalidRequest("--wallets writes the phones' records into the bureau folder: give --bureau-dir too")
     if args.bureau_dir is not None:
-        chips, wallets = [], []
-        for card in population.cards:
-            if card["chip_track2"] is None:
-                continue  # a magstripe-only card has no chip to personalize
-            _, path = await personalize(rt.store, rt.hsm, keys, card["id"], directory=args.bureau_dir)
-            chips.append({"card_id": card["id"], "bureau_file": str(path)})
-            if args.wallets:
-                token = await provision_token(
-                    rt.store, rt.hsm, keys, card_id=card["id"], wallet="phone", device_id=f"{args.label.upper()}-{card['id']}",
-                    wallet_dir=args.bureau_dir,
-                )
-                wallets.append({"card_id": card["id"], "token_id": token["id"], "wallet_file": token["wallet_file"]})
-        result["chips"] = chips
-        result["wallets"] = wallets
+        await _bureau_ready(rt)
+    keys = await rt.issuer_keys()
+    with progress("provision") as report:
+        async with key_loader(rt) as loader:
+            population = await issuing.provisioning.provision(
+                rt.store,
+                rt.hsm,
+                keys,
+                cardholders=args.cardholders,
+                terminals=args.terminals,
+                deposit_minor=deposit_minor,
+                currency=currency,
+                bin_prefix=await issuing.config.issuer_bin(rt.store),
+                label=args.label,
+                key_loader=loader,
+                progress=report,
+            )
+        result: dict[str, Any] = {"cards": population.cards, "terminals": population.terminals}
+        if args.bureau_dir is not None:
+            chips, wallets = [], []
+            with_chip = [card for card in population.cards if card["chip_track2"] is not None]
+            for done, card in enumerate(with_chip, 1):
+                _, path = await personalize(rt.store, rt.hsm, keys, card["id"], directory=args.bureau_dir)
+                chips.append({"card_id": card["id"], "bureau_file": str(path)})
+                if args.wallets:
+                    token = await provision_token(
+                        rt.store, rt.hsm, keys, card_id=card["id"], wallet="phone",
+                        device_id=f"{args.label.upper()}-{card['id']}", wallet_dir=args.bureau_dir,
+                    )
+                    wallets.append({"card_id": card["id"], "token_id": token["id"], "wallet_file": token["wallet_file"]})
+                report("chips", done, len(with_chip))
+            result["chips"] = chips
+            result["wallets"] = wallets
+    if not args.json:
+        return _provision_summary(result, population.merchant_id)
     return result
+
+
+def _provision_summary(result: dict[str, Any], merchant_id: str) -> dict[str, Any]:
+    """For people: what was made and where to find it, not hundreds of card secrets on a terminal."""
+    cards, terminals = result["cards"], result["terminals"]
+    summary: dict[str, Any] = {
+        "cards": f"{len(cards)} (ids {cards[0]['id']}-{cards[-1]['id']}; `processor card list`; --json shows their numbers once)",
+        "terminals": f"{len(terminals)} at merchant {merchant_id} (`processor terminal list --merchant {merchant_id}`)",
+    }
+    if "chips" in result:
+        summary["chips"] = len(result["chips"])
+        summary["wallets"] = len(result["wallets"])
+    return summary
 
 
 async def cmd_card_status(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -288,6 +368,22 @@ async def cmd_card_show(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]
         "psn": card.psn,
         "pin_tries": card.pin_tries,
     }
+
+
+async def cmd_card_list(rt: Runtime, args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": card.card_id,
+            "account_id": card.account_id,
+            "status": card.status,
+            "last4": card.last4,
+            "expiry": card.expiry,
+            "service_code": card.service_code,
+            "currency": card.currency,
+            "token": card.token,
+        }
+        for card in await issuing.cards.list_cards(rt.store, account_id=args.account, status=args.status)
+    ]
 
 
 async def cmd_terminal_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -358,12 +454,12 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.tcp == "off":
         if not settings.mqtt_url:
             raise ConfigurationError("--tcp off needs a broker to answer on: give --mqtt URL or set PROCESSOR_MQTT_URL")
+        settings.check()
         await run_server(settings, host="", port=0, tcp=False)
         return 0
-    host, _, port = args.tcp.rpartition(":")
-    if not port.isdigit():
-        raise ConfigurationError(f"--tcp expects HOST:PORT or off, not {args.tcp!r}")
-    await run_server(settings, host=host or "127.0.0.1", port=int(port), reuse_port=args.reuse_port)
+    host, port = listen_address(args.tcp)
+    settings.check()
+    await run_server(settings, host=host, port=port, reuse_port=args.reuse_port)
     return 0
 
 
@@ -379,118 +475,170 @@ def _safe_url(url: str) -> str:
     return url
 
 
-def _print(result: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, indent=None, sort_keys=False, default=str))
-        return
-    if isinstance(result, dict):
-        for key, value in result.items():
-            if isinstance(value, (list, dict)):
-                value = json.dumps(value, default=str)
-            print(f"{key:>16}: {value}")
-    else:
-        print(result)
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+            and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+GLOBAL_OPTIONS_HELP = {
+    "--db": "database URL (default: PROCESSOR_DB_URL or sqlite in ./processor.db)",
+    "--hsm": "HSM URL: file:PATH, memory:, tcps://HOST:PORT (default: PROCESSOR_HSM_URL or file:./hsm-keystore.json)",
+    "--verbose": "log at debug level; on an unexpected error, show the traceback",
+}
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
+    parser.add_argument("--db", default=default, help=GLOBAL_OPTIONS_HELP["--db"])
+    parser.add_argument("--hsm", default=default, help=GLOBAL_OPTIONS_HELP["--hsm"])
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help=GLOBAL_OPTIONS_HELP["--verbose"])
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `parser` (commands and their subcommands)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:  # argparse offers no public way to walk its subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_subcommands(child)]
+    return found
+
+
+def _environment_epilog() -> str:
+    lines = ["environment:"]
+    lines += [f"  {name:<24}{meaning}" for name, meaning in ENVIRONMENT]
+    lines.append("global options (--db, --hsm, -v) may also follow the command: processor card list --db URL")
+    return "\n".join(lines)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage mistake in one line (the usage is one --help away)."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="processor", description="Card issuing and ISO 8583 authorization.")
-    parser.add_argument("--db", help="database URL (default: PROCESSOR_DB_URL or ./processor.db)")
-    parser.add_argument("--hsm", help="HSM URL: file:PATH, memory:, tcps://HOST:PORT (default: PROCESSOR_HSM_URL)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(
+        prog="processor", description="Card issuing and ISO 8583 authorization.", epilog=_environment_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def data_command(parent: Any, name: str, func: Callable[..., Awaitable[dict[str, Any]]], help: str) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help)
-        p.add_argument("--json", action="store_true", help="print one JSON document")
+    def data_command(parent: Any, name: str, func: Callable[..., Awaitable[Any]], help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print one JSON document (for machines)")
         p.set_defaults(func=func)
         return p
 
     p = data_command(sub, "init", cmd_init, "create the issuer's keys and the database schema")
     p.set_defaults(hsm_role="custodian")
-    p.add_argument("--bin", help="issuer BIN for new cards (6-8 digits)")
+    p.add_argument("--bin", help="issuer BIN for new cards, 6 to 8 digits (default: 476173, or the one set before)")
 
-    ch = sub.add_parser("cardholder", help="cardholders").add_subparsers(dest="sub", required=True)
+    ch = sub.add_parser("cardholder", help="cardholders").add_subparsers(dest="sub", required=True, metavar="COMMAND")
     p = data_command(ch, "create", cmd_cardholder_create, "create a cardholder")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the cardholder's full name")
     p.add_argument("--handle", required=True, help="unique handle, such as ada")
+    data_command(ch, "list", cmd_cardholder_list, "every cardholder, oldest first")
 
-    ac = sub.add_parser("account", help="accounts").add_subparsers(dest="sub", required=True)
-    p = data_command(ac, "open", cmd_account_open, "open an account")
-    p.add_argument("--cardholder", type=int, required=True)
-    p.add_argument("--type", choices=["checking", "savings"], default="checking")
-    p.add_argument("--currency", default="EUR")
-    p.add_argument("--deposit", help="opening deposit in major units, e.g. 100.00")
+    ac = sub.add_parser("account", help="accounts").add_subparsers(dest="sub", required=True, metavar="COMMAND")
+    p = data_command(ac, "open", cmd_account_open, "open an account, with its opening deposit in the same transaction")
+    p.add_argument("--cardholder", required=True, help="the owner: cardholder id or handle")
+    p.add_argument("--type", choices=["checking", "savings"], default="checking", help="account type")
+    p.add_argument("--currency", default="EUR", help="ISO 4217 alpha code")
+    p.add_argument("--deposit", help="opening deposit in major units, e.g. 100.00 (default: none)")
     p = data_command(ac, "deposit", cmd_account_deposit, "deposit into an account from the funding account")
-    p.add_argument("account_id", type=int)
+    p.add_argument("account_id", type=int, help="the customer account")
     p.add_argument("amount", help="major units, e.g. 25.50")
-    p.add_argument("--reference", default="deposit")
-    p = data_command(ac, "show", cmd_account_show, "ledger, available and holds of an account")
-    p.add_argument("account_id", type=int)
+    p.add_argument("--reference", default="deposit", help="recorded with the journal entry")
+    p = data_command(ac, "show", cmd_account_show, "ledger, available and holds of a customer account")
+    p.add_argument("account_id", type=int, help="the customer account")
+    p = data_command(ac, "list", cmd_account_list, "customer accounts with their balances, oldest first")
+    p.add_argument("--cardholder", help="only this cardholder's (id or handle) (default: everyone's)")
+    p.add_argument("--internal", action="store_true", help="the ledger's internal accounts (funding, clearing, fees) instead")
 
-    cd = sub.add_parser("card", help="cards").add_subparsers(dest="card_command", required=True)
+    cd = sub.add_parser("card", help="cards").add_subparsers(dest="card_command", required=True, metavar="COMMAND")
     p = data_command(cd, "issue", cmd_card_issue, "issue a card (PAN and CVV2 are shown once)")
     p.set_defaults(hsm_role="issuer")
-    p.add_argument("--account", type=int, required=True)
-    p.add_argument("--pin", help="4 to 12 digits; only its verification value is kept")
-    p.add_argument("--years", type=int, default=4, help="validity in years")
+    p.add_argument("--account", type=int, required=True, help="the customer account the card spends from")
+    p.add_argument("--pin", help="4 to 12 digits; only its verification value is kept (default: no PIN)")
+    p.add_argument("--years", type=validity_years, default=4, help="validity in years, 1 to 10")
     p.add_argument("--magstripe-only", action="store_true", help="service code 101 instead of 201 (chip)")
     p.add_argument("--inactive", action="store_true", help="issue inactive; `card activate` later")
     p.add_argument("--chip", action="store_true", help="also write the chip personalization record for the card bureau")
-    p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go (default ./card-bureau)")
+    p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go")
+    p = data_command(cd, "list", cmd_card_list, "cards with their status, oldest first (no card numbers)")
+    p.add_argument("--account", type=int, help="only this account's cards (default: all)")
+    p.add_argument("--status", choices=sorted(issuing.cards.CARD_STATUSES), help="only cards in this status (default: all)")
     p = data_command(cd, "reveal", cmd_card_reveal, "show a card's PAN (audited: who and why)")
     p.set_defaults(hsm_role="operator")
-    p.add_argument("card_id", type=int)
+    p.add_argument("card_id", type=int, help="the card")
     p.add_argument("--operator", required=True, help="who asks")
     p.add_argument("--reason", required=True, help="why, e.g. a ticket number")
     p = data_command(cd, "personalize", cmd_card_personalize, "write a card's chip personalization record for the bureau")
     p.set_defaults(hsm_role="issuer")
-    p.add_argument("card_id", type=int)
-    p.add_argument("--bureau-dir", default="card-bureau")
-    p.add_argument("--cvn", type=int, default=18, choices=[10, 18])
+    p.add_argument("card_id", type=int, help="the card")
+    p.add_argument("--bureau-dir", default="card-bureau", help="where bureau records go")
+    p.add_argument("--cvn", type=int, default=18, choices=[10, 18], help="cryptogram version number")
     p.add_argument("--contact-only", action="store_true", help="no contactless interface")
     p = data_command(cd, "show", cmd_card_show, "a card's status and non-secret data")
-    p.add_argument("card_id", type=int)
+    p.add_argument("card_id", type=int, help="the card")
     for action in CARD_ACTIONS:
         p = data_command(cd, action, cmd_card_status, f"card lifecycle: {action}")
-        p.add_argument("card_id", type=int)
+        p.add_argument("card_id", type=int, help="the card")
 
-    bu = sub.add_parser("bureau", help="the card bureau that personalizes chips").add_subparsers(dest="sub", required=True)
+    bu = sub.add_parser("bureau", help="the card bureau that personalizes chips").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND"
+    )
     p = data_command(bu, "key", cmd_bureau_key, "form the transport key shared with the bureau (key ceremony)")
     p.set_defaults(hsm_role="custodian")
-    p.add_argument("--component", action="append", help="a clear component (hex, 32 bytes); give two or more, or none to draw them")
+    p.add_argument("--component", action="append",
+                   help="a clear component (hex, 32 bytes); give two or more (default: two are drawn and shown once)")
     p.add_argument("--kcv", help="record the AES KEK custodians formed in a networked HSM (hsm-sim keys component) instead")
     p.add_argument("--keep-if-kcv", metavar="KCV",
                    help="keep the current transport key when its KCV is KCV (no components printed); else form a new one")
+    p.add_argument("--replace", action="store_true",
+                   help="replace the current transport key (the bureau must load the new one; records made before stay under the old)")
 
-    te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True)
+    te = sub.add_parser("terminal", help="terminals").add_subparsers(dest="sub", required=True, metavar="COMMAND")
     p = data_command(te, "add", cmd_terminal_add, "register a terminal; prints its key material for injection")
     p.set_defaults(hsm_role="key-loader")
     p.add_argument("--id", required=True, help="terminal id (DE 41, up to 8 characters)")
     p.add_argument("--merchant", required=True, help="merchant id (DE 42, up to 15 characters)")
-    p.add_argument("--mcc", required=True, help="merchant category code")
-    p.add_argument("--name", default="Merchant")
-    p.add_argument("--location", default="Berlin DE")
+    p.add_argument("--mcc", required=True, help="merchant category code (4 digits)")
+    p.add_argument("--name", default="Merchant", help="the merchant's name, when the merchant is new")
+    p.add_argument("--location", default="Berlin DE", help="the merchant's city and country, when the merchant is new")
     p.add_argument("--no-chip-reader", action="store_true",
                    help="a magstripe-only terminal: chip cards may be swiped there (else only as fallback, DE 22 80)")
     p = data_command(te, "batches", cmd_terminal_batches, "a terminal's open batch and its closed batches (0500)")
-    p.add_argument("terminal_id")
-    p.add_argument("--currency", default="EUR", help="currency of the open batch to total (default EUR)")
-    p.add_argument("--limit", type=int, default=20, help="how many closed batches, newest first")
+    p.add_argument("terminal_id", help="the terminal (DE 41)")
+    p.add_argument("--currency", default="EUR", help="currency of the open batch to total")
+    p.add_argument("--limit", type=count, default=20, help="how many closed batches, newest first")
 
     p = data_command(sub, "provision", cmd_provision,
-                     "issue many funded cards and terminals at once, for load runs (prints the cards' secrets once)")
-    p.add_argument("--cardholders", type=int, required=True, help="one funded checking account and card each")
-    p.add_argument("--terminals", type=int, default=1, help="terminals at one new merchant (default 1)")
-    p.add_argument("--deposit", default="0", help="deposit per account in major units (default 0)")
-    p.add_argument("--currency", default="EUR")
-    p.add_argument("--label", default="load", help="names the cardholders, merchant and devices (default load)")
-    p.add_argument("--bureau-dir", help="also personalize the chip cards into this folder (needs `bureau key`)")
+                     "issue many funded cards and terminals at once, for load runs (--json prints the cards' secrets once)")
+    p.add_argument("--cardholders", type=count, required=True, help="one funded checking account and card each")
+    p.add_argument("--terminals", type=count, default=1, help="terminals at one new merchant")
+    p.add_argument("--deposit", default="0", help="deposit per account in major units")
+    p.add_argument("--currency", default="EUR", help="ISO 4217 alpha code of the accounts")
+    p.add_argument("--label", default="load", help="names the cardholders, merchant and devices (letters and digits)")
+    p.add_argument("--bureau-dir", help="also personalize the chip cards into this folder (needs `bureau key`) (default: no chips)")
     p.add_argument("--wallets", action="store_true", help="with --bureau-dir: a phone token for each chip card too")
     p.set_defaults(hsm_role="issuer")
 
-    le = sub.add_parser("ledger", help="ledger").add_subparsers(dest="sub", required=True)
+    le = sub.add_parser("ledger", help="ledger").add_subparsers(dest="sub", required=True, metavar="COMMAND")
     data_command(le, "check", cmd_ledger_check, "check the ledger invariants (non-zero exit when broken)")
-    ho = sub.add_parser("holds", help="authorization holds").add_subparsers(dest="sub", required=True)
+    ho = sub.add_parser("holds", help="authorization holds").add_subparsers(dest="sub", required=True, metavar="COMMAND")
     data_command(ho, "expire", cmd_holds_expire, "release holds past their expiry")
 
     from processor.tokenization.cli import register as register_tokenization
@@ -510,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_savings(sub, data_command)
 
     p = sub.add_parser("serve", help="run the authorization engine")
-    p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on, or off (MQTT only)")
+    p.add_argument("--tcp", default="127.0.0.1:8583", help="HOST:PORT to listen on (port 0: any free one), or off (MQTT only)")
     p.add_argument("--reuse-port", action="store_true",
                    help="share the TCP port with other engine processes (SO_REUSEPORT): the kernel spreads connections")
     p.add_argument("--mqtt", help="also answer terminals through this broker: mqtt://USER:PASSWORD@HOST:PORT "
@@ -520,6 +668,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", add_help=False,
                        help="run a whole simulated business day and print its summary (`python -m demo`; see its --help)")
     p.set_defaults(func=None, demo=True)
+
+    # Global options work after the command too (`processor card list --db URL`); there they default to
+    # nothing, so that the value given before the command stands.
+    for child in _subcommands(parser):
+        child.formatter_class = HelpFormatter
+        if child.prog.split()[-1] != "demo" and not any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
+            _add_global_options(child, default=argparse.SUPPRESS)
     return parser
 
 
@@ -536,15 +691,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    settings = Settings.from_env()
-    if args.db or args.hsm:
-        settings = Settings(
-            db_url=args.db or settings.db_url,
-            hsm_url=args.hsm or settings.hsm_url,
-            mqtt_url=settings.mqtt_url,
-            log_dir=settings.log_dir,
-        )
     try:
+        settings = Settings.from_env()
+        if args.db or args.hsm:
+            settings = dataclasses.replace(settings, db_url=args.db or settings.db_url, hsm_url=args.hsm or settings.hsm_url)
         if getattr(args, "serve", False):
             return _run(cmd_serve(args, settings))
         if getattr(args, "standalone", None) is not None:
@@ -555,19 +705,61 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args, settings)
         return _run(_data_command(args, settings))
     except LedgerBroken as exc:
-        _print(exc.result, args.json)
+        print_result(exc.result, getattr(args, "json", False))
         print(f"processor: {exc}", file=sys.stderr)
         return 3
-    except (ProcessorError, ConfigurationError, NotFound, InvalidRequest) as exc:
+    except ProcessorError as exc:
         print(f"processor: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _output_closed()
     except Exception as exc:
-        if _is_user_error(exc):
-            print(f"processor: {exc}", file=sys.stderr)
-            return 2
-        raise
+        message = operator_message(exc)
+        if message is None or args.verbose:
+            raise
+        print(f"processor: {message}", file=sys.stderr)
+        return 2
+
+
+def _output_closed() -> int:
+    """The reader of our output went away (`processor card list | head -1`): stop quietly, as other tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    return 141  # 128 + SIGPIPE, what a shell reports for a program a pipe stopped
+
+
+def operator_message(exc: BaseException) -> str | None:
+    """One line for an error an operator causes or can fix (a database, HSM, broker or port problem); None
+    for a fault in the program, which keeps its traceback."""
+    import errno
+
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    from hsm_sim import HsmError
+    from processor.ledger import StoreError
+    from processor.transport.broker import BrokerError
+    from processor.transport.mqtt import MqttUnavailable
+
+    if isinstance(exc, (StoreError, HsmError, MqttUnavailable, BrokerError)):
+        return str(exc)
+    if isinstance(exc, (ArgumentError, NoSuchModuleError)):
+        return f"the database URL cannot be used ({exc}): check --db or PROCESSOR_DB_URL"
+    if isinstance(exc, DBAPIError):
+        detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        if "readonly" in detail.replace("-", "") or "read-only" in detail or "read only" in detail:
+            return f"the database is read-only ({detail}): give the processor a database it may write to"
+        if isinstance(exc.orig, OSError) or exc.connection_invalidated:
+            return f"the database is unreachable ({detail}): check --db or PROCESSOR_DB_URL"
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EADDRINUSE:
+            return f"cannot listen ({exc.strerror}): stop the program that uses the port, or choose another"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOENT, errno.EADDRNOTAVAIL):
+            where = f": {exc.filename}" if exc.filename else ""
+            return f"{exc.strerror}{where}"
+    return None
 
 
 def _run_demo(harness_args: list[str]) -> int:
@@ -584,21 +776,11 @@ def _run_demo(harness_args: list[str]) -> int:
     return 0  # not reached: execv replaces this process
 
 
-def _is_user_error(exc: Exception) -> bool:
-    """Store and HSM errors carry messages written for operators."""
-    from hsm_sim import HsmError
-    from processor.ledger import StoreError
-    from processor.transport.broker import BrokerError
-    from processor.transport.mqtt import MqttUnavailable
-
-    return isinstance(exc, (StoreError, HsmError, MqttUnavailable, BrokerError))
-
-
 async def _data_command(args: argparse.Namespace, settings: Settings) -> int:
     role = getattr(args, "hsm_role", "engine")
     async with runtime(settings, role, hsm_name=args.operator if role == "operator" else None) as rt:
         result = await args.func(rt, args)
-    _print(result, args.json)
+    print_result(result, args.json)
     return 0
 
 

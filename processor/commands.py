@@ -14,6 +14,7 @@ from typing import Any
 
 from hsm_sim import HsmApi
 from processor.config import Settings
+from processor.errors import InvalidRequest
 from processor.issuing.keys import IssuerKeys, load_issuer_keys
 from processor.ledger import Store
 
@@ -47,3 +48,56 @@ def group(sub: Any, name: str, help: str) -> Any:
         if isinstance(action, argparse._SubParsersAction):
             return action
     raise RuntimeError(f"command {name!r} exists without subcommands")
+
+
+# ------------------------------------------------------------------ checks of what an operator typed
+
+
+def amount_minor(text: str, currency: str, what: str = "amount") -> int:
+    """An amount in major units ('100.00') as minor units of `currency`; InvalidRequest says what to type."""
+    from processor.iso8583.currency import exponent_for_alpha, parse_amount
+
+    try:
+        return parse_amount(text, exponent_for_alpha(currency), what=what)
+    except KeyError:
+        raise InvalidRequest(f"currency {currency} is not supported") from None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def comma_list(text: str | None, what: str = "list", *, digits: int | None = None) -> tuple[str, ...] | None:
+    """'07,05' -> ('07', '05'); '' -> () (none); None stays None. Empty entries, or entries that are not
+    `digits` digits long, are refused by name."""
+    if text is None:
+        return None
+    if not text.strip():
+        return ()
+    items = tuple(part.strip() for part in text.split(","))
+    for item in items:
+        if not item:
+            raise InvalidRequest(f"{what} {text!r} has an empty entry: separate entries with single commas, e.g. 07,05")
+        if digits is not None and not (len(item) == digits and item.isdigit()):
+            raise InvalidRequest(f"{what}: each entry must be {digits} digits, got {item!r}")
+    return items
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def validity_years(text: str) -> int:
+    """An argparse type: a validity of 1 to 10 years."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 10:
+        raise argparse.ArgumentTypeError(f"expected 1 to 10 years, got {text!r}")
+    return int(text)
+
+
+def listen_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """'HOST:PORT' or ':PORT' -> (host, port) with a port from 0 (any free one) to 65535."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise InvalidRequest(f"expected HOST:PORT with a port from 0 to 65535, got {text!r}")
+    return host.strip("[]") or default_host, int(port)

@@ -7,13 +7,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hsm_sim import DEFAULT_KEYSTORE
 from processor.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from hsm_sim import HsmApi
 
 DEFAULT_DB_FILE = "processor.db"
-DEFAULT_HSM_FILE = "processor-hsm.json"
+DEFAULT_HSM_FILE = DEFAULT_KEYSTORE  # the same file `hsm-sim` opens by default
+DB_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+# What `processor --help` lists: every variable the processor reads.
+ENVIRONMENT = (
+    ("PROCESSOR_DB_URL", f"database URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST:PORT/DB (default ./{DEFAULT_DB_FILE})"),
+    ("PROCESSOR_HSM_URL", f"HSM: file:PATH, memory: or tcps://HOST:PORT (default file:./{DEFAULT_HSM_FILE})"),
+    ("PROCESSOR_HSM_TLS_DIR", "for a tcps:// HSM: folder with ca.pem and this processor's ROLE.pem/ROLE.key"),
+    ("PROCESSOR_MQTT_URL", "the engine's broker account mqtt://engine:PASSWORD@HOST:PORT (default: none)"),
+    ("PROCESSOR_BROKER_DIR", "the broker's folder for `processor broker` (default ./broker)"),
+    ("PROCESSOR_LOG_FILE", "where `processor serve` writes its log (default: standard error)"),
+    ("PROCESSOR_LOG_DIR", "folder for logs the processor writes (default: the working folder)"),
+    ("HSM_LMK_FILE", "the in-process HSM's LMK file (default ~/.local/share/hsm-sim/lmk.json)"),
+    ("HSM_LMK_PASSPHRASE", "derive the LMK from this passphrase instead (at least 12 characters)"),
+)
 
 
 def _sqlite_url(path: Path) -> str:
@@ -30,6 +45,31 @@ class Settings:
     log_dir: Path = field(default_factory=Path.cwd)
     log_file: Path | None = None
     hsm_tls_dir: Path | None = None
+
+    def check(self) -> None:
+        """Refuse a database or HSM URL that cannot work, before anything is opened or created."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            driver = make_url(self.db_url).drivername
+        except ArgumentError:
+            raise ConfigurationError(
+                f"database URL {self.db_url!r} cannot be read: write sqlite+aiosqlite:///PATH or "
+                "postgresql+asyncpg://USER@HOST:PORT/DB (--db or PROCESSOR_DB_URL)"
+            ) from None
+        if driver not in DB_DRIVERS:
+            raise ConfigurationError(
+                f"database URL {self.db_url!r}: the driver must be one of {', '.join(DB_DRIVERS)}, not {driver}"
+            )
+        if self.hsm_url.startswith("file:"):
+            folder = Path(self.hsm_url[len("file:"):]).expanduser().absolute().parent
+            if not folder.is_dir():
+                raise ConfigurationError(
+                    f"HSM key store {self.hsm_url}: the folder {folder} does not exist; create it or give another --hsm"
+                )
+        elif not (self.hsm_url == "memory:" or self.hsm_url.startswith(("tcps://", "tcp://"))):
+            raise ConfigurationError(f"HSM URL {self.hsm_url!r}: write file:PATH, memory: or tcps://HOST:PORT (--hsm or PROCESSOR_HSM_URL)")
 
     @classmethod
     def from_env(cls, workdir: Path | None = None) -> "Settings":

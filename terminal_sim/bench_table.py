@@ -11,7 +11,7 @@ import json
 import re
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,22 @@ def line(label: str, summary: dict[str, Any]) -> str:
 
 
 def compare(folder: Path) -> dict[str, Any]:
-    """{store: {"baseline": medians, "this": medians, "runs": n}} from the folder's alternating runs."""
+    """{store: {"baseline": medians, "this": medians, "runs": per side}} from the folder's alternating runs that
+    passed (failed ones are counted, not used)."""
     runs: dict[str, dict[str, list[dict[str, float | None]]]] = defaultdict(lambda: defaultdict(list))
+    failed: Counter[str] = Counter()
     for path in sorted(folder.glob("*.json")):
         match = re.fullmatch(r"(\w+)-(baseline|this)-(\d+)\.json", path.name)
-        if match:
-            runs[match[1]][match[2]].append(figures(json.loads(path.read_text())))
+        if not match:
+            continue
+        summary = json.loads(path.read_text())
+        if not summary.get("ok"):
+            failed[match[1]] += 1  # a run that timed out or erred measures the failure, not the engine
+            continue
+        runs[match[1]][match[2]].append(figures(summary))
     out: dict[str, Any] = {}
     for store, sides in runs.items():
-        out[store] = {"runs": min(len(v) for v in sides.values())}
+        out[store] = {"runs": {side: len(v) for side, v in sides.items()}, "failed_runs_left_out": failed[store]}
         for side, values in sides.items():
             out[store][side] = {
                 name: round(statistics.median(v), 2) if (v := [x[name] for x in values if x.get(name) is not None]) else None

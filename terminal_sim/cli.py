@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from hsm_sim.arguments import Parser, count, host_port, port, positive
 from terminal_sim.load import MqttTarget, load_json_list, parse_expect, parse_mix, run_load
 from terminal_sim.load_report import ProgressDisplay, print_summary
 from terminal_sim.journal import TerminalBatch
@@ -26,13 +27,6 @@ def _quiet_library_deprecations() -> None:
     from cryptography.utils import CryptographyDeprecationWarning
 
     warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
 
 
 async def _processor_json(args: argparse.Namespace, *command: str, timeout_s: float) -> dict[str, Any]:
@@ -89,7 +83,8 @@ async def _provisioned(
         issued = await _processor_json(args, *command, timeout_s=timeout_s)
         return issued["cards"], issued["terminals"], []
     transport_key = transport_key_from_env() if os.environ.get(TRANSPORT_KEY_ENV) else None
-    keep = ["--keep-if-kcv", kcv(transport_key, "AES")] if transport_key is not None else []
+    # Without the bureau's key in the environment, a new ceremony replaces whatever key the processor has.
+    keep = ["--keep-if-kcv", kcv(transport_key, "AES")] if transport_key is not None else ["--replace"]
     ceremony = await _processor_json(args, "bureau", "key", *keep, timeout_s=60.0)
     if "components" in ceremony:
         transport_key = transport_key_from_components(ceremony["components"])
@@ -265,17 +260,13 @@ def _announce(server: Any, profile: Any, args: argparse.Namespace) -> None:
 
 
 def _parse_amount(text: str) -> int:
-    """'12.34' -> 1234 minor units, exactly (no floats)."""
-    from decimal import Decimal, InvalidOperation
+    """'12.34' -> 1234 minor units, exactly (no floats, no exponent, no NaN)."""
+    from processor.iso8583.currency import parse_amount
 
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"amount {text!r} is not a number") from None
-    minor = value * 100
-    if value < 0 or minor != minor.to_integral_value():
-        raise argparse.ArgumentTypeError(f"amount {text!r} must be positive with at most two decimals")
-    return int(minor)
+        return parse_amount(text, 2, what="")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any, dict[str, Any]]:
@@ -419,10 +410,16 @@ async def _network(args: argparse.Namespace) -> int:
     from terminal_sim.iso_client import TerminalConnection
     from terminal_sim.network import AcquiringNetwork
 
+    key = json.loads(Path(args.key).read_text(encoding="utf-8"))
+    if not isinstance(key, dict):
+        raise ValueError(f"{args.key} is not the network's registration (`processor settle network add --json`)")
+    network = AcquiringNetwork(args.acquirer, key, merchants=args.merchants, seed=args.seed)
+    if args.list_merchants:
+        print(json.dumps(network.registrations()))
+        return 0
     cards = [CardData.from_issued(c, c.get("pin")) for c in load_json_list(args.cards)]
     if not cards:
         raise ValueError(f"{args.cards} lists no card")
-    network = AcquiringNetwork(args.acquirer, merchants=args.merchants, seed=args.seed)
     host, port = args.tcp
     conn = await TerminalConnection.connect(host, port, timeout_s=args.timeout)
     try:
@@ -445,7 +442,7 @@ async def _network(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
+    parser = Parser(prog="terminal-sim", description="Simulated POS and NFC terminals.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "load",
@@ -454,15 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(percentiles to p99.99, histogram) and answers by kind. Exit 0 when every answer is one its kind expects "
         "(see --expect), nothing timed out and every batch closed in balance; 1 otherwise; 2 on a usage error.",
     )
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
     _mqtt_option(p)
     p.add_argument("--broker-dir", help="with --mqtt: the processor's broker folder, to create the terminals' "
                    "broker accounts (same machine)")
-    p.add_argument("--retry-after", type=float, default=1.0,
-                   help="with --mqtt: seconds before an unanswered request is published again (an engine may have died)")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--rate", type=float, help="fixed overall request rate per second (default: as fast as answered)")
+    p.add_argument("--retry-after", type=positive, default=1.0,
+                   help="with --mqtt: seconds before an unanswered request is published again (an engine may have died) (default 1)")
+    p.add_argument("--connections", type=count, default=32, help="terminal connections at once (default 32)")
+    p.add_argument("--seconds", type=positive, default=10.0, help="length of the run (default 10)")
+    p.add_argument("--rate", type=positive, help="fixed overall request rate per second (default: as fast as answered)")
     p.add_argument(
         "--mix",
         help="weights, e.g. purchase=60,pin=15,manual=10,preauth=5,balance=5,refund=5,chip=20,contactless=20,wallet=10 "
@@ -470,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cards", help="JSON list of cards as `processor card issue --json` prints them (with a pin key)")
     p.add_argument("--terminals", help="JSON list of terminals as `processor terminal add --json` prints them")
-    p.add_argument("--provision", type=int,
+    p.add_argument("--provision", type=count, metavar="N",
                    help="first issue this many funded cards (and terminals) with `processor provision`")
     p.add_argument("--bureau-dir", help="bureau records (card-ID.json) of the --cards, for the chip kinds; "
                    "with --provision, where the new records go (default: a temporary folder)")
@@ -478,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
     p.add_argument("--db", help="processor database URL for --provision (default: PROCESSOR_DB_URL)")
     p.add_argument("--hsm", help="processor HSM URL for --provision (default: PROCESSOR_HSM_URL)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
+    p.add_argument("--timeout", type=positive, default=5.0, help="seconds before an unanswered request is reversed (default 5)")
     p.add_argument("--seed", type=int, help="random seed for a repeatable mix")
     p.add_argument("--json", action="store_true", help="print one JSON document at the end")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -503,11 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card-id", type=int, required=True, help="the card's id (card-ID.json in the bureau folder)")
     p.add_argument("--bureau-dir", default="card-bureau", help="folder of bureau records (default ./card-bureau)")
     p.add_argument("--interface", choices=("contact", "contactless"), default="contact",
-                   help="answer as a contact (PSE) or contactless (PPSE, qVSDC) card")
+                   help="answer as a contact (PSE) or contactless (PPSE, qVSDC) card (default contact)")
     p.add_argument("--protocol", choices=("T=0", "T=1"),
                    help="transmission protocol the ATR offers and the card speaks (default: T=0 contact, T=1 contactless)")
-    p.add_argument("--host", default="127.0.0.1", help="vpcd driver address")
-    p.add_argument("--port", type=int, default=35963, help="vpcd driver port")
+    p.add_argument("--host", default="127.0.0.1", help="vpcd driver address (default 127.0.0.1)")
+    p.add_argument("--port", type=port, default=35963, help="vpcd driver port (default 35963)")
     p.set_defaults(func=_card)
 
     for name, interface, text in (
@@ -515,44 +512,49 @@ def build_parser() -> argparse.ArgumentParser:
         ("nfc", "contactless", "one contactless tap of the card in a PC/SC reader (exit 0 approved, 1 declined)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+        p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
         _mqtt_option(p)
-        p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name")
+        p.add_argument("--reader", default="Virtual PCD 00 00", help="PC/SC reader name (default: Virtual PCD 00 00)")
         p.add_argument("--terminal", required=True, help="terminal JSON as `processor terminal add --json` prints it; "
                        "its DUKPT counter and STAN are kept next to it in FILE.ID.state")
         p.add_argument("--terminal-id", help="which terminal when the file lists several")
         p.add_argument("--amount", type=_parse_amount, required=True, help="amount in major units, e.g. 12.34")
         p.add_argument("--pin", help="the cardholder's PIN, sent online under the terminal's DUKPT key")
-        p.add_argument("--interface", choices=("contact", "contactless"), default=interface)
+        p.add_argument("--interface", choices=("contact", "contactless"), default=interface,
+                       help=f"read the card through this interface (default {interface})")
         p.add_argument("--contactless-limit", type=_parse_amount, default=5000, help="above it a tap needs a PIN (default 50.00)")
-        p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization")
-        p.add_argument("--processing-code", default="000000")
-        p.add_argument("--timeout", type=float, default=5.0, help="seconds before an unanswered request is reversed")
-        p.add_argument("--card-timeout", type=float, default=10.0, help="seconds to wait for a card in the reader")
+        p.add_argument("--mti", choices=("0200", "0100"), default="0200", help="0200 purchase or 0100 pre-authorization (default 0200)")
+        p.add_argument("--processing-code", default="000000", help="DE 3 (default 000000: purchase)")
+        p.add_argument("--timeout", type=positive, default=5.0, help="seconds before an unanswered request is reversed (default 5)")
+        p.add_argument("--card-timeout", type=positive, default=10.0, help="seconds to wait for a card in the reader (default 10)")
         p.add_argument("--json", action="store_true", help="print the result as one JSON document")
         p.set_defaults(func=_pos)
 
     p = sub.add_parser("network", help="an acquiring network: authorizations for its merchants, then its clearing file")
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
-    p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer")
+    p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
+    p.add_argument("--acquirer", default="400001", help="the network's acquirer id (DE 32), registered at the issuer (default 400001)")
+    p.add_argument("--key", required=True, help="the network's key file: what `processor settle network add --json` printed")
     p.add_argument("--cards", required=True, help="JSON list of cards as `processor card issue --json` prints them")
-    p.add_argument("--merchants", type=int, default=3, help="merchants behind the connection (1-4)")
-    p.add_argument("--transactions", type=int, default=20)
+    p.add_argument("--merchants", type=int, default=3, choices=range(1, 5), metavar="1-4",
+                   help="merchants behind the connection (default 3)")
+    p.add_argument("--list-merchants", action="store_true",
+                   help="print the merchants to register (`processor settle network merchant`) as JSON, and stop")
+    p.add_argument("--transactions", type=count, default=20, help="authorizations to send (default 20)")
     p.add_argument("--clearing-file", required=True, help="where the end-of-day clearing file goes (0600)")
     p.add_argument("--file-id", help="the file's id (default: acquirer, date and a random suffix)")
     p.add_argument("--date", help="the network's business date in the file header (default today)")
     p.add_argument("--scenarios", action="store_true", help="add over-tolerance, unauthorized, duplicate and refund presentments")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--timeout", type=float, default=5.0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the day (default 7)")
+    p.add_argument("--timeout", type=positive, default=5.0, help="seconds to wait for each answer (default 5)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
     p.set_defaults(func=_network)
 
     p = sub.add_parser("close-batch", help="end of day: send the terminal's batch totals (0500); exit 0 in balance, 1 not")
-    p.add_argument("--tcp", type=_host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT")
+    p.add_argument("--tcp", type=host_port, default=("127.0.0.1", 8583), help="engine HOST:PORT (default 127.0.0.1:8583)")
     _mqtt_option(p)
     p.add_argument("--terminal", required=True, help="terminal JSON file, as for `pos` (its batch is kept in FILE.ID.state)")
     p.add_argument("--terminal-id", help="which terminal when the file lists several")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (the 0500 is sent again)")
+    p.add_argument("--timeout", type=positive, default=5.0, help="seconds to wait for the answer (the 0500 is sent again) (default 5)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.set_defaults(func=_close_batch)
     return parser
@@ -562,9 +564,6 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_library_deprecations()
     os.umask(0o077)  # bureau records and card state hold card data
     args = build_parser().parse_args(argv)
-    if args.command == "load" and (args.connections < 1 or args.seconds <= 0):
-        print("terminal-sim: --connections and --seconds must be positive", file=sys.stderr)
-        return 2
     from terminal_sim.emv.kernel import CardError
     from terminal_sim.pcsc import PcscError
     from terminal_sim.vpcd import VpcdError
@@ -573,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         if not asyncio.iscoroutinefunction(args.func):
             return args.func(args)
         return _run(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`terminal-sim ... | head -1`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        return 130
     except (ValueError, OSError, CardError, PcscError, VpcdError) as exc:
         print(f"terminal-sim: {exc}", file=sys.stderr)
         return 2

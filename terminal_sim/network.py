@@ -2,7 +2,9 @@
 
 One TCP connection carries the authorizations (0100, card not present with CVV2, DE 22 `01`) of several
 merchants of the network, each with its own terminal (DE 41), merchant id (DE 42), name (DE 43) and MCC
-(DE 18), all under the network's acquirer id (DE 32). At the end of its day the network writes a clearing
+(DE 18), all under the network's acquirer id (DE 32). The connection has its own DUKPT key, given by the
+issuer when it registered the network: every request carries a KSN (DE 53) and a MAC, and every answer's
+MAC is checked. At the end of its day the network writes a clearing
 file of first presentments (`processor.iso8583.clearing`), one per approved authorization, with the
 approval code and RRN the issuer answered. It uses only the wire spec and the clearing-file layout.
 
@@ -22,7 +24,7 @@ from typing import Any
 from processor.iso8583 import encode_de48
 from processor.iso8583.clearing import ClearingWriter, Presentment
 from terminal_sim.iso_client import TerminalConnection
-from terminal_sim.pos import CardData
+from terminal_sim.pos import CardData, PosTerminal
 
 MERCHANTS = (
     ("NETBOOK1", "BOOKSHOP0000001", "5942", "Paper Lantern Books     Lyon         FR"),
@@ -46,11 +48,19 @@ class NetworkDay:
 class AcquiringNetwork:
     """The network's side of the wire: builds authorizations for its merchants and writes its clearing file."""
 
-    def __init__(self, acquirer_id: str, merchants: int = 3, currency_numeric: str = "978", seed: int = 7) -> None:
+    def __init__(
+        self, acquirer_id: str, key: dict[str, Any], merchants: int = 3, currency_numeric: str = "978", seed: int = 7
+    ) -> None:
+        """`key` is the network's registration at the issuer (`processor settle network add --json`): its
+        initial KSN and IPEK, under which every message of the connection is MACed and every answer checked."""
         if not 1 <= merchants <= len(MERCHANTS):
             raise ValueError(f"the simulated network has 1 to {len(MERCHANTS)} merchants")
+        if not key.get("ipek") or not key.get("initial_ksn"):
+            raise ValueError("the network's key (ipek and initial_ksn, as `processor settle network add --json` prints) is missing")
         self.acquirer_id = acquirer_id.rjust(6, "0")
         self.merchants = MERCHANTS[:merchants]
+        # One DUKPT key for the whole connection: one transaction counter across all its merchants' terminals.
+        self.signer = PosTerminal(terminal_id="NETWORK", merchant_id="", ipek=key["ipek"], initial_ksn=key["initial_ksn"])
         self.currency_numeric = currency_numeric
         self._stan = itertools.count(1)
         self._arn = itertools.count(1)
@@ -68,8 +78,19 @@ class AcquiringNetwork:
             "49": self.currency_numeric,
         }
 
+    def registrations(self) -> list[dict[str, str]]:
+        """The merchants the issuer must register for this network (`processor settle network merchant`)."""
+        return [{"terminal_id": t, "merchant_id": m, "mcc": mcc, "name": name[:23].strip(), "location": name[23:].strip()}
+                for t, m, mcc, name in self.merchants]
+
+    def connect(self, conn: TerminalConnection) -> None:
+        """MAC this network's requests on `conn` (by their DE 41) under the network's key, and check the answers."""
+        for terminal_id, *_ in self.merchants:
+            conn.terminals[terminal_id] = self.signer
+
     async def run(self, conn: TerminalConnection, cards: list[CardData], count: int) -> NetworkDay:
-        """Send `count` authorizations spread over the merchants and cards; keep the approved ones."""
+        """Send `count` authorizations spread over the merchants and cards, each MACed; keep the approved ones."""
+        self.connect(conn)
         day = NetworkDay()
         for i in range(count):
             card = cards[i % len(cards)]

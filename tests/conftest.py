@@ -68,6 +68,10 @@ class PgServer:
         run_in_fresh_loop(lambda: self._admin(f'CREATE DATABASE "{name}"{template}'))
         return name
 
+    def execute(self, *statements: str) -> None:
+        """Run statements as the admin, e.g. ALTER DATABASE."""
+        run_in_fresh_loop(lambda: self._admin(*statements))
+
     def drop_database(self, name: str) -> None:
         run_in_fresh_loop(lambda: self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -33,7 +33,7 @@ def test_issue_a_card_from_an_empty_directory(tmp_path):
     init = data(tmp_path, "init")
     assert set(init["keys"]) >= {"cvk", "pvk", "bdk", "dek", "fpk"}
     assert (tmp_path / "processor.db").exists()
-    keystore = tmp_path / "processor-hsm.json"
+    keystore = tmp_path / "hsm-keystore.json"
     assert oct(keystore.stat().st_mode & 0o777) == "0o600"
 
     holder = data(tmp_path, "cardholder", "create", "--name", "Ada Lovelace", "--handle", "ada")

@@ -40,7 +40,7 @@ def test_files_the_processor_writes_are_owner_only(tmp_path: Path):
                     "configure(Path(sys.argv[1])).close()", str(cwd / "engine.log")], check=True, env=env)
 
     assert _mode(cwd) == 0o755, "the operator's own folder is not changed"
-    written = [cwd / "processor.db", cwd / "processor-hsm.json", cwd / "processor-hsm.json.audit.jsonl",
+    written = [cwd / "processor.db", cwd / "hsm-keystore.json", cwd / "hsm-keystore.json.audit.jsonl",
                cwd / card["bureau_file"], cwd / "engine.log"]
     written += [p for p in cwd.glob("processor.db-*")]
     for path in written:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from processor.commands import comma_list
 from processor.errors import InvalidRequest
 
 DataCommand = Callable[[Any, str, Callable[..., Awaitable[dict[str, Any]]], str], argparse.ArgumentParser]
@@ -63,22 +64,14 @@ _ON_OFF = {"on": True, "off": False}
 
 def _limit(text: str | None, exponent: int) -> int | None:
     """'250.00' -> 25000; 'none' -> no limit."""
-    from decimal import Decimal, InvalidOperation
+    from processor.iso8583.currency import parse_amount
 
     if text is None or text.lower() == "none":
         return None
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InvalidRequest(f"limit {text!r} is not an amount such as 250.00 (or none)") from None
-    scaled = value.scaleb(exponent)
-    if value < 0 or scaled != scaled.to_integral_value():
-        raise InvalidRequest(f"limit {text!r}: a positive amount with at most {exponent} decimals")
-    return int(scaled)
-
-
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+        return parse_amount(text, exponent, what="limit")
+    except ValueError as exc:
+        raise InvalidRequest(f"{exc} (or none)") from None
 
 
 async def cmd_card_controls(rt: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -104,11 +97,12 @@ async def cmd_card_controls(rt: Any, args: argparse.Namespace) -> dict[str, Any]
         if getattr(args, flag) is not None:
             changes[flag] = None if args.__dict__[flag].lower() == "none" else _count(args.__dict__[flag])
     if args.block_mcc is not None:
-        changes["blocked_mccs"] = _list(args.block_mcc)
+        changes["blocked_mccs"] = comma_list(args.block_mcc, "--block-mcc")
     if args.block_category is not None:
-        changes["blocked_categories"] = _list(args.block_category)
+        changes["blocked_categories"] = comma_list(args.block_category, "--block-category")
     if args.countries is not None:
-        changes["allowed_countries"] = None if args.countries.lower() == "any" else tuple(c.upper() for c in _list(args.countries))
+        countries = comma_list(args.countries, "--countries") or ()
+        changes["allowed_countries"] = None if args.countries.lower() == "any" else tuple(c.upper() for c in countries)
     for channel in ("contactless", "ecommerce", "atm", "abroad"):
         if getattr(args, channel) is not None:
             changes[channel] = _ON_OFF[getattr(args, channel)]
@@ -172,7 +166,7 @@ def register(sub: Any, data_command: DataCommand) -> None:
 
     cd = _group(sub, "card", "cards")
     p = data_command(cd, "controls", cmd_card_controls, "show or change a card's spending controls (amounts in major units)")
-    p.add_argument("card_id", type=int)
+    p.add_argument("card_id", type=int, help="the card")
     p.add_argument("--per-transaction", help="largest single payment, e.g. 250.00 (none: no limit)")
     p.add_argument("--daily", help="amount per UTC day (none: no limit)")
     p.add_argument("--daily-count", help="payments per UTC day (none: no limit)")

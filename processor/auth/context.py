@@ -37,6 +37,8 @@ class Terminal:
     bdk_kcv: str | None
     initial_ksn: str | None
     chip_capable: bool = True
+    # The acquiring network (DE 32) whose merchant terminal this is; None for our own terminals.
+    network: str | None = None
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ the first answer back without a second hold.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import secrets
 import string
@@ -31,6 +32,7 @@ from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
 from processor.issuing.controls import find_card_with_controls
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
+from processor.issuing.terminals import NETWORK_SCHEME
 from processor.iso8583 import (
     Balance,
     MessageFormatError,
@@ -413,7 +415,7 @@ class Engine:
         self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
-        self._network_cache: dict[str, tuple[float, bool]] = {}
+        self._network_cache: dict[str, tuple[float, Terminal | None]] = {}
         self._home_country: str | None = None
 
     # ------------------------------------------------------------ entry point
@@ -466,18 +468,27 @@ class Engine:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
             return None
+        network = await self.network_key(request.acquirer_id)
+        if network is not None:
+            # A message naming an acquiring network must carry the network's own MAC, checked before any
+            # of its other fields (DE 41, DE 42) is looked at: a forged one learns nothing and changes nothing.
+            refusal = await self._authenticate(payload, fields, request, network)
+            if refusal is not None:
+                self._log(request, rc.SECURITY_VIOLATION, f"network {request.acquirer_id}: {refusal}", started)
+                return encode(build_response(fields, rc.SECURITY_VIOLATION))
         sender = await self.sender(request)
-        refusal = self._identity_refusal(request, sender)
+        refusal = self._identity_refusal(request, sender, network is not None)
         if refusal is not None:
             # Nothing is recorded for a message that does not come from the terminal it names.
             self._log(request, rc.INVALID_MERCHANT, refusal, started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         assert sender is not None
-        refusal = await self._authenticate(payload, fields, request, sender)
-        if refusal is not None:
-            # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
-            self._log(request, rc.SECURITY_VIOLATION, refusal, started)
-            return encode(build_response(fields, rc.SECURITY_VIOLATION))
+        if network is None:
+            refusal = await self._authenticate(payload, fields, request, sender)
+            if refusal is not None:
+                # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
+                self._log(request, rc.SECURITY_VIOLATION, refusal, started)
+                return encode(build_response(fields, rc.SECURITY_VIOLATION))
         ksn = request.ksn if sender.bdk_kcv is not None else None
         ksn_counter = dukpt_counter(ksn) if ksn else None
         if mti == "0800":
@@ -499,7 +510,8 @@ class Engine:
     async def _authenticate(self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal) -> str | None:
         """Why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None."""
         if sender.bdk_kcv is None:
-            # A registered acquiring network vouches for its merchants' terminals (see `sender`).
+            if sender.network is not None:
+                return "the network has no key registered: register it again (`processor settle network add`)"
             return None
         if req.ksn is None:
             return "no key serial number (DE 53): every message is MACed under the terminal's DUKPT key"
@@ -522,10 +534,18 @@ class Engine:
         return raw[:-MAC_BYTES] + bytes.fromhex(tag)
 
     @staticmethod
-    def _identity_refusal(request: Request, terminal: Terminal | None) -> str | None:
-        """Why a message cannot be from the terminal its DE 41 names, or None when it can."""
+    def _identity_refusal(request: Request, terminal: Terminal | None, from_network: bool) -> str | None:
+        """Why a message cannot be from the terminal its DE 41 names, or None when it can. A network's
+        message names one of the terminals registered for that network; our own terminals' never name a
+        network (their traffic would otherwise settle as the network's, or the network's as ours)."""
         if terminal is None:
-            return "unknown terminal (or a network request without DE 41 and DE 42): nothing recorded"
+            if from_network:
+                return f"terminal {request.terminal_id} is not registered for network {request.acquirer_id}"
+            return "unknown terminal: nothing recorded"
+        if from_network and terminal.network != request.acquirer_id:
+            return f"terminal {terminal.terminal_id} is not registered for network {request.acquirer_id}"
+        if not from_network and terminal.network is not None:
+            return f"terminal {terminal.terminal_id} belongs to network {terminal.network}: DE 32 must name it"
         if request.merchant_id is None and request.mti in MERCHANT_MTIS:
             return "no merchant (DE 42)"
         if request.merchant_id is not None and request.merchant_id != terminal.merchant_id:
@@ -748,30 +768,31 @@ class Engine:
     # ------------------------------------------------------------ look-ups
 
     async def sender(self, req: Request) -> Terminal | None:
-        """The terminal a message comes from: a registered one by DE 41, or a merchant's terminal of a
-        registered acquiring network (DE 32), which answers for its own terminals; None when neither."""
-        if await self.is_network(req.acquirer_id):
-            if not req.terminal_id or not req.merchant_id:
-                return None
-            return Terminal(
-                terminal_id=req.terminal_id, merchant_id=req.merchant_id, mcc=req.mcc, status="active",
-                bdk_kcv=None, initial_ksn=None, chip_capable=True,
-            )
+        """The registered terminal a message comes from, by DE 41 (an acquiring network's merchant terminal
+        is registered for its network, under the network's key); None when there is none."""
         return await self.terminal(req.terminal_id)
 
-    async def is_network(self, acquirer_id: str | None) -> bool:
-        """True when DE 32 names a registered acquiring network (`processor settle network add`), cached briefly."""
+    async def network_key(self, acquirer_id: str | None) -> Terminal | None:
+        """The key holder of the acquiring network DE 32 names, when it names a registered one (`processor
+        settle network add`): its connection MACs every message under the network's DUKPT key. Cached briefly."""
         if not acquirer_id:
-            return False
+            return None
         now = time.monotonic()
         hit = self._network_cache.get(acquirer_id)
         if hit is not None and now - hit[0] < self._terminal_cache_s:
             return hit[1]
-        found = await issuing.config.get(self.store, f"network.{acquirer_id}") is not None
+        raw = await issuing.config.get(self.store, f"network.{acquirer_id}")
+        holder = None
+        if raw is not None:
+            entry = json.loads(raw)
+            holder = Terminal(
+                terminal_id="", merchant_id="", mcc=None, status="active", bdk_kcv=entry.get("bdk_kcv"),
+                initial_ksn=entry.get("initial_ksn"), network=acquirer_id,
+            )
         if len(self._network_cache) >= self._terminal_cache_max:
             self._network_cache.clear()
-        self._network_cache[acquirer_id] = (now, found)
-        return found
+        self._network_cache[acquirer_id] = (now, holder)
+        return holder
 
     async def home_country(self) -> str:
         """The issuer's country (config issuer.country, ISO 3166 alpha-2): what "abroad" is measured from."""
@@ -800,6 +821,7 @@ class Engine:
                 bdk_kcv=row.bdk_kcv,
                 initial_ksn=row.initial_ksn,
                 chip_capable=row.chip_capable,
+                network=row.key_scheme[len(NETWORK_SCHEME):] if (row.key_scheme or "").startswith(NETWORK_SCHEME) else None,
             )
         if len(self._terminal_cache) >= self._terminal_cache_max:
             self._terminal_cache.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _TABLE: tuple[tuple[str, str, int], ...] = (
     ("EUR", "978", 2),
     ("USD", "840", 2),
@@ -38,3 +40,36 @@ def exponent_for_alpha(alpha: str) -> int:
 
 
 SUPPORTED = tuple(alpha for alpha, _, _ in _TABLE)
+
+# Amounts a person types: digits, optionally a point and at most the currency's decimals. No sign, no
+# exponent ("1e3"), no NaN or Infinity, and small enough that every JSON reader keeps the minor units exact.
+_AMOUNT = re.compile(r"(\d+)(?:\.(\d*))?")
+MAX_AMOUNT_MINOR = 10**15 - 1  # below 2**53
+
+
+def parse_amount(text: str, exponent: int = 2, *, what: str = "amount") -> int:
+    """'100.00' -> 10000 minor units of a currency with `exponent` decimals; ValueError says what to type."""
+    match = _AMOUNT.fullmatch(text.strip())
+    subject = f"{what} {text!r}" if what else repr(text)
+    if match is None:
+        example = "12.34" if exponent else "1234"
+        raise ValueError(f"{subject} is not an amount: write digits and a point, such as {example}")
+    units, decimals = match.group(1), (match.group(2) or "")
+    if len(decimals.rstrip("0")) > exponent:
+        raise ValueError(f"{subject} has more than {exponent} decimals")
+    minor = int(units) * 10**exponent + int((decimals + "0" * exponent)[:exponent] or "0")
+    if minor > MAX_AMOUNT_MINOR:
+        raise ValueError(f"{subject} is too large: at most {format_minor(MAX_AMOUNT_MINOR, exponent)}")
+    return minor
+
+
+def format_minor(amount_minor: int, exponent: int = 2) -> str:
+    """10000 -> '100.00' (exponent 2), with the sign of the amount."""
+    sign = "-" if amount_minor < 0 else ""
+    units, cents = divmod(abs(amount_minor), 10**exponent)
+    return f"{sign}{units}.{cents:0{exponent}d}" if exponent else f"{sign}{units}"
+
+
+def format_amount(amount_minor: int, alpha: str) -> str:
+    """10000, 'EUR' -> '100.00 EUR'."""
+    return f"{format_minor(amount_minor, exponent_for_alpha(alpha))} {alpha}"

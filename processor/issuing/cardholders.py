@@ -25,7 +25,13 @@ async def create(store: StoreInterface, name: str, handle: str) -> int:
 
 
 async def find_by_handle(store: StoreInterface, handle: str) -> CardholderRecord | None:
+    """The cardholder with this handle, or None."""
     return await store.run_query(_find_by_handle, handle)
+
+
+async def list_all(store: StoreInterface) -> list[CardholderRecord]:
+    """Every cardholder, oldest first."""
+    return await store.run_query(_list_all)
 
 
 def add_cardholder(conn: Connection, name: str, handle: str) -> int:
@@ -39,10 +45,13 @@ def add_cardholder(conn: Connection, name: str, handle: str) -> int:
     ).scalar_one()
 
 
+_SELECT = select(cardholders.c.id, cardholders.c.name, cardholders.c.handle, cardholders.c.created_at)
+
+
 def _find_by_handle(conn: Connection, handle: str) -> CardholderRecord | None:
-    row = conn.execute(
-        select(cardholders.c.id, cardholders.c.name, cardholders.c.handle, cardholders.c.created_at).where(
-            cardholders.c.handle == handle
-        )
-    ).first()
+    row = conn.execute(_SELECT.where(cardholders.c.handle == handle)).first()
     return CardholderRecord(**row._asdict()) if row is not None else None
+
+
+def _list_all(conn: Connection) -> list[CardholderRecord]:
+    return [CardholderRecord(**row._asdict()) for row in conn.execute(_SELECT.order_by(cardholders.c.id))]

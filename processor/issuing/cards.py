@@ -275,7 +275,15 @@ async def get(store: StoreInterface, card_id: int) -> CardRecord:
 
 
 async def list_for_account(store: StoreInterface, account_id: int) -> list[CardRecord]:
-    return await store.run_query(_list_for_account, account_id)
+    """The account's cards, oldest first."""
+    return await list_cards(store, account_id=account_id)
+
+
+async def list_cards(store: StoreInterface, *, account_id: int | None = None, status: str | None = None) -> list[CardRecord]:
+    """Cards (of one account, in one status), oldest first."""
+    if status is not None and status not in CARD_STATUSES:
+        raise StoreError(f"card status must be one of {', '.join(sorted(CARD_STATUSES))}, got {status!r}")
+    return await store.run_query(_list_cards, account_id, status)
 
 
 def _create(conn: Connection, new: NewCard) -> int:
@@ -361,6 +369,10 @@ def _get(conn: Connection, card_id: int) -> CardRecord:
     return card_from_values(row)
 
 
-def _list_for_account(conn: Connection, account_id: int) -> list[CardRecord]:
-    rows = conn.execute(CARD_SELECT.where(cards.c.account_id == account_id).order_by(cards.c.id))
-    return [card_from_values(row) for row in rows]
+def _list_cards(conn: Connection, account_id: int | None, status: str | None) -> list[CardRecord]:
+    query = CARD_SELECT.order_by(cards.c.id)
+    if account_id is not None:
+        query = query.where(cards.c.account_id == account_id)
+    if status is not None:
+        query = query.where(cards.c.status == status)
+    return [card_from_values(row) for row in conn.execute(query)]

@@ -26,6 +26,9 @@ DEVICE_COUNTER_CONFIG = "dukpt.next_device"
 
 
 TERMINAL_STATUSES = ("active", "inactive", "blocked")
+# key_scheme of an acquiring network's merchant terminal: "network:<acquirer id>". Its messages come over the
+# network's connection, MACed under the network's DUKPT key (bdk_kcv and initial_ksn are the network's).
+NETWORK_SCHEME = "network:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,17 @@ def initial_ksn(key_set_id: str, device_number: int) -> str:
     return f"{value:020X}"
 
 
+async def allocate_initial_ksn(store: StoreInterface, keys: IssuerKeys) -> str:
+    """The next device's initial KSN under the issuer's BDK: each terminal (or network connection) has its own."""
+    key_set_id = await config.get(store, KEY_SET_ID_CONFIG)
+    if key_set_id is None:
+        key_set_id = f"FF{keys.bdk[:6]}00"
+        await config.put(store, KEY_SET_ID_CONFIG, key_set_id)
+    device_number = int(await config.get(store, DEVICE_COUNTER_CONFIG) or "1")
+    await config.put(store, DEVICE_COUNTER_CONFIG, str(device_number + 1))
+    return initial_ksn(key_set_id, device_number)
+
+
 async def add_terminal(
     store: StoreInterface,
     hsm: HsmApi,
@@ -89,13 +103,7 @@ async def add_terminal(
         raise InvalidRequest("merchant id (DE 42) must be 1 to 15 characters")
     if not (len(mcc) == 4 and mcc.isdigit()):
         raise InvalidRequest("MCC must be 4 digits")
-    key_set_id = await config.get(store, KEY_SET_ID_CONFIG)
-    if key_set_id is None:
-        key_set_id = f"FF{keys.bdk[:6]}00"
-        await config.put(store, KEY_SET_ID_CONFIG, key_set_id)
-    device_number = int(await config.get(store, DEVICE_COUNTER_CONFIG) or "1")
-    await config.put(store, DEVICE_COUNTER_CONFIG, str(device_number + 1))
-    ksn = initial_ksn(key_set_id, device_number)
+    ksn = await allocate_initial_ksn(store, keys)
     if await merchants.get(store, merchant_id) is None:
         await merchants.add(store, merchant_id=merchant_id, name=name, location=location, mcc=mcc)
     row_id = await create(
@@ -156,9 +164,9 @@ async def get(store: StoreInterface, terminal_id: str) -> TerminalRecord | None:
     return await store.run_query(_get, terminal_id)
 
 
-async def list_all(store: StoreInterface, limit: int = 10_000) -> list[TerminalRecord]:
-    """Registered terminals by terminal id, at most `limit`."""
-    return await store.run_query(_list_all, limit)
+async def list_all(store: StoreInterface, limit: int = 10_000, merchant_id: str | None = None) -> list[TerminalRecord]:
+    """Registered terminals (of one merchant) by terminal id, at most `limit`."""
+    return await store.run_query(_list_all, limit, merchant_id)
 
 
 def _create(
@@ -220,6 +228,9 @@ def _get(conn: Connection, terminal_id: str) -> TerminalRecord | None:
     return TerminalRecord(**row._asdict()) if row is not None else None
 
 
-def _list_all(conn: Connection, limit: int) -> list[TerminalRecord]:
-    rows = conn.execute(_TERMINAL_SELECT.order_by(terminals.c.terminal_id).limit(limit))
+def _list_all(conn: Connection, limit: int, merchant_id: str | None = None) -> list[TerminalRecord]:
+    query = _TERMINAL_SELECT.order_by(terminals.c.terminal_id).limit(limit)
+    if merchant_id is not None:
+        query = query.where(merchants_table.c.merchant_id == merchant_id)
+    rows = conn.execute(query)
     return [TerminalRecord(**row._asdict()) for row in rows]

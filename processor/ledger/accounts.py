@@ -46,9 +46,12 @@ class AccountView:
 # ------------------------------------------------------------------ what callers await
 
 
-async def open_account(store: StoreInterface, cardholder_id: int, kind: str, currency: str) -> int:
-    """A customer account; the funding and clearing accounts of `currency` are created when missing."""
-    return await store.run_write(add_account, cardholder_id, kind, currency)
+async def open_account(
+    store: StoreInterface, cardholder_id: int, kind: str, currency: str, *, deposit_minor: int = 0, reference: str = "opening deposit"
+) -> int:
+    """A customer account, with its opening deposit in the same transaction; the funding and clearing accounts
+    of `currency` are created when missing."""
+    return await store.run_write(add_account, cardholder_id, kind, currency, deposit_minor, reference)
 
 
 async def deposit(store: StoreInterface, account_id: int, amount_minor: int, *, reference: str) -> int:
@@ -84,6 +87,11 @@ async def set_status(store: StoreInterface, account_id: int, status: str) -> Non
 async def get(store: StoreInterface, account_id: int) -> AccountView:
     """Balances and active holds of an account (StoreNotFound when there is none)."""
     return await store.run_query(view, account_id)
+
+
+async def list_accounts(store: StoreInterface, *, cardholder_id: int | None = None, internal: bool = False) -> list[AccountView]:
+    """Customer accounts (of one cardholder), or the internal ones; oldest first, without their holds."""
+    return await store.run_query(_list_accounts, cardholder_id, internal)
 
 
 async def list_for_cardholder(store: StoreInterface, cardholder_id: int) -> list[AccountView]:
@@ -127,8 +135,12 @@ def lock_accounts(conn: Connection, *account_ids: int) -> None:
         )
 
 
-def add_account(conn: Connection, cardholder_id: int, kind: str, currency: str) -> int:
+def add_account(
+    conn: Connection, cardholder_id: int, kind: str, currency: str, deposit_minor: int = 0, reference: str = "opening deposit"
+) -> int:
     """`open_account` inside the caller's transaction: the new account's id."""
+    if deposit_minor < 0:
+        raise StoreError(f"an opening deposit cannot be negative, got {deposit_minor}")
     if kind not in CUSTOMER_KINDS:
         raise StoreError(f"account kind must be one of {sorted(CUSTOMER_KINDS)}, got {kind!r}")
     check_currency(currency)
@@ -138,7 +150,10 @@ def add_account(conn: Connection, cardholder_id: int, kind: str, currency: str) 
     state = _new_state()
     internal_account(conn, state, "funding", currency)
     internal_account(conn, state, "clearing", currency)
-    return insert_account(conn, cardholder_id, kind, None, currency, state.now)
+    account_id = insert_account(conn, cardholder_id, kind, None, currency, state.now)
+    if deposit_minor:
+        post_deposit(conn, account_id, deposit_minor, reference)
+    return account_id
 
 
 def _positive(amount_minor: int, what: str) -> None:
@@ -274,6 +289,16 @@ def view(conn: Connection, account_id: int) -> AccountView:
         available_minor=row.ledger_minor - row.held_minor,
         holds=active_holds(conn, account_id),
     )
+
+
+def _list_accounts(conn: Connection, cardholder_id: int | None, internal: bool) -> list[AccountView]:
+    query = select(*_VIEW_COLUMNS).order_by(accounts.c.id)
+    query = query.where(accounts.c.kind == "internal") if internal else query.where(accounts.c.kind != "internal")
+    if cardholder_id is not None:
+        query = query.where(accounts.c.cardholder_id == cardholder_id)
+    return [
+        AccountView(**row._asdict(), available_minor=row.ledger_minor - row.held_minor) for row in conn.execute(query)
+    ]
 
 
 def _list_for_cardholder(conn: Connection, cardholder_id: int) -> list[AccountView]:

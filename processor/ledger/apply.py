@@ -324,7 +324,8 @@ def _apply_together(
         return {}
     done: dict[int, ops.Decline | tuple[Take, int | None]] = {}
     for ops_in_round in rounds:
-        claims = [op for op in ops_in_round if op.ksn_counter is not None and op.terminal_id]
+        # (in terminal order, like the accounts in id order: two batches meet their rows in one order)
+        claims = sorted((op for op in ops_in_round if op.ksn_counter is not None and op.terminal_id), key=lambda o: o.terminal_id)
         claimed: set[str] = set()
         if claims:
             params = {"tids": [op.terminal_id for op in claims], "counters": [op.ksn_counter for op in claims]}

@@ -11,7 +11,7 @@ keeps every journal entry balanced (`post_entry` checks it).
 """
 
 from processor.settlement.calendar import BusinessCalendar
-from processor.settlement.config import SettlementConfig, add_network, load_config, save_config
+from processor.settlement.config import SettlementConfig, add_network, add_network_merchant, load_config, save_config
 from processor.settlement.day import END_OF_DAY_JOBS, register_end_of_day_job, settle_day
 from processor.settlement.fees import FeeRule, FeeTable
 from processor.settlement.report import build_report, reconcile, write_html
@@ -23,6 +23,7 @@ __all__ = [
     "FeeTable",
     "SettlementConfig",
     "add_network",
+    "add_network_merchant",
     "build_report",
     "load_config",
     "reconcile",

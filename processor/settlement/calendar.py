@@ -10,6 +10,7 @@ belongs to the next day. A cutoff that falls in a gap of the local clock moves f
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -44,6 +45,13 @@ def parse_date(text: str) -> dt.date:
         raise InvalidRequest(f"date {text!r} is not a date; write it as YYYY-MM-DD") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _cutoff_utc(cutoff: str, timezone: str, day: dt.date) -> dt.datetime:
+    """The UTC instant of `day`'s cutoff; a day of a million transactions asks for the same few days."""
+    # fold=0: an ambiguous time (clocks back) is its first occurrence; a time in a gap moves forward.
+    return dt.datetime.combine(day, parse_cutoff(cutoff), tzinfo=ZoneInfo(timezone)).astimezone(dt.UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class BusinessCalendar:
     """Cutoff and time zone; maps instants to business days and days to UTC windows."""
@@ -60,8 +68,7 @@ class BusinessCalendar:
         return ZoneInfo(self.timezone)
 
     def _cutoff_at(self, day: dt.date) -> dt.datetime:
-        # fold=0: an ambiguous time (clocks back) is its first occurrence; a time in a gap moves forward.
-        return dt.datetime.combine(day, parse_cutoff(self.cutoff), tzinfo=self.zone).astimezone(dt.UTC)
+        return _cutoff_utc(self.cutoff, self.timezone, day)
 
     def window(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
         """[start, end) of business day `day`, in UTC."""

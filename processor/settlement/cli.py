@@ -8,49 +8,20 @@ standard error (the JSON document, with --json, stays alone on standard output).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from processor.commands import DataCommand, Runtime
 from processor.errors import InvalidRequest
+from processor.output import progress
 from processor.settlement.calendar import parse_date
 
 
 
-@contextlib.contextmanager
-def progress_bar() -> Iterator[Callable[[str, int, int | None], None]]:
-    """A `progress(phase, done, total)` callback drawing on standard error (rich), one line per phase."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        last: dict[str, float] = {}
-
-        def plain(phase: str, done: int, total: int | None) -> None:
-            now = dt.datetime.now().timestamp()
-            if now - last.get(phase, 0) >= 2 or (total is not None and done >= total):
-                last[phase] = now
-                print(f"settle: {phase} {done:,}" + (f" of {total:,}" if total else ""), file=sys.stderr, flush=True)
-
-        yield plain
-        return
-    with Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(phase: str, done: int, total: int | None) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
-
-        yield update
+def progress_bar() -> Any:
+    """A `progress(phase, done, total)` callback on standard error (see processor.output.progress)."""
+    return progress("settle")
 
 
 def _day(args: argparse.Namespace) -> dt.date:
@@ -75,7 +46,16 @@ async def cmd_config(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
 async def cmd_network_add(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.settlement.config import add_network
 
-    return await add_network(rt.store, args.acquirer, args.name)
+    return await add_network(rt.store, rt.hsm, await rt.issuer_keys(), args.acquirer, args.name)
+
+
+async def cmd_network_merchant(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    from processor.settlement.config import add_network_merchant
+
+    return await add_network_merchant(
+        rt.store, args.acquirer, terminal_id=args.terminal, merchant_id=args.merchant, mcc=args.mcc, name=args.name,
+        location=args.location,
+    )
 
 
 async def cmd_run(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -158,34 +138,42 @@ def register(sub: Any, data_command: DataCommand) -> None:
     p.add_argument("--tolerance-bps", type=int, help="how far a presentment may exceed its authorization (basis points)")
 
     nw = se.add_parser("network", help="acquiring networks").add_subparsers(dest="network_command", required=True)
-    p = data_command(nw, "add", cmd_network_add, "register an acquiring network by its acquirer id (DE 32)")
+    p = data_command(nw, "add", cmd_network_add, "register an acquiring network (DE 32); prints its key material for its host")
+    p.set_defaults(hsm_role="key-loader")
     p.add_argument("--acquirer", required=True, help="acquirer id the network sends in DE 32, e.g. 400001")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the network's name")
+    p = data_command(nw, "merchant", cmd_network_merchant, "register a network's merchant (DE 42) and its terminal (DE 41)")
+    p.add_argument("--acquirer", required=True, help="the network's acquirer id (DE 32)")
+    p.add_argument("--terminal", required=True, help="terminal id (DE 41, up to 8 characters)")
+    p.add_argument("--merchant", required=True, help="merchant id (DE 42, up to 15 characters)")
+    p.add_argument("--mcc", required=True, help="merchant category code")
+    p.add_argument("--name", default="Merchant", help="the merchant's name")
+    p.add_argument("--location", default="", help="the merchant's city and country")
 
     p = data_command(se, "run", cmd_run, "close a business day: claim, post, write the files")
     p.add_argument("--date", required=True, help="business day, YYYY-MM-DD")
     p.add_argument("--out", default="settlement", help="folder for the day's files (default ./settlement)")
 
     p = data_command(se, "status", cmd_status, "days and their state")
-    p.add_argument("--limit", type=int, default=60)
+    p.add_argument("--limit", type=int, default=60, help="at most this many days, newest first")
 
     p = data_command(se, "report", cmd_report, "a day's summary on the terminal, and its HTML report")
-    p.add_argument("--date", required=True)
+    p.add_argument("--date", required=True, help="the business day, YYYY-MM-DD")
     p.add_argument("--out", default="settlement", help="folder of the HTML report (default ./settlement)")
     p.add_argument("--html", help="path of the HTML report (default OUT/report-DATE.html)")
 
     p = data_command(se, "reconcile", cmd_reconcile, "a day's exceptions")
-    p.add_argument("--date", required=True)
+    p.add_argument("--date", required=True, help="the business day, YYYY-MM-DD")
 
     p = data_command(se, "ingest", cmd_ingest, "ingest a network's clearing file (first presentments)")
-    p.add_argument("file")
+    p.add_argument("file", help="the clearing file")
 
     p = data_command(se, "generate", cmd_generate, "write a synthetic business day straight into the store (benchmarks)")
-    p.add_argument("--date", required=True)
+    p.add_argument("--date", required=True, help="the business day, YYYY-MM-DD")
     p.add_argument("--transactions", type=int, default=1_000_000, help="on-us transactions (default 1,000,000)")
-    p.add_argument("--merchants", type=int, default=200)
-    p.add_argument("--cards", type=int, default=1000)
+    p.add_argument("--merchants", type=int, default=200, help="merchants the transactions spread over")
+    p.add_argument("--cards", type=int, default=1000, help="cards the transactions spread over")
     p.add_argument("--presentments", type=int, default=0, help="off-us authorizations with holds, presented in the file")
     p.add_argument("--clearing-file", help="where to write the network's clearing file of those presentments")
     p.add_argument("--network", default="400001", help="acquirer id of the network (registered when missing)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed, for a repeatable day")

@@ -36,6 +36,7 @@ from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import accounts, auths, holds, merchants, terminal_batches, terminals, utcnow
 from processor.ledger.outbox import operator_event, write_events
+from processor.settlement.bulk import ITEM_COLUMNS, insert_rows
 from processor.settlement.config import SettlementConfig
 from processor.settlement.models import (
     settlement_days,
@@ -179,7 +180,7 @@ def claim_chunk(
     keys = [f"auth:{r.id}" for r in rows]
     taken = set(conn.execute(select(si.source_key).where(si.source_key.in_(keys))).scalars())
     calendar, key = config.calendar, handle.business_date
-    items: list[dict[str, Any]] = []
+    items: list[tuple[Any, ...]] = []
     first_left: int | None = None
     for r in rows:
         if f"auth:{r.id}" in taken:
@@ -204,17 +205,15 @@ def claim_chunk(
         if side == "off_us":
             fee = 0
         origin_at = _as_utc(r.orig_created_at) if r.orig_created_at is not None and kind != "refund" else captured
-        items.append(
-            {
-                "source_key": f"auth:{r.id}", "business_date": key,
-                "origin_date": min(calendar.day_of(origin_at), calendar.day_of(captured)).isoformat(),
-                "side": side, "kind": kind, "party": party[:32], "terminal_id": r.terminal_id or "", "mcc": mcc or "",
-                "entry_mode": entry_mode, "auth_id": r.id, "card_id": r.card_id, "amount_minor": amount,
-                "fee_minor": fee, "interchange_minor": interchange, "currency": r.currency, "captured_at": captured,
-            }
-        )
-    if items:
-        conn.execute(insert(settlement_items), items)
+        if handle.window_start <= origin_at <= captured:
+            origin = key  # the usual case, without a time-zone conversion
+        else:
+            origin = min(calendar.day_of(origin_at), calendar.day_of(captured)).isoformat()
+        items.append((
+            f"auth:{r.id}", key, origin, side, kind, party[:32], r.terminal_id or "", mcc or "", entry_mode, r.id, r.card_id,
+            amount, fee, interchange, r.currency, captured,
+        ))
+    insert_rows(conn, settlement_items, ITEM_COLUMNS, items)
     last_id = rows[-1].id
     conn.execute(update(settlement_days).where(sd.business_date == key).values(scanned_to_id=last_id))
     if first_left is not None:

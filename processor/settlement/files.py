@@ -12,6 +12,8 @@ Format `settlement-file/1`, the same content in both encodings:
 
 Each file is written to an unnamed temporary file (0600, O_TMPFILE) in the same folder, flushed to disk and
 linked into place, so a reader never sees half a file and a killed run leaves no temporary file behind.
+Where the file system refuses to link such a file, a named `.NAME.*.tmp` file is used instead, locked
+(flock) while it is written; the next write of that file removes the ones no one holds (a killed run's).
 A file that exists with other content is never replaced: the new content goes to the next free revision
 (`settlement-YYYY-MM-DD.r2.csv`) and the result says so. The content depends only on settled rows, so a rerun finds its files identical and writes nothing.
 """
@@ -19,6 +21,8 @@ A file that exists with other content is never replaced: the new content goes to
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -51,8 +55,15 @@ def place_atomically(write: Callable[[Any], None], target: Path) -> dict[str, An
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(os, "O_TMPFILE"):
-        return _place_unnamed(write, target)
+        try:
+            return _place_unnamed(write, target)
+        except _CannotLink:
+            pass  # this file system (or sandbox) cannot give an unnamed file a name: a locked named one then
     return _place_named(write, target)
+
+
+class _CannotLink(Exception):
+    """Linking an O_TMPFILE file into place is refused here."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -99,32 +110,65 @@ def _place_unnamed(write: Callable[[Any], None], target: Path) -> dict[str, Any]
                 os.link(f"/proc/self/fd/{f.fileno()}", candidate.name, dst_dir_fd=dir_fd, follow_symlinks=True)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                if exc.errno in (errno.EXDEV, errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES):
+                    raise _CannotLink from None
+                raise
             finally:
                 os.close(dir_fd)
             _fsync_dir(target.parent)
             return {"path": str(candidate), "sha256": digest.hexdigest(), "written": True, "revision": revision}
 
 
+def _remove_stale_temps(target: Path) -> None:
+    """Temp files of `target` left by a killed run: a writer holds a lock on its temp file while it writes."""
+    for path in target.parent.glob(f".{target.name}.*.tmp"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a running writer's
+        else:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _locked_temp(target: Path) -> tuple[int, Path]:
+    while True:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, Path(name)
+        os.close(fd)  # taken for a killed run's between its creation and its lock: take another
+
+
 def _place_named(write: Callable[[Any], None], target: Path) -> dict[str, Any]:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
+    _remove_stale_temps(target)
+    fd, tmp = _locked_temp(target)
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", closefd=False) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         digest = _sha256(tmp)
-        revision, candidate, there = _next_free(target, digest)
-        if there:
-            tmp.unlink()
-            return {"path": str(candidate), "sha256": digest, "written": False}
-        os.rename(tmp, candidate)
-        _fsync_dir(target.parent)
-        return {"path": str(candidate), "sha256": digest, "written": True, "revision": revision}
-    except BaseException:
+        while True:
+            revision, candidate, there = _next_free(target, digest)
+            if there:
+                return {"path": str(candidate), "sha256": digest, "written": False}
+            try:
+                os.link(tmp, candidate)  # never replaces: a file that appeared meanwhile sends us on
+            except FileExistsError:
+                continue
+            _fsync_dir(target.parent)
+            return {"path": str(candidate), "sha256": digest, "written": True, "revision": revision}
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+        os.close(fd)
 
 
 async def _pages(store: StoreInterface, key: str, progress: Callable[[str, int, int | None], None] | None) -> Any:

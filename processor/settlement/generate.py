@@ -24,7 +24,8 @@ from processor import issuing, ledger
 from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, holds, journal_entries, postings, utcnow
-from processor.settlement.config import SettlementConfig, add_network
+from processor.settlement.bulk import insert_rows
+from processor.settlement.config import SettlementConfig, add_network, network_key
 
 CHUNK = 10_000
 MCCS = ("5411", "5812", "5541", "5732", "5999", "7011", "5311")
@@ -49,11 +50,11 @@ def _write_chunk(conn: Connection, rows: list[dict[str, Any]], hold_rows: list[d
             r["entry_id"] = entry_id
             # A purchase takes from the cardholder; a refund, or the reversal of a purchase, gives back.
             signed = -r["approved_minor"] if r["op"] == "debit" else r["approved_minor"]
-            lines.append({"entry_id": entry_id, "account_id": r["account_id"], "amount_minor": signed, "currency": currency})
-            lines.append({"entry_id": entry_id, "account_id": clearing, "amount_minor": -signed, "currency": currency})
+            lines.append((entry_id, r["account_id"], signed, currency))
+            lines.append((entry_id, clearing, -signed, currency))
             ledger[r["account_id"]] += signed
             ledger[clearing] -= signed
-        conn.execute(insert(postings), lines)
+        insert_rows(conn, postings, ("entry_id", "account_id", "amount_minor", "currency"), lines)
     hold_ids: list[int] = []
     if hold_rows:
         hold_ids = list(conn.execute(insert(holds).returning(holds.c.id, sort_by_parameter_order=True), hold_rows).scalars())
@@ -61,7 +62,8 @@ def _write_chunk(conn: Connection, rows: list[dict[str, Any]], hold_rows: list[d
             held[h["account_id"]] += h["amount_minor"]
         for r, hold_id in zip([r for r in rows if r["op"] == "hold"], hold_ids, strict=True):
             r["hold_id"] = hold_id
-    conn.execute(insert(auths), rows)
+    columns = tuple(rows[0])
+    insert_rows(conn, auths, columns, [tuple(r[c] for c in columns) for r in rows])
     params = [{"aid": aid, "dl": ledger.get(aid, 0), "dh": held.get(aid, 0)} for aid in sorted(set(ledger) | set(held))]
     a = accounts.c
     conn.execute(
@@ -127,7 +129,8 @@ async def generate_day(
     purchases: list[tuple[int, dict[str, Any]]] = []
     writer = None
     if presentments:
-        await add_network(store, network, "Generated network")
+        if await network_key(store, network.lstrip("0")) is None:
+            await add_network(store, hsm, keys, network, "Generated network")
         assert clearing_file is not None
         writer = ClearingWriter(clearing_file, file_id=f"GEN-{network}-{tag}", network=network.rjust(6, "0"), business_date=day)
     try:

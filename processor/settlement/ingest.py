@@ -26,22 +26,24 @@ and settle with the network in that day's run.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from hsm_sim import HsmApi
+from hsm_sim import MAX_PAN_FINGERPRINTS, HsmApi
 from processor.errors import InvalidRequest
 from processor.iso8583.clearing import ClearingFileError, Presentment, read_presentments, scan_clearing_file
 from processor.iso8583.currency import alpha_for_numeric
 from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings, utcnow
+from processor.settlement.bulk import ITEM_COLUMNS, insert_rows, update_rows
 from processor.settlement.config import SettlementConfig
 from processor.settlement.models import (
     clearing_files,
@@ -52,6 +54,10 @@ from processor.settlement.models import (
 )
 
 CHUNK = 2000
+PRESENTMENT_COLUMNS = (
+    "clearing_file_id", "seq", "record_checksum", "status", "auth_id", "card_id", "amount_minor", "currency", "auth_code", "rrn",
+    "arn", "merchant_id", "pan_last4", "business_date", "entry_id", "reason",
+)
 a, au, c, h, cf, pr = accounts.c, auths.c, cards.c, holds.c, clearing_files.c, presentments.c
 
 
@@ -143,7 +149,7 @@ def apply_chunk(
     account_delta: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])  # ledger, held
     decisions: list[dict[str, Any]] = []
     exceptions: list[dict[str, Any]] = []
-    captures: list[dict[str, Any]] = []
+    captures: list[tuple[int, dt.datetime, int]] = []
     counts: defaultdict[str, int] = defaultdict(int)
 
     def exception(kind: str, r: Record, detail: str, currency: str) -> None:
@@ -187,7 +193,7 @@ def apply_chunk(
                     status, reason = "forced", f"hold {auth.hold_id} is {hold['status'] if hold else 'missing'}"
                     exception("late_presentment", r, f"ARN {p.arn} auth {auth.id}: {reason}; force posted", currency)
                 else:
-                    captures.append({"hid": hold["id"], "cap": min(p.amount_minor, hold["amount_minor"]), "at": now})
+                    captures.append((min(p.amount_minor, hold["amount_minor"]), now, hold["id"]))
                     account_delta[card.account_id][1] -= hold["amount_minor"]
                     hold["status"] = "captured"
                     forced = False
@@ -212,13 +218,11 @@ def apply_chunk(
         if ids:
             conn.execute(select(a.id).where(a.id.in_(ids)).order_by(a.id).with_for_update())
     if captures:
-        done_holds = conn.execute(
-            update(holds).where(h.id == bindparam("hid"), h.status == "active")
-            .values(status="captured", captured_minor=bindparam("cap"),
-                    closed_at=bindparam("at")),
-            captures,
+        done_holds = update_rows(
+            conn, holds, "status = 'captured', captured_minor = {}, closed_at = {}", ("captured_minor", "closed_at"),
+            "id = {} AND status = 'active'", ("id",), captures,
         )
-        if done_holds.rowcount not in (-1, len(captures)):
+        if done_holds not in (-1, len(captures)):
             raise InvalidRequest("a hold changed while its presentment was posted; ingest the file again")
     posted = [d for d in decisions if d["post"]]
     entry_ids: list[int] = []
@@ -231,9 +235,9 @@ def apply_chunk(
         lines = []
         for d, entry_id in zip(posted, entry_ids, strict=True):
             d["entry_id"] = entry_id
-            lines.append({"entry_id": entry_id, "account_id": d["card"].account_id, "amount_minor": -d["signed"], "currency": d["currency"]})
-            lines.append({"entry_id": entry_id, "account_id": clearing_ids[d["currency"]], "amount_minor": d["signed"], "currency": d["currency"]})
-        conn.execute(insert(postings), lines)
+            lines.append((entry_id, d["card"].account_id, -d["signed"], d["currency"]))
+            lines.append((entry_id, clearing_ids[d["currency"]], d["signed"], d["currency"]))
+        insert_rows(conn, postings, ("entry_id", "account_id", "amount_minor", "currency"), lines)
         clearing_delta: defaultdict[int, int] = defaultdict(int)
         for d in posted:
             clearing_delta[clearing_ids[d["currency"]]] += d["signed"]
@@ -243,31 +247,26 @@ def apply_chunk(
             [{"aid": aid, "dl": dl, "dh": dh} for aid, (dl, dh) in sorted(account_delta.items())]
             + [{"aid": aid, "dl": d, "dh": 0} for aid, d in sorted(clearing_delta.items())],
         )
-    presentment_ids = list(conn.execute(
-        insert(presentments).returning(pr.id, sort_by_parameter_order=True),
-        [{"clearing_file_id": file_row_id, "seq": d["r"].seq, "record_checksum": d["r"].checksum, "status": d["status"],
-          "auth_id": d["auth"].id if d["auth"] else None, "card_id": d["card"].id if d["card"] else None,
-          "amount_minor": d["r"].p.amount_minor, "currency": d["currency"][:3], "auth_code": d["r"].p.approval_code[:8],
-          "rrn": d["r"].p.rrn[:12], "arn": d["r"].p.arn[:23], "merchant_id": d["r"].p.merchant_id[:15],
-          "pan_last4": d["r"].p.pan[-4:], "business_date": key, "entry_id": d.get("entry_id"), "reason": d["reason"][:200]}
-         for d in decisions],
-    ).scalars())
+    insert_rows(conn, presentments, PRESENTMENT_COLUMNS, [
+        (file_row_id, d["r"].seq, d["r"].checksum, d["status"], d["auth"].id if d["auth"] else None,
+         d["card"].id if d["card"] else None, d["r"].p.amount_minor, d["currency"][:3], d["r"].p.approval_code[:8],
+         d["r"].p.rrn[:12], d["r"].p.arn[:23], d["r"].p.merchant_id[:15], d["r"].p.pan[-4:], key, d.get("entry_id"),
+         d["reason"][:200])
+        for d in decisions
+    ])
     items = []
-    for d, pid in zip(decisions, presentment_ids, strict=True):
+    for d in decisions:
         if not d["post"]:
             continue
         p = d["r"].p
         kind = "presentment_credit" if p.is_credit else "presentment"
         _, interchange = config.fees.fees("refund" if p.is_credit else "purchase", p.amount_minor, p.mcc, p.entry_mode)
         origin = calendar.day_of(d["auth"].created_at).isoformat() if d["auth"] is not None else key
-        items.append(
-            {"source_key": f"pres:{pid}", "business_date": key, "origin_date": min(origin, key), "side": "off_us",
-             "kind": kind, "party": network, "terminal_id": p.terminal_id[:16], "mcc": p.mcc, "entry_mode": p.entry_mode[:2],
-             "auth_id": d["auth"].id if d["auth"] else None, "card_id": d["card"].id, "amount_minor": d["signed"],
-             "fee_minor": 0, "interchange_minor": interchange, "currency": d["currency"], "captured_at": now}
-        )
-    if items:
-        conn.execute(insert(settlement_items), items)
+        items.append((
+            f"pres:{file_row_id}:{d['r'].seq}", key, min(origin, key), "off_us", kind, network, p.terminal_id[:16], p.mcc,
+            p.entry_mode[:2], d["auth"].id if d["auth"] else None, d["card"].id, d["signed"], 0, interchange, d["currency"], now,
+        ))
+    insert_rows(conn, settlement_items, ITEM_COLUMNS, items)
     if exceptions:
         conn.execute(insert(settlement_exceptions), exceptions)
     return dict(counts)
@@ -324,22 +323,51 @@ async def ingest_file(
         result = await store.run_read(summarize_file, state["id"])
         result["already_ingested"] = True
         return result
-    batch: list[Record] = []
+    # Chunk n+1 is read and fingerprinted while chunk n is written: each chunk is still one transaction,
+    # written in file order, so a killed run keeps whole chunks and resumes after the last one.
     done = 0
-    for seq, presentment, checksum in read_presentments(path):
-        fingerprints = tuple(fp for _, fp in await hsm.fingerprint_pan(presentment.pan))
-        batch.append(Record(seq, presentment, checksum, fingerprints))
-        if len(batch) >= CHUNK:
-            await store.run_write(apply_chunk, state["id"], header.file_id, header.network, state["business_date"], batch, config)
-            done += len(batch)
-            batch = []
+    pending: asyncio.Task[dict[str, int]] | None = None
+    try:
+        for chunk in _chunks(read_presentments(path), CHUNK):
+            records = await _fingerprinted(hsm, chunk)
+            if pending is not None:
+                await pending
+                done += CHUNK
+                if progress:
+                    progress("ingest", done, header.count)
+            pending = asyncio.ensure_future(store.run_write(
+                apply_chunk, state["id"], header.file_id, header.network, state["business_date"], records, config
+            ))
+        if pending is not None:
+            await pending
+            pending = None
             if progress:
-                progress("ingest", done, header.count)
-    if batch:
-        await store.run_write(apply_chunk, state["id"], header.file_id, header.network, state["business_date"], batch, config)
-        done += len(batch)
-        if progress:
-            progress("ingest", done, header.count)
+                progress("ingest", header.count, header.count)
+    finally:
+        if pending is not None:
+            # The chunk's transaction commits or rolls back on its own; wait for it rather than leave it behind.
+            await asyncio.gather(pending, return_exceptions=True)
     result = await store.run_write(finish_file, state["id"])
     result["already_ingested"] = False
     return result
+
+
+def _chunks(rows: Iterator[tuple[int, Presentment, str]], size: int) -> Iterator[list[tuple[int, Presentment, str]]]:
+    chunk: list[tuple[int, Presentment, str]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def _fingerprinted(hsm: HsmApi, chunk: list[tuple[int, Presentment, str]]) -> list[Record]:
+    """The chunk's records with their PANs' fingerprints: as many PANs per HSM command as its answer holds."""
+    pans = [p.pan for _, p, _ in chunk]
+    versions = len(await hsm.fingerprint_pan(pans[0]))
+    step = max(1, MAX_PAN_FINGERPRINTS // versions)
+    parts = await asyncio.gather(*(hsm.fingerprint_pans(pans[i : i + step]) for i in range(0, len(pans), step)))
+    fingerprints = [tuple(fp for _, fp in one) for part in parts for one in part]
+    return [Record(seq, p, checksum, fps) for (seq, p, checksum), fps in zip(chunk, fingerprints, strict=True)]

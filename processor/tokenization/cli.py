@@ -10,12 +10,12 @@ import argparse
 import logging
 from typing import Any
 
-from processor.commands import Command, DataCommand, Runtime, group
+from processor.commands import Command, DataCommand, Runtime, comma_list, count, group, validity_years
+from processor.output import progress
 
 log = logging.getLogger("processor.tokenization")
 
 async def cmd_token_provision(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
-    from processor.tokenization.tokens import parse_list
     from processor.tokenization.wallet import provision_token
 
     keys = await rt.issuer_keys()
@@ -27,9 +27,9 @@ async def cmd_token_provision(rt: Runtime, args: argparse.Namespace) -> dict[str
         wallet=args.wallet,
         device_id=args.device,
         requestor_id=args.requestor,
-        entry_modes=parse_list(args.entry_modes),
-        mcc_allow=parse_list(args.mcc),
-        merchant_allow=parse_list(args.merchant),
+        entry_modes=comma_list(args.entry_modes, "--entry-modes"),
+        mcc_allow=comma_list(args.mcc, "--mcc"),
+        merchant_allow=comma_list(args.merchant, "--merchant"),
         validity_years=args.years,
         wallet_dir=args.wallet_dir,
     )
@@ -80,10 +80,13 @@ async def cmd_keys_rotate(rt: Runtime, args: argparse.Namespace) -> dict[str, An
         log.warning("new tokenization key versions: DEK %d, FPK %d", dek, fpk)
         result["new_keys"] = {"data_key_version": dek, "fingerprint_key_version": fpk}
 
-    def progress(counts: dict[str, int]) -> None:
-        log.info("re-sealed %d cards, %d tokens", counts["cards_resealed"], counts["tokens_resealed"])
+    with progress("keys rotate") as report:
 
-    result.update(await rotate_vault(rt.store, rt.hsm, batch_size=args.batch, limit=args.limit, progress=progress))
+        def resealed(counts: dict[str, int]) -> None:
+            report("cards re-sealed", counts["cards_resealed"], None)
+            report("tokens re-sealed", counts["tokens_resealed"], None)
+
+        result.update(await rotate_vault(rt.store, rt.hsm, batch_size=args.batch, limit=args.limit, progress=resealed))
     return result
 
 
@@ -92,34 +95,34 @@ def register(sub: Any, data_command: DataCommand) -> None:
     tk = group(sub, "token", "wallet payment tokens")
     p = data_command(tk, "provision", cmd_token_provision, "create a device token for a card (number shown once)")
     p.set_defaults(hsm_role="issuer")
-    p.add_argument("--card", type=int, required=True)
+    p.add_argument("--card", type=int, required=True, help="the card the token stands for")
     p.add_argument("--wallet", required=True, help="wallet name, e.g. phone")
     p.add_argument("--device", required=True, help="device id in the wallet")
     p.add_argument("--requestor", default="40010030273", help="token requestor id (11 digits)")
     p.add_argument("--entry-modes", default="07", help="allowed DE 22 entry modes, comma separated (default 07)")
     p.add_argument("--mcc", help="allowed MCCs, comma separated (default: any)")
     p.add_argument("--merchant", help="allowed merchant ids (DE 42), comma separated (default: any)")
-    p.add_argument("--years", type=int, default=3, help="token validity in years")
+    p.add_argument("--years", type=validity_years, default=3, help="token validity in years, 1 to 10")
     p.add_argument("--wallet-dir", default="card-bureau", help="where the device's sealed wallet record goes (needs `bureau key`)")
     for status, help in (("suspended", "suspend"), ("active", "resume"), ("deleted", "delete")):
         p = data_command(tk, help, _status_command(status), f"{help} a token")
-        p.add_argument("token_id", type=int)
+        p.add_argument("token_id", type=int, help="the token")
         p.add_argument("--reason", default="", help="recorded with the lifecycle event")
     p = data_command(tk, "show", cmd_token_show, "a token's status, card, restrictions and events")
-    p.add_argument("token_id", type=int)
+    p.add_argument("token_id", type=int, help="the token")
     p = data_command(tk, "list", cmd_token_list, "the tokens of a card")
-    p.add_argument("--card", type=int, required=True)
+    p.add_argument("--card", type=int, required=True, help="the card")
 
     cd = group(sub, "card", "cards")
     p = data_command(cd, "replace", cmd_card_replace, "new card on the same account; wallet tokens follow it")
     p.set_defaults(hsm_role="issuer")
-    p.add_argument("card_id", type=int)
+    p.add_argument("card_id", type=int, help="the card to replace")
     p.add_argument("--pin", help="PIN of the new card (4-12 digits)")
 
     ks = group(sub, "keys", "HSM key versions")
     p = data_command(ks, "rotate", cmd_keys_rotate, "re-seal the PAN vault under the current (or new) key versions")
     p.set_defaults(hsm_role="issuer")
-    p.add_argument("--batch", type=int, default=200, help="cards per transaction")
+    p.add_argument("--batch", type=count, default=200, help="cards per transaction")
     p.add_argument("--limit", type=int, help="stop after this many cards and tokens (resume later)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--new-keys", action="store_true", help="first make new DEK and FPK versions current")

@@ -201,16 +201,6 @@ def restriction_list(values: Iterable[str] | None, what: str, digits: int | None
     return items
 
 
-def parse_list(text: str | None) -> tuple[str, ...] | None:
-    """An operator's comma-separated list ("07,05"), as `restriction_list` takes it; None stays None."""
-    if text is None:
-        return None
-    items = tuple(part.strip() for part in text.split(","))
-    if not all(items):
-        raise InvalidRequest(f"list {text!r} has an empty entry; write it as 07,05")
-    return items
-
-
 def _split(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(v for v in value.split(",") if v)
 

@@ -121,7 +121,7 @@ async def cmd_broker_cardholder(rt: Runtime, args: argparse.Namespace) -> dict[s
 async def cmd_terminal_list(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     from processor.transport.mqtt import read_presence
 
-    terminals = await issuing.terminals.list_all(rt.store, limit=args.limit)
+    terminals = await issuing.terminals.list_all(rt.store, limit=args.limit, merchant_id=args.merchant)
     presence: dict[str, str] | None = None
     if rt.settings.mqtt_url:
         presence = await read_presence(rt.settings.mqtt_url)
@@ -240,25 +240,27 @@ def register(sub: Any, data_command: DataCommand) -> None:
         return p
 
     p = standalone("init", cmd_broker_init, "create the broker's folder: configuration and service accounts")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
     p = standalone("run", cmd_broker_run, "run Mosquitto with the folder's configuration until stopped")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="the broker's address")
     p.add_argument("--port", type=int, default=0, help="listen port (default: a free one, written to DIR/port)")
     p = standalone("url", cmd_broker_url, "a service account's broker URL (for PROCESSOR_MQTT_URL), with its password")
-    p.add_argument("account", nargs="?", default="engine", choices=("engine", "events", "operator", "admin"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("account", nargs="?", default="engine", choices=("engine", "events", "operator", "admin"),
+                   help="which service account")
+    p.add_argument("--host", default="127.0.0.1", help="the broker's address")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = data_command(br, "terminal", cmd_broker_terminal, "a registered terminal's broker account (password shown once)")
-    p.add_argument("terminal_id")
+    p.add_argument("terminal_id", help="a registered terminal (DE 41)")
     p.add_argument("--dir", default=default_dir, help="the broker's folder")
     p = data_command(br, "cardholder", cmd_broker_cardholder, "a cardholder app's account for its own events (password shown once)")
-    p.add_argument("handle")
+    p.add_argument("handle", help="the cardholder's handle")
     p.add_argument("--dir", default=default_dir, help="the broker's folder")
 
     te = group(sub, "terminal", "terminals")
     p = data_command(te, "list", cmd_terminal_list, "registered terminals, and which are online on the broker")
-    p.add_argument("--limit", type=int, default=10_000)
+    p.add_argument("--limit", type=int, default=10_000, help="at most this many terminals")
+    p.add_argument("--merchant", help="only this merchant's terminals (DE 42), e.g. the one `processor provision` made")
 
     from processor.transport.publisher import DEFAULT_CONSUMER
 

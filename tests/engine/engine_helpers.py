@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hsm_sim import connect
 from processor import issuing, ledger
@@ -12,7 +16,7 @@ from processor.config import Settings
 from processor.issuing import ensure_issuer_keys, issue_card, load_issuer_keys
 from processor.issuing.terminals import add_terminal
 from processor.ledger import Store
-from processor.server import RunningEngine
+from processor.server import RunningEngine, running_engine
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -102,3 +106,16 @@ async def more_terminals(settings: Settings, count: int, *, merchant_id: str, pr
     finally:
         await hsm.close()
         await store.close()
+
+
+@pytest.fixture
+async def issuer(db_url: str, tmp_path: Path) -> AsyncIterator[Issuer]:
+    """The cast's issuer, an engine on a free loopback port, and a terminal connection to it."""
+    settings = Settings(db_url=db_url, hsm_url=f"file:{tmp_path / 'hsm.json'}", log_dir=tmp_path)
+    cards, accounts, terminals = await build_issuer(settings)
+    async with running_engine(settings) as running:
+        conn = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0, terminals=list(terminals.values()))
+        try:
+            yield Issuer(settings, cards, accounts, terminals, running, conn)
+        finally:
+            await conn.close()

@@ -307,11 +307,12 @@ async def test_the_engine_never_obtains_an_ipek_a_clear_key_or_a_clear_pin(serve
     await run("list_keys")
     await run("tokenize_pan", PAN)
     await run("fingerprint_pan", PAN)
+    await run("fingerprint_pans", [PAN, PAN])
     await run("who_am_i")
     # A command added to the engine's role must be tried here too.
     assert ROLES["engine"] == {"verify_pin", "generate_mac", "verify_mac", "verify_cvv", "verify_arqc", "key_info", "list_keys",
-                               "tokenize_pan", "fingerprint_pan", "who_am_i"}
+                               "tokenize_pan", "fingerprint_pan", "fingerprint_pans", "who_am_i"}
     text = "\n".join(answers).upper()
-    assert len(answers) == len(kcvs) * 35 + 4 and "FALSE" in text and "FINGERPRINT" in text  # the commands ran
+    assert len(answers) == len(kcvs) * 35 + 5 and "FALSE" in text and "FINGERPRINT" in text  # the commands ran
     assert not [s for s in secrets if s in text]
     assert pin not in text

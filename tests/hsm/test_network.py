@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hsm_sim import ClientTls, Hsm, HsmError, connect
+from hsm_sim import MAX_PAN_FINGERPRINTS, ClientTls, Hsm, HsmError, connect
 from hsm_sim.client import HsmClient
 from hsm_sim.crypto import pinblock
 from hsm_sim.crypto.des import tdes_ecb_encrypt
@@ -50,6 +50,28 @@ async def test_every_path_gives_the_same_answers(served, client):
     assert await engine.key_info(cvk) == await local.key_info(cvk)
     mac = await engine.generate_mac(tak, b"\x00\x01message")
     assert mac == await local.generate_mac(tak, b"\x00\x01message") and await engine.verify_mac(tak, b"\x00\x01message", mac)
+
+
+async def test_a_chunk_of_pans_is_fingerprinted_in_one_command_as_one_by_one(served, client):
+    local = served.hsm
+    await local.generate_key("DEK", "AES")
+    await local.generate_key("FPK")
+    await local.rotate_tokenization_keys()  # two fingerprint key versions: each PAN gets both, newest first
+    engine, operator = await client("engine-1"), await client("alice")
+    most = MAX_PAN_FINGERPRINTS // 2
+    pans = [f"476173900101{i:04d}" for i in range(most)]
+    batch = await engine.fingerprint_pans(pans)
+    assert batch == [await local.fingerprint_pan(pan) for pan in pans]
+    assert [len(one) for one in batch] == [2] * most
+    for call, status in (
+        (lambda: engine.fingerprint_pans([*pans, PAN]), "15"),  # one more than an answer holds
+        (lambda: engine.fingerprint_pans([]), "15"),
+        (lambda: engine.fingerprint_pans([PAN, "4761abc"]), "15"),
+        (lambda: operator.fingerprint_pans([PAN]), "17"),  # an operator may reveal one PAN, not look up cards
+    ):
+        with pytest.raises(HsmError) as info:
+            await call()
+        assert info.value.code == status, info.value
 
 
 async def test_statuses_for_bad_input(served, client):

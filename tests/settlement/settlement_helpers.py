@@ -1,4 +1,4 @@
-"""Placing requests in time: give auths rows the capture time a test needs."""
+"""Placing requests in time (give auths rows the capture time a test needs); the simulated network EuroNet."""
 
 from __future__ import annotations
 
@@ -38,3 +38,16 @@ async def all_captured_at(store: Any, at: dt.datetime) -> None:
         _move(conn, list(conn.execute(select(auths.c.id)).scalars()), at)
 
     await store.run_write(body)
+
+
+async def euronet(issuer: Any, merchants: int = 3) -> Any:
+    """EuroNet (acquirer 400001) registered at the issuer with its key and its merchants, as its simulator."""
+    from processor.settlement.config import add_network, add_network_merchant
+    from terminal_sim.network import AcquiringNetwork
+
+    store = issuer.running.store
+    key = await add_network(store, issuer.running.hsm, issuer.running.engine.keys, "400001", "EuroNet")
+    network = AcquiringNetwork("400001", key, merchants=merchants)
+    for merchant in network.registrations():
+        await add_network_merchant(store, "400001", **merchant)
+    return network

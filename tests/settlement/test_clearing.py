@@ -14,10 +14,11 @@ from processor import issuing, ledger
 from processor.errors import InvalidRequest
 from processor.iso8583.clearing import ClearingFileError, ClearingWriter, scan_clearing_file
 from processor.ledger.models import journal_entries
-from processor.settlement.config import add_network, load_config
+from processor.settlement.config import load_config
 from processor.settlement.day import settle_day
 from processor.settlement.ingest import ingest_file
 from processor.settlement.report import build_report, reconcile
+from settlement_helpers import euronet
 from terminal_sim.network import AcquiringNetwork
 
 DAY = dt.date(2026, 3, 29)
@@ -30,8 +31,7 @@ async def entries(store: Any) -> int:
 
 async def test_the_networks_day_is_matched_posted_and_settled_with_its_exceptions(issuer: Any, tmp_path: Path) -> None:
     store, hsm = issuer.running.store, issuer.running.hsm
-    await add_network(store, "400001", "EuroNet")
-    network = AcquiringNetwork("400001", merchants=3)
+    network = await euronet(issuer, merchants=3)
     cards = [issuer.cards[n] for n in ("ada", "grace", "ivan")]
     day = await network.run(issuer.conn, cards, 12)
     assert len(day.approved) == 12, day.codes
@@ -94,8 +94,7 @@ async def test_the_networks_day_is_matched_posted_and_settled_with_its_exception
 
 async def test_a_second_file_presenting_the_same_authorizations_is_all_duplicates(issuer: Any, tmp_path: Path) -> None:
     store, hsm = issuer.running.store, issuer.running.hsm
-    await add_network(store, "400001", "EuroNet")
-    network = AcquiringNetwork("400001", merchants=2)
+    network = await euronet(issuer, merchants=2)
     day = await network.run(issuer.conn, [issuer.cards["ada"]], 3)
     config = await load_config(store)
     first = await ingest_file(store, hsm, _file(network, day, tmp_path / "a.ipm", "F1"), config, now=NOON)
@@ -113,8 +112,7 @@ def _file(network: AcquiringNetwork, day: Any, path: Path, file_id: str) -> Path
 async def test_damaged_files_and_unknown_networks_are_refused_whole(issuer: Any, tmp_path: Path) -> None:
     store, hsm = issuer.running.store, issuer.running.hsm
     config = await load_config(store)
-    network = AcquiringNetwork("400001")
-    await add_network(store, "400001", "EuroNet")
+    network = await euronet(issuer)
     day = await network.run(issuer.conn, [issuer.cards["ada"]], 2)
     path = _file(network, day, tmp_path / "f.ipm", "F1")
     with ClearingWriter(tmp_path / "stranger.ipm", file_id="S1", network="400002", business_date=DAY) as w:
