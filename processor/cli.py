@@ -643,9 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from processor.tokenization.cli import register as register_tokenization
     from processor.transport.cli import register as register_transport
+    from processor.auth.cli import register as register_auth
 
     register_tokenization(sub, data_command)
     register_transport(sub, data_command)
+    register_auth(sub, data_command)
 
     from processor.settlement.cli import register as register_settlement
 

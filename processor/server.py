@@ -7,8 +7,9 @@ import contextlib
 import datetime as dt
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from hsm_sim import HsmApi
 from processor import ledger
 from processor.auth.engine import Engine
@@ -64,13 +65,14 @@ async def running_engine(
         raise ValueError("the engine needs a transport: TCP, or MQTT with a broker URL")
     store = await Store.open(settings.db_url)
     hsm = None
+    engine: Engine | None = None
     tcp_server = None
     mqtt_server = None
     expiry_task = None
     try:
         hsm = await open_hsm(settings, "engine")
         keys = await load_issuer_keys(store, hsm)
-        engine = Engine(store, hsm, keys, policy=policy, token_bin=await token_bin(store))
+        engine = Engine(store, hsm, keys, policy=policy, token_bin=await token_bin(store), reopen_hsm=_hsm_reopener(settings))
         if tcp:
             tcp_server = TcpServer(engine.handle, limits=limits)
             await tcp_server.start(host, port, reuse_port=reuse_port)
@@ -88,9 +90,44 @@ async def running_engine(
             await mqtt_server.close()
         if tcp_server is not None:
             await tcp_server.close()
+        if engine is not None:
+            await engine.close()
+            if engine.hsm is not hsm:
+                await engine.hsm.close()
         if hsm is not None:
             await hsm.close()
         await store.close()
+
+
+def _hsm_reopener(settings: Settings) -> Callable[[], Awaitable[HsmApi | None]] | None:
+    """For an HSM in this process: a fresh one when its key-store file changed since it was read, else None.
+
+    A networked HSM (`tcps://`) keeps its keys itself, and an ephemeral one has no file: neither needs it.
+    """
+    from processor.config import open_hsm
+
+    if settings.hsm_url.startswith(("tcps://", "tcp://")) or settings.hsm_url in ("", "memory:"):
+        return None
+    path = Path(settings.hsm_url.removeprefix("file:"))
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size
+
+    seen = stamp()
+
+    async def reopen() -> HsmApi | None:
+        nonlocal seen
+        now = stamp()
+        if now is None or now == seen:
+            return None
+        seen = now
+        return await open_hsm(settings, "engine")
+
+    return reopen
 
 
 async def _expire_holds_periodically(store: StoreInterface) -> None:

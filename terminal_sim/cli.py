@@ -269,6 +269,14 @@ def _parse_amount(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _money(amount_minor: int, terminal: PosTerminal) -> str:
+    """Minor units as a person reads them, in the terminal's currency: 1234 -> '12.34 EUR'."""
+    from processor.iso8583.currency import alpha_for_numeric, format_amount
+
+    alpha = alpha_for_numeric(terminal.currency_numeric)
+    return format_amount(amount_minor, alpha) if alpha else str(amount_minor)
+
+
 def _load_terminal(path: str, terminal_id: str | None) -> tuple[PosTerminal, Any, dict[str, Any]]:
     """The terminal from its file, with its DUKPT counter and STAN carried over from its last run;
     also the state file's path and the file's entry (which may carry the terminal's mqtt_password)."""
@@ -368,7 +376,7 @@ async def _pos(args: argparse.Namespace) -> int:
         r = result.as_json()
         print(
             f"{'APPROVED' if result.approved else 'DECLINED'} rc={r['rc']} auth={r['approval_code'] or '-'} "
-            f"card={r['cryptogram']} atc={r['atc']} pan={r['pan']} amount={r['amount_minor']} stan={r['stan']}"
+            f"card={r['cryptogram']} atc={r['atc']} pan={r['pan']} amount={_money(r['amount_minor'], terminal)} stan={r['stan']}"
             + (" reversed" if r["reversed"] else "")
             + (f" ({r['reason']})" if r["reason"] and not result.approved else "")
         )
@@ -393,9 +401,10 @@ async def _close_batch(args: argparse.Namespace) -> int:
     else:
         t, h = report.terminal, report.host
         print(f"batch {report.batch_number} of {report.terminal_id}: rc={report.rc or '-'} {report.reason}")
-        print(f"  terminal  debits {t.debits_count} ({t.debits_minor})  credits {t.credits_count} ({t.credits_minor})")
-        if h is not None:
-            print(f"  engine    debits {h.debits_count} ({h.debits_minor})  credits {h.credits_count} ({h.credits_minor})")
+        for side, totals in (("terminal", t), ("engine", h)):
+            if totals is not None:
+                print(f"  {side:<8}  debits {totals.debits_count} ({_money(totals.debits_minor, terminal)})  "
+                      f"credits {totals.credits_count} ({_money(totals.credits_minor, terminal)})")
     return 0 if report.in_balance else 1
 
 

@@ -35,6 +35,11 @@ LEDGER_ANSWERS: Mapping[Result, str] = MappingProxyType(
         # The card's own daily or monthly limits (its holder's spending controls).
         Result.AMOUNT_LIMIT: rc.EXCEEDS_AMOUNT_LIMIT,
         Result.COUNT_LIMIT: rc.EXCEEDS_COUNT_LIMIT,
+        # A completion above the authorized amount and its tolerance; a refund or partial reversal above its
+        # original: the amount is wrong, nothing moved.
+        Result.ABOVE_AUTHORIZED: rc.INVALID_AMOUNT,
+        Result.ABOVE_ORIGINAL: rc.INVALID_AMOUNT,
+        Result.REFUND_LIMIT: rc.EXCEEDS_AMOUNT_LIMIT,
         # Never used for a Decline: its own code is answered. Listed so that every result has a code.
         Result.DECLINED: rc.SYSTEM_ERROR,
     }

@@ -10,6 +10,7 @@ the first answer back without a second hold.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -26,7 +27,7 @@ from processor.auth.answers import LEDGER_ANSWERS
 from processor.auth.chip import declined_arpc, verify_chip_cryptogram
 from processor.auth.context import AuthContext, Declined, Terminal, active_terminal
 from processor.auth.entry_modes import Proof
-from processor.auth.policy import Policy
+from processor.auth.policy import FLOOR_LIMIT_CONFIG, REFUND_LIMITS_CONFIG, Policy
 from processor.auth.reconciliation import reconcile
 from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
 from processor.issuing.controls import find_card_with_controls
@@ -70,7 +71,12 @@ TRANSACTIONS_BY_MTI: dict[str, frozenset[str]] = {
     "0100": frozenset({"purchase", "cash", "cashback", "refund", "balance"}),
     "0200": frozenset({"purchase", "cash", "cashback", "refund", "balance"}),
     "0120": frozenset({"purchase", "cash", "cashback", "refund"}),
+    # Completions and reversals name their original by DE 90; a DE 3 they carry must still be one we know.
+    "0220": frozenset({"purchase", "cash", "cashback", "refund"}),
+    "0400": frozenset({"purchase", "cash", "cashback", "refund", "balance"}),
+    "0420": frozenset({"purchase", "cash", "cashback", "refund", "balance"}),
 }
+CONFIG_CACHE_S = 5.0
 # DE 3 positions 3-4 (from account) and 5-6 (to account): default, savings, checking.
 FROM_ACCOUNTS = frozenset({"00", "10", "20"})
 TO_ACCOUNTS = frozenset({"00"})
@@ -119,6 +125,8 @@ async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
     req = ctx.request
     pc = req.processing_code
     if pc is None:
+        if req.mti in ("0220", "0400", "0420"):
+            return  # the original (DE 90) says what it was
         raise Declined(rc.FORMAT_ERROR, "no processing code (DE 3)")
     allowed = TRANSACTIONS_BY_MTI.get(req.mti, frozenset())
     if req.transaction_type not in allowed:
@@ -160,14 +168,22 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
     if req.pan and req.track2 is not None and req.track2.pan != req.pan:
         raise Declined(rc.FORMAT_ERROR, "DE 2 and the track 2 data in DE 35 name different cards")
     ctx.pan = pan
-    fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+    hsm = engine.hsm
+    fingerprints = [fp for _, fp in await hsm.fingerprint_pan(pan)]
     if engine.token_bin and pan.startswith(engine.token_bin):
         found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
+        if found is None and await engine.learn_key_versions(hsm):
+            fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+            found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
         if found is None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
         return
     found_card = await find_card_with_controls(engine.store, fingerprints)
+    if found_card is None and await engine.learn_key_versions(hsm):
+        # The vault was re-sealed under a fingerprint key this engine had not seen: look again with it.
+        fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+        found_card = await find_card_with_controls(engine.store, fingerprints)
     if found_card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
     ctx.card, ctx.controls = found_card
@@ -368,6 +384,16 @@ async def check_controls(engine: "Engine", ctx: AuthContext) -> None:
         ctx.spend = SpendLimits(controls.daily_minor, controls.daily_count, controls.monthly_minor, controls.monthly_count)
 
 
+async def check_advice(engine: "Engine", ctx: AuthContext) -> None:
+    """A stand-in approval is honoured only for a debit up to the terminal's (or merchant's) floor limit."""
+    req = ctx.request
+    if req.transaction_type == "refund":
+        raise Declined(rc.DO_NOT_HONOUR, "advice with a credit processing code: no stand-in credit is honoured")
+    floor = await engine.floor_limit(ctx.terminal)
+    if (req.amount_minor or 0) > floor:
+        raise Declined(rc.DO_NOT_HONOUR, f"advice of {req.amount_minor} above the floor limit of {floor}")
+
+
 CARD_CHECKS: tuple[Check, ...] = (
     check_terminal,
     check_processing_code,
@@ -382,7 +408,9 @@ CARD_CHECKS: tuple[Check, ...] = (
     check_controls,
 )
 # A stand-in advice was approved by the network already: only what is needed to find the card runs.
-ADVICE_CHECKS: tuple[Check, ...] = (check_terminal, check_processing_code, check_card_known, check_token_lifecycle)
+ADVICE_CHECKS: tuple[Check, ...] = (
+    check_terminal, check_processing_code, check_card_known, check_token_lifecycle, check_amount, check_advice,
+)
 # An increment tops up a hold the cardholder already authorized: the card (and a wallet token) must still
 # be usable, but the card need not be presented again.
 INCREMENTAL_CHECKS: tuple[Check, ...] = (
@@ -404,6 +432,7 @@ class Engine:
         terminal_cache_s: float = 5.0,
         token_bin: str | None = None,
         card_checks: tuple[Check, ...] = CARD_CHECKS,
+        reopen_hsm: Callable[[], Awaitable[HsmApi | None]] | None = None,
     ) -> None:
         self.store = store
         self.hsm = hsm
@@ -416,17 +445,24 @@ class Engine:
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
         self._network_cache: dict[str, tuple[float, Terminal | None]] = {}
+        self._config_cache: dict[str, tuple[float, str | None]] = {}
+        # An HSM in this process reads its key store once: `reopen_hsm` gives a fresh one when another
+        # process (`processor keys rotate --new-keys`) changed the key store, None when nothing changed.
+        self._reopen_hsm = reopen_hsm
+        self._retired_hsms: list[HsmApi] = []
+        self._reopen_lock = asyncio.Lock()
         self._home_country: str | None = None
 
     # ------------------------------------------------------------ entry point
 
-    async def handle(self, payload: bytes, *, sender: str | None = None) -> bytes | None:
+    async def handle(self, payload: bytes, *, sender: str | None = None, session: Any = None) -> bytes | None:
         """Answer one framed payload; None means no answer (unreadable, or the outcome not confirmed yet): the
         connection should close, and a terminal sends the request again.
 
         `sender` is the terminal id the transport has authenticated, when it has (the broker's account on
         MQTT). A request whose DE 41 names another terminal is then refused with 03 and nothing is recorded:
-        its idempotency key belongs to that other terminal.
+        its idempotency key belongs to that other terminal. `session` (the TCP connection) has its
+        `authenticated` set once a message authenticates: until then the transport gives it little time.
         """
         started = time.perf_counter()
         try:
@@ -439,7 +475,7 @@ class Engine:
             self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
-            return await self._dispatch(payload, fields, request, started)
+            return await self._dispatch(payload, fields, request, started, session)
         except HsmError as exc:
             # Without the HSM nothing can be verified: the truth is "issuer inoperative", never a wrong PIN,
             # and nothing was recorded (no PIN try spent). The client reconnects on the next call.
@@ -462,7 +498,9 @@ class Engine:
             self._log(request, rc.SYSTEM_ERROR, "system error", started)
             return encode(build_response(fields, rc.SYSTEM_ERROR))
 
-    async def _dispatch(self, payload: bytes, fields: dict[str, Any], request: Request, started: float) -> bytes | None:
+    async def _dispatch(
+        self, payload: bytes, fields: dict[str, Any], request: Request, started: float, session: Any = None
+    ) -> bytes | None:
         mti = request.mti
         if mti not in HANDLED_MTIS:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
@@ -489,6 +527,8 @@ class Engine:
                 # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
                 self._log(request, rc.SECURITY_VIOLATION, refusal, started)
                 return encode(build_response(fields, rc.SECURITY_VIOLATION))
+        if session is not None:
+            session.authenticated = True
         ksn = request.ksn if sender.bdk_kcv is not None else None
         ksn_counter = dukpt_counter(ksn) if ksn else None
         if mti == "0800":
@@ -566,21 +606,22 @@ class Engine:
                 await check(self, ctx)
             if incremental:
                 op = self._increment_op(ctx)
+            elif req.transaction_type == "refund":
+                op = await self._refund_op(ctx)
             else:
                 op = self._approval_op(ctx, force=advice)
         except Declined as declined:
+            code = declined.code
+            if advice:
+                # Acknowledged, not honoured: the advice lands on the operator's exception list
+                # (`processor advice exceptions`) and no money moves.
+                code, declined.reason = rc.DO_NOT_HONOUR, f"advice not honoured: {declined.reason}"
             ctx.reason = declined.reason
-            op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
+            op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=code)
         outcome = await self.store.submit(op)
         if req.icc is not None and outcome.rc not in rc.APPROVALS and outcome.rc not in (rc.FORMAT_ERROR, rc.CVV_FAILURE):
             # A declined chip card still hears from its issuer: an ARPC over the decline code.
             ctx.icc_response = await declined_arpc(self.hsm, self.keys, ctx)
-        if advice and outcome.rc not in (rc.APPROVED, rc.PARTIAL_APPROVAL):
-            # The network approved in stand-in: the advice is acknowledged whatever we would have said.
-            ctx.reason = f"advice acknowledged ({outcome.reason or outcome.rc})"
-            answer = build_response(fields, rc.APPROVED)
-            answer["_reason"] = ctx.reason
-            return answer, rc.APPROVED
         return self._answer(ctx, outcome), outcome.rc
 
     async def _completion(
@@ -591,9 +632,14 @@ class Engine:
             await check_terminal(self, ctx)
             if req.original is None:
                 raise Declined(rc.FORMAT_ERROR, "completion without original data elements (DE 90)")
+            await check_processing_code(self, ctx)
             if req.amount_minor is None or req.amount_minor < 0:
                 raise Declined(rc.INVALID_AMOUNT, "completion amount missing")
-            op = ops.Capture(**self._op_common(ctx, amount_minor=req.amount_minor), original_key=req.original_key())
+            mcc = req.mcc or ctx.terminal.mcc
+            op = ops.Capture(
+                **self._op_common(ctx, amount_minor=req.amount_minor), original_key=req.original_key(),
+                tolerance_pct=self.policy.tolerance_pct(mcc),
+            )
         except Declined as declined:
             ctx.reason = declined.reason
             op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
@@ -608,6 +654,7 @@ class Engine:
             await check_terminal(self, ctx)
             if req.original is None:
                 raise Declined(rc.FORMAT_ERROR, "reversal without original data elements (DE 90)")
+            await check_processing_code(self, ctx)
             op = ops.Reverse(
                 **self._op_common(ctx, amount_minor=req.amount_minor or 0),
                 original_key=req.original_key(),
@@ -673,8 +720,6 @@ class Engine:
         kind = req.transaction_type
         if kind == "balance":
             return ops.Inquiry(**common)
-        if kind == "refund":
-            return ops.Credit(**common)
         if req.mti in ("0100", "0120"):
             mcc = req.mcc or (ctx.terminal.mcc if ctx.terminal else None)
             return ops.PlaceHold(
@@ -684,6 +729,20 @@ class Engine:
                 force=force,
             )
         return ops.Debit(**common, partial_ok=partial_ok, force=force, kind="cash" if kind == "cash" else "purchase")
+
+    async def _refund_op(self, ctx: AuthContext) -> ops.Credit:
+        """A refund: bounded by its purchase when it names one (DE 90, or DE 48 OR), else by its merchant's
+        limits; an 0100 authorizes it and credits nothing until its completion."""
+        req = ctx.request
+        common = self._op_common(ctx, amount_minor=req.amount_minor or 0)
+        original_key = req.original_key() if req.original is not None else None
+        original_rrn = req.de48.get("original_rrn") if original_key is None else None
+        limits = None
+        if original_key is None and original_rrn is None:
+            limits = await self.refund_limits(common["merchant_id"])
+        return ops.Credit(
+            **common, original_key=original_key, original_rrn=original_rrn, limits=limits, post=req.mti != "0100"
+        )
 
     def _increment_op(self, ctx: AuthContext) -> ops.Increment:
         req = ctx.request
@@ -793,6 +852,62 @@ class Engine:
             self._network_cache.clear()
         self._network_cache[acquirer_id] = (now, holder)
         return holder
+
+    async def learn_key_versions(self, used: HsmApi) -> bool:
+        """After a card or token was not found with HSM `used`: True when the engine's HSM now knows key
+        versions that one did not.
+
+        Key versions change while the engine runs (a vault rotation): the engine picks them up on the first
+        look-up that misses, without a restart; the misses waiting meanwhile use the fresh HSM too.
+        Requests still in flight finish on the HSM they started on.
+        """
+        if self._reopen_hsm is None:
+            return False
+        async with self._reopen_lock:
+            if self.hsm is not used:
+                return True
+            fresh = await self._reopen_hsm()
+            if fresh is None:
+                return False
+            self._retired_hsms.append(self.hsm)
+            self.hsm = fresh
+        log.warning("the HSM's key store changed: key versions read again")
+        return True
+
+    async def close(self) -> None:
+        """Close the HSMs this engine replaced (the current one belongs to whoever opened it)."""
+        for hsm in self._retired_hsms:
+            await hsm.close()
+        self._retired_hsms.clear()
+
+    async def config_value(self, key: str) -> str | None:
+        """A value of the store's config, cached briefly: operators change limits, not requests."""
+        now = time.monotonic()
+        hit = self._config_cache.get(key)
+        if hit is not None and now - hit[0] < CONFIG_CACHE_S:
+            return hit[1]
+        value = await issuing.config.get(self.store, key)
+        if len(self._config_cache) >= self._terminal_cache_max:
+            self._config_cache.clear()
+        self._config_cache[key] = (now, value)
+        return value
+
+    async def floor_limit(self, terminal: Terminal | None) -> int:
+        """The terminal's stand-in floor limit in minor units, else its merchant's, else the policy's."""
+        if terminal is not None:
+            for key in (f"{FLOOR_LIMIT_CONFIG}.terminal.{terminal.terminal_id}", f"{FLOOR_LIMIT_CONFIG}.merchant.{terminal.merchant_id}"):
+                value = await self.config_value(key)
+                if value is not None and value.isdigit():
+                    return int(value)
+        return self.policy.advice_floor_limit_minor
+
+    async def refund_limits(self, merchant_id: str) -> ops.RefundLimits:
+        """What the merchant may refund without naming the purchase, per transaction and per day."""
+        value = await self.config_value(f"{REFUND_LIMITS_CONFIG}.merchant.{merchant_id}")
+        parts = (value or "").split(",")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return ops.RefundLimits(int(parts[0]), int(parts[1]))
+        return ops.RefundLimits(self.policy.refund_per_transaction_minor, self.policy.refund_daily_minor)
 
     async def home_country(self) -> str:
         """The issuer's country (config issuer.country, ISO 3166 alpha-2): what "abroad" is measured from."""

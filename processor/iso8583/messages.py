@@ -149,6 +149,7 @@ class Request:
             "incremental": raw48.get("IA") == "1",
             "token_requestor": raw48.get("TR"),
             "wallet_id": raw48.get("WI"),
+            "original_rrn": raw48.get("OR"),  # a refund's purchase, by its retrieval reference number
         }
         de48 = {k: v for k, v in de48.items() if v not in (None, False)}
         icc = decode_tlv(bytes.fromhex(fields["55"])) if fields.get("55") else None

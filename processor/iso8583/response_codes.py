@@ -4,6 +4,7 @@ from __future__ import annotations
 
 APPROVED = "00"
 INVALID_MERCHANT = "03"
+DO_NOT_HONOUR = "05"
 PARTIAL_APPROVAL = "10"
 INVALID_TRANSACTION = "12"
 INVALID_AMOUNT = "13"
@@ -31,6 +32,7 @@ CVV2_FAILURE = "N7"
 MEANINGS: dict[str, str] = {
     APPROVED: "approved",
     INVALID_MERCHANT: "invalid merchant or terminal",
+    DO_NOT_HONOUR: "do not honour (an advice acknowledged but not honoured)",
     PARTIAL_APPROVAL: "partial approval",
     INVALID_TRANSACTION: "invalid transaction",
     INVALID_AMOUNT: "invalid amount or currency",

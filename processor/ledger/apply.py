@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import BigInteger, Connection, String, bindparam, insert, select, text, update
 
-from processor.ledger import ops, spend
+from processor.ledger import ops, refunds, spend
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings, terminals
 from processor.ledger.ops import Result
 
@@ -174,8 +174,7 @@ def _forward_only(table: Any, key: str, key_param: str, counter: str, counter_pa
     )
 
 
-# Counters that only move forward: a terminal's DUKPT counter, a card's and a wallet token's chip ATC.
-_CLAIM_KSN = _forward_only(terminals, "terminal_id", "tid", "ksn_counter", "counter")
+# Counters that only move forward: a card's and a wallet token's chip ATC.
 _CLAIM_ATC = _forward_only(cards, "id", "cid", "last_atc", "atc")
 _CLAIM_TOKEN_ATC = _forward_only(payment_tokens, "id", "tid", "last_atc", "atc")
 _ORIGINAL_ACCOUNTS = select(auths.c.account_id).where(auths.c.ref.in_(bindparam("refs", expanding=True)))
@@ -196,12 +195,6 @@ _TAKE_ALL = {
     ).columns(accounts.c.id, accounts.c.ledger_minor, accounts.c.held_minor)
     for hold in (True, False)
 }
-_CLAIM_KSNS = text(
-    """UPDATE terminals SET ksn_counter = v.counter
-    FROM unnest(CAST(:tids AS VARCHAR[]), CAST(:counters AS BIGINT[])) AS v(tid, counter)
-    WHERE terminals.terminal_id = v.tid AND (terminals.ksn_counter IS NULL OR terminals.ksn_counter < v.counter)
-    RETURNING terminals.terminal_id"""
-).columns(terminals.c.terminal_id)
 _INTERNAL = select(accounts.c.id).where(
     accounts.c.kind == "internal", accounts.c.purpose == bindparam("p"), accounts.c.currency == bindparam("cur")
 )
@@ -333,7 +326,7 @@ def _apply_together(
         takes = []
         for op in ops_in_round:
             if op.ksn_counter is not None and op.terminal_id and op.terminal_id not in claimed:
-                reason = f"DUKPT counter {op.ksn_counter} is not above the terminal's last one: replayed key serial number"
+                reason = f"DUKPT counter {op.ksn_counter} used before or below the terminal's window: replayed key serial number"
                 done[id(op)] = _declined(op, Result.REPLAYED_KEY_SERIAL, reason)
             else:
                 takes.append(op)
@@ -404,7 +397,7 @@ def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.A
     """Count a PIN try, claim the terminal's DUKPT counter and the card's ATC; a refused claim declines the op."""
     if op.ksn_counter is not None and op.terminal_id:
         if not claim_ksn_counter(conn, op.terminal_id, op.ksn_counter):
-            reason = f"DUKPT counter {op.ksn_counter} is not above the terminal's last one: replayed key serial number"
+            reason = f"DUKPT counter {op.ksn_counter} used before or below the terminal's window: replayed key serial number"
             return _declined(op, Result.REPLAYED_KEY_SERIAL, reason)
     if op.pin is not None and op.card_id is not None:
         params = {"cid": op.card_id, "at": state.now, "limit": op.pin_try_limit}
@@ -427,9 +420,54 @@ def _claim_counters(conn: Connection, state: BatchState, op: ops.AnyOp) -> ops.A
     return op
 
 
+# A terminal's DUKPT counters: each is accepted once. `ksn_counter` is the highest accepted, and bit i of
+# `ksn_window` says whether `ksn_counter - i` was used. A terminal that pipelines its requests numbers them
+# in order, but they are answered concurrently (and by several engines), so they may reach the store out of
+# order: a counter below the highest that was never used, and is within the window, is still accepted
+# once. A counter used before, or older than the window, is a replay. One statement, so two engines can
+# never both accept one counter. (A NULL window on a terminal that has a counter: everything below used.)
+KSN_WINDOW = 62
+_WINDOW_MASK = (1 << KSN_WINDOW) - 1
+
+
+def _ksn_claim_clauses(c: str, cast_int: str, cast_big: str) -> tuple[str, str]:
+    """(SET, WHERE) of the window claim of counter expression `c` on a `terminals` row."""
+    w, m = KSN_WINDOW, _WINDOW_MASK
+    counter, window = "terminals.ksn_counter", f"COALESCE(terminals.ksn_window, {m}{cast_big})"
+    below = f"(1{cast_big} << ({counter} - {c}){cast_int})"
+    sets = f"""ksn_counter = CASE WHEN {counter} IS NULL OR {c} > {counter} THEN {c} ELSE {counter} END,
+            ksn_window = CASE
+                WHEN {counter} IS NULL OR {c} - {counter} >= {w} THEN 1{cast_big}
+                WHEN {c} > {counter} THEN (({window} << ({c} - {counter}){cast_int}) | 1) & {m}{cast_big}
+                ELSE {window} | {below}
+            END"""
+    where = f"""({counter} IS NULL OR {c} > {counter}
+            OR ({counter} - {c} < {w} AND ({window} & {below}) = 0))"""
+    return sets, where
+
+
+def _claim_ksn_sql(cast_int: str, cast_big: str) -> Any:
+    sets, where = _ksn_claim_clauses(":counter", cast_int, cast_big)
+    return text(f"UPDATE terminals SET {sets} WHERE terminals.terminal_id = :tid AND {where}").bindparams(
+        bindparam("counter", type_=BigInteger), bindparam("tid", type_=String)
+    )
+
+
+_CLAIM_KSN = {"sqlite": _claim_ksn_sql("", ""), "postgresql": _claim_ksn_sql("::int", "::bigint")}
+# The same claim for many terminals at once (each named once per statement); see `claim_ksn_counter`.
+_KSNS_SET, _KSNS_WHERE = _ksn_claim_clauses("v.counter", "::int", "::bigint")
+_CLAIM_KSNS = text(
+    f"""UPDATE terminals SET {_KSNS_SET}
+    FROM unnest(CAST(:tids AS VARCHAR[]), CAST(:counters AS BIGINT[])) AS v(tid, counter)
+    WHERE terminals.terminal_id = v.tid AND {_KSNS_WHERE}
+    RETURNING terminals.terminal_id"""
+).columns(terminals.c.terminal_id)
+
+
 def claim_ksn_counter(conn: Connection, terminal_id: str, counter: int) -> bool:
-    """Make `counter` the terminal's highest DUKPT counter if it is above the last one; False otherwise."""
-    return conn.execute(_CLAIM_KSN, {"tid": terminal_id, "counter": counter}).rowcount == 1
+    """Accept DUKPT counter `counter` of the terminal once (see KSN_WINDOW); False when it is a replay."""
+    dialect = "sqlite" if conn.dialect.name == "sqlite" else "postgresql"
+    return conn.execute(_CLAIM_KSN[dialect], {"tid": terminal_id, "counter": counter}).rowcount == 1
 
 
 def _declined(op: ops.AnyOp, result: Result, reason: str) -> ops.Decline:
@@ -820,20 +858,85 @@ def _credit(conn: Connection, state: BatchState, op: ops.Credit) -> ops.AuthOutc
     if (bad := _bad_amount(conn, state, op)) is not None:
         return bad
     assert op.account_id is not None
-    row = conn.execute(_CREDIT, {"aid": op.account_id, "cur": op.currency, "amt": op.amount_minor}).first()
-    if row is None:
-        decline, _ = _why_not(conn, op.account_id, op.currency)
-        decline = decline or Take(Result.ACCOUNT_NOT_OPEN, "account closed")
+    decline, acct = _creditable(conn, op.account_id, op.currency)
+    if decline is not None:
         return _record(conn, state, op, decline.result, decline.reason, balances=decline.balances)
+    common: dict[str, Any] = {}
+    ref = op.original_key
+    if ref is None and op.original_rrn:
+        ref = refunds.ref_by_rrn(conn, op.terminal_id, op.original_rrn)
+        if ref is None:
+            return _record(conn, state, op, Result.UNKNOWN_ORIGINAL, f"no approved purchase with RRN {op.original_rrn} here")
+    if ref is not None:
+        orig = _find_original(conn, state, ref)
+        if orig is None or orig.account_id != op.account_id:
+            return _record(conn, state, op, Result.UNKNOWN_ORIGINAL, "the purchase it refunds is not this card's")
+        common["original_auth_id"] = orig.id
+        left = refunds.refundable(conn, orig)
+        if op.amount_minor > left:
+            reason = f"refund of {op.amount_minor} above the {left} that remains of its purchase"
+            return _record(conn, state, op, Result.ABOVE_ORIGINAL, reason, **common)
+    elif op.limits is None or not refunds.claim(conn, op.merchant_id, op.limits, op.amount_minor, state.now):
+        reason = "refund without its purchase above the merchant's per-transaction or daily limit"
+        return _record(conn, state, op, Result.REFUND_LIMIT, reason)
+    if not op.post:
+        # An authorization of a refund: counted against its bounds now, credited by its completion.
+        return _record(
+            conn, state, op, Result.APPROVED, "refund authorized: credited on completion", approved_minor=op.amount_minor,
+            balances=(acct.ledger_minor, acct.held_minor), **common,
+        )
+    return _post_refund(conn, state, op, op.account_id, op.amount_minor, **common)
+
+
+def _creditable(conn: Connection, account_id: int, currency: str) -> tuple[Take | None, Any]:
+    """A refund may reach any customer account in its currency that is not closed (a frozen one too)."""
+    row = conn.execute(_ACCOUNT, {"aid": account_id}).first()
+    if row is None:
+        return Take(Result.NO_ACCOUNT, f"account {account_id} does not exist"), None
+    if row.kind == "internal":
+        return Take(Result.NOT_A_CARD_ACCOUNT, f"account {account_id} is internal"), row
+    if row.currency != currency:
+        return Take(Result.CURRENCY_MISMATCH, f"currency {currency} differs from account currency {row.currency}"), row
+    if row.status == "closed":
+        return Take(Result.ACCOUNT_NOT_OPEN, "account closed", balances=(row.ledger_minor, row.held_minor)), row
+    return None, row
+
+
+def _post_refund(
+    conn: Connection, state: BatchState, op: ops.Credit | ops.Capture, credited: int, amount_minor: int, **common: Any
+) -> ops.AuthOutcome:
+    """Credit `amount_minor` from clearing to account `credited` (checked by the caller in this transaction)."""
+    account_id = credited
+    row = conn.execute(_CREDIT, {"aid": account_id, "cur": op.currency, "amt": amount_minor}).first()
+    if row is None:
+        raise Conflict(f"account {account_id} closed while a refund was credited")
     clearing = internal_account(conn, state, "clearing", op.currency)
     entry = defer_entry(
-        state, "refund", op.idem_key, [(clearing, -op.amount_minor), (op.account_id, op.amount_minor)], op.currency
+        state, "refund", op.idem_key, [(clearing, -amount_minor), (account_id, amount_minor)], op.currency
     )
-    state.internal_delta_minor[clearing] -= op.amount_minor
+    state.internal_delta_minor[clearing] -= amount_minor
     return _record(
-        conn, state, op, Result.APPROVED, "refund", approved_minor=op.amount_minor,
-        balances=(row.ledger_minor, row.held_minor), entry=entry,
+        conn, state, op, Result.APPROVED, "refund", approved_minor=amount_minor,
+        balances=(row.ledger_minor, row.held_minor), entry=entry, **common,
     )
+
+
+def _complete_refund(conn: Connection, state: BatchState, op: ops.Capture, orig: Any) -> ops.AuthOutcome:
+    """0220 naming an authorized refund: credit at most what was authorized, once."""
+    common: dict[str, Any] = {"original_auth_id": orig.id, "account_id": orig.account_id, "card_id": orig.card_id}
+    if op.currency != orig.currency:
+        return _record(conn, state, op, Result.CURRENCY_MISMATCH, f"currency {op.currency} differs from the refund's", **common)
+    if op.amount_minor > orig.approved_minor:
+        reason = f"completion {op.amount_minor} above the {orig.approved_minor} refund authorized"
+        return _record(conn, state, op, Result.ABOVE_AUTHORIZED, reason, **common)
+    if orig.reversed or refunds.completed(conn, orig.id):
+        return _record(conn, state, op, Result.UNKNOWN_ORIGINAL, "refund already completed or reversed", **common)
+    decline, _ = _creditable(conn, orig.account_id, op.currency)
+    if decline is not None:
+        return _record(conn, state, op, decline.result, decline.reason, balances=decline.balances, **common)
+    if op.amount_minor == 0:
+        return _record(conn, state, op, Result.APPROVED, "refund completed with zero: nothing credited", **common)
+    return _post_refund(conn, state, op, orig.account_id, op.amount_minor, **common)
 
 
 def _approved_original(
@@ -849,6 +952,9 @@ def _approved_original(
 def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOutcome:
     if op.amount_minor < 0:
         return _record(conn, state, op, Result.INVALID_AMOUNT, f"amount {op.amount_minor} must not be negative")
+    refund = _find_original(conn, state, op.original_key)
+    if refund is not None and refund.op == "credit" and refund.entry_id is None and refund.result in ops.APPROVALS:
+        return _complete_refund(conn, state, op, refund)
     orig, declined = _approved_original(conn, state, op)
     if declined is not None:
         return declined
@@ -856,6 +962,14 @@ def _capture(conn: Connection, state: BatchState, op: ops.Capture) -> ops.AuthOu
     if op.currency != hold.currency:
         reason = f"currency {op.currency} differs from the hold's {hold.currency}"
         return _record(conn, state, op, Result.CURRENCY_MISMATCH, reason)
+    ceiling = hold.amount_minor + hold.amount_minor * op.tolerance_pct // 100
+    if hold.status == "active" and op.amount_minor > ceiling:
+        # Above what the cardholder authorized (and the category's tolerance): refused, the hold untouched.
+        reason = f"completion {op.amount_minor} above the authorized {hold.amount_minor} and its {op.tolerance_pct}% tolerance"
+        return _record(
+            conn, state, op, Result.ABOVE_AUTHORIZED, reason, original_auth_id=orig.id, hold_id=hold.id,
+            account_id=hold.account_id,
+        )
     extra = op.amount_minor - hold.amount_minor
     if extra > 0 and hold.status == "active":
         # A completion above the authorized amount: the hold grows to it first (the network guarantees the
@@ -928,6 +1042,17 @@ def _reverse(conn: Connection, state: BatchState, op: ops.Reverse) -> ops.AuthOu
     common: dict[str, Any] = {"original_auth_id": orig.id, "account_id": orig.account_id, "currency": orig.currency}
     if orig.op in ("reverse", "inquiry", "decline") or orig.result not in ops.APPROVALS:
         return _record(conn, state, op, Result.APPROVED, f"original {orig.op} {orig.result}: nothing to reverse", **common)
+    if op.remaining_minor is not None and not orig.reversed:
+        original_minor = orig.approved_minor
+        if orig.op == "hold" and orig.hold_id is not None:
+            hold = conn.execute(_HOLD, {"hid": orig.hold_id}).first()
+            if hold is not None and hold.status == "active":
+                original_minor = hold.amount_minor  # increments included
+        if op.remaining_minor > original_minor:
+            # A replacement amount above the original would add money: refused before the original is
+            # claimed, so it stays as it was and can still be reversed.
+            reason = f"replacement amount {op.remaining_minor} (DE 95) above the original {original_minor}"
+            return _record(conn, state, op, Result.ABOVE_ORIGINAL, reason, **common)
     if conn.execute(_CLAIM_REVERSAL, {"oid": orig.id}).first() is None:
         return _record(conn, state, op, Result.APPROVED, "already reversed", **common)
     remaining = max(0, op.remaining_minor or 0)

@@ -32,10 +32,45 @@ def _negative_customer_accounts(conn: Connection) -> tuple[list[str], list[str]]
     for row in rows:
         text = f"account {row.id}: available {row.ledger_minor - row.held_minor} {row.currency} is below zero"
         if row.forced:
-            warnings.append(text + " after a forced advice/completion")
+            warnings.append(text + " after an honoured advice or a completion within its tolerance")
         else:
             failures.append(text)
     return failures, warnings
+
+
+_APPROVED = ("approved", "partial")
+
+
+def _credits_without_source(conn: Connection) -> list[str]:
+    """Card credits (refunds, reversals) must each come from an approved request that names what it undoes.
+
+    A refund entry belongs to an approved refund (`credit`), or to the completion (`capture`) of an
+    approved refund authorization; a reversal entry to an approved reversal whose original was approved.
+    """
+    original = auths.alias("original")
+    rows = conn.execute(
+        select(
+            journal_entries.c.id, journal_entries.c.kind, auths.c.op, auths.c.result, original.c.op.label("orig_op"),
+            original.c.result.label("orig_result"),
+        )
+        .select_from(
+            journal_entries.outerjoin(auths, auths.c.id == journal_entries.c.auth_id).outerjoin(
+                original, original.c.id == auths.c.original_auth_id
+            )
+        )
+        .where(journal_entries.c.kind.in_(("refund", "reversal")))
+    )
+    failures = []
+    for row in rows:
+        if row.result not in _APPROVED:
+            ok = False
+        elif row.kind == "refund":
+            ok = row.op == "credit" or (row.op == "capture" and row.orig_op == "credit" and row.orig_result in _APPROVED)
+        else:
+            ok = row.op == "reverse" and row.orig_result in _APPROVED
+        if not ok:
+            failures.append(f"journal entry {row.id} ({row.kind}) credits without its source: no approved request behind it")
+    return failures
 
 
 def _violations(conn: Connection) -> tuple[list[str], list[str]]:
@@ -104,6 +139,7 @@ def _violations(conn: Connection) -> tuple[list[str], list[str]]:
         .having(func.count() > 1)
     ):
         failures.append(f"auth {row.original_auth_id} was reversed {row.n} times")
+    failures += _credits_without_source(conn)
     negative_failures, warnings = _negative_customer_accounts(conn)
     return failures + negative_failures, warnings
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -163,6 +164,8 @@ class Terminal(Base):
     chip_capable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Highest DUKPT transaction counter accepted from this terminal: a KSN at or below it is a replay.
     ksn_counter: Mapped[int | None] = mapped_column(BigInteger)
+    # Which of the counters just below it were used too (processor.ledger.apply.KSN_WINDOW).
+    ksn_window: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -241,6 +244,11 @@ class Auth(Base):
         Index("ix_auths_terminal_id_batch_id", "terminal_id", "batch_id"),
         # Clearing matches a presentment to its authorization by approval code (then RRN, card, amount).
         Index("ix_auths_auth_code", "auth_code"),
+        # Refunds, completions and reversals of one original are summed by it (only those rows carry one).
+        Index(
+            "ix_auths_original_auth_id", "original_auth_id",
+            postgresql_where=text("original_auth_id IS NOT NULL"), sqlite_where=text("original_auth_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

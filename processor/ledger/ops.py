@@ -35,6 +35,9 @@ class Result(StrEnum):
     PIN_TRIES_EXCEEDED = "pin_tries_exceeded"
     AMOUNT_LIMIT = "amount_limit"  # the card's daily or monthly amount limit would be passed
     COUNT_LIMIT = "count_limit"  # the card's daily or monthly number of payments would be passed
+    ABOVE_AUTHORIZED = "above_authorized"  # a completion above the authorized amount and its tolerance
+    ABOVE_ORIGINAL = "above_original"  # a refund or partial reversal above what remains of its original
+    REFUND_LIMIT = "refund_limit"  # an unreferenced refund past its merchant's per-transaction or daily limit
     DECLINED = "declined"  # the engine declined before the store: the answer is the Decline's own code
 
 
@@ -56,6 +59,14 @@ class SpendLimits:
     daily_count: int | None = None
     monthly_minor: int | None = None
     monthly_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundLimits:
+    """What a merchant may refund without naming the purchase: per transaction and per UTC day."""
+
+    per_transaction_minor: int
+    daily_minor: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,14 +129,29 @@ class Debit(Op):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Credit(Op):
-    """Refund: clearing -> account."""
+    """Refund: clearing -> account, at most what remains of the purchase `original_key` names, or within the
+    merchant's `limits` when it names none (refused when it names none and has no limits).
+
+    With post=False (an 0100 refund) the refund is authorized and counted but nothing is credited until
+    its completion (0220) names it.
+    """
+
+    original_key: str | None = None
+    original_rrn: str | None = None  # the purchase's RRN (DE 48 OR), on the same terminal
+    limits: RefundLimits | None = None
+    post: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capture(Op):
-    """0220 completion of the hold placed by `original_key`: post `amount_minor`, release the rest."""
+    """0220 completion of the hold placed by `original_key`: post `amount_minor`, release the rest.
+
+    At most the hold's amount plus `tolerance_pct` percent (a tip, a restaurant bill); above it the
+    completion is refused and the hold left as it was. Completing an authorized refund posts its credit.
+    """
 
     original_key: str
+    tolerance_pct: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

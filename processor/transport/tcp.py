@@ -2,8 +2,14 @@
 
 The server is an asyncio Protocol: bytes are cut into frames as they arrive, each frame becomes one
 task, and its answer is written the moment it is ready. One watchdog per server, ticking a few times a
-second, enforces the idle and per-request deadlines: a request costs no timer of its own, only the loop
+second, enforces the idle, authentication and per-request deadlines: a request costs no timer of its own, only the loop
 time it started at.
+
+Idle sockets cannot lock terminals out: a connection must authenticate (send a message whose MAC verifies)
+within `unauthenticated_timeout_s`; one address holds at most `max_connections_per_peer`; and when a limit
+is reached, the idle connection that least deserves its place (one that never authenticated first, then
+the longest idle) is closed to make room. Only when every connection has a request in flight is a new
+one refused.
 """
 
 from __future__ import annotations
@@ -13,12 +19,21 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from hsm_sim.framing import FrameDecoder, FrameTooLarge, StreamLimits, encode_frame
 
 log = logging.getLogger("processor.transport.tcp")
 
-Handler = Callable[[bytes], Awaitable[bytes | None]]
+# handler(payload, session=connection): the engine marks the session authenticated once one of its
+# messages carried a MAC that verified (`Session.authenticated`).
+Handler = Callable[..., Awaitable[bytes | None]]
+
+
+class Session(Protocol):
+    """What the engine may tell the transport about a connection."""
+
+    authenticated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +42,9 @@ class TcpLimits(StreamLimits):
     terminals per engine process."""
 
     max_connections: int = 512
+    max_connections_per_peer: int = 128
     max_in_flight_per_connection: int = 64
+    unauthenticated_timeout_s: float = 10.0
     handler_timeout_s: float = 10.0
 
 
@@ -43,8 +60,11 @@ class _Connection(asyncio.Protocol):
         self.tasks: dict[asyncio.Task[None], float] = {}  # in flight, with the loop time each started at
         self.timed_out: set[asyncio.Task[None]] = set()
         self.last_active = 0.0
+        self.opened = 0.0
         self.frame_timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.host = "-"
+        self.authenticated = False  # set by the engine once a message of this connection authenticated
 
     # ------------------------------------------------------------ protocol callbacks
 
@@ -52,16 +72,31 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         info = transport.get_extra_info("peername")
         self.peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
-        if len(self.server.connections) >= self.limits.max_connections:
-            self.server.stats["refused"] += 1
-            log.warning("connection limit %d reached: refusing %s", self.limits.max_connections, self.peer)
-            self.closed = True
-            transport.close()
+        self.host = str(info[0]) if isinstance(info, tuple) else str(info)
+        self.opened = self.last_active = asyncio.get_running_loop().time()
+        server, limits = self.server, self.limits
+        same_peer = server.peers.get(self.host, set())
+        if len(same_peer) >= limits.max_connections_per_peer and not server.evict(
+            same_peer, f"{self.host} holds {len(same_peer)} connections (limit {limits.max_connections_per_peer})"
+        ):
+            self._refuse(f"{self.host} already holds {len(same_peer)} busy connections")
             return
-        self.server.connections.add(self)
-        self.server.stats["connections"] += 1
-        transport.set_write_buffer_limits(high=self.limits.write_buffer_high_bytes)
-        self.last_active = asyncio.get_running_loop().time()
+        if len(server.connections) >= limits.max_connections and not server.evict(
+            server.connections, f"connection limit {limits.max_connections} reached"
+        ):
+            self._refuse(f"connection limit {limits.max_connections} reached and every connection is busy")
+            return
+        server.connections.add(self)
+        server.peers.setdefault(self.host, set()).add(self)
+        server.stats["connections"] += 1
+        transport.set_write_buffer_limits(high=limits.write_buffer_high_bytes)
+
+    def _refuse(self, why: str) -> None:
+        self.server.stats["refused"] += 1
+        log.warning("refusing %s: %s", self.peer, why)
+        self.closed = True
+        assert self.transport is not None
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -86,7 +121,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._forget()
+
+    def _forget(self) -> None:
+        """Give this connection's places back (at once, even before the socket has finished closing)."""
         self.server.connections.discard(self)
+        same_peer = self.server.peers.get(self.host)
+        if same_peer is not None:
+            same_peer.discard(self)
+            if not same_peer:
+                del self.server.peers[self.host]
         if self.frame_timer is not None:
             self.frame_timer.cancel()
 
@@ -120,7 +164,7 @@ class _Connection(asyncio.Protocol):
 
     async def _answer(self, payload: bytes) -> None:
         try:
-            answer = await self.server.handler(payload)
+            answer = await self.server.handler(payload, session=self)
         except asyncio.CancelledError:
             if asyncio.current_task() not in self.timed_out:
                 raise
@@ -154,6 +198,13 @@ class _Connection(asyncio.Protocol):
         if not self.tasks and now - self.last_active >= self.limits.idle_timeout_s:
             log.info("%s idle for %.0f s: closing", self.peer, self.limits.idle_timeout_s)
             self.close()
+        elif not self.authenticated and not self.tasks and now - self.opened >= self.limits.unauthenticated_timeout_s:
+            # Its first requests, if any, were answered: none of them authenticated.
+            self.server.stats["unauthenticated"] += 1
+            log.warning(
+                "%s sent no authenticated message within %.1f s: closing", self.peer, self.limits.unauthenticated_timeout_s
+            )
+            self.close()
 
     def _frame_stalled(self) -> None:
         self.frame_timer = None
@@ -168,6 +219,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._forget()
         if self.transport is not None:
             self.transport.close()
 
@@ -186,7 +238,25 @@ class TcpServer:
         self._server: asyncio.base_events.Server | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.connections: set[_Connection] = set()
-        self.stats = {"connections": 0, "refused": 0, "frames": 0, "answers": 0, "bad_frames": 0}
+        self.peers: dict[str, set[_Connection]] = {}
+        self.stats = {
+            "connections": 0, "refused": 0, "evicted": 0, "unauthenticated": 0, "frames": 0, "answers": 0, "bad_frames": 0,
+        }
+
+    def evict(self, candidates: set[_Connection], why: str) -> bool:
+        """Close the idle connection among `candidates` that least deserves its place; False when all are busy.
+
+        Unauthenticated connections go first, then the one idle the longest: a flood of idle sockets makes
+        room for the terminal that comes next instead of locking it out.
+        """
+        idle = [c for c in candidates if not c.tasks and not c.closed]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.authenticated, c.last_active))
+        self.stats["evicted"] += 1
+        log.warning("%s: closing idle %s%s to make room", why, "" if victim.authenticated else "unauthenticated ", victim.peer)
+        victim.close()
+        return True
 
     @property
     def port(self) -> int:
@@ -205,7 +275,8 @@ class TcpServer:
     @property
     def watch_interval_s(self) -> float:
         """How often the watchdog looks: a quarter of the shortest deadline, at most a second."""
-        return min(1.0, self.limits.handler_timeout_s / 4, self.limits.idle_timeout_s / 4)
+        limits = self.limits
+        return min(1.0, limits.handler_timeout_s / 4, limits.idle_timeout_s / 4, limits.unauthenticated_timeout_s / 4)
 
     def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from processor.issuing import ensure_issuer_keys, issue_card, load_issuer_keys
 from processor.issuing.terminals import add_terminal
 from processor.ledger import Store
 from processor.server import RunningEngine, running_engine
+from processor.transport.tcp import TcpLimits
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import CardData, PosTerminal
 
@@ -113,7 +114,9 @@ async def issuer(db_url: str, tmp_path: Path) -> AsyncIterator[Issuer]:
     """The cast's issuer, an engine on a free loopback port, and a terminal connection to it."""
     settings = Settings(db_url=db_url, hsm_url=f"file:{tmp_path / 'hsm.json'}", log_dir=tmp_path)
     cards, accounts, terminals = await build_issuer(settings)
-    async with running_engine(settings) as running:
+    # The fixture's connection may wait a while on a loaded machine before its test sends anything; the
+    # deadline for authenticating is tested on its own (test_connection_limits).
+    async with running_engine(settings, limits=TcpLimits(unauthenticated_timeout_s=300.0)) as running:
         conn = await TerminalConnection.connect("127.0.0.1", running.port, timeout_s=5.0, terminals=list(terminals.values()))
         try:
             yield Issuer(settings, cards, accounts, terminals, running, conn)

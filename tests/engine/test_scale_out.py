@@ -141,10 +141,10 @@ class Engines:
                 process.kill()
 
     def authorizations_logged(self) -> list[int]:
-        """Per engine still running at the end (stopped with SIGTERM, so its buffered log reached the file;
-        a SIGKILLed engine loses the lines it had not flushed yet): how many requests it answered."""
+        """Per engine ever started: how many answers reached its log. An engine stopped with SIGTERM flushed
+        them all; a SIGKILLed one lost what it had buffered (at most the last flush interval's lines)."""
         return [sum(" rc=" in line for line in (self.logs / f"engine-{i}.log").read_text(errors="replace").splitlines())
-                for i in self.log_numbers]
+                for i in range(self.started)]
 
 
 Send = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -192,7 +192,10 @@ async def verify(fleet: Fleet, engines: Engines) -> None:
     codes = Counter(e.answer["39"] for e in fleet.exchanges if e.answer)
     assert set(codes) <= {"00", "51"}, codes
     assert codes["51"] > 0, "the small accounts ran dry: some requests were declined for funds"
-    assert all(n > 0 for n in engines.authorizations_logged()), "every engine answered some requests"
+    # With SO_REUSEPORT or a shared subscription the kernel or broker picks the engine, so an engine started
+    # late may see no traffic at all; what must hold is that the load was shared.
+    answered_by = sum(n > 0 for n in engines.authorizations_logged())
+    assert answered_by >= 2, "the engines shared the load"
 
     expected_ledger = dict(zip(fleet.accounts, DEPOSITS, strict=True))
     expected_held = dict.fromkeys(fleet.accounts, 0)

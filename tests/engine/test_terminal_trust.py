@@ -18,6 +18,7 @@ from processor.config import Settings
 from processor.issuing import load_issuer_keys
 from processor.issuing.terminals import add_terminal
 from processor.ledger import Store
+from processor.ledger.apply import KSN_WINDOW
 from processor.server import running_engine
 from terminal_sim.iso_client import TerminalConnection
 from terminal_sim.pos import PosTerminal
@@ -98,11 +99,22 @@ async def test_a_replayed_pin_block_is_refused_and_changes_nothing(issuer: Issue
     replay = shop.card_request(ada, 400_00, entry="magstripe")
     replay["52"], replay["53"] = first["52"], first["53"]
     assert (await issuer.send(replay))["39"] == "63"
+    # Pipelined requests reach the store in any order: one numbered before an answered one, but never used
+    # itself, is accepted once; its PIN block and KSN in another request are a replay.
     older = shop.card_request(ada, 1_00, entry="magstripe", with_pin=True)
     newer = shop.card_request(ada, 1_00, entry="magstripe", with_pin=True)
     assert (await issuer.send(newer))["39"] == "00"
-    assert (await issuer.send(older))["39"] == "63"
-    assert (await issuer.account("ada")).ledger_minor == 500_00 - 10_00 - 1_00
+    assert (await issuer.send(older))["39"] == "00"
+    lifted = shop.card_request(ada, 1_00, entry="magstripe")
+    lifted["52"], lifted["53"] = older["52"], older["53"]
+    assert (await issuer.send(lifted))["39"] == "63"
+    # A counter never used but further below the highest than the window reaches: refused too.
+    behind = shop.dukpt_counter
+    shop.dukpt_counter += KSN_WINDOW + 10
+    assert (await issuer.send(shop.card_request(ada, 1_00, entry="magstripe", with_pin=True)))["39"] == "00"
+    shop.dukpt_counter = behind
+    assert (await issuer.send(shop.card_request(ada, 1_00, entry="magstripe", with_pin=True)))["39"] == "63"
+    assert (await issuer.account("ada")).ledger_minor == 500_00 - 10_00 - 3 * 1_00
     card = await issuing.cards.get(issuer.running.store, ada.card_id)
     assert card.pin_tries == 0
 

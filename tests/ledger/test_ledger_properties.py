@@ -17,6 +17,7 @@ from processor import ledger
 from processor.ledger import Store, ops
 
 amounts = st.integers(min_value=1, max_value=3_000)
+UNBOUNDED_REFUNDS = ops.RefundLimits(10**12, 10**15)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ModelHold:
     amount: int
     active: bool = True
     reversed: bool = False
+    approved: int = 0  # what the authorization itself approved (increments come on top)
 
 
 @dataclass
@@ -84,7 +86,7 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
             assert (out.rc, out.approved_minor) == (rc, approved)
             if approved:
                 self.held[who.account_id] += approved
-                self.holds[out.idem_key] = ModelHold(who.account_id, approved)
+                self.holds[out.idem_key] = ModelHold(who.account_id, approved, approved=approved)
 
         @rule(data=st.data(), amount=amounts, partial_ok=st.booleans())
         def debit(self, data: Any, amount: int, partial_ok: bool) -> None:
@@ -99,7 +101,7 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
         @rule(data=st.data(), amount=amounts)
         def refund(self, data: Any, amount: int) -> None:
             who = data.draw(st.sampled_from(self.accounts))
-            out = self.submit(op(ops.Credit, who, amount, mti="0200"))
+            out = self.submit(op(ops.Credit, who, amount, mti="0200", limits=UNBOUNDED_REFUNDS))
             assert out.rc == "00"
             self.ledger[who.account_id] += amount
             self.postings[out.idem_key] = ModelPosting(who.account_id, amount, -1)
@@ -112,6 +114,9 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
             out = self.submit(op(ops.Capture, None, amount, mti="0220", original_key=key))
             if not hold.active:
                 assert out.rc == "25"
+                return
+            if amount > hold.amount:
+                assert out.rc == "13", "a completion above the authorized amount is refused, the hold untouched"
                 return
             assert (out.rc, out.approved_minor) == ("00", amount)
             hold.active = False
@@ -139,6 +144,15 @@ def make_machine(loop: asyncio.AbstractEventLoop, store: Store) -> type[RuleBase
         def reverse(self, data: Any, remaining: int | None) -> None:
             key = data.draw(st.sampled_from(sorted(self.holds) + sorted(self.postings)))
             out = self.submit(op(ops.Reverse, None, 0, mti="0400", original_key=key, remaining_minor=remaining))
+            if remaining is not None:
+                if key in self.holds:
+                    hold = self.holds[key]
+                    original, reversed_ = (hold.amount if hold.active else hold.approved), hold.reversed
+                else:
+                    original, reversed_ = self.postings[key].amount, self.postings[key].reversed
+                if not reversed_ and remaining > original:
+                    assert out.rc == "13", "a replacement amount above the original is refused, the original intact"
+                    return
             assert out.rc == "00"
             keep = remaining or 0
             if key in self.holds:
@@ -239,7 +253,7 @@ def test_concurrent_batches_of_random_operations_never_overdraw(db_url: str) -> 
                 operation = {
                     "hold": lambda: op(ops.PlaceHold, who, amount, partial_ok=partial_ok),
                     "debit": lambda: op(ops.Debit, who, amount, mti="0200", partial_ok=partial_ok),
-                    "credit": lambda: op(ops.Credit, who, amount, mti="0200"),
+                    "credit": lambda: op(ops.Credit, who, amount, mti="0200", limits=UNBOUNDED_REFUNDS),
                     "capture": lambda: op(ops.Capture, None, amount, original_key=original),
                     "increment": lambda: op(ops.Increment, None, amount, original_key=original, partial_ok=partial_ok),
                     "reverse": lambda: op(ops.Reverse, None, 0, original_key=original, remaining_minor=amount // 2),

@@ -20,6 +20,7 @@ import processor.ledger.outbox  # noqa: F401
 import processor.savings.models  # noqa: F401
 import processor.issuing.controls  # noqa: F401  (card controls; the spend totals are processor.ledger.spend)
 import processor.ledger.spend  # noqa: F401
+import processor.ledger.refunds  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata
