@@ -31,6 +31,8 @@ _FIND = select(i.id, i.request_hash, i.state, i.status_code, i.body, i.created_a
     i.principal == bindparam("p"), i.key == bindparam("k")
 )
 _INSERT = insert(idempotency)
+_FIND_MANY = select(i.principal, i.key, i.request_hash, i.state, i.status_code, i.body).where(
+    tuple_(i.principal, i.key).in_(bindparam("pairs", expanding=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +79,7 @@ def stored_many(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[st
     """Rows of several (principal, key) pairs at once (for batches)."""
     if not pairs:
         return {}
-    rows = conn.execute(
-        select(i.principal, i.key, i.request_hash, i.state, i.status_code, i.body).where(tuple_(i.principal, i.key).in_(pairs))
-    )
+    rows = conn.execute(_FIND_MANY, {"pairs": pairs})
     return {(r.principal, r.key): r for r in rows}
 
 

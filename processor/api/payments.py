@@ -5,9 +5,12 @@ ONE store transaction, then answers: each payment is durable before its answer, 
 payments. Each transfer runs under a savepoint, so one refused payment leaves its neighbours alone. Its
 Idempotency-Key record and its feed events are written in the same transaction as the money.
 
-Funds are taken by one conditional UPDATE (open and enough available), the per-day totals by one
-conditional upsert, so no interleaving of requests, writers or processes can overdraw an account or pass a
-limit. On PostgreSQL a batch locks its accounts in id order first, as the authorization hot path does.
+A batch reads the balances and per-day totals of every account it touches once, while it alone may change
+them (SQLite: the write lock taken at BEGIN IMMEDIATE; PostgreSQL: the accounts locked FOR UPDATE in id
+order, as the authorization hot path does), decides each transfer in order in memory, and writes the net
+change of each account and each day's totals in one statement each. So no interleaving of requests,
+writers or processes can overdraw an account or pass a limit, and a payment costs a few rows, not a few
+statements.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from processor.issuing import config
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
-from processor.api.models import conversation_items, p2p_daily, payment_requests, tokens
+from processor.api.models import conversation_items, conversations, p2p_daily, payment_requests, tokens
 from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
 from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
-from processor.ledger.spend import capped_increment
+from processor.ledger.rows import insert_rows
 from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
@@ -43,20 +48,13 @@ DEFAULT_DAILY_COUNT = 100
 
 a, it, rq, pd, ch = accounts.c, conversation_items.c, payment_requests.c, p2p_daily.c, cardholders.c
 
-_TAKE = (
+_BALANCES = select(a.id, a.status, a.ledger_minor, a.held_minor).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id)
+_LOCKED_BALANCES = _BALANCES.with_for_update()
+_MOVE = (
     update(accounts)
-    .where(a.id == bindparam("aid"), a.status == "open", a.ledger_minor - a.held_minor >= bindparam("amt"))
-    .values(ledger_minor=a.ledger_minor - bindparam("amt"))
-    .returning(a.ledger_minor, a.held_minor)
+    .where(a.id == bindparam("aid"), a.ledger_minor == bindparam("was"))
+    .values(ledger_minor=a.ledger_minor + bindparam("delta"))
 )
-_GIVE = (
-    update(accounts)
-    .where(a.id == bindparam("aid"), a.status == "open")
-    .values(ledger_minor=a.ledger_minor + bindparam("amt"))
-    .returning(a.ledger_minor)
-)
-_INS_ITEM = insert(conversation_items).returning(it.id)
-_LOCK = select(a.id).where(a.id.in_(bindparam("ids", expanding=True))).order_by(a.id).with_for_update()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,19 +95,28 @@ def check_amount(amount_minor: int, currency: str) -> None:
 
 # ------------------------------------------------------------------ the batch (inside one transaction)
 
-_UNDO_TAKE = update(accounts).where(a.id == bindparam("aid")).values(ledger_minor=a.ledger_minor + bindparam("amt"))
-_LIMIT_ROW = select(pd.sent_minor, pd.sent_count).where(pd.account_id == bindparam("aid"), pd.day == bindparam("day"))
-_LIMIT_UNDO = (
-    update(p2p_daily)
-    .where(pd.account_id == bindparam("undo_aid"), pd.day == bindparam("undo_day"))
-    .values(sent_minor=pd.sent_minor - bindparam("undo_amt"), sent_count=pd.sent_count - 1)
-)
+_SENT = select(pd.account_id, pd.sent_minor, pd.sent_count).where(pd.day == bindparam("day"), pd.account_id.in_(bindparam("ids", expanding=True)))
 
 
-_LIMIT_UPSERT = capped_increment(p2p_daily, ("account_id", "day"), "sent_minor", "sent_count")
-_INS_ENTRIES = insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True)
-_INS_POSTINGS = insert(postings)
-_INS_ITEMS = insert(conversation_items).returning(it.id, sort_by_parameter_order=True)
+def _sent_upsert(insert_: Any) -> Any:
+    stmt = insert_(p2p_daily).values(account_id=bindparam("aid"), day=bindparam("day"), sent_minor=bindparam("sent"), sent_count=bindparam("cnt"))
+    return stmt.on_conflict_do_update(index_elements=[pd.account_id, pd.day], set_={"sent_minor": stmt.excluded.sent_minor, "sent_count": stmt.excluded.sent_count})
+
+
+_SENT_UPSERT = {"sqlite": _sent_upsert(sqlite_insert), "postgresql": _sent_upsert(pg_insert)}
+
+
+def new_ids(conn: Connection, table: str, count: int) -> list[int]:
+    """`count` fresh ids for `table`'s integer key, taken before one multi-row INSERT that names them.
+
+    (An INSERT ... RETURNING that must give ids in row order runs one statement per row on SQLite.) SQLite:
+    this transaction holds the write lock, so the ids after the highest are free. PostgreSQL: the table's sequence.
+    """
+    if conn.dialect.name == "postgresql":
+        sql = f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, {count:d})"
+        return list(conn.exec_driver_sql(sql).scalars())
+    top = conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table}").scalar_one()
+    return list(range(top + 1, top + 1 + count))
 _PAY_REQUEST = (
     update(payment_requests)
     .where(rq.id == bindparam("rid"), rq.status == "open")
@@ -122,8 +129,9 @@ _CHECKINGS = (
     .where(a.cardholder_id.in_(bindparam("ids", expanding=True)), a.kind == "checking", a.status != "closed")
     .order_by(a.id)
 )
+_CONVERSATIONS = select(conversations.c.id, conversations.c.low_id, conversations.c.high_id).where(
+    tuple_(conversations.c.low_id, conversations.c.high_id).in_(bindparam("pairs", expanding=True)))
 _ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
-_STATUSES = select(a.id, a.status).where(a.id.in_(bindparam("ids", expanding=True)))
 _LIVE_TOKENS = select(tokens.c.token_hash).where(
     tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), tokens.c.kind == "access",
     tokens.c.revoked_at.is_(None), tokens.c.expires_at > bindparam("now"),
@@ -165,18 +173,29 @@ class _SamePayment:
 
 
 @dataclass(slots=True)
+class _Balance:
+    """An account as this batch sees it: read once under the batch's lock, changed in memory, written at the end."""
+
+    status: str
+    ledger_minor: int
+    held_minor: int
+    read_ledger_minor: int
+
+
+@dataclass(slots=True)
 class _Batch:
     """What one batch knows after its few look-ups: the people, their accounts and the requests it names."""
 
     now: dt.datetime
     limits: Limits
-    limit_stmt: Any
     handles: dict[str, int]
     names: dict[int, str]
     checking: dict[tuple[int, str], Any]
     accounts: dict[int, Any]
     requests: dict[int, Any]
-    status: dict[int, str]
+    balances: dict[int, _Balance]
+    sent: dict[int, list[int]]  # payer account id -> [sent_minor, sent_count] today, as read
+    sent_changed: set[int]
     events: list[dict[str, Any]]
     paying: dict[int, int]  # request id -> index in `moved` of the payment paying it in this batch
 
@@ -200,14 +219,17 @@ def _load(conn: Connection, batch: Sequence[Transfer], now: dt.datetime, limits:
         checking.setdefault((row.cardholder_id, row.currency), row)
     own_ids = sorted({x for t in batch if t.kind == "own" for x in (t.from_account_id, t.to_account_id) if x is not None})
     own = {r.id: r for r in conn.execute(_ACCOUNTS, {"ids": own_ids})} if own_ids else {}
-    status = {r.id: r.status for r in checking.values()} | {r.id: r.status for r in own.values()}
-    if conn.dialect.name == "postgresql" and status:
-        # Lock every account the batch may touch in id order (parallel batches queue instead of deadlocking),
-        # then read their status again: it may have changed before the lock was ours.
-        conn.execute(_LOCK, {"ids": sorted(status)})
-        status = {r.id: r.status for r in conn.execute(_STATUSES, {"ids": sorted(status)})}
-    dialect = "sqlite" if conn.dialect.name == "sqlite" else "postgresql"
-    return _Batch(now, limits, _LIMIT_UPSERT[dialect], by_handle, names, checking, own, requests, status, [], {})
+    touched = sorted({r.id for r in checking.values()} | {r.id for r in own.values()})
+    balances: dict[int, _Balance] = {}
+    if touched:
+        # PostgreSQL: lock every account the batch may touch in id order (parallel batches queue instead of
+        # deadlocking) and read them under the lock. SQLite: this transaction holds the write lock already.
+        query = _LOCKED_BALANCES if conn.dialect.name == "postgresql" else _BALANCES
+        balances = {r.id: _Balance(r.status, r.ledger_minor, r.held_minor, r.ledger_minor) for r in conn.execute(query, {"ids": touched})}
+    payer_ids = {t.payer_id for t in batch if t.kind == "p2p"}
+    payers = sorted({row.id for (cid, _), row in checking.items() if cid in payer_ids})
+    sent = {r.account_id: [r.sent_minor, r.sent_count] for r in conn.execute(_SENT, {"day": now.date(), "ids": payers})} if payers else {}
+    return _Batch(now, limits, by_handle, names, checking, own, requests, balances, sent, set(), [], {})
 
 
 def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits) -> list[idem.Answer]:
@@ -246,6 +268,7 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
         if isinstance(result, _Moved):
             moved.append(result)
         answers.append(result)
+    _write_balances(conn, b)
     _write_moved(conn, b, moved)
     final: list[idem.Answer] = []
     records = []
@@ -264,43 +287,61 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
         if fresh.get((t.principal, t.idem_key), ("", -1))[1] == index:  # answered here, not read back
             records.append(idem.record_row(t.principal, t.idem_key, t.rhash, final[-1], now))
     if records:
-        conn.execute(insert(idem.idempotency), records)
+        insert_rows(conn, idem.idempotency, records)
     write_events(conn, b.events)
     return final
 
 
-def _count_against_limits(conn: Connection, b: _Batch, account_id: int, amount_minor: int) -> None:
+def _check_limits(b: _Batch, account_id: int, amount_minor: int) -> list[int]:
+    """The payer's totals today, when `amount_minor` more stays within the per-day limits; else the refusal."""
     limit_minor, limit_count = b.limits.daily_minor, b.limits.daily_count
     if amount_minor > limit_minor:
         raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
                        details={"limit_minor": limit_minor})
-    day = b.now.date()
-    params = {"k1": account_id, "k2": day, "amt": amount_minor, "max_amt": limit_minor, "max_cnt": limit_count}
-    if conn.execute(b.limit_stmt, params).first() is not None:
-        return
-    row = conn.execute(_LIMIT_ROW, {"aid": account_id, "day": day}).one()
-    if row.sent_count + 1 > limit_count:
+    sent = b.sent.setdefault(account_id, [0, 0])
+    if sent[1] + 1 > limit_count:
         raise ApiError("daily_count_exceeded", f"at most {limit_count} payments to people a day",
-                       details={"limit_count": limit_count, "sent_count": row.sent_count})
-    raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
-                   details={"limit_minor": limit_minor, "sent_minor": row.sent_minor})
+                       details={"limit_count": limit_count, "sent_count": sent[1]})
+    if sent[0] + amount_minor > limit_minor:
+        raise ApiError("daily_limit_exceeded", f"the per-day limit for payments to people is {limit_minor} minor units",
+                       details={"limit_minor": limit_minor, "sent_minor": sent[0]})
+    return sent
 
 
-def _take(conn: Connection, b: _Batch, account_id: int, amount_minor: int) -> Any:
-    row = conn.execute(_TAKE, {"aid": account_id, "amt": amount_minor}).first()
-    if row is not None:
-        return row
-    if b.status.get(account_id) != "open":
-        raise ApiError("account_not_open", f"your account {account_id} is {b.status.get(account_id)}: it can neither send nor receive")
-    raise ApiError("insufficient_funds", f"account {account_id} does not have {amount_minor} minor units available")
+def _take(b: _Batch, account_id: int, amount_minor: int) -> tuple[int, int]:
+    """Take `amount_minor` from an open account with enough available; its (ledger, held) afterwards."""
+    bal = b.balances[account_id]
+    if bal.status != "open":
+        raise ApiError("account_not_open", f"your account {account_id} is {bal.status}: it can neither send nor receive")
+    if bal.ledger_minor - bal.held_minor < amount_minor:
+        raise ApiError("insufficient_funds", f"account {account_id} does not have {amount_minor} minor units available")
+    bal.ledger_minor -= amount_minor
+    return bal.ledger_minor, bal.held_minor
 
 
-def _give(conn: Connection, account_id: int, amount_minor: int) -> Any:
-    row = conn.execute(_GIVE, {"aid": account_id, "amt": amount_minor}).first()
-    if row is None:
-        # The status was read open in this transaction (and locked on PostgreSQL): try the batch again.
-        raise Conflict(f"account {account_id} changed during the batch")
-    return row
+def _give(b: _Batch, account_id: int, amount_minor: int) -> tuple[int, int]:
+    bal = b.balances[account_id]
+    if bal.status != "open":
+        raise LedgerBug(f"account {account_id} is {bal.status} but was checked open")
+    bal.ledger_minor += amount_minor
+    return bal.ledger_minor, bal.held_minor
+
+
+def _write_balances(conn: Connection, b: _Batch) -> None:
+    """Each changed account's net change, and each payer's totals today, one statement each for the batch."""
+    moves = [{"aid": aid, "was": bal.read_ledger_minor, "delta": bal.ledger_minor - bal.read_ledger_minor}
+             for aid, bal in sorted(b.balances.items()) if bal.ledger_minor != bal.read_ledger_minor]
+    if sum(m["delta"] for m in moves) != 0:
+        raise LedgerBug("the batch's account changes do not sum to zero")
+    if moves:
+        changed = conn.execute(_MOVE, moves).rowcount
+        if conn.dialect.supports_sane_multi_rowcount and changed != len(moves):
+            # Nobody else may change these accounts during the batch (write lock / row locks): retry the batch.
+            raise Conflict("an account changed during the batch")
+    if b.sent_changed:
+        day = b.now.date()
+        rows = [{"aid": aid, "day": day, "sent": b.sent[aid][0], "cnt": b.sent[aid][1]} for aid in sorted(b.sent_changed)]
+        conn.execute(_SENT_UPSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"], rows)
 
 
 def _p2p(conn: Connection, b: _Batch, t: Transfer, moved: list[_Moved]) -> idem.Answer | _Moved | _SamePayment:
@@ -335,17 +376,16 @@ def _p2p(conn: Connection, b: _Batch, t: Transfer, moved: list[_Moved]) -> idem.
     payee = b.checking_of(payee_id, currency)
     if payee is None:
         raise ApiError("recipient_not_found", f"the recipient has no account in {currency}")
-    if b.status[payer.id] != "open":
-        raise ApiError("account_not_open", f"your account {payer.id} is {b.status[payer.id]}: it can neither send nor receive")
-    if b.status[payee.id] != "open":
+    if (status := b.balances[payer.id].status) != "open":
+        raise ApiError("account_not_open", f"your account {payer.id} is {status}: it can neither send nor receive")
+    if b.balances[payee.id].status != "open":
         raise ApiError("recipient_cannot_receive", "the recipient's account cannot receive payments now")
-    _count_against_limits(conn, b, payer.id, amount_minor)
-    try:
-        after = _take(conn, b, payer.id, amount_minor)
-    except ApiError:
-        conn.execute(_LIMIT_UNDO, {"undo_aid": payer.id, "undo_day": b.now.date(), "undo_amt": amount_minor})
-        raise
-    _give(conn, payee.id, amount_minor)
+    sent = _check_limits(b, payer.id, amount_minor)
+    after = _take(b, payer.id, amount_minor)
+    _give(b, payee.id, amount_minor)
+    sent[0] += amount_minor
+    sent[1] += 1
+    b.sent_changed.add(payer.id)
     if request is not None:
         b.paying[request.id] = len(moved)
     return _Moved(t, payer.id, payee.id, amount_minor, currency, note, payee_id, after)
@@ -366,10 +406,10 @@ def _own(conn: Connection, b: _Batch, t: Transfer) -> _Moved:
     if source.currency != target.currency:
         raise ApiError("currency_mismatch", f"account {source.id} is in {source.currency}, account {target.id} in {target.currency}")
     for row in (source, target):
-        if b.status[row.id] != "open":
-            raise ApiError("account_not_open", f"account {row.id} is {b.status[row.id]}")
-    after = _take(conn, b, source.id, t.amount_minor)
-    target_after = _give(conn, target.id, t.amount_minor)
+        if (status := b.balances[row.id].status) != "open":
+            raise ApiError("account_not_open", f"account {row.id} is {status}")
+    after = _take(b, source.id, t.amount_minor)
+    target_after = _give(b, target.id, t.amount_minor)
     return _Moved(t, source.id, target.id, t.amount_minor, source.currency, t.note, None, after, target_after)
 
 
@@ -377,13 +417,12 @@ def _write_moved(conn: Connection, b: _Batch, moved: list[_Moved]) -> None:
     """One multi-row INSERT each for the batch's journal entries, postings and conversation items."""
     if not moved:
         return
-    entry_ids = conn.execute(_INS_ENTRIES, [
-        {"kind": "p2p" if m.t.kind == "p2p" else "transfer", "reference": f"{m.t.kind} {m.t.principal} {m.t.idem_key}"[:200],
-         "auth_id": None, "forced": False, "created_at": b.now}
-        for m in moved
-    ]).scalars().all()
-    if len(entry_ids) != len(moved):
-        raise LedgerBug(f"{len(moved)} journal entries written but {len(entry_ids)} ids returned")
+    entry_ids = new_ids(conn, "journal_entries", len(moved))
+    insert_rows(conn, journal_entries, [
+        {"id": entry_id, "kind": "p2p" if m.t.kind == "p2p" else "transfer",
+         "reference": f"{m.t.kind} {m.t.principal} {m.t.idem_key}"[:200], "auth_id": None, "forced": False, "created_at": b.now}
+        for m, entry_id in zip(moved, entry_ids, strict=True)
+    ])
     lines = []
     for m, entry_id in zip(moved, entry_ids, strict=True):
         m.entry_id = entry_id
@@ -391,18 +430,19 @@ def _write_moved(conn: Connection, b: _Batch, moved: list[_Moved]) -> None:
                   {"entry_id": entry_id, "account_id": m.target, "amount_minor": m.amount_minor, "currency": m.currency}]
     if sum(line["amount_minor"] for line in lines) != 0:
         raise LedgerBug("transfer postings do not balance")
-    conn.execute(_INS_POSTINGS, lines)
+    insert_rows(conn, postings, lines)
     payments = [m for m in moved if m.t.kind == "p2p"]
     if not payments:
         return
     pairs = {(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id)) for m in payments if m.payee_id is not None}
     conversations = conversations_of(conn, pairs, b.now)
-    item_ids = conn.execute(_INS_ITEMS, [
-        {"conversation_id": conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))], "kind": "payment",
-         "sender_id": m.t.payer_id, "text": m.note, "amount_minor": m.amount_minor, "currency": m.currency,
+    item_ids = new_ids(conn, "conversation_items", len(payments))
+    insert_rows(conn, conversation_items, [
+        {"id": item_id, "conversation_id": conversations[(min(m.t.payer_id, m.payee_id), max(m.t.payer_id, m.payee_id))],
+         "kind": "payment", "sender_id": m.t.payer_id, "text": m.note, "amount_minor": m.amount_minor, "currency": m.currency,
          "entry_id": m.entry_id, "request_id": m.t.request_id, "created_at": b.now}
-        for m in payments
-    ]).scalars().all()
+        for m, item_id in zip(payments, item_ids, strict=True)
+    ])
     for m, item_id in zip(payments, item_ids, strict=True):
         m.item_id = item_id
         assert m.payee_id is not None
@@ -426,7 +466,7 @@ def _payment_body(b: _Batch, m: _Moved, *, with_balance: bool) -> dict[str, Any]
         "created_at": b.now.isoformat(),
     }
     if with_balance:
-        body["balance"] = {"account_id": m.source, "ledger_minor": after.ledger_minor, "available_minor": after.ledger_minor - after.held_minor}
+        body["balance"] = {"account_id": m.source, "ledger_minor": after[0], "available_minor": after[0] - after[1]}
     return body
 
 
@@ -436,7 +476,7 @@ def _moved_answer(b: _Batch, m: _Moved) -> idem.Answer:
         transfer = {
             "id": m.entry_id, "from_account_id": m.source, "to_account_id": m.target, "amount_minor": m.amount_minor,
             "currency": m.currency, "note": m.note, "created_at": b.now.isoformat(),
-            "from_balance_minor": after.ledger_minor, "to_balance_minor": target_after.ledger_minor,
+            "from_balance_minor": after[0], "to_balance_minor": target_after[0],
         }
         b.events.append(cardholder_event(m.t.payer_id, "transfer.completed", transfer, b.now))
         return idem.Answer(201, transfer)
@@ -450,15 +490,11 @@ def _moved_answer(b: _Batch, m: _Moved) -> idem.Answer:
 
 def conversations_of(conn: Connection, pairs: set[tuple[int, int]], now: dt.datetime) -> dict[tuple[int, int], int]:
     """The conversation id of each (low, high) cardholder pair, creating the missing ones."""
-    from processor.api.models import conversations
-
-    cv = conversations.c
-    found = {(r.low_id, r.high_id): r.id for r in conn.execute(
-        select(cv.id, cv.low_id, cv.high_id).where(tuple_(cv.low_id, cv.high_id).in_(sorted(pairs))))}
+    found = {(r.low_id, r.high_id): r.id for r in conn.execute(_CONVERSATIONS, {"pairs": sorted(pairs)})}
     missing = sorted(pairs - set(found))
     if missing:
-        ids = conn.execute(insert(conversations).returning(cv.id, sort_by_parameter_order=True),
-                           [{"low_id": lo, "high_id": hi, "created_at": now} for lo, hi in missing]).scalars().all()
+        ids = new_ids(conn, "conversations", len(missing))
+        conn.execute(insert(conversations), [{"id": i, "low_id": lo, "high_id": hi, "created_at": now} for i, (lo, hi) in zip(ids, missing, strict=True)])
         found.update(zip(missing, ids, strict=True))
     return found
 

@@ -4,11 +4,14 @@ Writers call `write_events(conn, [...])` inside their own transaction, so an eve
 change committed. Readers (the API's live feed, the MQTT publisher) read `after(position)` and remember the
 highest id they handed on; delivery is at least once, and a consumer drops an id it has already seen.
 
-Ids become visible in increasing order, which is what lets a position be one number:
+A position can be one number because `read_after` never hands out an id while a smaller one may still
+commit:
 - SQLite has one writer at a time, so ids are given and committed in the same order.
-- PostgreSQL takes a transaction-scoped advisory lock just before inserting events. It is held until the
-  commit, so a transaction that got smaller ids has committed before the next one can take any.
-  Keep event writes the last statements of a transaction: the lock serializes only from there to the commit.
+- PostgreSQL writers do not wait for each other (no lock orders them); each event row's xmin is an xid
+  assigned after its id (see `processor.ledger.outbox`). An event is handed out when every id between the
+  reader's position and it is visible, or when no transaction older than its xmin is still running (the
+  reading statement's own snapshot xmin), so no smaller id can still commit. Otherwise the read stops just
+  before it, and a later read returns it, after the smaller ids that committed meanwhile.
 
 Envelope (JSON, `schema_version` 1), the same on every consumer:
 
@@ -24,12 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, update
 
 from processor.ledger.outbox import (
     EVENT_TYPES,
     MAX_DATA_CHARS,
-    OUTBOX_LOCK,
     READ_LIMIT_MAX,
     SCHEMA_VERSION,
     cardholder_event,
@@ -41,14 +43,20 @@ from processor.ledger.outbox import (
 from processor.ledger.models import utcnow
 
 e = events.c
-_AFTER = (
-    select(e.id, e.audience, e.cardholder_id, e.type, e.data, e.created_at)
-    .where(e.id > bindparam("after"))
-    .order_by(e.id)
-    .limit(bindparam("limit"))
-)
+_COLUMNS = (e.id, e.audience, e.cardholder_id, e.type, e.data, e.created_at)
+_AFTER = select(*_COLUMNS).where(e.id > bindparam("after")).order_by(e.id).limit(bindparam("limit"))
 _AFTER_FOR = (
-    select(e.id, e.audience, e.cardholder_id, e.type, e.data, e.created_at)
+    select(*_COLUMNS).where(e.cardholder_id == bindparam("cid"), e.id > bindparam("after")).order_by(e.id).limit(bindparam("limit"))
+)
+# PostgreSQL: each row with the (32-bit) xid that inserted it, and the xmin and xmax of the very snapshot that found it.
+_SETTLED = (
+    literal_column("events.xmin::text::bigint").label("row_xid"),
+    literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint").label("running_xmin"),
+    literal_column("pg_snapshot_xmax(pg_current_snapshot())::text::bigint").label("next_xid"),
+)
+_PG_AFTER = select(*_COLUMNS, *_SETTLED).where(e.id > bindparam("after")).order_by(e.id).limit(bindparam("limit"))
+_PG_AFTER_FOR = (
+    select(*_COLUMNS, *_SETTLED)
     .where(e.cardholder_id == bindparam("cid"), e.id > bindparam("after"))
     .order_by(e.id)
     .limit(bindparam("limit"))
@@ -88,11 +96,38 @@ def _event(row: Any) -> Event:
 def read_after(conn: Connection, after_id: int, limit: int = 500, *, cardholder_id: int | None = None) -> list[Event]:
     """Committed events with id > after_id, oldest first (only one cardholder's when given)."""
     limit = max(1, min(limit, READ_LIMIT_MAX))
+    if conn.dialect.name == "postgresql":
+        return _settled(conn, after_id, limit, cardholder_id)
     if cardholder_id is None:
         rows = conn.execute(_AFTER, {"after": after_id, "limit": limit})
     else:
         rows = conn.execute(_AFTER_FOR, {"cid": cardholder_id, "after": after_id, "limit": limit})
     return [_event(r) for r in rows]
+
+
+def _full_xid(xid32: int, next_xid: int) -> int:
+    """A row's 32-bit xid as the 64-bit one (epoch included), knowing it is below the snapshot's xmax."""
+    full = (next_xid & ~0xFFFFFFFF) | xid32
+    return full - (1 << 32) if full > next_xid else full
+
+
+def _settled(conn: Connection, after_id: int, limit: int, cardholder_id: int | None) -> list[Event]:
+    """PostgreSQL: the rows after `after_id` up to the first one a smaller, still uncommitted id may precede."""
+    if cardholder_id is None:
+        rows = conn.execute(_PG_AFTER, {"after": after_id, "limit": limit})
+    else:
+        rows = conn.execute(_PG_AFTER_FOR, {"cid": cardholder_id, "after": after_id, "limit": limit})
+    out: list[Event] = []
+    previous = after_id
+    for row in rows:
+        # Every id between the position and this row was seen (the whole feed only), or the xid that wrote it is
+        # behind every running transaction: nothing below it can still appear.
+        contiguous = cardholder_id is None and row.id == previous + 1
+        if not contiguous and _full_xid(row.row_xid, row.next_xid) > row.running_xmin:
+            break
+        out.append(_event(row))
+        previous = row.id
+    return out
 
 
 def read_for(conn: Connection, cardholder_id: int, after_id: int, limit: int = 500) -> list[Event]:
@@ -101,7 +136,7 @@ def read_for(conn: Connection, cardholder_id: int, after_id: int, limit: int = 5
 
 
 def last_id(conn: Connection) -> int:
-    """The highest committed event id (0 when there is none)."""
+    """The highest committed event id (0 when there is none): where a consumer that wants only new events starts."""
     return int(conn.execute(select(func.coalesce(func.max(e.id), 0))).scalar_one())
 
 

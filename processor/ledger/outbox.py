@@ -4,11 +4,15 @@ Writers (the hot path's batches, the card lifecycle, the money app, savings) cal
 inside their own transaction, so an event exists exactly when its change committed; `processor.events`
 reads them back for the feed and the other consumers.
 
-Ids become visible in increasing order, which is what lets a consumer's position be one number:
+A consumer's position is one number, the last event id it handed on; readers (`processor.events.read_after`)
+never hand out an id while a smaller one may still commit:
 - SQLite has one writer at a time, so ids are given and committed in the same order.
-- PostgreSQL takes a transaction-scoped advisory lock just before inserting events. It is held until the
-  commit, so a transaction that got smaller ids has committed before the next one can take any.
-  Keep event writes the last statements of a transaction: the lock serializes only from there to the commit.
+- PostgreSQL writers do not wait for each other. A writer makes sure its transaction has an xid, takes its
+  ids from the sequence, then inserts the events in a subtransaction (a savepoint, released at once): the
+  rows' xmin is then an xid assigned after the ids were taken, above the xid of every transaction that
+  could hold a smaller id. A reader hands out an event when every id below it is settled: the ids between
+  its position and the event are all visible, or no transaction older than the event's xmin is still
+  running (its snapshot's xmin), so a missing smaller id was rolled back and never appears.
 
 Card traffic: `card_events` turns the auths rows a hot-path batch answered into one event each for the
 cardholder, `card.authorization` (approved or declined, merchant and amount) and `card.reversal`.
@@ -25,6 +29,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Connection, ForeignKey, Index, String, Text, bindparam, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from processor.ledger.rows import insert_rows
 from processor.ledger.models import Base, Id, UtcDateTime, accounts, cards, merchants, terminals, utcnow
 
 class Event(Base):
@@ -62,7 +67,6 @@ event_consumers = EventConsumer.__table__
 
 _INSERT_EVENTS = insert(events)  # built once: the hot path's driver compiles each statement once
 SCHEMA_VERSION = 1
-OUTBOX_LOCK = 0x6F757462  # "outb"
 READ_LIMIT_MAX = 1000
 MAX_DATA_CHARS = 8000
 
@@ -103,13 +107,27 @@ def _row(audience: str, cardholder_id: int | None, type_: str, data: dict[str, A
     return {"audience": audience, "cardholder_id": cardholder_id, "type": type_, "data": text, "created_at": now}
 
 
+# The WHERE's uncorrelated subquery runs once, before the first row's nextval: the xid comes first.
+_PG_IDS = "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, {n:d}) WHERE (SELECT pg_current_xact_id() IS NOT NULL)"
+_PG_SAVEPOINT = "SAVEPOINT outbox_events"
+_PG_RELEASE = "RELEASE SAVEPOINT outbox_events"
+
+
 def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events inside the caller's transaction (ideally its last statements; see the module's note)."""
+    """Insert events inside the caller's transaction (see the module's note for PostgreSQL)."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})")
-    conn.execute(_INSERT_EVENTS, list(rows))
+    if conn.dialect.name != "postgresql":
+        insert_rows(conn, events, rows)
+        return
+    # The xid first (a transaction without one would not show as running while it holds ids), then the ids,
+    # then the rows under a subtransaction whose xid is newer than both.
+    ids = conn.exec_driver_sql(_PG_IDS.format(n=len(rows))).scalars().all()
+    if len(ids) != len(rows):
+        raise RuntimeError(f"{len(rows)} event ids asked for, {len(ids)} given")
+    conn.exec_driver_sql(_PG_SAVEPOINT)
+    conn.execute(_INSERT_EVENTS, [row | {"id": event_id} for row, event_id in zip(rows, ids, strict=True)])
+    conn.exec_driver_sql(_PG_RELEASE)
 
 
 # ------------------------------------------------------------------ card traffic
