@@ -550,9 +550,10 @@ class Engine:
     async def _authenticate(self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal) -> str | None:
         """Why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None."""
         if sender.bdk_kcv is None:
+            # A terminal row without a key (one written straight into the store) can prove nothing: refused.
             if sender.network is not None:
                 return "the network has no key registered: register it again (`processor settle network add`)"
-            return None
+            return "the terminal has no key registered: register it with `processor terminal add`"
         if req.ksn is None:
             return "no key serial number (DE 53): every message is MACed under the terminal's DUKPT key"
         if not sender.initial_ksn or not same_key_serial(req.ksn, sender.initial_ksn):

@@ -84,3 +84,18 @@ async def test_a_captured_message_sent_again_gets_its_first_answer_and_nothing_m
 async def test_the_key_loading_device_gets_the_ipek_and_initial_ksn(issuer: Issuer) -> None:
     shop = issuer.terminals["shop"]
     assert shop.ipek and len(shop.ipek) == 32 and shop.initial_ksn and len(shop.initial_ksn) == 20
+
+
+async def test_a_terminal_registered_without_a_key_is_refused_even_unmaced(issuer: Issuer) -> None:
+    from processor import issuing
+
+    shop, ada = issuer.terminals["shop"], issuer.cards["ada"]
+    await issuing.terminals.create(issuer.running.store, terminal_id="KEYLESS1", merchant_id=shop.merchant_id)
+    keyless = dataclasses.replace(shop, terminal_id="KEYLESS1")
+    before = await recorded(issuer)
+    for request in (keyless.card_request(ada, 5_00, entry="magstripe"), keyless.echo()):
+        answer = await raw_exchange(issuer, encode({k: v for k, v in request.items() if k not in ("53", "64", "128")}))
+        assert answer["39"] == "63"
+        assert "64" not in answer and "128" not in answer
+    assert await recorded(issuer) == before
+    assert (await issuer.account("ada")).ledger_minor == 500_00
