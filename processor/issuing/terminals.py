@@ -97,12 +97,7 @@ async def add_terminal(
     chip_capable: bool = True,
 ) -> RegisteredTerminal:
     """Register a terminal (and its merchant when new), and derive its IPEK for injection."""
-    if not 1 <= len(terminal_id) <= 8:
-        raise InvalidRequest("terminal id (DE 41) must be 1 to 8 characters")
-    if not 1 <= len(merchant_id) <= 15:
-        raise InvalidRequest("merchant id (DE 42) must be 1 to 15 characters")
-    if not (len(mcc) == 4 and mcc.isdigit()):
-        raise InvalidRequest("MCC must be 4 digits")
+    check_terminal_fields(terminal_id, merchant_id, mcc)
     ksn = await allocate_initial_ksn(store, keys)
     if await merchants.get(store, merchant_id) is None:
         await merchants.add(store, merchant_id=merchant_id, name=name, location=location, mcc=mcc)
@@ -127,6 +122,16 @@ async def add_terminal(
         ipek=ipek,
         chip_capable=chip_capable,
     )
+
+
+def check_terminal_fields(terminal_id: str, merchant_id: str, mcc: str) -> None:
+    """Refuse a DE 41, DE 42 or MCC that cannot go on the wire, before anything is written."""
+    if not 1 <= len(terminal_id) <= 8:
+        raise InvalidRequest("terminal id (DE 41) must be 1 to 8 characters")
+    if not 1 <= len(merchant_id) <= 15:
+        raise InvalidRequest("merchant id (DE 42) must be 1 to 15 characters")
+    if not (len(mcc) == 4 and mcc.isdigit()):
+        raise InvalidRequest("MCC must be 4 digits")
 
 
 async def create(

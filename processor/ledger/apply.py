@@ -731,8 +731,8 @@ class Take:
     balances: tuple[int, int] | None = None  # (ledger_minor, held_minor) after the operation
 
 
-def _why_not(conn: Connection, account_id: int, currency: str) -> tuple[Take | None, Any]:
-    """Explain a failed conditional update: a decline, or None with the row when only funds were short."""
+def _customer_account(conn: Connection, account_id: int, currency: str) -> tuple[Take | None, Any]:
+    """The account's row, and a refusal when it is missing, internal or in another currency."""
     row = conn.execute(_ACCOUNT, {"aid": account_id}).first()
     if row is None:
         return Take(Result.NO_ACCOUNT, f"account {account_id} does not exist"), None
@@ -740,6 +740,14 @@ def _why_not(conn: Connection, account_id: int, currency: str) -> tuple[Take | N
         return Take(Result.NOT_A_CARD_ACCOUNT, f"account {account_id} is internal"), row
     if row.currency != currency:
         return Take(Result.CURRENCY_MISMATCH, f"currency {currency} differs from account currency {row.currency}"), row
+    return None, row
+
+
+def _why_not(conn: Connection, account_id: int, currency: str) -> tuple[Take | None, Any]:
+    """Explain a failed conditional update: a decline, or None with the row when only funds were short."""
+    refused, row = _customer_account(conn, account_id, currency)
+    if refused is not None:
+        return refused, row
     if row.status != "open":
         return Take(Result.ACCOUNT_NOT_OPEN, f"account {row.status}", balances=(row.ledger_minor, row.held_minor)), row
     return None, row
@@ -890,13 +898,9 @@ def _credit(conn: Connection, state: BatchState, op: ops.Credit) -> ops.AuthOutc
 
 def _creditable(conn: Connection, account_id: int, currency: str) -> tuple[Take | None, Any]:
     """A refund may reach any customer account in its currency that is not closed (a frozen one too)."""
-    row = conn.execute(_ACCOUNT, {"aid": account_id}).first()
-    if row is None:
-        return Take(Result.NO_ACCOUNT, f"account {account_id} does not exist"), None
-    if row.kind == "internal":
-        return Take(Result.NOT_A_CARD_ACCOUNT, f"account {account_id} is internal"), row
-    if row.currency != currency:
-        return Take(Result.CURRENCY_MISMATCH, f"currency {currency} differs from account currency {row.currency}"), row
+    refused, row = _customer_account(conn, account_id, currency)
+    if refused is not None:
+        return refused, row
     if row.status == "closed":
         return Take(Result.ACCOUNT_NOT_OPEN, "account closed", balances=(row.ledger_minor, row.held_minor)), row
     return None, row

@@ -126,12 +126,7 @@ async def add_network_merchant(
     key = await network_key(store, acq)
     if key is None:
         raise InvalidRequest(f"network {acq} is not registered; `processor settle network add --acquirer {acq} --name ...`")
-    if not 1 <= len(terminal_id) <= 8:
-        raise InvalidRequest("terminal id (DE 41) must be 1 to 8 characters")
-    if not 1 <= len(merchant_id) <= 15:
-        raise InvalidRequest("merchant id (DE 42) must be 1 to 15 characters")
-    if not (len(mcc) == 4 and mcc.isdigit()):
-        raise InvalidRequest("MCC must be 4 digits")
+    issuing.terminals.check_terminal_fields(terminal_id, merchant_id, mcc)
     if await issuing.terminals.get(store, terminal_id) is not None:
         raise InvalidRequest(f"terminal {terminal_id} is already registered; choose another terminal id")
     if await issuing.merchants.get(store, merchant_id) is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import pytest
 from hsm_sim import connect
 from processor import issuing, ledger
 from processor.config import Settings
+from processor.iso8583 import decode, encode_frame
 from processor.issuing import ensure_issuer_keys, issue_card, load_issuer_keys
 from processor.issuing.terminals import add_terminal
 from processor.ledger import Store
@@ -122,3 +124,20 @@ async def issuer(db_url: str, tmp_path: Path) -> AsyncIterator[Issuer]:
             yield Issuer(settings, cards, accounts, terminals, running, conn)
         finally:
             await conn.close()
+
+
+async def recorded(issuer: Any) -> int:
+    """How many requests the store has recorded, whatever their answer."""
+    return sum((await ledger.invariants.report(issuer.running.store))["auths_by_rc"].values())
+
+
+async def raw_exchange(issuer: Any, payload: bytes) -> dict[str, Any]:
+    """Send `payload` as one frame on a new connection, as an attacker's own client would, and decode the answer."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", issuer.running.port), 5.0)
+    try:
+        writer.write(encode_frame(payload))
+        await writer.drain()
+        length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5.0), "big")
+        return decode(await asyncio.wait_for(reader.readexactly(length), 5.0))
+    finally:
+        writer.close()

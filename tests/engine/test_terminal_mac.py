@@ -3,32 +3,12 @@ its answers."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from typing import Any
 
-from engine_helpers import Issuer
+from engine_helpers import Issuer, raw_exchange, recorded
 
-from processor import ledger
-from processor.iso8583 import encode, encode_frame
+from processor.iso8583 import encode
 from processor.iso8583.mac import encode_for_mac
-
-
-async def recorded(issuer: Issuer) -> int:
-    return sum((await ledger.invariants.report(issuer.running.store))["auths_by_rc"].values())
-
-
-async def raw_exchange(issuer: Issuer, payload: bytes) -> dict[str, Any]:
-    from processor.iso8583 import decode
-
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", issuer.running.port), 5.0)
-    try:
-        writer.write(encode_frame(payload))
-        await writer.drain()
-        length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5.0), "big")
-        return decode(await asyncio.wait_for(reader.readexactly(length), 5.0))
-    finally:
-        writer.close()
 
 
 async def test_answers_carry_the_engines_mac(issuer: Issuer) -> None:

@@ -3,33 +3,18 @@ before any field is trusted; its terminals and merchants are the ones registered
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
+from engine_helpers import raw_exchange, recorded
 from settlement_helpers import euronet
 
-from processor import ledger
 from processor.errors import InvalidRequest
-from processor.iso8583 import decode, encode, encode_frame
+from processor.iso8583 import encode
 from processor.iso8583.mac import encode_for_mac
+from processor.ledger.apply import KSN_WINDOW
 from processor.settlement.config import add_network, add_network_merchant
 from terminal_sim.pos import PosTerminal
-
-
-async def recorded(issuer: Any) -> int:
-    return sum((await ledger.invariants.report(issuer.running.store))["auths_by_rc"].values())
-
-
-async def raw_exchange(issuer: Any, payload: bytes) -> dict[str, Any]:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", issuer.running.port), 5.0)
-    try:
-        writer.write(encode_frame(payload))
-        await writer.drain()
-        length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5.0), "big")
-        return decode(await asyncio.wait_for(reader.readexactly(length), 5.0))
-    finally:
-        writer.close()
 
 
 async def test_the_networks_messages_and_answers_are_maced_under_its_own_key(issuer: Any) -> None:
@@ -74,12 +59,24 @@ async def test_replayed_network_messages_change_nothing(issuer: Any) -> None:
     again = await raw_exchange(issuer, captured)
     assert (first["39"], again["39"], again["38"]) == ("00", "00", first["38"])
     assert (await issuer.account("ada")).held_minor == 25_00
-    # Two messages of one terminal signed in order; the later one arrives first: the earlier KSN is spent.
+    # Two messages signed in order arrive out of order: each counter is taken once, and the earlier message
+    # sent again gets its first answer and nothing more.
     early, _ = network.signer.sign(network.authorization(ada, 11_00, 0))
     late, _ = network.signer.sign(network.authorization(ada, 12_00, 0))
     assert (await raw_exchange(issuer, late))["39"] == "00"
-    assert (await raw_exchange(issuer, early))["39"] == "63"
-    assert (await issuer.account("ada")).held_minor == 25_00 + 12_00
+    first_early = await raw_exchange(issuer, early)
+    again_early = await raw_exchange(issuer, early)
+    assert (first_early["39"], again_early["38"]) == ("00", first_early["38"])
+    assert (await issuer.account("ada")).held_minor == 25_00 + 12_00 + 11_00
+    # A counter never used but further behind the highest than the replay window reaches: refused.
+    behind = network.signer.dukpt_counter
+    network.signer.dukpt_counter += KSN_WINDOW + 10
+    ahead, _ = network.signer.sign(network.authorization(ada, 1_00, 0))
+    assert (await raw_exchange(issuer, ahead))["39"] == "00"
+    network.signer.dukpt_counter = behind
+    stale, _ = network.signer.sign(network.authorization(ada, 2_00, 0))
+    assert (await raw_exchange(issuer, stale))["39"] == "63"
+    assert (await issuer.account("ada")).held_minor == 25_00 + 12_00 + 11_00 + 1_00
 
 
 async def test_a_network_speaks_only_for_its_registered_merchants(issuer: Any) -> None:
