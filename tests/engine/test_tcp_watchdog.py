@@ -9,7 +9,7 @@ from processor.iso8583 import encode_frame
 from processor.transport.tcp import TcpLimits, TcpServer
 
 
-async def _answer_unless_told_to_hang(payload: bytes) -> bytes:
+async def _answer_unless_told_to_hang(payload: bytes, session: object = None) -> bytes:
     if payload == b"hang":
         await asyncio.sleep(3600)
     return b"ok:" + payload
