@@ -65,6 +65,17 @@ def _nrkgp(key: int, register: int) -> int:
     return (half(key ^ _KEY_MASK) << 64) | half(key)
 
 
+def _split(ipek: bytes, ksn: bytes) -> tuple[int, int, int]:
+    """(the KSN as an integer, its counter, the derivation register's starting value), after checking both."""
+    _check_key(ipek, "IPEK")
+    _check_ksn(ksn)
+    value = int.from_bytes(ksn, "big")
+    counter = value & COUNTER_MASK
+    if bin(counter).count("1") > MAX_COUNTER_ONE_BITS:
+        raise ValueError(f"KSN counter has more than {MAX_COUNTER_ONE_BITS} one-bits; no device uses it")
+    return value, counter, value & _LOW64 & ~COUNTER_MASK
+
+
 def derive_transaction_key(ipek: bytes, ksn: bytes) -> bytes:
     """The 16-byte future key for the KSN's counter: one NRKGP step per counter bit, most significant first.
 
@@ -77,13 +88,7 @@ def derive_transaction_key(ipek: bytes, ksn: bytes) -> bytes:
     ...                        bytes.fromhex("FFFF9876543210E00001")).hex().upper()
     '042666B49184CFA368DE9628D0397BC9'
     """
-    _check_key(ipek, "IPEK")
-    _check_ksn(ksn)
-    value = int.from_bytes(ksn, "big")
-    counter = value & COUNTER_MASK
-    if bin(counter).count("1") > MAX_COUNTER_ONE_BITS:
-        raise ValueError(f"KSN counter has more than {MAX_COUNTER_ONE_BITS} one-bits; no device uses it")
-    register = value & _LOW64 & ~COUNTER_MASK
+    value, counter, register = _split(ipek, ksn)
     key = int.from_bytes(ipek, "big")
     bit = 1 << 20
     while bit:
@@ -109,13 +114,7 @@ class TransactionKeys:
 
     def get(self, owner: object, ipek: bytes, ksn: bytes) -> bytes:
         """derive_transaction_key(ipek, ksn) for the device `owner` names with that IPEK (e.g. BDK and KSN base)."""
-        _check_key(ipek, "IPEK")
-        _check_ksn(ksn)
-        value = int.from_bytes(ksn, "big")
-        counter = value & COUNTER_MASK
-        if bin(counter).count("1") > MAX_COUNTER_ONE_BITS:
-            raise ValueError(f"KSN counter has more than {MAX_COUNTER_ONE_BITS} one-bits; no device uses it")
-        register = value & _LOW64 & ~COUNTER_MASK
+        value, counter, register = _split(ipek, ksn)
         device = (owner, value & ~COUNTER_MASK)
         known = self._paths.get(device)
         if known is None:
