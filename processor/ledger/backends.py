@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -197,7 +200,10 @@ class PgLookupReader:
         return query.build(tuple(row)) if row is not None else None
 
     async def close(self) -> None:
-        await asyncio.wait_for(self.pool.close(), timeout=10)
+        await self.pool.close()
+
+    def terminate(self) -> None:
+        self.pool.terminate()
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -330,6 +336,80 @@ class PgWriter:
                 await asyncio.wait_for(raw.close(), timeout=5)
             except Exception:
                 raw.terminate()
+
+    def terminate(self) -> None:
+        """Drop the connection at once (shutdown, a writer stuck): the server rolls back its transaction."""
+        if self.driver is not None:
+            raw, self.driver = self.driver.raw, None
+            raw.terminate()
+
+
+def lease_key(name: str) -> int:
+    """A stable signed 64-bit key for `name` (PostgreSQL advisory locks take a bigint)."""
+    digest = hashlib.sha256(b"processor.lease:" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PgLease:
+    """A session advisory lock held on a connection of its own: released by `release()`, or by the server
+    the moment the holder's connection ends (the process died), so a stand-by can take over."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def try_take(cls, dsn: str, name: str) -> "PgLease | None":
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn, timeout=10, command_timeout=10)
+        try:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease_key(name)):
+                return cls(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        await asyncio.wait_for(conn.close(), timeout=5)
+        return None
+
+    @property
+    def held(self) -> bool:
+        return not self.conn.is_closed()
+
+    async def release(self) -> None:
+        try:
+            await asyncio.wait_for(self.conn.close(), timeout=3)
+        except Exception:
+            self.conn.terminate()
+
+
+class FileLease:
+    """SQLite: an exclusive lock on a file beside the database, released when its descriptor closes (also
+    when the process dies)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def try_take(cls, database: str, name: str) -> "FileLease | None":
+        import fcntl
+
+        path = f"{database}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lease"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    async def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def describe(exc: BaseException) -> str:
