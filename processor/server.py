@@ -84,7 +84,7 @@ async def running_engine(
 
     if not tcp and not settings.mqtt_url:
         raise ValueError("the engine needs a transport: TCP, or MQTT with a broker URL")
-    store = await Store.open(settings.db_url)
+    store = await Store.open(settings.db_url, pg_writers=int(os.environ.get("PROCESSOR_PG_WRITERS", "2")))
     hsm = None
     engine: Engine | None = None
     tcp_server = None

@@ -224,6 +224,9 @@ class Store:
                 for writer in self._pg_writer_conns:
                     writer.terminate()
         self._fail_queued(StoreClosed("store closed before the operation was committed"))
+        if self.batches:
+            log.info("store: %d batch(es) committed, %.1f operations each on average", self.batches,
+                     self.batched_ops / self.batches)
         await asyncio.gather(*(writer.close() for writer in self._pg_writer_conns))
         if self._sqlite is not None:
             await self._bounded(asyncio.get_running_loop().run_in_executor(None, self._sqlite.close), "the writer")
