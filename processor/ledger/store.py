@@ -227,6 +227,8 @@ class Store:
         if self.batches:
             log.info("store: %d batch(es) committed, %.1f operations each on average", self.batches,
                      self.batched_ops / self.batches)
+        if self._pg_lookups is not None and self._pg_lookups.statements:
+            log.info("store: %d look-up(s) in %d statement(s)", self._pg_lookups.lookups, self._pg_lookups.statements)
         await asyncio.gather(*(writer.close() for writer in self._pg_writer_conns))
         if self._sqlite is not None:
             await self._bounded(asyncio.get_running_loop().run_in_executor(None, self._sqlite.close), "the writer")
@@ -388,6 +390,13 @@ class Store:
             return self._inline.lookup(query, keys)
         assert self._pg_lookups is not None
         return await self._pg_lookups.lookup(query, keys)
+
+    @property
+    def lookup_statements(self) -> tuple[int, int] | None:
+        """PostgreSQL: (look-ups asked, statements run for them) so far; None on SQLite (no statements)."""
+        if self._pg_lookups is None:
+            return None
+        return self._pg_lookups.lookups, self._pg_lookups.statements
 
     # ------------------------------------------------------------------ everything else
 
