@@ -84,7 +84,7 @@ async def running_engine(
 
     if not tcp and not settings.mqtt_url:
         raise ValueError("the engine needs a transport: TCP, or MQTT with a broker URL")
-    store = await Store.open(settings.db_url, pg_writers=int(os.environ.get("PROCESSOR_PG_WRITERS", "2")))
+    store = await Store.open(settings.db_url, pg_writers=_pg_writers())
     hsm = None
     engine: Engine | None = None
     tcp_server = None
@@ -156,6 +156,16 @@ async def _drain(
         await mqtt.close(timeout_s=0)
     if tcp is not None:
         await tcp.close(timeout_s=0)
+
+
+def _pg_writers() -> int:
+    """PROCESSOR_PG_WRITERS (1-16, default 2); a value out of range or not a number is refused in one line."""
+    from processor.errors import ConfigurationError
+
+    text = os.environ.get("PROCESSOR_PG_WRITERS", "2")
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise ConfigurationError(f"PROCESSOR_PG_WRITERS must be a number of writers from 1 to 16, not {text!r}")
+    return int(text)
 
 
 def _hsm_reopener(settings: Settings) -> Callable[[], Awaitable[HsmApi | None]] | None:
