@@ -6,6 +6,10 @@
   `pg_server`: the server itself (create_database / drop_database / url_for).
 - `store`: an open `processor.ledger.Store` on `db_url`, closed afterwards.
 
+Hypothesis runs under the "ci" profile when CI=true: no deadline (a loaded machine makes an example slow,
+not wrong), derandomized so that a run is repeatable, and no example database in the fresh clone. Example
+counts stay what each test sets.
+
 PostgreSQL is reached through PROCESSOR_TEST_PG_URL (default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres,
 used as the admin connection). When it is unreachable the postgres variants are skipped, except under
 CI=true, where they fail: CI must not pass by skipping.
@@ -22,6 +26,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 PG_ADMIN_URL = os.environ.get("PROCESSOR_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
