@@ -2,8 +2,14 @@
 statement compilation and bind processing cost more than the database's own work.
 
 `insert_rows` and `update_rows` hand the driver one statement and a list of tuples (`executemany`: the
-C loop of sqlite3, asyncpg's pipelined prepared statement on PostgreSQL). Values go through each column's
-own bind processor once, so datetimes are stored exactly as the ORM stores them.
+C loop of sqlite3, asyncpg's pipelined prepared statement on PostgreSQL). On PostgreSQL `insert_rows` uses
+COPY instead (asyncpg's `copy_records_to_table`, in the caller's transaction): one stream rather than a
+statement per row. Values go through each column's own bind processor once, so datetimes are stored
+exactly as the ORM stores them.
+
+`refresh_statistics` re-analyzes the PostgreSQL tables a bulk step reads when many rows changed since
+their last ANALYZE: a day's million rows written since, and planned on stale statistics, turn keyset
+pages into full scans.
 """
 
 from __future__ import annotations
@@ -11,7 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.util import await_only
+
+COPY_TIMEOUT_S = 120
+# Rows changed since the last ANALYZE above which `refresh_statistics` analyzes a table again.
+STALE_ROWS = 10_000
 
 # settlement_items as the day's claim and the clearing ingest write them (tuples in this order).
 ITEM_COLUMNS = (
@@ -52,6 +63,13 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Se
     """INSERT `rows` (tuples in the order of `columns`) into `table` in one executemany."""
     if not rows:
         return
+    if conn.dialect.driver == "asyncpg":
+        raw = conn.connection.driver_connection
+        if not raw.is_in_transaction():
+            conn.exec_driver_sql("SELECT 1")  # the adapter begins its transaction at its first statement
+        await_only(raw.copy_records_to_table(table.name, records=_bound(rows, _processors(conn, table, columns)),
+                                             columns=list(columns), timeout=COPY_TIMEOUT_S))
+        return
     quote = conn.dialect.identifier_preparer.quote
     sql = (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
@@ -74,3 +92,22 @@ def update_rows(
     sql += " WHERE " + where_sql.format(*marks[len(set_columns) :])
     result = conn.exec_driver_sql(sql, _bound(rows, _processors(conn, table, [*set_columns, *where_columns])))
     return result.rowcount
+
+
+def refresh_statistics(conn: Connection, tables: Sequence[Table]) -> list[str]:
+    """ANALYZE those of `tables` (PostgreSQL) with more than STALE_ROWS rows changed since their last
+    analysis; the names analyzed. SQLite plans from its indexes alone: nothing to do."""
+    if conn.dialect.name != "postgresql":
+        return []
+    names = [t.name for t in tables]
+    stale = [
+        name for name, in conn.execute(
+            text("SELECT relname FROM pg_stat_user_tables WHERE relname = ANY(:names) AND n_mod_since_analyze > :limit"
+                 " ORDER BY relname"),
+            {"names": names, "limit": STALE_ROWS},
+        )
+    ]
+    quote = conn.dialect.identifier_preparer.quote
+    for name in stale:
+        conn.exec_driver_sql(f"ANALYZE {quote(name)}")
+    return stale

@@ -36,7 +36,7 @@ from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account, post_entry
 from processor.ledger.models import accounts, auths, holds, merchants, terminal_batches, terminals, utcnow
 from processor.ledger.outbox import operator_event, write_events
-from processor.settlement.bulk import ITEM_COLUMNS, insert_rows
+from processor.settlement.bulk import ITEM_COLUMNS, insert_rows, refresh_statistics
 from processor.settlement.config import SettlementConfig
 from processor.settlement.models import (
     settlement_days,
@@ -443,6 +443,7 @@ async def settle_day(
         earlier = await store.run_read(_unsettled_earlier_day, handle.scanned_to_id, start, config, key)
         if earlier is not None:
             raise InvalidRequest(f"day {earlier} has transactions and is not settled; settle it before {key}")
+        await store.run_write(refresh_statistics, (auths, holds, settlement_items))
         holds_expired = await ledger.holds.expire(store, end)
         networks = frozenset(await store.run_read(network_ids))
         after, scanned, claimed = handle.scanned_to_id, 0, 0

@@ -24,7 +24,7 @@ from processor import issuing, ledger
 from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, holds, journal_entries, postings, utcnow
-from processor.settlement.bulk import insert_rows
+from processor.settlement.bulk import insert_rows, refresh_statistics
 from processor.settlement.config import SettlementConfig, add_network, network_key
 
 CHUNK = 10_000
@@ -193,6 +193,8 @@ async def generate_day(
         if writer is not None:
             writer.close()
             writer = None
+        # A bulk load is analyzed, as an operator would after one, so what runs next plans on its real size.
+        await store.run_write(refresh_statistics, (auths, holds, journal_entries, postings, accounts))
     finally:
         if writer is not None:
             writer.abort()

@@ -43,7 +43,7 @@ from processor.iso8583.currency import alpha_for_numeric
 from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings, utcnow
-from processor.settlement.bulk import ITEM_COLUMNS, insert_rows, update_rows
+from processor.settlement.bulk import ITEM_COLUMNS, insert_rows, refresh_statistics, update_rows
 from processor.settlement.config import SettlementConfig
 from processor.settlement.models import (
     clearing_files,
@@ -323,6 +323,7 @@ async def ingest_file(
         result = await store.run_read(summarize_file, state["id"])
         result["already_ingested"] = True
         return result
+    await store.run_write(refresh_statistics, (auths, cards, holds, presentments))
     # Chunk n+1 is read and fingerprinted while chunk n is written: each chunk is still one transaction,
     # written in file order, so a killed run keeps whole chunks and resumes after the last one.
     done = 0
