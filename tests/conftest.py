@@ -214,3 +214,11 @@ def broker() -> Iterator[Any]:
             yield process
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), the tests of the machine's one pcscd and vpcd reader run
+    in one worker, which alone starts and stops the daemon when it is absent."""
+    for item in items:
+        if "pcscd_daemon" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("pcscd"))
