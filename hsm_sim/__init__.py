@@ -13,7 +13,7 @@ from typing import Any
 from hsm_sim.access import ROLES, Identity
 from hsm_sim.api import HsmApi, all_keys
 from hsm_sim.errors import INVALID_INPUT, HsmError
-from hsm_sim.hsm import COMMANDS, MAX_PAN_FINGERPRINTS, Hsm, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import COMMANDS, MAX_PAN_FINGERPRINTS, Hsm, KeyCeremony, RequestChecks, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.pki import ClientTls, PkiError
 
@@ -23,7 +23,7 @@ DEFAULT_KEYSTORE = "hsm-keystore.json"
 __all__ = [
     "COMMANDS", "DEFAULT_KEYSTORE", "MAX_PAN_FINGERPRINTS", "ROLES", "ClientTls", "Hsm", "HsmApi", "HsmClient", "HsmError",
     "Identity", "KeyCeremony",
-    "KeyInfo", "PkiError", "TokenizedPan", "all_keys", "connect",
+    "KeyInfo", "PkiError", "RequestChecks", "TokenizedPan", "all_keys", "connect",
 ]
 
 

@@ -17,8 +17,8 @@ ROLES: dict[str, frozenset[str]] = {
     # The authorization engine verifies what terminals and cards send; nothing it runs returns a clear
     # key, PIN or IPEK, nor a value a card would carry (CVV, PVV).
     "engine": _EVERYONE
-    | {"verify_pin", "verify_cvv", "verify_arqc", "generate_mac", "verify_mac", "fingerprint_pan", "fingerprint_pans",
-       "tokenize_pan"},
+    | {"verify_pin", "verify_cvv", "verify_arqc", "generate_mac", "verify_mac", "verify_request", "fingerprint_pan",
+       "fingerprint_pans", "tokenize_pan"},
     # Card issuance and the PAN vault: vault a new card's PAN, compute its CVVs and PIN verification
     # value, seal the bureau's personalization record, and rotate and re-seal the vault's keys.
     "issuer": _EVERYONE

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
-from hsm_sim.hsm import KEY_PAGE, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import KEY_PAGE, KeyCeremony, RequestChecks, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 
 
@@ -98,6 +98,17 @@ class HsmApi(Protocol):
     async def verify_mac(
         self, key: str, data: bytes, mac_value: str, *, algorithm: str | None = None, ksn: str | None = None
     ) -> bool: ...
+    async def verify_request(
+        self,
+        key: str,
+        data: bytes,
+        mac_value: str,
+        *,
+        ksn: str | None = None,
+        pan: str | None = None,
+        cvk: str | None = None,
+        cvvs: list[list[str]] | None = None,
+    ) -> RequestChecks: ...
 
     # tokenization
     async def tokenize_pan(self, pan: str) -> TokenizedPan: ...

@@ -12,7 +12,7 @@ from hsm_sim import errors as st
 from hsm_sim.errors import HsmError
 from hsm_sim.framing import FrameDecoder, FrameTooLarge
 from hsm_sim.crypto.pin import DEFAULT_DECIMALIZATION
-from hsm_sim.hsm import CODE_OF, KEY_PAGE, KeyCeremony, TokenizedPan
+from hsm_sim.hsm import CODE_OF, KEY_PAGE, KeyCeremony, RequestChecks, TokenizedPan
 from hsm_sim.keystore import KeyInfo
 from hsm_sim.protocol import MAX_FRAME_BYTES, ProtocolError, decode_answer, encode_request
 
@@ -284,6 +284,24 @@ class HsmClient:
         self, key: str, data: bytes, mac_value: str, *, algorithm: str | None = None, ksn: str | None = None
     ) -> bool:
         return bool(await self.call("verify_mac", key, data, mac_value, algorithm=algorithm, ksn=ksn))
+
+    async def verify_request(
+        self,
+        key: str,
+        data: bytes,
+        mac_value: str,
+        *,
+        ksn: str | None = None,
+        pan: str | None = None,
+        cvk: str | None = None,
+        cvvs: list[list[str]] | None = None,
+    ) -> RequestChecks:
+        found = await self.call("verify_request", key, data, mac_value, ksn=ksn, pan=pan, cvk=cvk, cvvs=cvvs)
+        return RequestChecks(
+            bool(found["mac_ok"]),
+            [(int(version), str(fingerprint)) for version, fingerprint in found["fingerprints"]],
+            [bool(ok) for ok in found["cvvs"]],
+        )
 
     async def tokenize_pan(self, pan: str) -> TokenizedPan:
         return TokenizedPan(**await self.call("tokenize_pan", pan))

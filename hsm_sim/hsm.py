@@ -53,6 +53,16 @@ class TokenizedPan:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestChecks:
+    """What `verify_request` found: the request's MAC, then (only when it verifies) the PAN's fingerprints
+    as `fingerprint_pan` gives them and one answer per card verification value, in the order asked."""
+
+    mac_ok: bool
+    fingerprints: list[tuple[int, str]]
+    cvvs: list[bool]
+
+
+@dataclass(frozen=True, slots=True)
 class KeyCeremony:
     """A key being formed from custodians' components: who gave one (and its KCV), and the key once formed."""
 
@@ -70,6 +80,8 @@ FINGERPRINT_VERSIONS = 32  # fingerprint-key versions a look-up tries: a bounded
 MAX_CEREMONIES = 16
 # Fingerprints (PANs times key versions) per fingerprint_pans answer: 64 hex digits each, inside one frame.
 MAX_PAN_FINGERPRINTS = 96
+# Card verification values one verify_request checks: a track's CVV and a CVV2.
+MAX_REQUEST_CVVS = 2
 COMPONENTS_NEEDED = 2
 
 
@@ -108,6 +120,7 @@ COMMANDS: dict[str, str] = {
     "KY": "personalization_data",
     "M6": "generate_mac",
     "M8": "verify_mac",
+    "VR": "verify_request",
     "T0": "tokenize_pan",
     "T2": "fingerprint_pan",
     "TA": "fingerprint_pans",
@@ -118,6 +131,14 @@ COMMANDS: dict[str, str] = {
     "ID": "who_am_i",
 }
 CODE_OF = {name: code for code, name in COMMANDS.items()}
+
+
+def verification_failed(result: Any) -> bool:
+    """Whether a command's answer is a refusal of what it checked (status 01): False, (False, ...), or a
+    request whose MAC does not verify."""
+    return result is False or (isinstance(result, tuple) and bool(result) and result[0] is False) or (
+        isinstance(result, RequestChecks) and not result.mac_ok
+    )
 
 
 def answer_code(command: str) -> str:
@@ -226,7 +247,7 @@ class Hsm:
         except (ValueError, TypeError, KeyError) as exc:
             self.audit.write(caller.name, caller.role, name, st.INVALID_INPUT, kcvs)
             raise HsmError(st.INVALID_INPUT, f"{name}: {_safe(exc)}") from None
-        status = st.VERIFICATION_FAILED if result is False or (isinstance(result, tuple) and result and result[0] is False) else st.OK
+        status = st.VERIFICATION_FAILED if verification_failed(result) else st.OK
         extra, self._audit_extra = self._audit_extra, {}
         self.audit.write(caller.name, caller.role, name, status, kcvs, **extra)
         return result
@@ -538,9 +559,12 @@ class Hsm:
 
     @command("cvk")
     def verify_cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str, cvv: str) -> bool:
+        return self._verify_cvv(cvk, pan, expiry_yymm, service_code, cvv, "verify_cvv")
+
+    def _verify_cvv(self, cvk: str, pan: str, expiry_yymm: str, service_code: str, cvv: str, command_name: str) -> bool:
         if not isinstance(cvv, str) or len(cvv) != 3 or not cvv.isdigit():
             return False
-        return hmac.compare_digest(self._cvv(cvk, pan, expiry_yymm, service_code, "verify_cvv", VERIFY), cvv)
+        return hmac.compare_digest(self._cvv(cvk, pan, expiry_yymm, service_code, command_name, VERIFY), cvv)
 
     # ------------------------------------------------------------ DUKPT
 
@@ -657,8 +681,47 @@ class Hsm:
     @command("key")
     def verify_mac(self, key: str, data: bytes, mac_value: str, *, algorithm: str | None = None, ksn: str | None = None) -> bool:
         """True when `mac_value` is the MAC of `data` under a TAK/ZAK, or the DUKPT request-MAC key of a BDK and KSN."""
-        expected = self._mac(key, data, algorithm, ksn, "verify_mac", VERIFY).hex().upper()
+        return self._verify_mac(key, data, mac_value, algorithm, ksn, "verify_mac")
+
+    def _verify_mac(self, key: str, data: bytes, mac_value: str, algorithm: str | None, ksn: str | None, command_name: str) -> bool:
+        expected = self._mac(key, data, algorithm, ksn, command_name, VERIFY).hex().upper()
         return isinstance(mac_value, str) and hmac.compare_digest(expected, mac_value.upper())
+
+    @command("key", "cvk")
+    def verify_request(
+        self,
+        key: str,
+        data: bytes,
+        mac_value: str,
+        *,
+        ksn: str | None = None,
+        pan: str | None = None,
+        cvk: str | None = None,
+        cvvs: list[list[str]] | None = None,
+    ) -> RequestChecks:
+        """An authorization request's checks in one command: `verify_mac`, then, only when the MAC verifies,
+        `fingerprint_pan` of `pan` and `verify_cvv` under `cvk` of each [expiry_yymm, service_code, cvv] in
+        `cvvs` (at most MAX_REQUEST_CVVS). One audit line says what each part answered.
+
+        It answers nothing `verify_mac`, `fingerprint_pan` and `verify_cvv` would not: a role needs all three.
+        """
+        caller = CALLER.get()
+        for part in ("verify_mac", "fingerprint_pan", "verify_cvv"):
+            if not caller.may(part):
+                raise HsmError(st.NOT_PERMITTED, f"verify_request: role {caller.role} may not run {part}")
+        checks = list(cvvs or ())
+        if len(checks) > MAX_REQUEST_CVVS or not all(isinstance(c, (list, tuple)) and len(c) == 3 for c in checks):
+            raise HsmError(st.INVALID_INPUT, f"verify_request: cvvs takes up to {MAX_REQUEST_CVVS} [expiry_yymm, service_code, cvv]")
+        if checks and (cvk is None or pan is None):
+            raise HsmError(st.INVALID_INPUT, "verify_request: cvvs need the cvk and the pan")
+        if not self._verify_mac(key, data, mac_value, None, ksn, "verify_request"):
+            # Nothing else of a message that does not authenticate is looked at.
+            self._audit_extra = {"mac": st.VERIFICATION_FAILED}
+            return RequestChecks(False, [], [])
+        fingerprints = self._fingerprints(pan, "verify_request") if pan is not None else []
+        results = [self._verify_cvv(str(cvk), str(pan), expiry, code, cvv, "verify_request") for expiry, code, cvv in checks]
+        self._audit_extra = {"mac": st.OK, **({"cvv": ",".join(st.OK if ok else st.VERIFICATION_FAILED for ok in results)} if results else {})}
+        return RequestChecks(True, fingerprints, results)
 
     # ------------------------------------------------------------ tokenization
 
@@ -694,12 +757,15 @@ class Hsm:
     def fingerprint_pan(self, pan: str) -> list[tuple[int, str]]:
         """The PAN's fingerprint under the newest FINGERPRINT_VERSIONS fingerprint-key versions, newest
         first (one look-up query); a vault re-sealed after each rotation needs only the newest."""
+        return self._fingerprints(pan, "fingerprint_pan")
+
+    def _fingerprints(self, pan: str, command_name: str) -> list[tuple[int, str]]:
         out = []
         for info in self.store.versions("FPK")[:FINGERPRINT_VERSIONS]:
-            key, _ = self._key(info.kcv, ("FPK",), "fingerprint_pan", use=GENERATE)
+            key, _ = self._key(info.kcv, ("FPK",), command_name, use=GENERATE)
             out.append((info.version, tokens.pan_fingerprint(key, pan)))
         if not out:
-            raise HsmError(st.UNKNOWN_KEY, "fingerprint_pan: no FPK has been generated")
+            raise HsmError(st.UNKNOWN_KEY, f"{command_name}: no FPK has been generated")
         return out
 
     @command()
@@ -793,7 +859,7 @@ def _safe(exc: BaseException) -> str:
 
 def to_jsonable(value: Any) -> Any:
     """Results as JSON for the host-command protocol."""
-    if isinstance(value, (KeyInfo, TokenizedPan, KeyCeremony)):
+    if isinstance(value, (KeyInfo, TokenizedPan, KeyCeremony, RequestChecks)):
         return asdict(value)
     if isinstance(value, tuple):
         return [to_jsonable(v) for v in value]

@@ -25,7 +25,7 @@ from hsm_sim import errors as st
 from hsm_sim.access import CALLER, Identity, check_role
 from hsm_sim.errors import HsmError
 from hsm_sim.framing import FrameDecoder, FrameTooLarge, StreamLimits
-from hsm_sim.hsm import COMMANDS, Hsm, to_jsonable
+from hsm_sim.hsm import COMMANDS, Hsm, to_jsonable, verification_failed
 from hsm_sim.pki import ServerTls, identity_of
 from hsm_sim.protocol import MAX_FRAME_BYTES, CommandError, ProtocolError, decode_request, encode_answer
 
@@ -66,8 +66,7 @@ def run_command(hsm: Hsm, identity: Identity, code: str, args: list[Any], kwargs
         return st.INVALID_INPUT, {"error": f"{name}: wrong arguments ({str(exc).split('(')[0].strip()})"}
     finally:
         CALLER.reset(token)
-    failed = result is False or (isinstance(result, tuple) and len(result) == 2 and result[0] is False)
-    return (st.VERIFICATION_FAILED if failed else st.OK), {"result": to_jsonable(result)}
+    return (st.VERIFICATION_FAILED if verification_failed(result) else st.OK), {"result": to_jsonable(result)}
 
 
 class _Connection(asyncio.Protocol):

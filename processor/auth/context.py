@@ -61,6 +61,17 @@ class AuthContext:
     spend: Any = None  # processor.ledger.ops.SpendLimits when the card's controls set daily or monthly limits
     controls: Any = None  # the card's CardControls when read with the card (see controls_read)
     controls_read: bool = False  # True when check_card_known read the controls with the card (None: none set)
+    # What the HSM's verify_request already answered with the request's MAC, for `checked_pan`: its fingerprints
+    # and the CVVs it verified by (expiry, service code, CVV). A check asks the HSM only for what is not here.
+    checked_pan: str | None = None
+    fingerprints: list[str] | None = None
+    cvv_checks: dict[tuple[str, str, str], bool] | None = None
+
+    def cvv_verified(self, expiry_yymm: str, service_code: str, cvv: str) -> bool | None:
+        """What verify_request said of this CVV of this request's PAN, or None when it was not asked."""
+        if self.cvv_checks is None or self.checked_pan != self.pan:
+            return None
+        return self.cvv_checks.get((expiry_yymm, service_code, cvv))
 
 
 def active_terminal(terminal: Terminal | None) -> Terminal:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hsm_sim import HsmApi, HsmError
+from hsm_sim import HsmApi, HsmError, RequestChecks
 from processor import issuing, tokenization
 from processor.auth import entry_modes
 from processor.auth.answers import LEDGER_ANSWERS
@@ -108,6 +108,35 @@ def dukpt_counter(ksn: str) -> int:
     return int(ksn, 16) & DUKPT_COUNTER_MASK
 
 
+def _presented_pan(req: Request) -> str | None:
+    """The PAN the request presents (DE 2, else the track's) when it is 12 to 19 digits; None when there is
+    none, it is malformed, or DE 2 and DE 35 disagree (the checks decline those in their turn)."""
+    track_pan = req.track2.pan if req.track2 is not None else None
+    if req.pan and track_pan is not None and track_pan != req.pan:
+        return None
+    pan = req.pan or track_pan
+    return pan if pan is not None and 12 <= len(pan) <= 19 and _digits(pan, len(pan)) else None
+
+
+def _digits(value: str | None, length: int) -> bool:
+    return value is not None and len(value) == length and value.isascii() and value.isdigit()
+
+
+def _presented_cvvs(req: Request) -> list[list[str]]:
+    """[expiry, service code, CVV] of the track's CVV and of a CVV2, as the request presents them, when they
+    are well formed: what check_card_verification will ask of the card (whose expiry and service code the
+    checks before it hold to the presented ones)."""
+    out = []
+    track2 = req.track2
+    if track2 is not None and track2.cvv and _digits(track2.expiry, 4) and _digits(track2.service_code, 3):
+        out.append([track2.expiry, track2.service_code, track2.cvv])
+    cvv2 = req.de48.get("cvv2")
+    expiry = req.expiry or (track2.expiry if track2 is not None else None)
+    if cvv2 and _digits(expiry, 4):
+        out.append([expiry, CVV2_SERVICE_CODE, cvv2])
+    return out
+
+
 def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
     """A card is valid through the last day of its expiry month."""
     return (int(expiry_yymm[:2]), int(expiry_yymm[2:])) < (now.year % 100, now.month)
@@ -169,7 +198,10 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.FORMAT_ERROR, "DE 2 and the track 2 data in DE 35 name different cards")
     ctx.pan = pan
     hsm = engine.hsm
-    fingerprints = [fp for _, fp in await hsm.fingerprint_pan(pan)]
+    if ctx.fingerprints is not None and ctx.checked_pan == pan:
+        fingerprints = ctx.fingerprints
+    else:
+        fingerprints = [fp for _, fp in await hsm.fingerprint_pan(pan)]
     if engine.token_bin and pan.startswith(engine.token_bin):
         found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
         if found is None and await engine.learn_key_versions(hsm):
@@ -320,7 +352,7 @@ async def check_fallback(engine: "Engine", ctx: AuthContext) -> None:
 
 async def check_card_verification(engine: "Engine", ctx: AuthContext) -> None:
     """The proof the entry mode requires (CVV1, ARQC or CVV2) must verify; a CVV2 sent anyway must too."""
-    req, card, keys, mode = ctx.request, ctx.card, engine.keys, ctx.mode
+    req, card, mode = ctx.request, ctx.card, ctx.mode
     if mode is None:
         raise Declined(rc.NOT_PERMITTED_TERMINAL, "no accepted POS entry mode: nothing to verify the card with")
     cvv2 = req.de48.get("cvv2")
@@ -328,15 +360,25 @@ async def check_card_verification(engine: "Engine", ctx: AuthContext) -> None:
         assert req.track2 is not None
         if req.track2.service_code != card.service_code:
             raise Declined(rc.CVV_FAILURE, "service code does not match the card")
-        if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, card.service_code, req.track2.cvv or ""):
+        if not await _verify_cvv(engine, ctx, card.service_code, req.track2.cvv or ""):
             raise Declined(rc.CVV_FAILURE, "CVV on the magnetic stripe does not verify")
     elif mode.proof is Proof.ARQC:
         await engine.verify_chip(ctx)
     elif mode.proof is not Proof.CVV2:
         raise Declined(rc.NOT_PERMITTED_TERMINAL, f"no verification known for {mode.proof}")
     if cvv2 is not None:
-        if not await engine.hsm.verify_cvv(keys.cvk, ctx.pan, card.expiry, CVV2_SERVICE_CODE, cvv2):
+        if not await _verify_cvv(engine, ctx, CVV2_SERVICE_CODE, cvv2):
             raise Declined(rc.CVV2_FAILURE, "CVV2 does not verify")
+
+
+async def _verify_cvv(engine: "Engine", ctx: AuthContext, service_code: str, cvv: str) -> bool:
+    """The card's CVV (of this service code) verifies: as verify_request already answered, else asked now."""
+    card = ctx.card
+    assert card is not None and ctx.pan is not None
+    known = ctx.cvv_verified(card.expiry, service_code, cvv)
+    if known is not None:
+        return known
+    return await engine.hsm.verify_cvv(engine.keys.cvk, ctx.pan, card.expiry, service_code, cvv)
 
 
 async def check_amount(engine: "Engine", ctx: AuthContext) -> None:
@@ -506,11 +548,12 @@ class Engine:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
             return None
+        checks: RequestChecks | None = None
         network = await self.network_key(request.acquirer_id)
         if network is not None:
             # A message naming an acquiring network must carry the network's own MAC, checked before any
             # of its other fields (DE 41, DE 42) is looked at: a forged one learns nothing and changes nothing.
-            refusal = await self._authenticate(payload, fields, request, network)
+            refusal, checks = await self._authenticate(payload, fields, request, network)
             if refusal is not None:
                 self._log(request, rc.SECURITY_VIOLATION, f"network {request.acquirer_id}: {refusal}", started)
                 return encode(build_response(fields, rc.SECURITY_VIOLATION))
@@ -522,7 +565,7 @@ class Engine:
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         assert sender is not None
         if network is None:
-            refusal = await self._authenticate(payload, fields, request, sender)
+            refusal, checks = await self._authenticate(payload, fields, request, sender)
             if refusal is not None:
                 # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
                 self._log(request, rc.SECURITY_VIOLATION, refusal, started)
@@ -534,7 +577,7 @@ class Engine:
         if mti == "0800":
             answer, outcome_rc = await self._network_management(fields, request, ksn_counter)
         elif mti in CARD_REQUEST_MTIS:
-            answer, outcome_rc = await self._card_request(fields, request, ksn_counter)
+            answer, outcome_rc = await self._card_request(fields, request, ksn_counter, checks)
         elif mti == "0220":
             answer, outcome_rc = await self._completion(fields, request, ksn_counter)
         elif mti in ("0400", "0420"):
@@ -547,24 +590,39 @@ class Engine:
         self._log(request, outcome_rc, answer.pop("_reason", ""), started)
         return await self._seal(answer, sender, ksn)
 
-    async def _authenticate(self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal) -> str | None:
-        """Why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None."""
+    async def _authenticate(
+        self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal
+    ) -> tuple[str | None, RequestChecks | None]:
+        """(why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None; what
+        the HSM checked of the card with the MAC).
+
+        For a card request the one HSM command that verifies the MAC also fingerprints the PAN and verifies
+        the CVVs the request presents, for the checks to use once the card is known.
+        """
         if sender.bdk_kcv is None:
             # A terminal row without a key (one written straight into the store) can prove nothing: refused.
             if sender.network is not None:
-                return "the network has no key registered: register it again (`processor settle network add`)"
-            return "the terminal has no key registered: register it with `processor terminal add`"
+                return "the network has no key registered: register it again (`processor settle network add`)", None
+            return "the terminal has no key registered: register it with `processor terminal add`", None
         if req.ksn is None:
-            return "no key serial number (DE 53): every message is MACed under the terminal's DUKPT key"
+            return "no key serial number (DE 53): every message is MACed under the terminal's DUKPT key", None
         if not sender.initial_ksn or not same_key_serial(req.ksn, sender.initial_ksn):
-            return "the KSN in DE 53 is not this terminal's"
+            return "the KSN in DE 53 is not this terminal's", None
         parts = signed_parts(payload, fields)
         if parts is None:
-            return "no MAC as the message's last field (DE 64, or DE 128 with a secondary bitmap)"
+            return "no MAC as the message's last field (DE 64, or DE 128 with a secondary bitmap)", None
         data, tag = parts
-        if not await self.hsm.verify_mac(sender.bdk_kcv, data, tag, ksn=req.ksn):
-            return "MAC does not verify under the terminal's key"
-        return None
+        pan = _presented_pan(req) if req.mti in CARD_REQUEST_MTIS else None
+        if pan is None:
+            if not await self.hsm.verify_mac(sender.bdk_kcv, data, tag, ksn=req.ksn):
+                return "MAC does not verify under the terminal's key", None
+            return None, None
+        checks = await self.hsm.verify_request(
+            sender.bdk_kcv, data, tag, ksn=req.ksn, pan=pan, cvk=self.keys.cvk, cvvs=_presented_cvvs(req) or None
+        )
+        if not checks.mac_ok:
+            return "MAC does not verify under the terminal's key", None
+        return None, checks
 
     async def _seal(self, answer: dict[str, Any], sender: Terminal, ksn: str | None) -> bytes:
         """The encoded answer, MACed under the response key of the request's KSN when it came from a terminal."""
@@ -596,9 +654,14 @@ class Engine:
     # ------------------------------------------------------------ message kinds
 
     async def _card_request(
-        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, checks: RequestChecks | None = None
     ) -> tuple[dict[str, Any], str]:
         ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
+        if checks is not None:
+            ctx.checked_pan = _presented_pan(req)
+            ctx.fingerprints = [fp for _, fp in checks.fingerprints]
+            presented = _presented_cvvs(req)
+            ctx.cvv_checks = {(e, code, cvv): ok for (e, code, cvv), ok in zip(presented, checks.cvvs, strict=True)}
         advice = req.mti == "0120"
         incremental = req.mti == "0100" and bool(req.de48.get("incremental")) and req.original is not None
         checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else self.card_checks

@@ -262,6 +262,7 @@ async def test_the_engine_never_obtains_an_ipek_a_clear_key_or_a_clear_pin(serve
     from hsm_sim import COMMANDS
     from hsm_sim.crypto import dukpt, pinblock
     from hsm_sim.crypto.des import tdes_ecb_encrypt
+    from hsm_sim.crypto.mac import retail_mac
 
     components = {"CVK": ["4F" * 16, "10" * 16], "PVK": ["3B" * 16, "08" * 16], "BDK": ["01" * 16, "F2" * 16],
                   "TPK": ["1C" * 16, "02" * 16], "TAK": ["5A" * 16, "06" * 16], "IMK-AC": ["5D" * 16, "20" * 16],
@@ -277,6 +278,7 @@ async def test_the_engine_never_obtains_an_ipek_a_clear_key_or_a_clear_pin(serve
     secrets = [k.hex().upper() for k in [*clear.values(), ipek, *working]]
     tpk_block = tdes_ecb_encrypt(clear["TPK"], pinblock.encode_pin_block(pin, PAN, 0)).hex().upper()
     dukpt_block = tdes_ecb_encrypt(working[0], pinblock.encode_pin_block(pin, PAN, 0)).hex().upper()
+    signed = retail_mac(working[1], b"\x00" * 16).hex().upper()
     engine = await client("engine-1")
 
     for name in COMMANDS.values():
@@ -301,6 +303,9 @@ async def test_the_engine_never_obtains_an_ipek_a_clear_key_or_a_clear_pin(serve
         for extra in ({}, {"ksn": ksn}):
             await run("generate_mac", key, b"\x00" * 16, **extra)
             await run("verify_mac", key, b"\x00" * 16, "00" * 8, **extra)
+            await run("verify_request", key, b"\x00" * 16, "00" * 8, pan=PAN, cvk=key, cvvs=[["3012", "000", "123"]], **extra)
+        # A request whose MAC verifies: the fingerprint and the CVV answer run, with every key as the CVK.
+        await run("verify_request", kcvs["BDK"], b"\x00" * 16, signed, ksn=ksn, pan=PAN, cvk=key, cvvs=[["3012", "000", "123"]])
         await run("verify_cvv", key, PAN, "3012", "000", "123")
         await run("verify_arqc", key, PAN, "00", "0001", "00" * 8, "00" * 29, cvn=18, arc="3030")
         await run("key_info", key)
@@ -310,9 +315,10 @@ async def test_the_engine_never_obtains_an_ipek_a_clear_key_or_a_clear_pin(serve
     await run("fingerprint_pans", [PAN, PAN])
     await run("who_am_i")
     # A command added to the engine's role must be tried here too.
-    assert ROLES["engine"] == {"verify_pin", "generate_mac", "verify_mac", "verify_cvv", "verify_arqc", "key_info", "list_keys",
-                               "tokenize_pan", "fingerprint_pan", "fingerprint_pans", "who_am_i"}
+    assert ROLES["engine"] == {"verify_pin", "generate_mac", "verify_mac", "verify_request", "verify_cvv", "verify_arqc",
+                               "key_info", "list_keys", "tokenize_pan", "fingerprint_pan", "fingerprint_pans", "who_am_i"}
     text = "\n".join(answers).upper()
-    assert len(answers) == len(kcvs) * 35 + 5 and "FALSE" in text and "FINGERPRINT" in text  # the commands ran
+    assert len(answers) == len(kcvs) * 38 + 5 and "FALSE" in text and "FINGERPRINT" in text  # the commands ran
+    assert "{'MAC_OK': TRUE, 'FINGERPRINTS': [[1, '" in text  # verify_request ran its parts too
     assert not [s for s in secrets if s in text]
     assert pin not in text
