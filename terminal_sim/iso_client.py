@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from processor.iso8583 import FrameDecoder, FrameError, MessageFormatError, decode, encode, encode_frame
-from terminal_sim.templates import AnswerLayouts
+from terminal_sim.templates import FRAME_HEADER_BYTES, AnswerLayouts
 
 if TYPE_CHECKING:
     from terminal_sim.pos import PosTerminal
@@ -127,6 +127,10 @@ class TerminalConnection(asyncio.Protocol):
         self._watchdog = self._loop.call_later(self._watch_interval_s, self._watch)
 
     def data_received(self, data: bytes) -> None:
+        # Most reads hold exactly one whole answer: taken as it is, without the decoder's buffer.
+        if FRAME_HEADER_BYTES < len(data) <= self._frames.max_len + FRAME_HEADER_BYTES and not self._frames.pending and int.from_bytes(data[:2], "big") == len(data) - FRAME_HEADER_BYTES:
+            self._answer(data[FRAME_HEADER_BYTES:])
+            return
         try:
             payloads = list(self._frames.feed(data))
         except FrameError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -404,6 +405,10 @@ async def run_load(
         for terminal in terminals:
             conn.add_terminal(terminal)
     prepared = RequestTemplates() if templates else None
+    # What the run set up stays to its end: frozen, the collector does not walk it again and again while
+    # the run allocates its short-lived requests.
+    gc.collect()
+    gc.freeze()
     meter: _CpuMeter | None = await _CpuMeter.begin(workload, terminals, conns[0], seconds, engine_pids, postgres_url)
     started = time.perf_counter()
     deadline = started + seconds
@@ -558,6 +563,7 @@ async def run_load(
         await asyncio.gather(*tasks, *helpers, *spawned, return_exceptions=True)
         for conn in {id(c): c for c in [*conns, *by_terminal.values()]}.values():
             await conn.close()
+        gc.unfreeze()
     result.seconds = time.perf_counter() - started
     return result
 
@@ -593,6 +599,7 @@ class _Tokens:
         self.waiting: deque[Callable[[], None]] = deque()
 
     def take(self, then: Callable[[], None]) -> bool:
+        """True when a token was free (and is the caller's now); else `then` is called with the next one."""
         if self.count:
             self.count -= 1
             return True
@@ -659,21 +666,25 @@ class _TemplateSession:
         self.request: Prepared | None = None
         self.sent_at = 0.0
 
-    def advance(self) -> None:
-        """Start the next transaction, or finish when the run is over."""
+    def advance(self, token: bool = False) -> None:
+        """Start the next transaction (with an open loop's `token`, or when one is free), or finish when the
+        run is over."""
         run = self.run
         if self.done.done():
             return
         if time.perf_counter() >= run.deadline or self.conn.closed:
             self._finish()
             return
-        if run.tokens is not None and not run.tokens.take(self.advance):
+        if run.tokens is not None and not token and not run.tokens.take(self._with_token):
             return
         if self.turn is not None:
             if not self.turn.take(self._go):
                 return
             self.holding = True
         self._go()
+
+    def _with_token(self) -> None:
+        self.advance(token=True)
 
     def _go(self) -> None:
         if self.turn is not None:

@@ -170,3 +170,9 @@ async def test_one_watchdog_bounds_every_template_wait():
     # Each session's request times out, then its reversal does: the run ends within a few timeouts.
     assert time.monotonic() - started < 3.0
     assert result.timeouts == 2 and result.count == 0 and engine.requests == 4
+
+
+async def test_an_open_loop_of_template_requests_keeps_its_rate():
+    result = await _run(WrongEngine("00"), rate=40.0)
+    # 0.4 s at 40 requests a second: about 16, whatever the engine could take.
+    assert 8 <= result.count <= 20 and result.failures() == []
