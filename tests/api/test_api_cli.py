@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from api_helpers import AppEnv
 from cli_helpers import run_cli
-from sqlalchemy import func, select
+import sqlalchemy as sa
 
 from processor.ledger.models import journal_entries
 
@@ -124,5 +124,5 @@ async def test_the_load_command_pays_through_the_api_and_times_the_feed(app_env:
     assert summary["at_rate"]["rate"] == 20 and summary["at_rate"]["payments_per_s"] <= 25
     # Each 201 it counted is one committed payment.
     committed = await app_env.store.run_query(
-        lambda conn: conn.execute(select(func.count()).select_from(journal_entries).where(journal_entries.c.kind == "p2p")).scalar_one())
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(journal_entries).where(journal_entries.c.kind == "p2p")).scalar_one())
     assert committed == summary["payments"] + summary["at_rate"]["payments"]
