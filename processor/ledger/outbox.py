@@ -98,10 +98,14 @@ def operator_event(type_: str, data: dict[str, Any], now: dt.datetime) -> dict[s
     return _row("operator", None, type_, data, now)
 
 
+# One encoder for every event: json.dumps with options builds a new encoder on each call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def _row(audience: str, cardholder_id: int | None, type_: str, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     if audience == "cardholder" and type_ not in EVENT_TYPES:
         raise ValueError(f"unknown cardholder event type {type_!r}")
-    text = json.dumps(data, separators=(",", ":"), default=str)
+    text = _encode(data)
     if len(text) > MAX_DATA_CHARS:
         raise ValueError(f"event {type_} data is {len(text)} characters, more than {MAX_DATA_CHARS}")
     return {"audience": audience, "cardholder_id": cardholder_id, "type": type_, "data": text, "created_at": now}
