@@ -117,8 +117,11 @@ _PG_SAVEPOINT = "SAVEPOINT outbox_events"
 _PG_RELEASE = "RELEASE SAVEPOINT outbox_events"
 
 
-def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events inside the caller's transaction (see the module's note for PostgreSQL)."""
+def write_events(conn: Connection, rows: Sequence[dict[str, Any]], *, release: bool = True) -> None:
+    """Insert events inside the caller's transaction (see the module's note for PostgreSQL).
+
+    With `release` False the PostgreSQL subtransaction stays open (it commits with the transaction): for a
+    caller whose remaining statements may run inside it, one round trip fewer."""
     if not rows:
         return
     if conn.dialect.name != "postgresql":
@@ -131,7 +134,8 @@ def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         raise RuntimeError(f"{len(rows)} event ids asked for, {len(ids)} given")
     conn.exec_driver_sql(_PG_SAVEPOINT)
     conn.execute(_INSERT_EVENTS, [row | {"id": event_id} for row, event_id in zip(rows, ids, strict=True)])
-    conn.exec_driver_sql(_PG_RELEASE)
+    if release:
+        conn.exec_driver_sql(_PG_RELEASE)
 
 
 # ------------------------------------------------------------------ card traffic
