@@ -174,6 +174,7 @@ def create_app(service: ApiService) -> FastAPI:
         result = await service.store.run_write(security.refresh_tokens, body.refresh_token)
         if isinstance(result, str):
             service.tokens.forget_family(result)
+            service.tokens_revoked()
             raise ApiError("invalid_refresh_token", "this refresh token was already used: every token of that sign-in is revoked")
         return result.as_json()
 
@@ -183,6 +184,7 @@ def create_app(service: ApiService) -> FastAPI:
         if me.token_family:
             await service.store.run_write(security.revoke_family, me.token_family)
             service.tokens.forget_family(me.token_family)
+            service.tokens_revoked()
         return Response(status_code=204)
 
     @app.get("/v1/me", response_model=s.Me, tags=["me"], responses=errors)
@@ -328,9 +330,14 @@ def create_app(service: ApiService) -> FastAPI:
     @app.get("/v1/events/stream", tags=["feed"], responses={
         200: {"description": "server-sent events: `id` is the event id, `event` its type, `data` the JSON envelope",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **errors}, response_class=StreamingResponse)
-    async def stream(me: Me, request: Request, after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    async def stream(me: Me, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=24)] = None) -> StreamingResponse:
-        """The caller's events as they happen (server-sent events); resumes after Last-Event-ID (or ?after=)."""
+        """The caller's events as they happen (server-sent events); resumes after Last-Event-ID (or ?after=).
+
+        The stream ends when its access token is revoked (sign-out, a reused refresh token, a new password) or
+        expires; the app reconnects with a fresh token and Last-Event-ID.
+        """
         start = after
         if last_event_id:
             if not last_event_id.isdigit():
@@ -338,9 +345,10 @@ def create_app(service: ApiService) -> FastAPI:
             start = int(last_event_id)
         if service.hub.subscriptions(me.id) >= STREAMS_PER_CARDHOLDER:
             raise ApiError("too_many_streams", f"at most {STREAMS_PER_CARDHOLDER} event streams at once")
-        sub = service.hub.subscribe(me.id)
+        assert creds is not None  # `me` was found from it
+        sub = service.open_stream(me.id, creds.credentials)
         position = service.hub.position if start is None else start
-        return StreamingResponse(_sse(service, sub, me.id, position, request), media_type="text/event-stream",
+        return StreamingResponse(_sse(service, sub, me.id, position, creds.credentials), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     # ------------------------------------------------------------------ operators
@@ -357,6 +365,7 @@ def create_app(service: ApiService) -> FastAPI:
         password_hash = await asyncio.to_thread(security.hash_password, body.password)
         result = await write(op, request, key, body.model_dump(mode="json"), _set_password, cardholder_id, password_hash)
         service.tokens = security.TokenCache(service.tokens.ttl_s, service.tokens.max_entries)
+        service.tokens_revoked()
         return result
 
     @app.post("/v1/operator/accounts/{account_id}/deposits", response_model=s.Account, status_code=201, tags=["operator"], responses=errors)
@@ -444,30 +453,35 @@ def _deposit(conn: Any, account_id: int, amount_minor: int) -> tuple[int, dict[s
     return 201, views.own_account(conn, owner, account_id)
 
 
-async def _sse(service: ApiService, sub: Any, me: int, position: int, request: Request) -> AsyncIterator[bytes]:
-    """Backlog after `position` from the store, then live events from the hub; ends when the reader falls behind."""
+async def _sse(service: ApiService, sub: Any, me: int, position: int, token: str) -> AsyncIterator[bytes]:
+    """Backlog after `position` from the store, then live events from the hub; ends when the reader falls behind
+    or the token is no longer live."""
     try:
         yield b"retry: 1000\n\n"
-        while True:
+        while not sub.ended:
             page = await service.store.run_query(read_for, me, position, SSE_BACKLOG_PAGE)
             for event in page:
                 yield _sse_frame(event)
                 position = event.id
             if len(page) < SSE_BACKLOG_PAGE:
                 break
-        while not sub.overflowed:
+        while not sub.overflowed and not sub.ended:
             try:
                 async with asyncio.timeout(SSE_KEEPALIVE_S):
                     event = await sub.queue.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            if event is None or sub.ended:
+                break
             if event.id <= position:
                 continue
             position = event.id
             yield _sse_frame(event)
+        if sub.ended:
+            yield b": the access token was revoked or expired\n\n"
     finally:
-        sub.close()
+        service.close_stream(token, sub)
 
 
 def _sse_frame(event: Any) -> bytes:

@@ -15,11 +15,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from processor.api.errors import ApiError
 from processor.api.models import idempotency
 from processor.ledger.models import utcnow
+from processor.ledger.rows import pairs_in
 
 KEY_MAX_CHARS = 255
 CLAIM_STALE_AFTER = dt.timedelta(seconds=60)
@@ -31,8 +32,7 @@ _FIND = select(i.id, i.request_hash, i.state, i.status_code, i.body, i.created_a
     i.principal == bindparam("p"), i.key == bindparam("k")
 )
 _INSERT = insert(idempotency)
-_FIND_MANY = select(i.principal, i.key, i.request_hash, i.state, i.status_code, i.body).where(
-    tuple_(i.principal, i.key).in_(bindparam("pairs", expanding=True)))
+_FIND_MANY = select(i.principal, i.key, i.request_hash, i.state, i.status_code, i.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ def stored_many(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[st
     """Rows of several (principal, key) pairs at once (for batches)."""
     if not pairs:
         return {}
-    rows = conn.execute(_FIND_MANY, {"pairs": pairs})
+    rows = conn.execute(_FIND_MANY.where(pairs_in(conn, i.principal, i.key, pairs)))
     return {(r.principal, r.key): r for r in rows}
 
 

@@ -24,19 +24,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from processor.issuing import config
 from processor.api import idempotency as idem
 from processor.api.errors import ApiError
-from processor.api.models import conversation_items, conversations, p2p_daily, payment_requests, tokens
+from processor.api.models import conversation_items, conversations, p2p_daily, payment_requests
+from processor.api.security import live_access_tokens
 from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
 from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
-from processor.ledger.rows import insert_rows
+from processor.ledger.rows import insert_rows, pairs_in
 from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
@@ -129,13 +130,8 @@ _CHECKINGS = (
     .where(a.cardholder_id.in_(bindparam("ids", expanding=True)), a.kind == "checking", a.status != "closed")
     .order_by(a.id)
 )
-_CONVERSATIONS = select(conversations.c.id, conversations.c.low_id, conversations.c.high_id).where(
-    tuple_(conversations.c.low_id, conversations.c.high_id).in_(bindparam("pairs", expanding=True)))
+_CONVERSATIONS = select(conversations.c.id, conversations.c.low_id, conversations.c.high_id)
 _ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
-_LIVE_TOKENS = select(tokens.c.token_hash).where(
-    tokens.c.token_hash.in_(bindparam("hashes", expanding=True)), tokens.c.kind == "access",
-    tokens.c.revoked_at.is_(None), tokens.c.expires_at > bindparam("now"),
-)
 REVOKED = ApiError("unauthenticated", "unknown, expired or revoked token; refresh or sign in again",
                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
@@ -236,7 +232,7 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
     """Apply `batch` in order inside the caller's transaction; the answers hold once it commits."""
     now = utcnow()
     hashes = sorted({t.token_hash for t in batch if t.token_hash is not None})
-    live = set(conn.execute(_LIVE_TOKENS, {"hashes": hashes, "now": now}).scalars()) if hashes else set()
+    live = live_access_tokens(conn, hashes, now) if hashes else set()
     stored = idem.stored_many(conn, list({(t.principal, t.idem_key) for t in batch}))
     b = _load(conn, batch, now, limits)
     answers: list[idem.Answer | _Moved | _Replay | _SamePayment] = []
@@ -490,7 +486,9 @@ def _moved_answer(b: _Batch, m: _Moved) -> idem.Answer:
 
 def conversations_of(conn: Connection, pairs: set[tuple[int, int]], now: dt.datetime) -> dict[tuple[int, int], int]:
     """The conversation id of each (low, high) cardholder pair, creating the missing ones."""
-    found = {(r.low_id, r.high_id): r.id for r in conn.execute(_CONVERSATIONS, {"pairs": sorted(pairs)})}
+    if not pairs:
+        return {}
+    found = {(r.low_id, r.high_id): r.id for r in conn.execute(_CONVERSATIONS.where(pairs_in(conn, conversations.c.low_id, conversations.c.high_id, sorted(pairs))))}
     missing = sorted(pairs - set(found))
     if missing:
         ids = new_ids(conn, "conversations", len(missing))

@@ -13,12 +13,13 @@ import datetime as dt
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from processor.api.errors import ApiError
 from processor.api.models import credentials, operators, sign_in_throttle, tokens
@@ -199,6 +200,20 @@ def principal_for_token(conn: Connection, hashed: str, now: dt.datetime) -> tupl
     if row is None:
         return None
     return Principal("cardholder", row.cardholder_id, row.handle, row.family), row.expires_at
+
+
+def live_access_tokens(conn: Connection, hashes: Sequence[str], now: dt.datetime) -> set[str]:
+    """Which of these access-token hashes are still live (neither revoked nor expired)."""
+    live: set[str] = set()
+    for start in range(0, len(hashes), _LIVE_CHUNK):
+        live.update(conn.execute(_LIVE_TOKENS, {"hashes": list(hashes[start:start + _LIVE_CHUNK]), "now": now}).scalars())
+    return live
+
+
+_LIVE_CHUNK = 500
+_LIVE_TOKENS = select(tk.token_hash).where(
+    tk.token_hash.in_(bindparam("hashes", expanding=True)), tk.kind == "access", tk.revoked_at.is_(None), tk.expires_at > bindparam("now"),
+)
 
 
 def principal_for_operator_key(conn: Connection, hashed: str) -> Principal | None:

@@ -17,7 +17,7 @@ from processor.api import security
 from processor.api.errors import ApiError
 from processor.api.payments import TransferDesk
 from processor.config import Settings
-from processor.events.feed import EventHub
+from processor.events.feed import EventHub, Subscription
 from processor.ledger.models import utcnow
 from processor.ledger.errors import StoreError
 
@@ -25,6 +25,9 @@ log = logging.getLogger("processor.api")
 
 SWEEP_INTERVAL_S = 30.0
 STREAMS_PER_CARDHOLDER = 5
+# How often open event streams have their access token checked again: a revocation or expiry committed by
+# any process ends the stream within this time (one made by this process ends it at once).
+STREAM_TOKEN_CHECK_S = 0.5
 
 
 @dataclass
@@ -38,6 +41,9 @@ class ApiService:
     tokens: security.TokenCache = field(default_factory=security.TokenCache)
     keys: Any = None
     _sweeper: asyncio.Task[None] | None = None
+    _streams: dict[str, set[Subscription]] = field(default_factory=dict)  # access-token hash -> its open streams
+    _check_streams: asyncio.Event = field(default_factory=asyncio.Event)
+    _stream_watch: asyncio.Task[None] | None = None
 
     async def issuer_keys(self) -> Any:
         if self.keys is None:
@@ -72,6 +78,48 @@ class ApiService:
         self.tokens.put(hashed, principal, expires_at)
         return principal
 
+    # ------------------------------------------------------------------ event streams
+
+    def open_stream(self, cardholder_id: int, token: str) -> Subscription:
+        """A live subscription for a stream opened with `token`: it ends when the token is revoked or expires."""
+        sub = self.hub.subscribe(cardholder_id)
+        self._streams.setdefault(security.token_hash(token), set()).add(sub)
+        return sub
+
+    def close_stream(self, token: str, sub: Subscription) -> None:
+        hashed = security.token_hash(token)
+        subs = self._streams.get(hashed)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._streams[hashed]
+        sub.close()
+
+    def tokens_revoked(self) -> None:
+        """This process has just revoked tokens: check the open streams' tokens now rather than at the next tick."""
+        self._check_streams.set()
+
+    async def _watch_streams(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STREAM_TOKEN_CHECK_S):
+                    await self._check_streams.wait()
+            self._check_streams.clear()
+            if not self._streams:
+                continue
+            hashes = sorted(self._streams)
+            try:
+                live = await self.store.run_query(security.live_access_tokens, hashes, utcnow())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking the event streams' tokens failed; retrying")
+                continue
+            for hashed in hashes:
+                if hashed not in live:
+                    for sub in self._streams.pop(hashed, ()):
+                        sub.end()
+
     # ------------------------------------------------------------------ writes
 
     async def write(self, principal: str, key: str, rhash: str, body: Callable[..., tuple[int, dict[str, Any]]], *args: Any) -> idem.Answer:
@@ -105,6 +153,7 @@ class ApiService:
 
     def start_sweeper(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="api-sweeper")
+        self._stream_watch = asyncio.create_task(self._watch_streams(), name="api-stream-tokens")
 
     async def _sweep(self) -> None:
         from processor.api.threads import expire_requests
@@ -118,10 +167,11 @@ class ApiService:
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._stream_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.desk.close()
         await self.hub.close()
 

@@ -27,16 +27,23 @@ class Subscription:
     def __init__(self, hub: "EventHub", cardholder_id: int | None, queue_max: int) -> None:
         self.hub = hub
         self.cardholder_id = cardholder_id
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(queue_max)
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(queue_max)
         self.overflowed = False
+        self.ended = False
 
     def offer(self, event: Event) -> None:
-        if self.overflowed:
+        if self.overflowed or self.ended:
             return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
+
+    def end(self) -> None:
+        """Stop this subscription: its reader gets no further event (None wakes a reader that waits)."""
+        self.ended = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
 
     def close(self) -> None:
         self.hub._remove(self)

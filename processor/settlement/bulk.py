@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, text
+from sqlalchemy import Connection, Table, func, select, text
 from sqlalchemy.util import await_only
 
 COPY_TIMEOUT_S = 120
@@ -87,6 +87,8 @@ def update_rows(
     Returns the rows changed, or -1 when the driver does not say."""
     if not rows:
         return 0
+    if conn.dialect.driver == "asyncpg":
+        return _update_from_arrays(conn, table, set_sql, set_columns, where_sql, where_columns, rows)
     marks = _placeholders(conn, len(set_columns) + len(where_columns))
     sql = f"UPDATE {conn.dialect.identifier_preparer.quote(table.name)} SET " + set_sql.format(*marks[: len(set_columns)])
     sql += " WHERE " + where_sql.format(*marks[len(set_columns) :])
@@ -111,3 +113,38 @@ def refresh_statistics(conn: Connection, tables: Sequence[Table]) -> list[str]:
     for name in stale:
         conn.exec_driver_sql(f"ANALYZE {quote(name)}")
     return stale
+
+
+def _update_from_arrays(
+    conn: Connection, table: Table, set_sql: str, set_columns: Sequence[str], where_sql: str, where_columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> int:
+    """`update_rows` on PostgreSQL as one statement: UPDATE ... FROM unnest(one array per column)."""
+    names = [*set_columns, *where_columns]
+    values = [f"v.c{i}" for i in range(len(names))]
+    arrays = ", ".join(f"${i + 1}::{table.c[name].type.compile(conn.dialect)}[]" for i, name in enumerate(names))
+    # v's columns are c0, c1, ...: the statement's own column names still mean the target's.
+    sql = (
+        f"UPDATE {conn.dialect.identifier_preparer.quote(table.name)} SET {set_sql.format(*values[: len(set_columns)])} "
+        f"FROM unnest({arrays}) AS v({', '.join(f'c{i}' for i in range(len(names)))}) "
+        f"WHERE {where_sql.format(*values[len(set_columns) :])}"
+    )
+    bound = _bound(rows, _processors(conn, table, names))
+    return conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*bound, strict=True))).rowcount
+
+
+def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
+    """`count` new primary keys of `table`, as its inserts would take them, for rows inserted with their id.
+
+    PostgreSQL: from the table's sequence. SQLite: the rowids after the largest, which is what SQLite
+    itself would give (no AUTOINCREMENT); the caller's transaction holds the write lock (BEGIN IMMEDIATE),
+    so no one else takes them meanwhile."""
+    if count <= 0:
+        return []
+    if conn.dialect.name == "postgresql":
+        return list(conn.execute(
+            text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+            {"t": table.name, "n": count},
+        ).scalars())
+    first = (conn.execute(select(func.max(table.c.id))).scalar() or 0) + 1
+    return list(range(first, first + count))

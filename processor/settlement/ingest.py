@@ -43,7 +43,7 @@ from processor.iso8583.currency import alpha_for_numeric
 from processor.ledger import StoreInterface
 from processor.ledger.apply import BatchState, internal_account
 from processor.ledger.models import accounts, auths, cards, holds, journal_entries, postings, utcnow
-from processor.settlement.bulk import ITEM_COLUMNS, insert_rows, refresh_statistics, update_rows
+from processor.settlement.bulk import ITEM_COLUMNS, allocate_ids, insert_rows, refresh_statistics, update_rows
 from processor.settlement.config import SettlementConfig
 from processor.settlement.models import (
     clearing_files,
@@ -53,7 +53,7 @@ from processor.settlement.models import (
     settlement_items,
 )
 
-CHUNK = 2000
+CHUNK = 5000
 PRESENTMENT_COLUMNS = (
     "clearing_file_id", "seq", "record_checksum", "status", "auth_id", "card_id", "amount_minor", "currency", "auth_code", "rrn",
     "arn", "merchant_id", "pan_last4", "business_date", "entry_id", "reason",
@@ -227,11 +227,11 @@ def apply_chunk(
     posted = [d for d in decisions if d["post"]]
     entry_ids: list[int] = []
     if posted:
-        entry_ids = list(conn.execute(
-            insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True),
-            [{"kind": "presentment", "reference": f"presentment:{file_id}:{d['r'].seq}", "auth_id": d["auth"].id if d["auth"] else None,
-              "forced": d["forced"], "created_at": now} for d in posted],
-        ).scalars())
+        entry_ids = allocate_ids(conn, journal_entries, len(posted))
+        insert_rows(conn, journal_entries, ("id", "kind", "reference", "auth_id", "forced", "created_at"), [
+            (entry_id, "presentment", f"presentment:{file_id}:{d['r'].seq}", d["auth"].id if d["auth"] else None,
+             d["forced"], now) for entry_id, d in zip(entry_ids, posted, strict=True)
+        ])
         lines = []
         for d, entry_id in zip(posted, entry_ids, strict=True):
             d["entry_id"] = entry_id

@@ -5,24 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from cli_helpers import run_cli
 
 
-def run(workdir: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "processor.cli", *args], cwd=workdir, input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
+def run(workdir: Path, *args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+    proc = run_cli("processor", workdir, *args, stdin=stdin, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
     if check and proc.returncode != 0:
         raise AssertionError(f"processor {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
 
 
-def data(workdir: Path, *args: str, stdin: str | None = None) -> dict:
+def data(workdir: Path, *args: str, stdin: str = "") -> dict:
     return json.loads(run(workdir, *args, "--json", stdin=stdin).stdout)
 
 
@@ -30,6 +30,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The API process says when it listens; this bound is only reached by an API that neither listens nor
+# exits, so it is generous enough for a loaded machine.
+START_BOUND_S = 120
+
+
+def _first_line(proc: subprocess.Popen, bound_s: float) -> str:
+    """The first line `proc` prints, as soon as it prints it ("" when it exits first)."""
+    ready, _, _ = select.select([proc.stdout], [], [], bound_s)
+    assert ready, f"no line within {bound_s} s"
+    return proc.stdout.readline()
 
 
 def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
@@ -73,14 +85,9 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, server.stderr.read() if server.poll() is not None else "timeout"
-                time.sleep(0.2)
+        announced = _first_line(server, START_BOUND_S)
+        assert announced.startswith(f"money app API listening on http://127.0.0.1:{port}"), (announced, server.stderr.read())
+        r = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=30)
         assert r.status_code == 200 and "/v1/payments" in r.json()["paths"]
         r = httpx.post(f"http://127.0.0.1:{port}/v1/auth/sign-in", json={"handle": "ada", "password": "a long enough password"})
         assert r.status_code == 200

@@ -3,13 +3,14 @@ on the very next request, for payments (whose token check runs in the payment's 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -88,3 +89,54 @@ async def test_a_reused_refresh_token_revokes_the_sign_in_on_every_process(app_e
     # ... and the second process refuses its access token on the next payment.
     assert (await _pay(second_api, pair["access_token"], bob)).status_code == 401
     assert (await _pay(app_env_both.client, pair["access_token"], bob)).status_code == 401
+
+
+async def _stream_until_closed(client: httpx.AsyncClient, token: str, opened: asyncio.Event, events: list[str]) -> None:
+    """Hold an event stream open, noting each event's type, until the server ends it."""
+    async with client.stream("GET", "/v1/events/stream", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status_code == 200
+        opened.set()
+        async for line in r.aiter_lines():
+            if line.startswith("event: "):
+                events.append(line[7:])
+
+
+async def test_open_streams_end_when_their_token_is_revoked_in_any_process(app_env_both: AppEnv, second_api: httpx.AsyncClient) -> None:
+    ada, bob = await app_env_both.enroll("ada", 10_000), await app_env_both.enroll("bob", 10_000)
+    local_open, remote_open, bob_open = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    local_events: list[str] = []
+    remote_events: list[str] = []
+    bob_events: list[str] = []
+    local = asyncio.create_task(_stream_until_closed(app_env_both.client, ada.token, local_open, local_events))
+    remote = asyncio.create_task(_stream_until_closed(second_api, ada.token, remote_open, remote_events))
+    bobs = asyncio.create_task(_stream_until_closed(second_api, bob.token, bob_open, bob_events))
+    await asyncio.wait_for(asyncio.gather(local_open.wait(), remote_open.wait(), bob_open.wait()), 10)
+    assert (await _pay(app_env_both.client, bob.token, ada)).status_code == 201
+    await _until(lambda: local_events == remote_events == ["payment.received"], lambda: f"{local_events} {remote_events}")
+    assert (await app_env_both.client.post("/v1/auth/sign-out", headers=ada.auth)).status_code == 204
+
+    # Signed out on the first process: its own stream ends at once, the second process's within its check interval.
+    await asyncio.wait_for(local, 2)
+    await asyncio.wait_for(remote, 5)
+    assert local_events == remote_events == ["payment.received"]
+    # Bob's stream, on the same process and token table, is untouched and still live.
+    assert not bobs.done()
+    assert (await _pay(app_env_both.client, await _fresh_token(app_env_both, "ada"), bob)).status_code == 201
+    await _until(lambda: bob_events == ["payment.sent", "payment.received"], lambda: str(bob_events))
+    bobs.cancel()
+    # The revoked token cannot open a stream again.
+    r = await second_api.get("/v1/events/stream", headers=ada.auth)
+    assert r.status_code == 401
+
+
+async def _fresh_token(env: AppEnv, handle: str) -> str:
+    r = await env.client.post("/v1/auth/sign-in", json={"handle": handle, "password": PASSWORD})
+    assert r.status_code == 200
+    return str(r.json()["access_token"])
+
+
+async def _until(condition: Callable[[], bool], seen: Callable[[], str] = lambda: "", timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {seen()}"
+        await asyncio.sleep(0.02)
