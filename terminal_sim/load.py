@@ -37,7 +37,7 @@ from terminal_sim.iso_client import ResponseTimeout, TerminalConnection, outgoin
 from terminal_sim.load_report import Latencies, LoadProgress, distribution_json, histogram_json, nearest_rank
 from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
-from terminal_sim.templates import TEMPLATE_KINDS, Prepared, RequestTemplates
+from terminal_sim.templates import TEMPLATE_KINDS, AnswerLayouts, Prepared, RequestTemplates
 
 DEFAULT_MIX = {"purchase": 60, "pin": 15, "manual": 10, "preauth": 5, "balance": 5, "refund": 5}
 DEFAULT_CHIP_MIX = {"purchase": 25, "pin": 10, "chip": 20, "contactless": 15, "manual": 5, "preauth": 5, "balance": 5, "refund": 5}
@@ -380,7 +380,8 @@ async def run_load(
     were in balance with the engine's totals.
 
     With `templates`, the kinds sent as one request go out from prepared templates (terminal_sim.templates):
-    the same bytes for far less of the generator's CPU.
+    the same bytes for far less of the generator's CPU. Over TCP each session then runs from its connection's
+    reader (_TemplateSession): an answer starts the session's next request without a task switch.
 
     With `engine_pids` (processes on this machine) the result also says what CPU they spent per answer
     against the decode unit (terminal_sim.cpu), with `postgres_url` what the database's backends spent.
@@ -405,6 +406,7 @@ async def run_load(
         for terminal in terminals:
             conn.add_terminal(terminal)
     prepared = RequestTemplates() if templates else None
+    layouts = AnswerLayouts()
     # What the run set up stays to its end: frozen, the collector does not walk it again and again while
     # the run allocates its short-lived requests.
     gc.collect()
@@ -448,6 +450,9 @@ async def run_load(
         if kind in CHIP_KINDS:
             await chip_one(conn, terminal, kind)
             return
+        if prepared is not None and kind in TEMPLATE_KINDS and terminal.ipek is not None:
+            await template_one(conn, terminal, kind)
+            return
         kind, request = workload.next(terminal, kind)
         t0 = time.perf_counter()
         try:
@@ -464,6 +469,25 @@ async def run_load(
         result.record(kind, code, (time.perf_counter() - t0) * 1000)
         if kind == "preauth" and code == "00":
             await complete(conn, terminal, request)
+
+    async def template_one(conn: Any, terminal: PosTerminal, kind: str) -> None:
+        # Over MQTT: the template's bytes are published as they are, and the answer checked without decoding it.
+        assert prepared is not None
+        card = workload.random.choice(workload.swipeable(terminal) if kind in SWIPE_KINDS else workload.cards)
+        request = prepared.prepare(terminal, kind, card, workload.amount())
+        sent_at = time.perf_counter()
+        try:
+            raw = await conn.send_raw(request.payload, request.stan.decode())
+        except ResponseTimeout:
+            result.timeouts += 1
+            await reverse(conn, terminal, request.fields())
+            return
+        except (ConnectionError, OSError):
+            result.errors += 1
+            raise
+        code = _template_answer(result, request, raw, layouts.spans(raw), prepared.des, sent_at)
+        if kind == "preauth" and code == rc.APPROVED:
+            await complete(conn, terminal, request.fields())
 
     async def reverse(conn: TerminalConnection, terminal: PosTerminal, request: dict[str, Any]) -> None:
         # A request unanswered in time is reversed, as a terminal does; the run has already failed on it.
@@ -566,6 +590,24 @@ async def run_load(
         gc.unfreeze()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _template_answer(
+    result: LoadResult, request: Prepared, raw: bytes, spans: dict[str, tuple[int, int]] | None, des: Any, sent_at: float,
+) -> str | None:
+    """Count the answer to a template request: its code and latency, and an approval in the terminal's batch;
+    an answer that is not the engine's (Prepared.check) counts as such. The code when it was counted."""
+    latency_us = int((time.perf_counter() - sent_at) * 1_000_000)
+    code, problem = request.check(raw, spans, des)
+    if problem is not None or code is None or spans is None:
+        result.unauthentic += 1
+        return None
+    result.record_us(request.kind, code, latency_us)
+    if code in rc.APPROVALS and request.template.debit_or_credit is not None:
+        amount = spans.get("4")
+        amount_minor = int(raw[amount[0] : amount[1]]) if amount is not None else request.amount_minor
+        request.terminal.batch.add(request.stan.decode(), request.de7.decode(), request.template.debit_or_credit, amount_minor)
+    return code
 
 
 class _Turn:
@@ -725,23 +767,10 @@ class _TemplateSession:
                 result.timeouts += 1
                 run.spawn(self._full(run.reverse(self.conn, self.terminal, request.fields())))
             return
-        latency_us = int((time.perf_counter() - self.sent_at) * 1_000_000)
-        code, problem = request.check(raw, spans, run.prepared.des)
-        if problem is not None:
-            result.unauthentic += 1
-            self._next()
+        code = _template_answer(run.result, request, raw, spans, run.prepared.des, self.sent_at)
+        if request.kind == "preauth" and code == rc.APPROVED:
+            run.spawn(self._full(run.complete(self.conn, self.terminal, request.fields())))
             return
-        assert code is not None and spans is not None
-        result.record_us(request.kind, code, latency_us)
-        if code in rc.APPROVALS:
-            template = request.template
-            if template.debit_or_credit is not None:
-                amount = spans.get("4")
-                amount_minor = int(raw[amount[0] : amount[1]]) if amount is not None else request.amount_minor
-                self.terminal.batch.add(request.stan.decode(), request.de7.decode(), template.debit_or_credit, amount_minor)
-            if request.kind == "preauth" and code == rc.APPROVED:
-                run.spawn(self._full(run.complete(self.conn, self.terminal, request.fields())))
-                return
         self._next()
 
     def _next(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -12,7 +13,11 @@ import sys
 from pathlib import Path
 
 import httpx
+from api_helpers import AppEnv
 from cli_helpers import run_cli
+import sqlalchemy as sa
+
+from processor.ledger.models import journal_entries
 
 
 def run(workdir: Path, *args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
@@ -100,3 +105,24 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
     assert server.returncode == 0
     bad = run(tmp_path, "api", "--http", "nonsense", check=False)
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+async def test_the_load_command_pays_through_the_api_and_times_the_feed(app_env: AppEnv, tmp_path: Path) -> None:
+    await app_env.write("PUT", "/v1/operator/p2p-limits", app_env.op, {"daily_limit_minor": 10**9, "daily_count": 10**6})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli", "api-load", "--url", app_env.running.url, "--operator-key", app_env.operator_key,
+        "--users", "3", "--connections", "2", "--seconds", "1", "--streams", "3", "--target-rate", "20", "--server-pid", str(os.getpid()),
+        "--quiet", "--json", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)
+    for phase in (summary, summary["at_rate"]):
+        assert phase["payments"] > 0 and set(phase["answers"]) == {"201"} and phase["transport_errors"] == 0
+        assert 0 < phase["p50_ms"] <= phase["p99_ms"]
+        assert phase["feed"]["events"] > 0 and phase["feed"]["p99_ms"] > 0
+        assert phase["server_cpu_ms_per_payment"] > 0 and phase["client_cpu_ms_per_payment"] > 0
+    assert summary["at_rate"]["rate"] == 20 and summary["at_rate"]["payments_per_s"] <= 25
+    # Each 201 it counted is one committed payment.
+    committed = await app_env.store.run_query(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(journal_entries).where(journal_entries.c.kind == "p2p")).scalar_one())
+    assert committed == summary["payments"] + summary["at_rate"]["payments"]
