@@ -23,7 +23,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Connection, String, bindparam, column, func, insert, select, text, update
 
 from processor.ledger import ops, refunds, spend
-from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings, terminals
+from processor.ledger.models import (
+    accounts, auths, cache_generation, cards, holds, journal_entries, payment_tokens, postings, terminals,
+)
+from processor.ledger.generation import CACHES
 from processor.ledger.ops import Result
 
 
@@ -123,6 +126,7 @@ _AUTH_COLS = tuple(
 # The newest request with that reference: a terminal's STAN comes round again only long after.
 _AUTH_BY_REF = select(*_AUTH_COLS).where(auths.c.ref == bindparam("ref")).order_by(auths.c.id.desc()).limit(1)
 _AUTHS_BY_KEYS = select(*_AUTH_COLS).where(auths.c.idem_key.in_(bindparam("keys", expanding=True)))
+_GENERATION = select(cache_generation.c.generation).where(cache_generation.c.name == CACHES)
 _CLAIM_REVERSAL = (
     update(auths)
     .where(auths.c.id == bindparam("oid"), auths.c.reversed.is_(False))
@@ -225,7 +229,28 @@ _INTERNAL = select(accounts.c.id).where(
 
 
 def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState) -> list[ops.AuthOutcome]:
-    """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
+    """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits.
+
+    An operation decided on cached rows (`seen_generation`) whose generation is no longer the current one
+    is answered STALE and not applied: the cache generation is read once per batch, in its transaction.
+    """
+    if any(op.seen_generation is not None for op in batch):
+        current = conn.execute(_GENERATION).scalar_one()
+        if any(op.seen_generation not in (None, current) for op in batch):
+            live = [op for op in batch if op.seen_generation in (None, current)]
+            applied = iter(_apply_batch(conn, live, state) if live else [])
+            return [next(applied) if op.seen_generation in (None, current) else _stale(op, current) for op in batch]
+    return _apply_batch(conn, batch, state)
+
+
+def _stale(op: ops.AnyOp, generation: int) -> ops.AuthOutcome:
+    return ops.AuthOutcome(
+        op.idem_key, Result.STALE, "", 0, None, None, op.card_id, op.account_id, None, None, op.currency,
+        f"decided on cached rows older than cache generation {generation}",
+    )
+
+
+def _apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState) -> list[ops.AuthOutcome]:
     original_accounts: set[int] = set()
     if conn.dialect.name == "postgresql":
         # Lock the batch's accounts up front in id order, before any card or terminal row: parallel
