@@ -350,10 +350,14 @@ async def test_serve_publishes_events_one_engine_at_a_time_and_a_stand_by_takes_
                 return len(ops.ids()) >= 20
 
             await eventually(first_twenty, 30, "the operators got the first twenty decisions")
-            publishing = [i for i in (0, 1) if "this process publishes" in logs[i].read_text()]
+            async def logged(i: int, text: str) -> bool:  # (an engine's log reaches its file within a flush)
+                return text in logs[i].read_text()
+
+            await eventually(lambda: _any_logged(logged, "this process publishes"), 10, "an engine publishes")
+            publishing = [i for i in (0, 1) if await logged(i, "this process publishes")]
             assert len(publishing) == 1, "one engine publishes, the other stands by"
             standing_by = 1 - publishing[0]
-            assert "standing by" in logs[standing_by].read_text()
+            await eventually(lambda: logged(standing_by, "standing by"), 10, "the other engine stands by")
             engines[publishing[0]].send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(engines[publishing[0]].wait, 30) == 0
             await purchases(ports[standing_by], 10)
@@ -362,7 +366,7 @@ async def test_serve_publishes_events_one_engine_at_a_time_and_a_stand_by_takes_
                 return len(ops.ids()) >= 30
 
             await eventually(all_thirty, 30, "the stand-by engine published the decisions made after")
-            assert "this process publishes" in logs[standing_by].read_text()
+            await eventually(lambda: logged(standing_by, "this process publishes"), 10, "the stand-by took over")
             await asyncio.sleep(0.5)  # a copy that should not come would have come by now
         finally:
             for process in engines:
@@ -384,3 +388,8 @@ async def test_serve_publishes_events_one_engine_at_a_time_and_a_stand_by_takes_
     assert ops.ids() == committed, "every committed decision reached the operators, in order"
     assert len(ops.received) == len(committed), "and each once: no engine published what another had"
     assert status["backlog"] == 0
+
+
+async def _any_logged(logged: Any, text: str) -> bool:
+    return await logged(0, text) or await logged(1, text)
+
