@@ -48,6 +48,12 @@ def _env_int(name: str, default: int, lowest: int) -> int:
     return int(raw)
 
 
+def _plain(value: Any) -> bool:
+    """A value that goes into a line unescaped: statuses and their comma-separated lists (the keyword names
+    are the HSM's own)."""
+    return isinstance(value, str) and value.isascii() and value.replace(",", "").isalnum()
+
+
 def rotated(path: Path, keep: int = KEEP) -> list[Path]:
     """The log's files that exist, oldest first: <file>.keep ... <file>.1, <file>."""
     names = [path.with_name(f"{path.name}.{n}") for n in range(keep, 0, -1)] + [path]
@@ -78,12 +84,13 @@ class AuditLog:
     def write(self, by: str, role: str, command: str, status: str, kcvs: tuple[str, ...], **extra: Any) -> None:
         """A command's line; names, roles, commands and statuses are ours and safe to write unescaped."""
         now = self._now()
-        if extra or not all(k.isalnum() and k.isascii() for k in kcvs):
+        if not all(k.isalnum() and k.isascii() for k in kcvs) or not all(_plain(v) for v in extra.values()):
             record = {"t": now, "by": by, "role": role, "cmd": command, "status": status, **({"keys": kcvs} if kcvs else {}), **extra}
             line = json.dumps(record, separators=(",", ":"))
         else:
             keys = ',"keys":[' + ",".join(f'"{k}"' for k in kcvs) + "]" if kcvs else ""
-            line = f'{{"t":"{now}","by":"{by}","role":"{role}","cmd":"{command}","status":"{status}"{keys}}}'
+            more = "".join(f',"{name}":"{value}"' for name, value in extra.items())
+            line = f'{{"t":"{now}","by":"{by}","role":"{role}","cmd":"{command}","status":"{status}"{keys}{more}}}'
         self._append(line)
 
     def refusal(self, by: str, role: str, command: str, why: str, *, peer: str = "") -> None:

@@ -451,15 +451,23 @@ async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             MqttEndpoint.parse(settings.mqtt_url)
         except ValueError as exc:
             raise ConfigurationError(f"broker URL: {exc}") from None
+    events_url = args.events_mqtt or os.environ.get("PROCESSOR_EVENTS_MQTT_URL") or None
+    if events_url == "off":
+        events_url = None
+    if events_url:
+        try:
+            MqttEndpoint.parse(events_url)
+        except ValueError as exc:
+            raise ConfigurationError(f"events broker URL: {exc}") from None
     if args.tcp == "off":
         if not settings.mqtt_url:
             raise ConfigurationError("--tcp off needs a broker to answer on: give --mqtt URL or set PROCESSOR_MQTT_URL")
         settings.check()
-        await run_server(settings, host="", port=0, tcp=False)
+        await run_server(settings, host="", port=0, tcp=False, events_url=events_url)
         return 0
     host, port = listen_address(args.tcp)
     settings.check()
-    await run_server(settings, host=host, port=port, reuse_port=args.reuse_port)
+    await run_server(settings, host=host, port=port, reuse_port=args.reuse_port, events_url=events_url)
     return 0
 
 
@@ -665,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share the TCP port with other engine processes (SO_REUSEPORT): the kernel spreads connections")
     p.add_argument("--mqtt", help="also answer terminals through this broker: mqtt://USER:PASSWORD@HOST:PORT "
                    "(default: PROCESSOR_MQTT_URL)")
+    p.add_argument("--events-mqtt", metavar="URL",
+                   help="also publish the outbox's events to this broker with its events account, "
+                   "mqtt://events:PASSWORD@HOST:PORT (default: PROCESSOR_EVENTS_MQTT_URL; off: do not); of several "
+                   "engines one publishes at a time, the others stand by")
     p.set_defaults(func=None, serve=True)
 
     p = sub.add_parser("demo", add_help=False,

@@ -490,8 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--templates", action="store_true",
                    help="for throughput runs: send purchase, manual, preauth, balance and refund requests from prepared "
-                   "templates (card, amount, STAN, RRN, times, KSN and MAC patched in), at a fraction of the generator's CPU; "
-                   "the PIN and chip kinds keep the full terminal path")
+                   "templates (card, amount, STAN, RRN, times, KSN and MAC patched in) and check their answers (code, "
+                   "MAC, STAN, RRN) without decoding them in full, at a fraction of the generator's CPU; the PIN and "
+                   "chip kinds, completions and reversals keep the full terminal path")
     p.add_argument("--engine-pid", type=int, action="append", metavar="PID",
                    help="a process of the engine on this machine (repeatable): report its CPU per answer (with its "
                    "children) against the decode unit, one pyiso8583 decode of the run's request measured beside the load")

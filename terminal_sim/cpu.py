@@ -194,6 +194,7 @@ class CpuFigures:
     generator_s: float
     decode_unit_us: float | None
     postgres_s: float | None = None
+    generator_system_s: float | None = None  # the part of generator_s spent in the kernel (system calls)
 
     def as_json(self) -> dict[str, Any]:
         def per(seconds: float | None) -> float | None:
@@ -206,6 +207,7 @@ class CpuFigures:
             "decode_unit_us": round(self.decode_unit_us, 2) if self.decode_unit_us else None,
             "engine_decode_ratio": ratio,
             "generator_us_per_request": per(self.generator_s),
+            "generator_system_us_per_request": per(self.generator_system_s),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
         if self.postgres_s is not None:

@@ -42,8 +42,7 @@ class TerminalBatch:
         if mti in ("0200", "0220"):
             kind = _kind(request)
             if kind is not None:
-                amount = int(answer.get("4") or request.get("4") or 0)
-                self.items[(str(request["11"]), str(request["7"]))] = Item(kind, amount)
+                self.add(str(request["11"]), str(request["7"]), kind, int(answer.get("4") or request.get("4") or 0))
         elif mti in ("0400", "0420") and request.get("90"):
             de90 = str(request["90"])
             key = (de90[4:10], de90[10:20])
@@ -52,6 +51,10 @@ class TerminalBatch:
                 return
             remaining = int(str(request["95"])[:12]) if request.get("95") else 0
             self.items[key] = Item(item.kind, min(item.amount_minor, remaining), reversed=True)
+
+    def add(self, stan: str, transmitted: str, kind: str, amount_minor: int) -> None:
+        """Count one approved debit or credit by its STAN and DE 7 (what record() does for an approved 0200 or 0220)."""
+        self.items[(stan, transmitted)] = Item(kind, amount_minor)
 
     def totals(self) -> BatchTotals:
         credits = [i.amount_minor for i in self.items.values() if i.kind == "credit" and i.amount_minor > 0]

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import os
 import random
 import time
-from collections import Counter
-from collections.abc import Callable
+from array import array
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +37,7 @@ from terminal_sim.iso_client import ResponseTimeout, TerminalConnection, outgoin
 from terminal_sim.load_report import Latencies, LoadProgress, distribution_json, histogram_json, nearest_rank
 from terminal_sim.nfc import DEFAULT_CONTACTLESS_LIMIT_MINOR
 from terminal_sim.pos import CardData, PosTerminal
-from terminal_sim.templates import TEMPLATE_KINDS, RequestTemplates
+from terminal_sim.templates import TEMPLATE_KINDS, AnswerLayouts, Prepared, RequestTemplates
 
 DEFAULT_MIX = {"purchase": 60, "pin": 15, "manual": 10, "preauth": 5, "balance": 5, "refund": 5}
 DEFAULT_CHIP_MIX = {"purchase": 25, "pin": 10, "chip": 20, "contactless": 15, "manual": 5, "preauth": 5, "balance": 5, "refund": 5}
@@ -90,44 +93,66 @@ def parse_expect(entries: list[str] | None) -> dict[str, frozenset[str]]:
 
 @dataclass
 class LoadResult:
-    """What one run measured: answers by kind and code, HdrHistogram latencies, and what fails the run."""
+    """What one run measured: answers by kind and code, latencies, and what fails the run."""
 
     seconds: float
     connections: int
     expected: dict[str, frozenset[str]] = field(default_factory=lambda: dict(EXPECTED_CODES))
-    codes: Counter[str] = field(default_factory=Counter)
     by_kind: dict[str, Counter[str]] = field(default_factory=dict)
-    latencies_by_kind: dict[str, Latencies] = field(default_factory=dict)
+    # Each answer's latency in microseconds, by kind: an append per answer; the HdrHistograms and their
+    # percentiles are made once, at the end (`latencies_by_kind`).
+    latencies_us: dict[str, array[int]] = field(default_factory=dict)
     timeouts: int = 0
     errors: int = 0
     reversals: int = 0  # approved by the issuer, then refused by the card, and reversed
+    unauthentic: int = 0  # answers to template requests that were not the engine's (MAC, RRN, MTI)
     batches: list[BatchReport] = field(default_factory=list)  # the terminals' closes at the end, when asked
     cpu: CpuFigures | None = None  # what the engine and the generator spent per answer, when measured
     unexpected: int = 0
-    # The last second's latencies, for the live line's p99; emptied every second by `progress`.
-    _since_progress_ms: list[float] = field(default_factory=list)
+    # How many latencies of each kind the live line has seen: the last second's are those after.
+    _progress_marks: dict[str, int] = field(default_factory=dict)
+    _histograms: tuple[int, dict[str, Latencies]] = field(default_factory=lambda: (-1, {}))
 
     def record(self, kind: str, code: str, latency_ms: float) -> None:
-        # The load generator shares the machine with what it measures: one histogram per answer (its
-        # kind's), the rest is counting. The overall histogram is the kinds' added up at the end.
-        self._since_progress_ms.append(latency_ms)
-        self.codes[code] += 1
+        self.record_us(kind, code, int(latency_ms * 1000))
+
+    def record_us(self, kind: str, code: str, latency_us: int) -> None:
+        # The load generator shares the machine with what it measures: counting and an append per answer.
         kind_codes = self.by_kind.get(kind)
         if kind_codes is None:
             kind_codes = self.by_kind[kind] = Counter()
-            self.latencies_by_kind[kind] = Latencies()
+            self.latencies_us[kind] = array("q")
         kind_codes[code] += 1
-        self.latencies_by_kind[kind].record(latency_ms)
-        if code not in self.expected.get(kind, frozenset()):
+        self.latencies_us[kind].append(latency_us)
+        if code not in self.expected.get(kind, ()):
             self.unexpected += 1
+
+    @property
+    def codes(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for codes in self.by_kind.values():
+            total.update(codes)
+        return total
 
     @property
     def count(self) -> int:
         return sum(codes.total() for codes in self.by_kind.values())
 
     @property
+    def latencies_by_kind(self) -> dict[str, Latencies]:
+        """An HdrHistogram of each kind's latencies (made when asked, then kept until the next answer)."""
+        count = self.count
+        if self._histograms[0] != count:
+            histograms = {}
+            for kind, values in self.latencies_us.items():
+                histograms[kind] = Latencies()
+                histograms[kind].record_us(values)
+            self._histograms = (count, histograms)
+        return self._histograms[1]
+
+    @property
     def latencies(self) -> Latencies:
-        """Every answer's latency: the kinds' histograms added up (one histogram fewer to fill per answer)."""
+        """Every answer's latency: the kinds' histograms added up."""
         total = Latencies()
         for kind_latencies in self.latencies_by_kind.values():
             total.add(kind_latencies)
@@ -139,18 +164,22 @@ class LoadResult:
     def progress(self, elapsed_s: float) -> LoadProgress:
         """The live line's figures; the per-second ones start again from here."""
         declined = self.declined_codes()
-        last_s, self._since_progress_ms = sorted(self._since_progress_ms), []
+        last_s_us: list[int] = []
+        for kind, values in self.latencies_us.items():
+            last_s_us.extend(values[self._progress_marks.get(kind, 0) :])
+            self._progress_marks[kind] = len(values)
+        last_s_us.sort()
         answered = self.count
         return LoadProgress(
             elapsed_s=elapsed_s,
             answered=answered,
-            answered_last_s=len(last_s),
+            answered_last_s=len(last_s_us),
             approved=answered - sum(declined.values()),
             declined=declined,
             unexpected=self.unexpected,
             timeouts=self.timeouts,
             errors=self.errors,
-            p99_last_s_ms=nearest_rank(last_s, 99),
+            p99_last_s_ms=nearest_rank(last_s_us, 99) / 1000,
         )
 
     def failures(self) -> list[str]:
@@ -168,6 +197,8 @@ class LoadResult:
             failures.append(f"{self.timeouts} requests unanswered in time (reversed)")
         if self.errors:
             failures.append(f"{self.errors} errors (connection lost, or a card that refused to finish)")
+        if self.unauthentic:
+            failures.append(f"{self.unauthentic} answers not the engine's (MAC, RRN or message type wrong)")
         unbalanced = [b for b in self.batches if not b.in_balance]
         if unbalanced:
             failures.append(f"{len(unbalanced)} of {len(self.batches)} terminal batches not closed in balance")
@@ -217,6 +248,7 @@ class LoadResult:
             "timeouts": self.timeouts,
             "errors": self.errors,
             "reversals": self.reversals,
+            "unauthentic": self.unauthentic,
             "by_kind": kinds,
             "latency_distribution_ms": distribution_json(lat),
             "latency_histogram_ms": histogram_json(lat),
@@ -348,7 +380,8 @@ async def run_load(
     were in balance with the engine's totals.
 
     With `templates`, the kinds sent as one request go out from prepared templates (terminal_sim.templates):
-    the same bytes for far less of the generator's CPU.
+    the same bytes for far less of the generator's CPU. Over TCP each session then runs from its connection's
+    reader (_TemplateSession): an answer starts the session's next request without a task switch.
 
     With `engine_pids` (processes on this machine) the result also says what CPU they spent per answer
     against the decode unit (terminal_sim.cpu), with `postgres_url` what the database's backends spent.
@@ -373,10 +406,15 @@ async def run_load(
         for terminal in terminals:
             conn.add_terminal(terminal)
     prepared = RequestTemplates() if templates else None
-    meter = await _CpuMeter.begin(workload, terminals, conns[0], seconds, engine_pids, postgres_url)
+    layouts = AnswerLayouts()
+    # What the run set up stays to its end: frozen, the collector does not walk it again and again while
+    # the run allocates its short-lived requests.
+    gc.collect()
+    gc.freeze()
+    meter: _CpuMeter | None = await _CpuMeter.begin(workload, terminals, conns[0], seconds, engine_pids, postgres_url)
     started = time.perf_counter()
     deadline = started + seconds
-    tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate else None
+    tokens: asyncio.Queue[None] | None = asyncio.Queue(maxsize=max(1, connections * 4)) if rate and not (templates and mqtt is None) else None
 
     async def chip_one(conn: TerminalConnection, terminal: PosTerminal, kind: str) -> None:
         contactless = kind in ("contactless", "wallet")
@@ -407,26 +445,21 @@ async def run_load(
             result.reversals += 1
         result.record(kind, outcome.rc, (time.perf_counter() - t0) * 1000)
 
-    async def one(conn: TerminalConnection, terminal: PosTerminal) -> None:
-        kind = workload.choose_kind()
+    async def one(conn: TerminalConnection, terminal: PosTerminal, kind: str | None = None) -> None:
+        kind = kind or workload.choose_kind()
         if kind in CHIP_KINDS:
             await chip_one(conn, terminal, kind)
             return
         if prepared is not None and kind in TEMPLATE_KINDS and terminal.ipek is not None:
-            card = workload.random.choice(workload.swipeable(terminal) if kind in SWIPE_KINDS else workload.cards)
-            payload, request, ksn = prepared.build(terminal, kind, card, workload.amount())
-            sent = conn.send(payload, (terminal.terminal_id.strip(), request["11"]), terminal, ksn)
-        else:
-            kind, request = workload.next(terminal, kind)
-            sent = conn.request(request)
+            await template_one(conn, terminal, kind)
+            return
+        kind, request = workload.next(terminal, kind)
         t0 = time.perf_counter()
         try:
-            answer = await sent
+            answer = await conn.request(request)
         except ResponseTimeout:
             result.timeouts += 1
-            reversal = terminal.reversal(request)
-            with contextlib.suppress(Exception):
-                terminal.batch.record(reversal, await conn.request(reversal))
+            await reverse(conn, terminal, request)
             return
         except (ConnectionError, OSError):
             result.errors += 1
@@ -435,11 +468,39 @@ async def run_load(
         code = str(answer.get("39", "??"))
         result.record(kind, code, (time.perf_counter() - t0) * 1000)
         if kind == "preauth" and code == "00":
-            completion = terminal.completion(request, int(request["4"]))
-            t1 = time.perf_counter()
-            answer = await conn.request(completion)
-            terminal.batch.record(completion, answer)
-            result.record("completion", str(answer.get("39", "??")), (time.perf_counter() - t1) * 1000)
+            await complete(conn, terminal, request)
+
+    async def template_one(conn: Any, terminal: PosTerminal, kind: str) -> None:
+        # Over MQTT: the template's bytes are published as they are, and the answer checked without decoding it.
+        assert prepared is not None
+        card = workload.random.choice(workload.swipeable(terminal) if kind in SWIPE_KINDS else workload.cards)
+        request = prepared.prepare(terminal, kind, card, workload.amount())
+        sent_at = time.perf_counter()
+        try:
+            raw = await conn.send_raw(request.payload, request.stan.decode())
+        except ResponseTimeout:
+            result.timeouts += 1
+            await reverse(conn, terminal, request.fields())
+            return
+        except (ConnectionError, OSError):
+            result.errors += 1
+            raise
+        code = _template_answer(result, request, raw, layouts.spans(raw), prepared.des, sent_at)
+        if kind == "preauth" and code == rc.APPROVED:
+            await complete(conn, terminal, request.fields())
+
+    async def reverse(conn: TerminalConnection, terminal: PosTerminal, request: dict[str, Any]) -> None:
+        # A request unanswered in time is reversed, as a terminal does; the run has already failed on it.
+        reversal = terminal.reversal(request)
+        with contextlib.suppress(Exception):
+            terminal.batch.record(reversal, await conn.request(reversal))
+
+    async def complete(conn: TerminalConnection, terminal: PosTerminal, request: dict[str, Any]) -> None:
+        completion = terminal.completion(request, int(request["4"]))
+        t1 = time.perf_counter()
+        answer = await conn.request(completion)
+        terminal.batch.record(completion, answer)
+        result.record("completion", str(answer.get("39", "??")), (time.perf_counter() - t1) * 1000)
 
     # A terminal is one device: its DUKPT counter must reach the engine in order, so connections that share
     # a terminal take turns with it, one transaction at a time.
@@ -465,8 +526,14 @@ async def run_load(
             except (ConnectionError, OSError):
                 return
 
+    run = None
+    if prepared is not None and mqtt is None:
+        run = _TemplateRun(workload, result, prepared, deadline, one, reverse, complete,
+                           _Tokens(max(1, connections * 4)) if rate else None)
+        template_turns = {key: _Turn() for key in turns}
+
     async def pacer() -> None:
-        assert tokens is not None and rate
+        assert rate
         interval = 1.0 / rate
         next_at = time.perf_counter()
         while next_at < deadline:
@@ -474,8 +541,14 @@ async def run_load(
             delay = next_at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            with contextlib.suppress(asyncio.QueueFull):
-                tokens.put_nowait(None)
+            if run is not None and run.tokens is not None:
+                run.tokens.put()
+            elif tokens is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    tokens.put_nowait(None)
+        if run is not None and run.tokens is not None:
+            await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+            run.tokens.release_all()
 
     async def reporter() -> None:
         while True:
@@ -486,9 +559,17 @@ async def run_load(
             if progress:
                 progress(line)
 
-    tasks = [asyncio.create_task(session(i)) for i in range(connections)]
+    tasks: list[asyncio.Future[None]]
+    if run is not None:
+        # Template sessions run from the connections' readers: each answer starts the session's next request.
+        tasks = [
+            run.start(conns[i], terminals[i % len(terminals)], template_turns.get(id(terminals[i % len(terminals)])))
+            for i in range(connections)
+        ]
+    else:
+        tasks = [asyncio.create_task(session(i)) for i in range(connections)]
     helpers = [asyncio.create_task(reporter())]
-    if tokens is not None:
+    if rate:
         helpers.append(asyncio.create_task(pacer()))
     try:
         await asyncio.wait(tasks, timeout=seconds + timeout_s * 2 + 5)
@@ -500,32 +581,232 @@ async def run_load(
     finally:
         if meter is not None:
             await meter.cancel()
-        for task in tasks + helpers:
+        spawned = list(run.tasks) if run is not None else []
+        for task in [*tasks, *helpers, *spawned]:
             task.cancel()
-        await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+        await asyncio.gather(*tasks, *helpers, *spawned, return_exceptions=True)
         for conn in {id(c): c for c in [*conns, *by_terminal.values()]}.values():
             await conn.close()
+        gc.unfreeze()
     result.seconds = time.perf_counter() - started
     return result
 
 
-class _CpuMeter:
-    """The CPU of the engine's processes, the database's backends and this generator over the timed run,
-    and the decode unit measured beside it."""
+def _template_answer(
+    result: LoadResult, request: Prepared, raw: bytes, spans: dict[str, tuple[int, int]] | None, des: Any, sent_at: float,
+) -> str | None:
+    """Count the answer to a template request: its code and latency, and an approval in the terminal's batch;
+    an answer that is not the engine's (Prepared.check) counts as such. The code when it was counted."""
+    latency_us = int((time.perf_counter() - sent_at) * 1_000_000)
+    code, problem = request.check(raw, spans, des)
+    if problem is not None or code is None or spans is None:
+        result.unauthentic += 1
+        return None
+    result.record_us(request.kind, code, latency_us)
+    if code in rc.APPROVALS and request.template.debit_or_credit is not None:
+        amount = spans.get("4")
+        amount_minor = int(raw[amount[0] : amount[1]]) if amount is not None else request.amount_minor
+        request.terminal.batch.add(request.stan.decode(), request.de7.decode(), request.template.debit_or_credit, amount_minor)
+    return code
 
-    def __init__(self, engine: ProcessCpu | None, postgres: PostgresCpu | None, unit: DecodeUnit) -> None:
+
+class _Turn:
+    """A shared terminal's turn, handed from one template session to the next without a task switch."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.waiting: deque[Callable[[], None]] = deque()
+
+    def take(self, then: Callable[[], None]) -> bool:
+        """True when the turn is the caller's now; else `then` is called when it is."""
+        if not self.busy:
+            self.busy = True
+            return True
+        self.waiting.append(then)
+        return False
+
+    def give(self) -> None:
+        if self.waiting:
+            asyncio.get_running_loop().call_soon(self.waiting.popleft())
+        else:
+            self.busy = False
+
+
+class _Tokens:
+    """The open loop's request tokens for template sessions: a session without one waits as a callback."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.waiting: deque[Callable[[], None]] = deque()
+
+    def take(self, then: Callable[[], None]) -> bool:
+        """True when a token was free (and is the caller's now); else `then` is called with the next one."""
+        if self.count:
+            self.count -= 1
+            return True
+        self.waiting.append(then)
+        return False
+
+    def put(self) -> None:
+        if self.waiting:
+            self.waiting.popleft()()
+        elif self.count < self.limit:
+            self.count += 1
+
+    def release_all(self) -> None:
+        """The run is over: every waiting session hears it (and finishes)."""
+        waiting, self.waiting = self.waiting, deque()
+        for then in waiting:
+            then()
+
+
+FullPath = Callable[..., Awaitable[None]]
+
+
+class _TemplateRun:
+    """What the template sessions of one run share."""
+
+    def __init__(
+        self, workload: Workload, result: LoadResult, prepared: RequestTemplates, deadline: float,
+        one: FullPath, reverse: FullPath, complete: FullPath, tokens: _Tokens | None,
+    ) -> None:
+        self.workload = workload
+        self.result = result
+        self.prepared = prepared
+        self.deadline = deadline
+        self.one = one
+        self.reverse = reverse
+        self.complete = complete
+        self.tokens = tokens
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, conn: TerminalConnection, terminal: PosTerminal, turn: _Turn | None) -> asyncio.Future[None]:
+        session = _TemplateSession(self, conn, terminal, turn)
+        session.advance()
+        return session.done
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class _TemplateSession:
+    """One connection's closed loop of transactions: a template kind goes out from its template and its answer,
+    handed over by the connection's reader, starts the next transaction there and then; the other kinds (PIN,
+    chip, a preauth's completion, a reversal) run the full terminal path in a task of their own."""
+
+    def __init__(self, run: _TemplateRun, conn: TerminalConnection, terminal: PosTerminal, turn: _Turn | None) -> None:
+        self.run = run
+        self.conn = conn
+        self.terminal = terminal
+        self.turn = turn
+        self.holding = False
+        self.terminal_id = terminal.terminal_id.ljust(8).encode("ascii")
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.request: Prepared | None = None
+        self.sent_at = 0.0
+
+    def advance(self, token: bool = False) -> None:
+        """Start the next transaction (with an open loop's `token`, or when one is free), or finish when the
+        run is over."""
+        run = self.run
+        if self.done.done():
+            return
+        if time.perf_counter() >= run.deadline or self.conn.closed:
+            self._finish()
+            return
+        if run.tokens is not None and not token and not run.tokens.take(self._with_token):
+            return
+        if self.turn is not None:
+            if not self.turn.take(self._go):
+                return
+            self.holding = True
+        self._go()
+
+    def _with_token(self) -> None:
+        self.advance(token=True)
+
+    def _go(self) -> None:
+        if self.turn is not None:
+            self.holding = True
+        run = self.run
+        workload = run.workload
+        kind = workload.choose_kind()
+        if kind not in TEMPLATE_KINDS or self.terminal.ipek is None:
+            run.spawn(self._full(run.one(self.conn, self.terminal, kind)))
+            return
+        terminal = self.terminal
+        card = workload.random.choice(workload.swipeable(terminal) if kind in SWIPE_KINDS else workload.cards)
+        request = self.request = run.prepared.prepare(terminal, kind, card, workload.amount())
+        self.sent_at = time.perf_counter()
+        try:
+            self.conn.send_prepared(request.framed, self.terminal_id, request.stan, self._answered)
+        except ConnectionError:
+            run.result.errors += 1
+            self._finish()
+
+    async def _full(self, transaction: Awaitable[None]) -> None:
+        try:
+            await transaction
+        except (ConnectionError, OSError):
+            self._finish()
+            return
+        self._next()
+
+    def _answered(self, raw: bytes | None, spans: dict[str, tuple[int, int]] | None) -> None:
+        run, request = self.run, self.request
+        assert request is not None
+        result = run.result
+        if raw is None:
+            if self.conn.closed:
+                result.errors += 1
+                self._finish()
+            else:
+                result.timeouts += 1
+                run.spawn(self._full(run.reverse(self.conn, self.terminal, request.fields())))
+            return
+        code = _template_answer(run.result, request, raw, spans, run.prepared.des, self.sent_at)
+        if request.kind == "preauth" and code == rc.APPROVED:
+            run.spawn(self._full(run.complete(self.conn, self.terminal, request.fields())))
+            return
+        self._next()
+
+    def _next(self) -> None:
+        if self.holding:
+            self.holding = False
+            assert self.turn is not None
+            self.turn.give()
+        self.advance()
+
+    def _finish(self) -> None:
+        if self.holding:
+            self.holding = False
+            assert self.turn is not None
+            self.turn.give()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _CpuMeter:
+    """The CPU of this generator over the timed run, and when asked the engine's processes', the database's
+    backends' and the decode unit measured beside them."""
+
+    def __init__(self, engine: ProcessCpu | None, postgres: PostgresCpu | None, unit: DecodeUnit | None) -> None:
         self.engine = engine
         self.postgres = postgres
         self.unit = unit
-        self.generator_start = time.process_time()
+        # The kernel's own accounting of this process (all its threads): user and system time apart.
+        self.generator_start = os.times()
 
     @classmethod
     async def begin(
         cls, workload: Workload, terminals: list[PosTerminal], conn: Any, seconds: float,
         engine_pids: list[int] | None, postgres_url: str | None,
-    ) -> "_CpuMeter | None":
+    ) -> "_CpuMeter":
         if not engine_pids and not postgres_url:
-            return None
+            return cls(None, None, None)
         # The decode unit decodes the request the run sends most: its first kind, built and MACed as sent.
         terminal = terminals[0]
         kind = next((k for k in workload.kinds if k not in CHIP_KINDS), None)
@@ -544,8 +825,7 @@ class _CpuMeter:
         engine = ProcessCpu(list(engine_pids)) if engine_pids else None
         if engine is not None:
             engine.start()
-        meter = cls(engine, postgres, unit)
-        return meter
+        return cls(engine, postgres, unit)
 
     async def sample(self) -> None:
         if self.engine is not None:
@@ -554,14 +834,17 @@ class _CpuMeter:
             await self.postgres.sample()
 
     async def end(self, answers: int) -> CpuFigures:
-        generator_s = time.process_time() - self.generator_start
+        now = os.times()
+        user_s = now.user - self.generator_start.user
+        system_s = now.system - self.generator_start.system
         engine_s = self.engine.stop() if self.engine is not None else None
         postgres_s = await self.postgres.stop() if self.postgres is not None else None
-        unit = await self.unit.result()
-        return CpuFigures(answers, engine_s, generator_s, unit["decode_us"], postgres_s)
+        unit = await self.unit.result() if self.unit is not None else {"decode_us": None}
+        return CpuFigures(answers, engine_s, user_s + system_s, unit["decode_us"], postgres_s, generator_system_s=system_s)
 
     async def cancel(self) -> None:
-        await self.unit.cancel()
+        if self.unit is not None:
+            await self.unit.cancel()
 
 
 async def _close_batches(

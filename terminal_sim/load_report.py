@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -36,6 +37,12 @@ class Latencies:
 
     def record(self, latency_ms: float) -> None:
         self._histogram.record_value(max(LATENCY_LOWEST_US, min(LATENCY_HIGHEST_US, round(latency_ms * 1000))))
+
+    def record_us(self, latencies_us: Iterable[int]) -> None:
+        """Record many latencies given in microseconds at once (each distinct value once, with its count)."""
+        record = self._histogram.record_value
+        for value_us, count in Counter(latencies_us).items():
+            record(max(LATENCY_LOWEST_US, min(LATENCY_HIGHEST_US, value_us)), count)
 
     def add(self, other: "Latencies") -> None:
         """Count `other`'s latencies in this histogram too."""

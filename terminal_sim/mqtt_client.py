@@ -88,7 +88,9 @@ class MqttTerminalConnection:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._waiting: dict[bytes, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        self._request_topic = request_topic(terminal_id)
+        self._response_topic = response_topic(terminal_id)
         self._closed = False
         self.unmatched = 0
         self.retries = 0
@@ -157,20 +159,32 @@ class MqttTerminalConnection:
 
         Unanswered after `retry_after_s`, the same bytes go out again (an engine may have died holding them).
         """
+        if self._closed:
+            raise ConnectionError("connection closed")
+        payload, terminal, ksn = outgoing(self.terminals, fields)
+        raw = await self.send_raw(payload, str(fields.get("11")), timeout_s=timeout_s)
+        try:
+            answer = decode(raw)
+        except MessageFormatError as exc:
+            raise ConnectionError(f"an answer that does not decode: {exc}") from None
+        return checked(answer, raw, terminal, ksn)
+
+    async def send_raw(self, payload: bytes, stan: str, *, timeout_s: float | None = None) -> bytes:
+        """Publish a message already encoded (and MACed) and return its answer undecoded; ResponseTimeout
+        when none comes in time (the same bytes go out again after `retry_after_s`, as for request())."""
         import aiomqtt
 
         if self._closed:
             raise ConnectionError("connection closed")
         timeout_s = timeout_s or self.timeout_s
-        payload, terminal, ksn = outgoing(self.terminals, fields)
         correlation = secrets.token_bytes(8)
         props = _publish_properties(
-            ResponseTopic=response_topic(self.terminal_id),
+            ResponseTopic=self._response_topic,
             CorrelationData=correlation,
             MessageExpiryInterval=max(1, math.ceil(timeout_s)),
         )
         async with self._slots:
-            future: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             self._waiting[correlation] = future
             try:
                 async with asyncio.timeout(timeout_s):
@@ -178,15 +192,14 @@ class MqttTerminalConnection:
                     # request every second (each copy is work for whichever engine takes it).
                     wait_s = self.retry_after_s
                     while True:
-                        await self._client.publish(request_topic(self.terminal_id), payload, qos=1, properties=props)
+                        await self._client.publish(self._request_topic, payload, qos=1, properties=props)
                         done, _ = await asyncio.wait({future}, timeout=wait_s)
                         if done:
-                            answer, raw = future.result()
-                            return checked(answer, raw, terminal, ksn)
+                            return future.result()
                         self.retries += 1
                         wait_s *= 2
             except TimeoutError:
-                raise ResponseTimeout(f"no answer to STAN {fields.get('11')} within {timeout_s:g} s") from None
+                raise ResponseTimeout(f"no answer to STAN {stan} within {timeout_s:g} s") from None
             except aiomqtt.MqttError as exc:
                 raise ConnectionError(f"broker connection lost: {exc}") from None
             finally:
@@ -203,10 +216,7 @@ class MqttTerminalConnection:
                 if future is None or future.done():
                     self.unmatched += 1  # an answer to a copy already answered, or to a request given up on
                     continue
-                try:
-                    future.set_result((decode(bytes(message.payload)), bytes(message.payload)))
-                except MessageFormatError:
-                    self.unmatched += 1
+                future.set_result(bytes(message.payload))
         except aiomqtt.MqttError as exc:
             error = ConnectionError(f"broker connection lost: {exc}")
         except asyncio.CancelledError:

@@ -6,6 +6,10 @@
   `pg_server`: the server itself (create_database / drop_database / url_for).
 - `store`: an open `processor.ledger.Store` on `db_url`, closed afterwards.
 
+Hypothesis runs under the "ci" profile when CI=true: no deadline (a loaded machine makes an example slow,
+not wrong), derandomized so that a run is repeatable, and no example database in the fresh clone. Example
+counts stay what each test sets.
+
 PostgreSQL is reached through PROCESSOR_TEST_PG_URL (default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres,
 used as the admin connection). When it is unreachable the postgres variants are skipped, except under
 CI=true, where they fail: CI must not pass by skipping.
@@ -17,11 +21,17 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from database_kinds import DATABASES
+from hypothesis import settings
+
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 PG_ADMIN_URL = os.environ.get("PROCESSOR_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
@@ -41,6 +51,8 @@ class PgServer:
 
         self.admin_url = make_url(admin_url).set(drivername="postgresql+asyncpg")
         self.template: str | None = None
+        self._dropper = ThreadPoolExecutor(1, thread_name_prefix="pg-drop")
+        self._drops: list[Future[None]] = []
 
     def url_for(self, database: str) -> str:
         return self.admin_url.set(database=database).render_as_string(hide_password=False)
@@ -61,11 +73,13 @@ class PgServer:
     def ping(self) -> None:
         run_in_fresh_loop(lambda: self._admin("SELECT 1"), timeout_s=15)
 
-    def create_database(self, prefix: str = "processor_test", *, migrated: bool = True) -> str:
-        """A new database (a copy of the migrated template unless migrated=False); returns its name."""
+    def create_database(self, prefix: str = "processor_test", *, migrated: bool = True, template: str | None = None) -> str:
+        """A new database, a copy of `template` (which no one may be connected to), else of the migrated
+        template unless migrated=False; returns its name."""
         name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-        template = f' TEMPLATE "{self.template}"' if self.template and migrated else ""
-        run_in_fresh_loop(lambda: self._admin(f'CREATE DATABASE "{name}"{template}'))
+        template = template or (self.template if migrated else None)
+        copied = f' TEMPLATE "{template}"' if template else ""
+        run_in_fresh_loop(lambda: self._admin(f'CREATE DATABASE "{name}"{copied}'))
         return name
 
     def execute(self, *statements: str) -> None:
@@ -74,6 +88,16 @@ class PgServer:
 
     def drop_database(self, name: str) -> None:
         run_in_fresh_loop(lambda: self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def drop_database_later(self, name: str) -> None:
+        """Drop a test's database while the next test runs: a drop waits on the server's disk for as long
+        as a test takes to set up. `finish_drops` waits for them (at the end of the session)."""
+        self._drops.append(self._dropper.submit(self.drop_database, name))
+
+    def finish_drops(self) -> None:
+        for drop in self._drops:
+            drop.result(timeout=120)
+        self._drops.clear()
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +126,7 @@ def pg_server() -> Iterator[PgServer]:
         server.template = template
         yield server
     finally:
+        server.finish_drops()
         server.template = None
         server.drop_database(template)
 
@@ -113,7 +138,7 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     try:
         yield pg_server.url_for(name)
     finally:
-        pg_server.drop_database(name)
+        pg_server.drop_database_later(name)
 
 
 @pytest.fixture
@@ -123,7 +148,7 @@ def empty_pg_url(pg_server: PgServer) -> Iterator[str]:
     try:
         yield pg_server.url_for(name)
     finally:
-        pg_server.drop_database(name)
+        pg_server.drop_database_later(name)
 
 
 @pytest.fixture
@@ -132,7 +157,7 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'processor.db'}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest) -> str:
     """The test runs once on SQLite and once on PostgreSQL, each time on a database of its own."""
     if request.param == "sqlite":
@@ -189,3 +214,11 @@ def broker() -> Iterator[Any]:
             yield process
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), the tests of the machine's one pcscd and vpcd reader run
+    in one worker, which alone starts and stops the daemon when it is absent."""
+    for item in items:
+        if "pcscd_daemon" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("pcscd"))

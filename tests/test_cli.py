@@ -1,4 +1,5 @@
-"""The operator CLI as an operator uses it: separate processes, JSON shapes other tools rely on."""
+"""The operator CLI as an operator uses it, one command after another on the same folder, and the JSON
+shapes other tools rely on (the programs run in the test process: cli_helpers)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
+
+from cli_helpers import run_cli
 
 
 
 def run(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {}), "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""},
-    )
+    proc = run_cli("processor", workdir, *args, env={**os.environ, **(env or {}), "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
     if check and proc.returncode != 0:
         raise AssertionError(f"processor {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc

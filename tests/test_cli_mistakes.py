@@ -13,14 +13,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import PROGRAMS, run_cli
 
-PROGRAMS = {"processor": "processor.cli", "hsm-sim": "hsm_sim.cli", "terminal-sim": "terminal_sim.cli"}
-
-
-def run(program: str, cwd: Path, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+def _environment(env: dict[str, str] | None) -> dict[str, str]:
     base = {**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": "", "HSM_LMK_PASSPHRASE": "", "HSM_KEYSTORE": ""}
+    return {**base, **(env or {})}
+
+
+def run(program: str, cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The program's answer to a command, run in this process (see cli_helpers)."""
+    return run_cli(program, cwd, *args, env=_environment(env))
+
+
+def run_process(program: str, cwd: Path, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The installed program in a process of its own, as the operator starts it."""
     return subprocess.run(
-        [sys.executable, "-m", PROGRAMS[program], *args], cwd=cwd, env={**base, **(env or {})},
+        [str(Path(sys.executable).parent / program), *args], cwd=cwd, env=_environment(env),
         capture_output="stdout" not in kwargs, text=True, timeout=120, **kwargs,
     )
 
@@ -156,6 +164,23 @@ def test_a_read_only_database(pg_server, tmp_path: Path) -> None:
         pg_server.drop_database(name)
 
 
+@pytest.mark.parametrize(
+    ("program", "args", "env", "phrase"),
+    [
+        ("processor", ("account", "list"), {"PROCESSOR_DB_URL": "mysql://x@localhost/db"}, "database"),
+        ("processor", ("card", "lisst"), {}, "invalid choice"),
+        ("hsm-sim", ("keys", "list", "--keystore", "missing/keys.json"), {}, "does not exist"),
+        ("terminal-sim", ("close-batch", "--terminal", "missing.json"), {}, ""),
+    ],
+)
+def test_the_installed_programs_refuse_in_one_line(tmp_path: Path, program: str, args: tuple[str, ...], env: dict[str, str],
+                                                   phrase: str) -> None:
+    """The same mistakes as above through the console scripts, in processes of their own: nothing the
+    interpreter adds on its way out (a traceback at exit, a warning) reaches the operator."""
+    refused(run_process(program, tmp_path, *args, env=env), phrase)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def closed_pipe() -> Iterator[int]:
     """The write end of a pipe whose reader is gone, as `| head -1` leaves it once head has its line."""
@@ -167,7 +192,7 @@ def closed_pipe() -> Iterator[int]:
 
 def test_output_into_a_closed_pipe_ends_quietly(issuer: Path, closed_pipe: int) -> None:
     for program, args in (("processor", ("cardholder", "list")), ("hsm-sim", ("keys", "list"))):
-        proc = run(program, issuer, *args, stdout=closed_pipe, stderr=subprocess.PIPE)
+        proc = run_process(program, issuer, *args, stdout=closed_pipe, stderr=subprocess.PIPE)
         assert proc.returncode != 0 and not proc.stderr, proc.stderr
 
 
@@ -232,7 +257,7 @@ def test_every_option_has_help_that_names_its_default(module: str) -> None:
 def test_processor_help_lists_the_environment(tmp_path: Path) -> None:
     from processor.config import ENVIRONMENT
 
-    text = run("processor", tmp_path, "--help").stdout
+    text = run_process("processor", tmp_path, "--help").stdout
     for name, _ in ENVIRONMENT:
         assert name in text
     assert {"PROCESSOR_DB_URL", "PROCESSOR_HSM_URL", "PROCESSOR_MQTT_URL", "HSM_LMK_FILE"} <= {n for n, _ in ENVIRONMENT}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +27,7 @@ def test_files_the_processor_writes_are_owner_only(tmp_path: Path):
     env["PROCESSOR_LOG_FILE"] = str(cwd / "processor.log")
 
     def processor(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "processor.cli", *args, "--json"], cwd=cwd, env=env,
-                              capture_output=True, text=True)
+        done = run_cli("processor", cwd, *args, "--json", env=env)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

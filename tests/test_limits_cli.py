@@ -1,19 +1,17 @@
-"""`processor limits` and `processor advice exceptions` as an operator runs them: separate processes."""
+"""`processor limits` and `processor advice exceptions` as an operator runs them, one command after another."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from cli_helpers import run_cli
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args], cwd=workdir, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""},
-    )
+    return run_cli("processor", workdir, *args, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
 
 
 def test_limits_are_set_shown_and_mistakes_get_one_line(tmp_path: Path) -> None:

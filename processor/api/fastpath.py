@@ -8,7 +8,6 @@ payment itself. Every other request goes to the FastAPI application untouched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from processor.api.threads import normalize_handle
 from processor.ledger.errors import StoreBusy, StoreClosed
 
 PATH = "/v1/payments"
+_REPLAYED = {"Idempotent-Replayed": "true"}
 BODY_MAX_BYTES = 16_384
 
 Scope = dict[str, Any]
@@ -48,15 +48,22 @@ class PaymentsFastPath:
         except (StoreBusy, StoreClosed):
             err = ApiError("service_unavailable", "the store is busy; retry with the same Idempotency-Key", headers={"Retry-After": "1"})
             status, body, headers = err.status, err.body(), err.headers
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = (body if isinstance(body, str) else idem.encode(body)).encode()
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        if headers:
+            raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _pay(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any], dict[str, str]]:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        principal, hashed = await self._caller(headers.get("authorization"))
+    async def _pay(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any] | str, dict[str, str]]:
+        """The answer's status, body (as JSON text when the desk encoded it already) and extra headers."""
+        authorization = idem_key = None
+        for name, value in scope["headers"]:  # names arrive lower-cased (ASGI)
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                idem_key = value.decode("latin-1")
+        principal, hashed = await self._caller(authorization)
         raw = await _read_body(receive)
         try:
             body = NewPayment.model_validate_json(raw or b"null")
@@ -64,15 +71,16 @@ class PaymentsFastPath:
             fields = sorted({".".join(str(p) for p in e.get("loc", ())) or "body" for e in exc.errors()})
             problems = [f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', 'invalid')}" for e in exc.errors()][:10]
             raise ApiError("invalid_request", "; ".join(problems)[:500], details={"fields": fields}) from None
-        key = idem.check_key(headers.get("idempotency-key"))
+        key = idem.check_key(idem_key)
         payload = body.model_dump(mode="json")
         transfer = Transfer(kind="p2p", payer_id=principal.id, principal=principal.key, idem_key=key,
                             rhash=idem.request_hash("POST", PATH, payload), amount_minor=body.amount_minor,
                             currency=body.currency, note=body.note, payee_handle=normalize_handle(body.to), token_hash=hashed)
         answer = await self.service.desk.submit(transfer)
+        body = answer.body if answer.encoded is None else answer.encoded
         if answer.status == REVOKED.status:
-            return answer.status, answer.body, REVOKED.headers
-        return answer.status, answer.body, ({"Idempotent-Replayed": "true"} if answer.replayed else {})
+            return answer.status, body, REVOKED.headers
+        return answer.status, body, (_REPLAYED if answer.replayed else {})
 
     async def _caller(self, authorization: str | None) -> tuple[Any, str]:
         scheme, _, token = (authorization or "").partition(" ")

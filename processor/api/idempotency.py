@@ -20,7 +20,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from processor.api.errors import ApiError
 from processor.api.models import idempotency
 from processor.ledger.models import utcnow
-from processor.ledger.rows import pairs_in
+from processor.ledger.rows import rows_by_pairs
 
 KEY_MAX_CHARS = 255
 CLAIM_STALE_AFTER = dt.timedelta(seconds=60)
@@ -32,7 +32,12 @@ _FIND = select(i.id, i.request_hash, i.state, i.status_code, i.body, i.created_a
     i.principal == bindparam("p"), i.key == bindparam("k")
 )
 _INSERT = insert(idempotency)
-_FIND_MANY = select(i.principal, i.key, i.request_hash, i.state, i.status_code, i.body)
+_FIND_MANY = ("principal", "key", "request_hash", "state", "status_code", "body")
+
+
+# Built once: json.dumps with options builds a new encoder on each call.
+encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class Answer:
     status: int
     body: dict[str, Any]
     replayed: bool = False
+    # The body as JSON, when it was encoded already (for its record): the answer sends these very bytes.
+    encoded: str | None = None
 
 
 def check_key(key: str | None) -> str:
@@ -56,7 +63,7 @@ def request_hash(method: str, path: str, body: Any) -> str:
     """SHA-256 over the method, the path and the JSON body with secret fields removed."""
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k not in SECRET_FIELDS}
-    text = json.dumps([method.upper(), path, body], sort_keys=True, separators=(",", ":"), default=str)
+    text = _encode_sorted([method.upper(), path, body])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -79,7 +86,7 @@ def stored_many(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[st
     """Rows of several (principal, key) pairs at once (for batches)."""
     if not pairs:
         return {}
-    rows = conn.execute(_FIND_MANY.where(pairs_in(conn, i.principal, i.key, pairs)))
+    rows = rows_by_pairs(conn, idempotency, _FIND_MANY, ("principal", "key"), pairs)
     return {(r.principal, r.key): r for r in rows}
 
 
@@ -89,13 +96,13 @@ def answer_from_row(row: Any, rhash: str) -> Answer:
     if row.state == "pending":
         raise ApiError("request_in_progress", "the first request with this Idempotency-Key is still running; retry shortly",
                        headers={"Retry-After": "1"})
-    return Answer(row.status_code, json.loads(row.body), replayed=True)
+    return Answer(row.status_code, json.loads(row.body), replayed=True, encoded=row.body)
 
 
 def record_row(principal: str, key: str, rhash: str, answer: Answer, now: dt.datetime) -> dict[str, Any]:
     return {
         "principal": principal, "key": key, "request_hash": rhash, "state": "done", "status_code": answer.status,
-        "body": json.dumps(answer.body, separators=(",", ":"), default=str), "created_at": now,
+        "body": answer.encoded or encode(answer.body), "created_at": now,
     }
 
 
@@ -119,7 +126,7 @@ def complete(conn: Connection, principal: str, key: str, answer: Answer) -> None
     conn.execute(
         update(idempotency)
         .where(i.principal == principal, i.key == key)
-        .values(state="done", status_code=answer.status, body=json.dumps(answer.body, separators=(",", ":"), default=str))
+        .values(state="done", status_code=answer.status, body=encode(answer.body))
     )
 
 

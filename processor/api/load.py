@@ -312,6 +312,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connections", type=int, default=32, help="HTTP connections at once")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the run")
     p.add_argument("--rate", type=float, help="payments per second overall (default: as fast as answers come)")
+    p.add_argument("--target-rate", type=float,
+                   help="after the run, as long again at this fixed rate (payments/s, open loop): the latency and feed delay at that rate")
     p.add_argument("--streams", type=int, default=10, help="cardholders holding an event stream open (default 10)")
     p.add_argument("--deposit", type=int, default=10_000_000, help="each cardholder's funding, minor units")
     p.add_argument("--currency", default="EUR", help="currency of the payments")
@@ -334,11 +336,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         reference = await baseline(host, port, users, connections=args.connections, seconds=args.seconds)
     if not args.quiet:
         print(f"driving {args.connections} connections for {args.seconds:g} s, {args.streams} event streams", file=sys.stderr)
+    summary = await _measured(args, host, port, users, args.rate)
+    summary |= {"users": args.users, "connections": args.connections, "streams": args.streams, "baseline": reference}
+    if args.target_rate:
+        if not args.quiet:
+            print(f"driving {args.target_rate:g} payments/s for {args.seconds:g} s", file=sys.stderr)
+        summary["at_rate"] = await _measured(args, host, port, users, args.target_rate) | {"rate": args.target_rate}
+    return summary
+
+
+async def _measured(args: argparse.Namespace, host: str, port: int, users: list[User], rate: float | None) -> dict[str, Any]:
+    """One run of payments, with the CPU time the API (when its pid is given) and this process spent on each."""
     server_cpu = cpu_seconds(args.server_pid) if args.server_pid else None
     client_cpu = cpu_seconds(os.getpid())
-    result = await drive(host, port, users, connections=args.connections, seconds=args.seconds, rate=args.rate,
+    result = await drive(host, port, users, connections=args.connections, seconds=args.seconds, rate=rate,
                          streams=args.streams, quiet=args.quiet, currency=args.currency)
-    summary = result.summary() | {"users": args.users, "connections": args.connections, "streams": args.streams, "baseline": reference}
+    summary = result.summary()
     payments = max(summary["payments"], 1)
     if server_cpu is not None and (after := cpu_seconds(args.server_pid)) is not None:
         summary["server_cpu_ms_per_payment"] = round((after - server_cpu) * 1000 / payments, 3)
@@ -351,8 +364,8 @@ def main_from_args(args: argparse.Namespace, settings: Any = None) -> int:
     """Run the load and print its summary; exit 1 when no payment succeeded."""
     from processor.api.server import run_until_done
 
-    if args.users < 2 or args.connections < 1 or args.seconds <= 0 or args.streams < 0:
-        print("processor: api-load needs --users >= 2, --connections >= 1, --seconds > 0", file=sys.stderr)
+    if args.users < 2 or args.connections < 1 or args.seconds <= 0 or args.streams < 0 or (args.target_rate is not None and args.target_rate <= 0):
+        print("processor: api-load needs --users >= 2, --connections >= 1, --seconds > 0, --target-rate > 0", file=sys.stderr)
         return 2
 
     async def go() -> int:
@@ -369,6 +382,9 @@ def main_from_args(args: argparse.Namespace, settings: Any = None) -> int:
                   f"p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms; answers {summary['answers']}")
             print(f"feed: {feed['events']} events, p50 {feed['p50_ms']} ms, p99 {feed['p99_ms']} ms, max {feed['max_ms']} ms "
                   f"from commit to reader")
+            if (fixed := summary.get("at_rate")) is not None:
+                print(f"at {fixed['rate']:g}/s: {fixed['payments_per_s']}/s answered, p50 {fixed['p50_ms']} ms, p99 {fixed['p99_ms']} ms; "
+                      f"feed p50 {fixed['feed']['p50_ms']} ms, p99 {fixed['feed']['p99_ms']} ms; answers {fixed['answers']}")
         return 0 if summary["payments"] else 1
 
     return run_until_done(go())

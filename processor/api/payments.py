@@ -37,7 +37,7 @@ from processor.api.threads import checking_account, request_json
 from processor.events.outbox import cardholder_event, write_events
 from processor.ledger.apply import Conflict, LedgerBug
 from processor.ledger.models import accounts, cardholders, journal_entries, postings, utcnow
-from processor.ledger.rows import insert_rows, pairs_in
+from processor.ledger.rows import insert_rows, rows_by_pairs
 from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.api.payments")
@@ -130,7 +130,6 @@ _CHECKINGS = (
     .where(a.cardholder_id.in_(bindparam("ids", expanding=True)), a.kind == "checking", a.status != "closed")
     .order_by(a.id)
 )
-_CONVERSATIONS = select(conversations.c.id, conversations.c.low_id, conversations.c.high_id)
 _ACCOUNTS = select(a.id, a.cardholder_id, a.currency, a.status, a.kind).where(a.id.in_(bindparam("ids", expanding=True)))
 REVOKED = ApiError("unauthenticated", "unknown, expired or revoked token; refresh or sign in again",
                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -281,7 +280,9 @@ def apply_transfers(conn: Connection, batch: Sequence[Transfer], limits: Limits)
             final.append(answer)
         t = batch[index]
         if fresh.get((t.principal, t.idem_key), ("", -1))[1] == index:  # answered here, not read back
-            records.append(idem.record_row(t.principal, t.idem_key, t.rhash, final[-1], now))
+            record = idem.record_row(t.principal, t.idem_key, t.rhash, final[-1], now)
+            records.append(record)
+            final[-1] = idem.Answer(final[-1].status, final[-1].body, encoded=record["body"])
     if records:
         insert_rows(conn, idem.idempotency, records)
     write_events(conn, b.events)
@@ -488,7 +489,8 @@ def conversations_of(conn: Connection, pairs: set[tuple[int, int]], now: dt.date
     """The conversation id of each (low, high) cardholder pair, creating the missing ones."""
     if not pairs:
         return {}
-    found = {(r.low_id, r.high_id): r.id for r in conn.execute(_CONVERSATIONS.where(pairs_in(conn, conversations.c.low_id, conversations.c.high_id, sorted(pairs))))}
+    rows = rows_by_pairs(conn, conversations, ("id", "low_id", "high_id"), ("low_id", "high_id"), sorted(pairs))
+    found = {(r.low_id, r.high_id): r.id for r in rows}
     missing = sorted(pairs - set(found))
     if missing:
         ids = new_ids(conn, "conversations", len(missing))
@@ -526,6 +528,12 @@ async def load_limits(store: Any) -> Limits:
     return Limits(int(limit) if limit else DEFAULT_DAILY_LIMIT_MINOR, int(count) if count else DEFAULT_DAILY_COUNT)
 
 
+def _give_up(fut: asyncio.Future[idem.Answer], timeout_s: float) -> None:
+    """A transfer not answered in time: its caller retries with the same key (a late commit answers that retry)."""
+    if not fut.done():
+        fut.set_exception(StoreBusy(f"no commit within {timeout_s}s; retry with the same Idempotency-Key"))
+
+
 class TransferDesk:
     """Queues transfers and applies them in group-committed batches through the store's write path."""
 
@@ -550,10 +558,12 @@ class TransferDesk:
         self._tasks: list[asyncio.Task[None]] = []
         self._limits = Limits()
         self._limits_at = 0.0
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.transfers = 0
 
     async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         self._limits = await load_limits(self.store)
         self._limits_at = time.monotonic()
         self._tasks = [asyncio.create_task(self._loop(), name=f"transfer-desk-{n}") for n in range(self._writers)]
@@ -568,14 +578,23 @@ class TransferDesk:
                 fut.set_exception(StoreClosed("the API is stopping before the transfer was committed"))
 
     async def submit(self, transfer: Transfer) -> idem.Answer:
-        """Apply `transfer` with its neighbours in one transaction; returns once it is committed."""
-        fut: asyncio.Future[idem.Answer] = asyncio.get_running_loop().create_future()
+        """Apply `transfer` with its neighbours in one transaction; returns once it is committed.
+
+        The loop is the one remembered at start, and the timeout a timer on the answer: asking asyncio for the
+        running loop (as asyncio.timeout does, several times) costs a getpid() system call each time.
+        """
+        loop = self._event_loop
+        assert loop is not None, "the transfer desk is not started"
+        fut: asyncio.Future[idem.Answer] = loop.create_future()
         try:
-            async with asyncio.timeout(self.submit_timeout_s):
-                await self._queue.put((transfer, fut))
-                return await fut
-        except TimeoutError:
-            raise StoreBusy(f"no commit within {self.submit_timeout_s}s; retry with the same Idempotency-Key") from None
+            self._queue.put_nowait((transfer, fut))
+        except asyncio.QueueFull:
+            raise StoreBusy(f"{self._queue.qsize()} transfers are waiting; retry with the same Idempotency-Key") from None
+        timer = loop.call_later(self.submit_timeout_s, _give_up, fut, self.submit_timeout_s)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     def reload_limits(self) -> None:
         """Read the limits again before the next batch (they changed in this process)."""

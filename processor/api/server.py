@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from processor.api.service import ApiService, open_service
 from processor.config import Settings
@@ -21,6 +22,63 @@ MAX_CONNECTIONS = 1000
 KEEP_ALIVE_S = 30
 SHUTDOWN_GRACE_S = 3
 STARTUP_TIMEOUT_S = 30
+
+
+class _CoalescedWrites:
+    """A connection's transport whose writes within one turn of the event loop leave in one send().
+
+    uvicorn writes a response's head and its body separately: two system calls (and two loopback segments for
+    the client to read) where one does. The buffered bytes go out at the next turn of the loop, before any
+    further read of this connection is handled, and before the connection closes.
+    """
+
+    __slots__ = ("_transport", "_loop", "_pending")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing each response in one system call."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -51,7 +109,7 @@ async def running_api(settings: Settings, *, host: str = "127.0.0.1", port: int 
 
     async with open_service(settings, poll_interval_s=poll_interval_s) as service:
         config = uvicorn.Config(
-            PaymentsFastPath(create_app(service), service), host=host, port=port, http="httptools", lifespan="off", access_log=False,
+            PaymentsFastPath(create_app(service), service), host=host, port=port, http=_HttpProtocol, lifespan="off", access_log=False,
             log_level="warning", limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_S, server_header=False,
         )

@@ -42,5 +42,6 @@ LEDGER_ANSWERS: Mapping[Result, str] = MappingProxyType(
         Result.REFUND_LIMIT: rc.EXCEEDS_AMOUNT_LIMIT,
         # Never used for a Decline: its own code is answered. Listed so that every result has a code.
         Result.DECLINED: rc.SYSTEM_ERROR,
+        Result.STALE: rc.SYSTEM_ERROR,  # never answered: the engine decides again
     }
 )

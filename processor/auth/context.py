@@ -39,6 +39,8 @@ class Terminal:
     chip_capable: bool = True
     # The acquiring network (DE 32) whose merchant terminal this is; None for our own terminals.
     network: str | None = None
+    # The cache generation read before this row was (processor.ledger.generation); None: not from the cache.
+    generation: int | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +68,15 @@ class AuthContext:
     checked_pan: str | None = None
     fingerprints: list[str] | None = None
     cvv_checks: dict[tuple[str, str, str], bool] | None = None
+    # Whether the engine's cached terminal and card rows may serve this request, and the oldest cache
+    # generation of those it used (the store applies the request only while that is the current one).
+    cached: bool = False
+    seen_generation: int | None = None
+
+    def saw(self, generation: int | None) -> None:
+        """Note that a cached row of this generation decided part of the request."""
+        if generation is not None and (self.seen_generation is None or generation < self.seen_generation):
+            self.seen_generation = generation
 
     def cvv_verified(self, expiry_yymm: str, service_code: str, cvv: str) -> bool | None:
         """What verify_request said of this CVV of this request's PAN, or None when it was not asked."""

@@ -29,8 +29,8 @@ from processor.auth.context import AuthContext, Declined, Terminal, active_termi
 from processor.auth.entry_modes import Proof
 from processor.auth.policy import FLOOR_LIMIT_CONFIG, REFUND_LIMITS_CONFIG, Policy
 from processor.auth.reconciliation import reconcile
-from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, pin_validation_data
-from processor.issuing.controls import find_card_with_controls
+from processor.issuing.cards import CVV2_SERVICE_CODE, PVKI, CardRecord, pin_validation_data
+from processor.issuing.controls import CardControls, find_card_with_controls
 from processor.issuing.keys import IssuerKeys
 from processor.issuing.pan import mask_pan
 from processor.issuing.terminals import NETWORK_SCHEME
@@ -48,6 +48,7 @@ from processor.iso8583.codec import REQUEST_MTIS
 from processor.iso8583.mac import MAC_BYTES, encode_for_mac, signed_parts
 from processor.iso8583.currency import alpha_for_numeric, numeric_for_alpha
 from processor.ledger import StoreInterface, ops
+from processor.ledger import generation as ledger_generation
 from processor.ledger.errors import StoreBusy, StoreClosed
 
 log = logging.getLogger("processor.auth")
@@ -146,7 +147,8 @@ def is_expired(expiry_yymm: str, now: dt.datetime) -> bool:
 
 
 async def check_terminal(engine: "Engine", ctx: AuthContext) -> None:
-    ctx.terminal = active_terminal(await engine.sender(ctx.request))
+    ctx.terminal = active_terminal(await engine.terminal(ctx.request.terminal_id, cached=ctx.cached))
+    ctx.saw(ctx.terminal.generation)
 
 
 async def check_processing_code(engine: "Engine", ctx: AuthContext) -> None:
@@ -211,7 +213,12 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
         return
-    found_card = await find_card_with_controls(engine.store, fingerprints)
+    # A PIN try count and a chip's last ATC change with every such request: those read the card fresh.
+    if ctx.cached and req.pin_block is None and req.icc is None:
+        generation, found_card = await engine.cached_card(fingerprints)
+        ctx.saw(generation)
+    else:
+        found_card = await find_card_with_controls(engine.store, fingerprints)
     if found_card is None and await engine.learn_key_versions(hsm):
         # The vault was re-sealed under a fingerprint key this engine had not seen: look again with it.
         fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
@@ -460,6 +467,15 @@ INCREMENTAL_CHECKS: tuple[Check, ...] = (
 )
 
 
+class _Stale(Exception):
+    """Rows from the engine's cache decided a request and have changed since; or (`refusal`) they refused a
+    message, which is refused only on fresh rows."""
+
+    def __init__(self, *, refusal: bool = False) -> None:
+        super().__init__("cached rows changed")
+        self.refusal = refusal
+
+
 class Engine:
     """Decode, check, hold or post, answer. Stateless between requests apart from bounded caches."""
 
@@ -483,7 +499,10 @@ class Engine:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.token_bin = token_bin
         self.card_checks = card_checks
-        self._terminal_cache: dict[str, tuple[float, Terminal | None]] = {}
+        # Cards and terminals, valid while the store's cache generation is `_generation` (None: not read yet).
+        self._generation: int | None = None
+        self._terminal_cache: dict[str, Terminal] = {}
+        self._card_cache: dict[tuple[str, ...], tuple[int, tuple[CardRecord, CardControls | None]]] = {}
         self._terminal_cache_s = terminal_cache_s
         self._terminal_cache_max = 10_000
         self._network_cache: dict[str, tuple[float, Terminal | None]] = {}
@@ -517,7 +536,14 @@ class Engine:
             self._log(request, rc.INVALID_MERCHANT, f"sent by terminal {sender}, not by the terminal in DE 41", started)
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         try:
-            return await self._dispatch(payload, fields, request, started, session)
+            try:
+                return await self._dispatch(payload, fields, request, started, session, cached=True)
+            except _Stale as stale:
+                # Cached rows decided it and they have changed since, or refused it and may have: decided
+                # again, on fresh rows only.
+                if not stale.refusal or await ledger_generation.current(self.store) != self._generation:
+                    self.forget_cached()
+                return await self._dispatch(payload, fields, request, started, session, cached=False)
         except HsmError as exc:
             # Without the HSM nothing can be verified: the truth is "issuer inoperative", never a wrong PIN,
             # and nothing was recorded (no PIN try spent). The client reconnects on the next call.
@@ -541,9 +567,14 @@ class Engine:
             return encode(build_response(fields, rc.SYSTEM_ERROR))
 
     async def _dispatch(
-        self, payload: bytes, fields: dict[str, Any], request: Request, started: float, session: Any = None
+        self, payload: bytes, fields: dict[str, Any], request: Request, started: float, session: Any = None,
+        *, cached: bool = False,
     ) -> bytes | None:
+        """`cached`: the engine's cached rows may decide, for the kinds whose outcome the store applies only
+        while they are current (raising _Stale when they are not); a refusal they made is made again on
+        fresh rows before it is answered."""
         mti = request.mti
+        cached = cached and mti in MERCHANT_MTIS
         if mti not in HANDLED_MTIS:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
@@ -557,8 +588,10 @@ class Engine:
             if refusal is not None:
                 self._log(request, rc.SECURITY_VIOLATION, f"network {request.acquirer_id}: {refusal}", started)
                 return encode(build_response(fields, rc.SECURITY_VIOLATION))
-        sender = await self.sender(request)
+        sender = await self.terminal(request.terminal_id, cached=cached)
         refusal = self._identity_refusal(request, sender, network is not None)
+        if refusal is not None and sender is not None and sender.generation is not None:
+            raise _Stale(refusal=True)
         if refusal is not None:
             # Nothing is recorded for a message that does not come from the terminal it names.
             self._log(request, rc.INVALID_MERCHANT, refusal, started)
@@ -566,6 +599,8 @@ class Engine:
         assert sender is not None
         if network is None:
             refusal, checks = await self._authenticate(payload, fields, request, sender)
+            if refusal is not None and sender.generation is not None:
+                raise _Stale(refusal=True)  # a terminal given a new key is read again before its message is refused
             if refusal is not None:
                 # Nothing in an unauthenticated message is trusted: nothing is recorded and no counter moves.
                 self._log(request, rc.SECURITY_VIOLATION, refusal, started)
@@ -577,11 +612,11 @@ class Engine:
         if mti == "0800":
             answer, outcome_rc = await self._network_management(fields, request, ksn_counter)
         elif mti in CARD_REQUEST_MTIS:
-            answer, outcome_rc = await self._card_request(fields, request, ksn_counter, checks)
+            answer, outcome_rc = await self._card_request(fields, request, ksn_counter, checks, cached=cached)
         elif mti == "0220":
-            answer, outcome_rc = await self._completion(fields, request, ksn_counter)
+            answer, outcome_rc = await self._completion(fields, request, ksn_counter, cached=cached)
         elif mti in ("0400", "0420"):
-            answer, outcome_rc = await self._reversal(fields, request, ksn_counter)
+            answer, outcome_rc = await self._reversal(fields, request, ksn_counter, cached=cached)
         elif mti == "0500":
             ctx = AuthContext(fields=fields, request=request, now=self.clock(), ksn_counter=ksn_counter)
             answer, outcome_rc = await reconcile(self.store, self.terminal, ctx)
@@ -654,9 +689,10 @@ class Engine:
     # ------------------------------------------------------------ message kinds
 
     async def _card_request(
-        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, checks: RequestChecks | None = None
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, checks: RequestChecks | None = None,
+        *, cached: bool = False,
     ) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter, cached=cached)
         if checks is not None:
             ctx.checked_pan = _presented_pan(req)
             ctx.fingerprints = [fp for _, fp in checks.fingerprints]
@@ -682,16 +718,16 @@ class Engine:
                 code, declined.reason = rc.DO_NOT_HONOUR, f"advice not honoured: {declined.reason}"
             ctx.reason = declined.reason
             op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=code)
-        outcome = await self.store.submit(op)
+        outcome = await self._submit(op)
         if req.icc is not None and outcome.rc not in rc.APPROVALS and outcome.rc not in (rc.FORMAT_ERROR, rc.CVV_FAILURE):
             # A declined chip card still hears from its issuer: an ARPC over the decline code.
             ctx.icc_response = await declined_arpc(self.hsm, self.keys, ctx)
         return self._answer(ctx, outcome), outcome.rc
 
     async def _completion(
-        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, *, cached: bool = False
     ) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter, cached=cached)
         try:
             await check_terminal(self, ctx)
             if req.original is None:
@@ -707,13 +743,13 @@ class Engine:
         except Declined as declined:
             ctx.reason = declined.reason
             op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
-        outcome = await self.store.submit(op)
+        outcome = await self._submit(op)
         return self._answer(ctx, outcome), outcome.rc
 
     async def _reversal(
-        self, fields: dict[str, Any], req: Request, ksn_counter: int | None
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, *, cached: bool = False
     ) -> tuple[dict[str, Any], str]:
-        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter)
+        ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter, cached=cached)
         try:
             await check_terminal(self, ctx)
             if req.original is None:
@@ -727,7 +763,7 @@ class Engine:
         except Declined as declined:
             ctx.reason = declined.reason
             op = ops.Decline(**self._op_common(ctx, amount_minor=req.amount_minor or 0), rc=declined.code)
-        outcome = await self.store.submit(op)
+        outcome = await self._submit(op)
         return self._answer(ctx, outcome), outcome.rc
 
     async def _network_management(
@@ -745,6 +781,12 @@ class Engine:
         answer = build_response(fields, rc.APPROVED)
         answer["_reason"] = {"001": "sign-on", "002": "sign-off"}.get(code, "echo")
         return answer, rc.APPROVED
+
+    async def _submit(self, op: ops.AnyOp) -> ops.AuthOutcome:
+        outcome = await self.store.submit(op)
+        if outcome.result is ops.Result.STALE:
+            raise _Stale()
+        return outcome
 
     # ------------------------------------------------------------ building store operations
 
@@ -774,6 +816,7 @@ class Engine:
             mcc=req.mcc or (ctx.terminal.mcc if ctx.terminal and ctx.terminal.mcc else ""),
             entry_mode=(req.entry_mode or "")[:2],
             spend=ctx.spend,
+            seen_generation=ctx.seen_generation,
             **({"token_id": ctx.token.token_id} if ctx.token is not None else {}),
         )
 
@@ -892,7 +935,7 @@ class Engine:
 
     async def sender(self, req: Request) -> Terminal | None:
         """The registered terminal a message comes from, by DE 41 (an acquiring network's merchant terminal
-        is registered for its network, under the network's key); None when there is none."""
+        is registered for its network, under the network's key), read fresh; None when there is none."""
         return await self.terminal(req.terminal_id)
 
     async def network_key(self, acquirer_id: str | None) -> Terminal | None:
@@ -981,28 +1024,64 @@ class Engine:
             self._home_country = (await issuing.config.get(self.store, HOME_COUNTRY_CONFIG) or DEFAULT_HOME_COUNTRY).upper()
         return self._home_country
 
-    async def terminal(self, terminal_id: str | None) -> Terminal | None:
-        """The terminal by DE 41, cached briefly: terminals change by operator action, not per request."""
+    async def cache_generation(self) -> int:
+        """The cache generation the engine's cached rows are read at (processor.ledger.generation): read
+        once, and again after the store said a cached row had changed."""
+        if self._generation is None:
+            self._generation = await ledger_generation.current(self.store)
+        return self._generation
+
+    def forget_cached(self) -> None:
+        """Drop the cached cards and terminals: the next requests read them, and the generation, again."""
+        self._generation = None
+        self._card_cache.clear()
+        self._terminal_cache.clear()
+
+    async def cached_card(
+        self, fingerprints: list[str]
+    ) -> tuple[int | None, tuple[CardRecord, CardControls | None] | None]:
+        """(the cache generation it was read at, the card with its controls) by PAN fingerprints; a card not
+        found is not cached (it may be issued the next moment)."""
+        key = tuple(fingerprints)
+        hit = self._card_cache.get(key)
+        if hit is not None and hit[0] == self._generation:
+            return hit
+        generation = await self.cache_generation()
+        found = await find_card_with_controls(self.store, fingerprints)
+        if found is None or self._generation != generation:
+            return generation, found
+        if len(self._card_cache) >= self._terminal_cache_max:
+            self._card_cache.clear()
+        self._card_cache[key] = (generation, found)
+        return generation, found
+
+    async def terminal(self, terminal_id: str | None, *, cached: bool = False) -> Terminal | None:
+        """The terminal by DE 41 with its merchant, read fresh; or, when `cached`, from the engine's cache, with
+        the cache generation it was read at (an unknown terminal is not cached)."""
         if not terminal_id:
             return None
-        now = time.monotonic()
-        hit = self._terminal_cache.get(terminal_id)
-        if hit is not None and now - hit[0] < self._terminal_cache_s:
-            return hit[1]
+        generation = None
+        if cached:
+            hit = self._terminal_cache.get(terminal_id)
+            if hit is not None and hit.generation == self._generation:
+                return hit
+            generation = await self.cache_generation()
         row = await issuing.terminals.get(self.store, terminal_id)
-        terminal = None
-        if row is not None:
-            terminal = Terminal(
-                terminal_id=row.terminal_id,
-                merchant_id=row.merchant_id,
-                mcc=row.mcc,
-                status=row.status,
-                bdk_kcv=row.bdk_kcv,
-                initial_ksn=row.initial_ksn,
-                chip_capable=row.chip_capable,
-                network=row.key_scheme[len(NETWORK_SCHEME):] if (row.key_scheme or "").startswith(NETWORK_SCHEME) else None,
-            )
-        if len(self._terminal_cache) >= self._terminal_cache_max:
-            self._terminal_cache.clear()
-        self._terminal_cache[terminal_id] = (now, terminal)
+        if row is None:
+            return None
+        terminal = Terminal(
+            terminal_id=row.terminal_id,
+            merchant_id=row.merchant_id,
+            mcc=row.mcc,
+            status=row.status,
+            bdk_kcv=row.bdk_kcv,
+            initial_ksn=row.initial_ksn,
+            chip_capable=row.chip_capable,
+            network=row.key_scheme[len(NETWORK_SCHEME):] if (row.key_scheme or "").startswith(NETWORK_SCHEME) else None,
+            generation=generation,
+        )
+        if generation is not None and self._generation == generation:
+            if len(self._terminal_cache) >= self._terminal_cache_max:
+                self._terminal_cache.clear()
+            self._terminal_cache[terminal_id] = terminal
         return terminal

@@ -1,7 +1,7 @@
 """Spending controls a cardholder sets on a card: limits, blocked merchant categories, countries, channels.
 
-The engine applies them on every authorization, read fresh each time, so a change counts from the next
-one. What a single request shows (its merchant category, country, channel and amount) is checked in the
+The engine applies them on every authorization; it may keep them with the card it caches, and a change
+still counts from the next one (`processor.ledger.generation`). What a single request shows (its merchant category, country, channel and amount) is checked in the
 engine; the daily and monthly totals are counted in the store, in the transaction that takes the funds,
 so two purchases at once can never pass a limit together (`processor.ledger.spend`).
 

@@ -20,10 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, String, bindparam, insert, select, text, update
+from sqlalchemy import BigInteger, Connection, String, bindparam, column, func, insert, select, text, update
 
 from processor.ledger import ops, refunds, spend
-from processor.ledger.models import accounts, auths, cards, holds, journal_entries, payment_tokens, postings, terminals
+from processor.ledger.models import (
+    accounts, auths, cache_generation, cards, holds, journal_entries, payment_tokens, postings, terminals,
+)
+from processor.ledger.generation import CACHES
 from processor.ledger.ops import Result
 
 
@@ -123,6 +126,7 @@ _AUTH_COLS = tuple(
 # The newest request with that reference: a terminal's STAN comes round again only long after.
 _AUTH_BY_REF = select(*_AUTH_COLS).where(auths.c.ref == bindparam("ref")).order_by(auths.c.id.desc()).limit(1)
 _AUTHS_BY_KEYS = select(*_AUTH_COLS).where(auths.c.idem_key.in_(bindparam("keys", expanding=True)))
+_GENERATION = select(cache_generation.c.generation).where(cache_generation.c.name == CACHES)
 _CLAIM_REVERSAL = (
     update(auths)
     .where(auths.c.id == bindparam("oid"), auths.c.reversed.is_(False))
@@ -150,6 +154,16 @@ _RESIZE_HOLD = (
 _SET_HOLD_AUTH = update(holds).where(holds.c.id == bindparam("hid")).values(auth_id=bindparam("auth"))
 _SET_ENTRY_AUTH = (
     update(journal_entries).where(journal_entries.c.id == bindparam("eid")).values(auth_id=bindparam("auth"))
+)
+# PostgreSQL: both links of a batch in one statement, each side from arrays (one executor run, not one per row).
+_SET_AUTH_LINKS = text(
+    """WITH h AS (
+        UPDATE holds SET auth_id = v.auth FROM unnest(CAST(:hids AS BIGINT[]), CAST(:hauths AS BIGINT[])) AS v(id, auth)
+        WHERE holds.id = v.id
+    )
+    UPDATE journal_entries SET auth_id = v.auth
+    FROM unnest(CAST(:eids AS BIGINT[]), CAST(:eauths AS BIGINT[])) AS v(id, auth)
+    WHERE journal_entries.id = v.id"""
 )
 # A wrong PIN counts in the statement that reads the count: concurrent guesses, in this process or
 # another, can never all see the same count and slip past the limit together.
@@ -184,6 +198,17 @@ _LOCK_ACCOUNTS = (
     .order_by(accounts.c.id)
     .with_for_update(key_share=True)  # FOR NO KEY UPDATE: new rows may still reference the account
 )
+_LOCKED = (
+    select(accounts.c.id)
+    .where(accounts.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(accounts.c.id)
+    .with_for_update(key_share=True)
+    .cte("locked")
+)
+_LOCK_THEN_AUTHS = select(*_AUTH_COLS).where(
+    auths.c.idem_key.in_(bindparam("keys", expanding=True)),
+    select(func.count()).select_from(_LOCKED).scalar_subquery() >= 0,
+)
 # PostgreSQL, `_apply_together`: one statement for many rows, each row named once per statement.
 _TAKE_ALL = {
     hold: text(
@@ -204,7 +229,28 @@ _INTERNAL = select(accounts.c.id).where(
 
 
 def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState) -> list[ops.AuthOutcome]:
-    """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits."""
+    """Apply `batch` in order inside the caller's transaction; outcomes are valid once it commits.
+
+    An operation decided on cached rows (`seen_generation`) whose generation is no longer the current one
+    is answered STALE and not applied: the cache generation is read once per batch, in its transaction.
+    """
+    if any(op.seen_generation is not None for op in batch):
+        current = conn.execute(_GENERATION).scalar_one()
+        if any(op.seen_generation not in (None, current) for op in batch):
+            live = [op for op in batch if op.seen_generation in (None, current)]
+            applied = iter(_apply_batch(conn, live, state) if live else [])
+            return [next(applied) if op.seen_generation in (None, current) else _stale(op, current) for op in batch]
+    return _apply_batch(conn, batch, state)
+
+
+def _stale(op: ops.AnyOp, generation: int) -> ops.AuthOutcome:
+    return ops.AuthOutcome(
+        op.idem_key, Result.STALE, "", 0, None, None, op.card_id, op.account_id, None, None, op.currency,
+        f"decided on cached rows older than cache generation {generation}",
+    )
+
+
+def _apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState) -> list[ops.AuthOutcome]:
     original_accounts: set[int] = set()
     if conn.dialect.name == "postgresql":
         # Lock the batch's accounts up front in id order, before any card or terminal row: parallel
@@ -217,10 +263,14 @@ def apply_batch(conn: Connection, batch: Sequence[ops.AnyOp], state: BatchState)
             found = conn.execute(_ORIGINAL_ACCOUNTS, {"refs": originals}).scalars()
             original_accounts = {account_id for account_id in found if account_id is not None}
             ids.update(original_accounts)
-        if ids:
-            conn.execute(_LOCK_ACCOUNTS, {"ids": sorted(ids)})
-    keys = list({op.idem_key for op in batch})
-    stored = {row.idem_key: row for row in conn.execute(_AUTHS_BY_KEYS, {"keys": keys})}
+        keys = list({op.idem_key for op in batch})
+        # One round trip for both: the locks (a one-time filter, taken before the read, in id order), then the
+        # first answers already recorded. The read's snapshot is from before any wait for a lock: a duplicate
+        # another connection commits meanwhile meets the unique idem_key on insert, and the batch is retried.
+        stored = {row.idem_key: row for row in conn.execute(_LOCK_THEN_AUTHS, {"ids": sorted(ids), "keys": keys})}
+    else:
+        keys = list({op.idem_key for op in batch})
+        stored = {row.idem_key: row for row in conn.execute(_AUTHS_BY_KEYS, {"keys": keys})}
     fast: dict[int, ops.Decline | tuple[Take, int | None]] = {}
     if conn.dialect.name == "postgresql" and len(batch) > 1:
         fast = _apply_together(conn, state, batch, stored, original_accounts)
@@ -522,22 +572,134 @@ def flush_pending(conn: Connection, state: BatchState) -> None:
     state.pending_links.clear()
 
 
+def _pg_type(column: Any) -> str:
+    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+
+    return asyncpg_dialect.dialect().type_compiler_instance.process(column.type)
+
+
+_FLUSH_ALL_SQL: dict[tuple[str, ...], Any] = {}
+
+
+def _flush_all_statement(auth_columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: the batch's journal entries, their postings, its auths rows and the links between them
+    (entry <-> auth, hold -> auth) in one statement. Ids come from the tables' sequences first, in order,
+    so that every row can name the others as it is inserted (a statement's parts cannot see each other's
+    rows, so none could be updated afterwards)."""
+    found = _FLUSH_ALL_SQL.get(auth_columns)
+    if found is not None:
+        return found
+    a_cols = ", ".join(auth_columns)
+    a_arrays = ", ".join(f"CAST(:a_{name} AS {_pg_type(auths.c[name])}[])" for name in auth_columns)
+    sql = f"""WITH an AS MATERIALIZED (
+        SELECT nextval(pg_get_serial_sequence('auths', 'id')) AS id, ord FROM generate_series(1, :n_auths) AS ord
+    ), en AS MATERIALIZED (
+        SELECT nextval(pg_get_serial_sequence('journal_entries', 'id')) AS id, ord
+        FROM generate_series(1, :n_entries) AS ord
+    ), e AS (
+        INSERT INTO journal_entries (id, kind, reference, auth_id, forced, created_at)
+        SELECT en.id, v.kind, v.reference, an.id, v.forced, v.created_at
+        FROM unnest(CAST(:e_kind AS VARCHAR[]), CAST(:e_reference AS VARCHAR[]), CAST(:e_forced AS BOOLEAN[]),
+                    CAST(:e_created_at AS TIMESTAMP WITH TIME ZONE[]), CAST(:e_auth AS BIGINT[]))
+             WITH ORDINALITY AS v(kind, reference, forced, created_at, aord, ord)
+        JOIN en ON en.ord = v.ord LEFT JOIN an ON an.ord = v.aord
+    ), p AS (
+        INSERT INTO postings (entry_id, account_id, amount_minor, currency)
+        SELECT en.id, v.account_id, v.amount_minor, v.currency
+        FROM unnest(CAST(:p_entry AS BIGINT[]), CAST(:p_account_id AS BIGINT[]), CAST(:p_amount_minor AS BIGINT[]),
+                    CAST(:p_currency AS VARCHAR[])) AS v(eord, account_id, amount_minor, currency)
+        JOIN en ON en.ord = v.eord
+    ), a AS (
+        INSERT INTO auths (id, {a_cols}, entry_id)
+        SELECT an.id, {", ".join(f"v.{name}" for name in auth_columns)}, en.id
+        FROM unnest({a_arrays}, CAST(:a_entry AS BIGINT[])) WITH ORDINALITY AS v({a_cols}, eord, ord)
+        JOIN an ON an.ord = v.ord LEFT JOIN en ON en.ord = v.eord
+        ORDER BY v.ord
+        RETURNING auths.id
+    ), h AS (
+        UPDATE holds SET auth_id = an.id
+        FROM unnest(CAST(:h_id AS BIGINT[]), CAST(:h_auth AS BIGINT[])) AS v(hid, aord) JOIN an ON an.ord = v.aord
+        WHERE holds.id = v.hid
+    )
+    SELECT count(*) FROM a"""
+    found = _FLUSH_ALL_SQL[auth_columns] = text(sql).columns(column("count", BigInteger))
+    return found
+
+
+def _flush_all_together(conn: Connection, state: BatchState) -> bool:
+    """PostgreSQL, the batch's last flush: `_flush_all_statement` when every auths row's entry is one of the
+    entries being flushed (the hot path); False, having written nothing, otherwise."""
+    entries, rows, links = state.pending_entries, state.pending_auths, state.pending_links
+    if not rows or state.hold_auth or state.entry_auth:
+        return False
+    entry_ord = {id(entry): i for i, entry in enumerate(entries, 1)}
+    for values in rows:
+        entry = values["entry_id"]
+        if entry is not None and (not isinstance(entry, PendingEntry) or id(entry) not in entry_ord):
+            return False
+    columns = tuple(name for name in rows[0] if name != "entry_id")
+    entry_auth: list[int | None] = [None] * len(entries)
+    hold_ids, hold_auths = [], []
+    for auth_ord, (hold_id, entry) in enumerate(links, 1):
+        if entry is not None:
+            entry_auth[entry_ord[id(entry)] - 1] = auth_ord
+        if hold_id is not None:
+            hold_ids.append(hold_id)
+            hold_auths.append(auth_ord)
+    params: dict[str, Any] = {
+        "n_auths": len(rows),
+        "n_entries": len(entries),
+        "e_kind": [entry.kind for entry in entries],
+        "e_reference": [entry.reference[:200] for entry in entries],
+        "e_forced": [entry.forced for entry in entries],
+        "e_created_at": [state.now] * len(entries),
+        "e_auth": entry_auth,
+        "p_entry": [i for i, entry in enumerate(entries, 1) for _ in entry.lines],
+        "p_account_id": [account_id for entry in entries for account_id, _ in entry.lines],
+        "p_amount_minor": [amount for entry in entries for _, amount in entry.lines],
+        "p_currency": [entry.currency for entry in entries for _ in entry.lines],
+        "a_entry": [entry_ord[id(v["entry_id"])] if v["entry_id"] is not None else None for v in rows],
+        "h_id": hold_ids,
+        "h_auth": hold_auths,
+    }
+    for name in columns:
+        params[f"a_{name}"] = [values[name] for values in rows]
+    written = conn.execute(_flush_all_statement(columns), params).scalar_one()
+    if written != len(rows):
+        raise LedgerBug(f"{len(rows)} auths rows to write but {written} written")
+    entries.clear()
+    rows.clear()
+    links.clear()
+    return True
+
+
 def _finish(conn: Connection, state: BatchState) -> None:
-    flush_pending(conn, state)
+    if not (conn.dialect.name == "postgresql" and _flush_all_together(conn, state)):
+        flush_pending(conn, state)
+    if conn.dialect.name == "postgresql":
+        if state.hold_auth or state.entry_auth:
+            conn.execute(_SET_AUTH_LINKS, {
+                "hids": [link["hid"] for link in state.hold_auth], "hauths": [link["auth"] for link in state.hold_auth],
+                "eids": [link["eid"] for link in state.entry_auth], "eauths": [link["auth"] for link in state.entry_auth],
+            })
+    else:
+        if state.hold_auth:
+            conn.execute(_SET_HOLD_AUTH, state.hold_auth)
+        if state.entry_auth:
+            conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
+    if state.answered:
+        from processor.ledger.outbox import card_events, write_events
+
+        # (no RELEASE of the outbox's savepoint: only the internal accounts' update follows, and it commits
+        # with the rest)
+        write_events(conn, card_events(conn, state.answered, state.now), release=False)
     if state.internal_delta_minor:
+        # Last before the commit: every batch of every writer updates these few rows, so their row locks
+        # are held for the commit's round trip only, and parallel writers overlap everything before it.
         deltas = sorted(state.internal_delta_minor.items())
         params = [{"aid": account_id, "d": delta} for account_id, delta in deltas if delta]
         if params:
             conn.execute(_INTERNAL_DELTA, params)
-    if state.hold_auth:
-        conn.execute(_SET_HOLD_AUTH, state.hold_auth)
-    if state.entry_auth:
-        conn.execute(_SET_ENTRY_AUTH, state.entry_auth)
-    if state.answered:
-        # The outbox: last, so that PostgreSQL's event-ordering lock is held only from here to the commit.
-        from processor.ledger.outbox import card_events, write_events
-
-        write_events(conn, card_events(conn, state.answered, state.now))
 
 
 def outcome_from_row(row: Any, *, duplicate: bool) -> ops.AuthOutcome:

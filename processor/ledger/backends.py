@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, String, any_, bindparam, create_engine, event
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -170,11 +173,27 @@ class SqliteInlineReader:
 
 
 class PgLookupReader:
-    """Hot-path look-ups on PostgreSQL through a small asyncpg pool, one prepared statement per look-up."""
+    """Hot-path look-ups on PostgreSQL through a small asyncpg pool, one prepared statement per kind of look-up.
+
+    Look-ups coalesce the way the write path's operations do: while `MAX_IN_FLIGHT` statements of one kind
+    are running, new look-ups of that kind wait, and then go together, one statement for all their keys (at
+    most `MAX_KEYS`). Alone, a look-up goes at once; under load one round trip serves many requests, which
+    saves the engine and the database a statement each. Each statement runs in a task of its own, so a
+    caller that gives up (a timeout) cancels nothing for the others.
+    """
+
+    MAX_IN_FLIGHT = 2
+    MAX_KEYS = 256
+    TIMEOUT_S = 10.0
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self._sql: dict[Lookup[Any], str] = {}
+        self._waiting: dict[Lookup[Any], list[tuple[list[str], asyncio.Future[Any]]]] = {}
+        self._running: dict[Lookup[Any], int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.statements = 0
+        self.lookups = 0
 
     @classmethod
     async def open(cls, dsn: str, size: int) -> "PgLookupReader":
@@ -182,22 +201,82 @@ class PgLookupReader:
 
         # Look-ups are single read-only statements that change no session state, so a connection goes back
         # to the pool as it is: asyncpg's default reset would cost a round trip (RESET ALL ...) per look-up.
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=10, reset=_keep_session)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=size, command_timeout=cls.TIMEOUT_S, reset=_keep_session
+        )
         return cls(pool)
 
     def _statement(self, query: Lookup[Any]) -> str:
         sql = self._sql.get(query)
         if sql is None:
-            stmt = query.select.where(query.key == any_(bindparam("keys", type_=ARRAY(String))))
-            sql = self._sql[query] = str(stmt.compile(dialect=asyncpg_dialect.dialect())) + " LIMIT 1"
+            # One row per key (DISTINCT ON), the key last so that each answer finds its caller.
+            stmt = (
+                query.select.add_columns(query.key)
+                .where(query.key == any_(bindparam("keys", type_=ARRAY(String))))
+                .ext(distinct_on(query.key))
+                .order_by(query.key)
+            )
+            sql = self._sql[query] = str(stmt.compile(dialect=asyncpg_dialect.dialect()))
         return sql
 
     async def lookup(self, query: Lookup[T], keys: Sequence[str]) -> T | None:
-        row = await self.pool.fetchrow(self._statement(query), list(keys))
-        return query.build(tuple(row)) if row is not None else None
+        fut: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(query, []).append((list(keys), fut))
+        self.lookups += 1
+        self._pump(query)
+        return await fut
+
+    def _pump(self, query: Lookup[Any]) -> None:
+        waiting = self._waiting.get(query)
+        while waiting and self._running.get(query, 0) < self.MAX_IN_FLIGHT:
+            taken: list[tuple[list[str], asyncio.Future[Any]]] = []
+            count = 0
+            while waiting and (not taken or count + len(waiting[0][0]) <= self.MAX_KEYS):
+                item = waiting.pop(0)
+                if not item[1].done():  # (a caller that gave up)
+                    taken.append(item)
+                    count += len(item[0])
+            if not taken:
+                break
+            self._running[query] = self._running.get(query, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run(query, taken))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not waiting:
+            self._waiting.pop(query, None)
+
+    async def _run(self, query: Lookup[Any], taken: list[tuple[list[str], asyncio.Future[Any]]]) -> None:
+        try:
+            keys = list(dict.fromkeys(key for wanted, _ in taken for key in wanted))
+            self.statements += 1
+            rows = await self.pool.fetch(self._statement(query), keys, timeout=self.TIMEOUT_S)
+            by_key = {row[-1]: row for row in rows}
+            for wanted, fut in taken:
+                if fut.done():
+                    continue
+                row = next((by_key[key] for key in wanted if key in by_key), None)
+                fut.set_result(query.build(tuple(row)[:-1]) if row is not None else None)
+        except BaseException as exc:
+            for _, fut in taken:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else StoreLookupCancelled("look-up cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._running[query] -= 1
+            self._pump(query)
 
     async def close(self) -> None:
-        await asyncio.wait_for(self.pool.close(), timeout=10)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pool.close()
+
+    def terminate(self) -> None:
+        self.pool.terminate()
+
+
+class StoreLookupCancelled(Exception):
+    """The statement serving a look-up was cancelled (the store is closing)."""
 
 
 async def _keep_session(_conn: Any) -> None:
@@ -330,6 +409,80 @@ class PgWriter:
                 await asyncio.wait_for(raw.close(), timeout=5)
             except Exception:
                 raw.terminate()
+
+    def terminate(self) -> None:
+        """Drop the connection at once (shutdown, a writer stuck): the server rolls back its transaction."""
+        if self.driver is not None:
+            raw, self.driver = self.driver.raw, None
+            raw.terminate()
+
+
+def lease_key(name: str) -> int:
+    """A stable signed 64-bit key for `name` (PostgreSQL advisory locks take a bigint)."""
+    digest = hashlib.sha256(b"processor.lease:" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PgLease:
+    """A session advisory lock held on a connection of its own: released by `release()`, or by the server
+    the moment the holder's connection ends (the process died), so a stand-by can take over."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def try_take(cls, dsn: str, name: str) -> "PgLease | None":
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn, timeout=10, command_timeout=10)
+        try:
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", lease_key(name)):
+                return cls(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        await asyncio.wait_for(conn.close(), timeout=5)
+        return None
+
+    @property
+    def held(self) -> bool:
+        return not self.conn.is_closed()
+
+    async def release(self) -> None:
+        try:
+            await asyncio.wait_for(self.conn.close(), timeout=3)
+        except Exception:
+            self.conn.terminate()
+
+
+class FileLease:
+    """SQLite: an exclusive lock on a file beside the database, released when its descriptor closes (also
+    when the process dies)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def try_take(cls, database: str, name: str) -> "FileLease | None":
+        import fcntl
+
+        path = f"{database}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.lease"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    async def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def describe(exc: BaseException) -> str:

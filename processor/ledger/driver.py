@@ -121,15 +121,17 @@ class Compiled:
         self.results = tuple(procs) if any(procs) else None
         self.many_sql: str | None = None
         self.many_binds: Any = None
-        if self.returns and isinstance(stmt, Insert) and dialect.paramstyle == "numeric_dollar" and keys is not None:
+        if isinstance(stmt, Insert) and dialect.paramstyle == "numeric_dollar" and keys is not None:
             self._unnest(compiled, dialect, stmt)
 
     def _unnest(self, compiled: SQLCompiler, dialect: Dialect, stmt: Insert) -> None:
-        """PostgreSQL: many rows with RETURNING in one statement, the rows inserted in the order given."""
+        """PostgreSQL: many rows in one statement (one executor run, not one per row as executemany does),
+        inserted in the order given; with RETURNING, the rows come back in that order."""
         table = stmt.table
-        ids = [c.name for c in table.primary_key.columns]
-        if ids != ["id"] or compiled._result_columns[0][0] != "id":
-            return  # (the returned rows are put back in order by their new ids)
+        if self.returns:
+            ids = [c.name for c in table.primary_key.columns]
+            if ids != ["id"] or compiled._result_columns[0][0] != "id":
+                return  # (the returned rows are put back in order by their new ids)
         binds = [b for b in self.binds if b[0] in table.c]
         if len(binds) != len(self.binds) or stmt._multi_values or getattr(stmt, "_post_values_clause", None) is not None:
             return  # (values() with expressions: such a statement runs row by row)
@@ -138,7 +140,7 @@ class Compiled:
             f"${i}::{dialect.type_compiler_instance.process(table.c[name].type)}[]"
             for i, (name, _, _) in enumerate(binds, 1)
         )
-        returning = compiled.string[compiled.string.rindex(" RETURNING ") :]
+        returning = compiled.string[compiled.string.rindex(" RETURNING ") :] if self.returns else ""
         # Ids from the table's sequence rise in the order the rows are inserted, which ORDER BY fixes: sorting
         # the returned ids gives them in parameter order (the rule SQLAlchemy's own sorted insertmanyvalues uses).
         self.many_sql = (
@@ -355,6 +357,13 @@ class AsyncpgDriver(DriverConnection):
             for one in params:
                 rows.extend(self._one(compiled, compiled.args(one)).rows)
             return Rows(rows, len(rows))
+        if compiled.many_sql is not None and len(params) > 1:
+            columns = [[] for _ in compiled.many_binds]
+            for one in params:
+                for column, value in zip(columns, compiled.args(one)):
+                    column.append(value)
+            status = self._call(compiled.many_sql, columns, self.raw.execute(compiled.many_sql, *columns))
+            return Rows([], _rowcount(status))
         batch = [compiled.args(one) for one in params]
         self._call(compiled.sql, batch, self.raw.executemany(compiled.sql, batch))
         return Rows([], -1)

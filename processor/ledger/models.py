@@ -296,6 +296,17 @@ class Config(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class CacheGeneration(Base):
+    """One row (name 'caches'): a counter that triggers move with every change of what the engines cache (cards, their
+    accounts' status and controls, terminals, merchants; migration 0010 lists the columns). An operation
+    decided on cached rows is applied only while the counter is the one it saw (`ops.Op.seen_generation`)."""
+
+    __tablename__ = "cache_generation"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class PaymentToken(Base):
     """A wallet's device token (EMVCo payment token) standing for a card; its number is never stored in clear."""
 
@@ -358,3 +369,4 @@ terminal_batches = TerminalBatch.__table__
 config = Config.__table__
 payment_tokens = PaymentToken.__table__
 token_events = TokenEvent.__table__
+cache_generation = CacheGeneration.__table__

@@ -39,6 +39,9 @@ class Result(StrEnum):
     ABOVE_ORIGINAL = "above_original"  # a refund or partial reversal above what remains of its original
     REFUND_LIMIT = "refund_limit"  # an unreferenced refund past its merchant's per-transaction or daily limit
     DECLINED = "declined"  # the engine declined before the store: the answer is the Decline's own code
+    # Decided on cached rows that changed since (`Op.seen_generation`): nothing applied, nothing recorded; the
+    # engine decides again on fresh rows.
+    STALE = "stale"
 
 
 APPROVALS = frozenset({Result.APPROVED, Result.PARTIAL})
@@ -95,6 +98,9 @@ class Op:
     # When not None, the terminal's DUKPT transaction counter: the operation is applied only if it is above
     # the highest one the terminal used so far, which it then becomes; otherwise REPLAYED_KEY_SERIAL.
     ksn_counter: int | None = None
+    # When not None, the cache generation (models.cache_generation) the engine's cached card and terminal rows
+    # were read at: the operation is applied only if it is still the current one, else answered STALE.
+    seen_generation: int | None = None
     # When not None (a verified chip cryptogram), the operation is applied only if this ATC is above the
     # card's last one, which it then becomes; otherwise REPLAYED_CRYPTOGRAM.
     atc: int | None = None

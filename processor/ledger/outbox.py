@@ -98,10 +98,14 @@ def operator_event(type_: str, data: dict[str, Any], now: dt.datetime) -> dict[s
     return _row("operator", None, type_, data, now)
 
 
+# One encoder for every event: json.dumps with options builds a new encoder on each call.
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def _row(audience: str, cardholder_id: int | None, type_: str, data: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     if audience == "cardholder" and type_ not in EVENT_TYPES:
         raise ValueError(f"unknown cardholder event type {type_!r}")
-    text = json.dumps(data, separators=(",", ":"), default=str)
+    text = _encode(data)
     if len(text) > MAX_DATA_CHARS:
         raise ValueError(f"event {type_} data is {len(text)} characters, more than {MAX_DATA_CHARS}")
     return {"audience": audience, "cardholder_id": cardholder_id, "type": type_, "data": text, "created_at": now}
@@ -113,8 +117,11 @@ _PG_SAVEPOINT = "SAVEPOINT outbox_events"
 _PG_RELEASE = "RELEASE SAVEPOINT outbox_events"
 
 
-def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert events inside the caller's transaction (see the module's note for PostgreSQL)."""
+def write_events(conn: Connection, rows: Sequence[dict[str, Any]], *, release: bool = True) -> None:
+    """Insert events inside the caller's transaction (see the module's note for PostgreSQL).
+
+    With `release` False the PostgreSQL subtransaction stays open (it commits with the transaction): for a
+    caller whose remaining statements may run inside it, one round trip fewer."""
     if not rows:
         return
     if conn.dialect.name != "postgresql":
@@ -127,7 +134,8 @@ def write_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         raise RuntimeError(f"{len(rows)} event ids asked for, {len(ids)} given")
     conn.exec_driver_sql(_PG_SAVEPOINT)
     conn.execute(_INSERT_EVENTS, [row | {"id": event_id} for row, event_id in zip(rows, ids, strict=True)])
-    conn.exec_driver_sql(_PG_RELEASE)
+    if release:
+        conn.exec_driver_sql(_PG_RELEASE)
 
 
 # ------------------------------------------------------------------ card traffic

@@ -1,5 +1,5 @@
-"""Many rows into one table through the driver's executemany: the hot paths' bulk inserts on SQLite; and
-look-ups of many rows by a two-column key.
+"""Many rows into one table through the driver's executemany: the hot paths' bulk inserts on SQLite (and
+look-ups of many rows by a two-column key).
 
 SQLAlchemy's executemany processes every row's parameters through the compiled statement (type processors,
 parameter construction), which costs more than SQLite's own insert. Here the statement is compiled once per
@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, bindparam, insert, or_, tuple_
+from sqlalchemy import Connection, Table, bindparam, insert, select, tuple_
 
 _Compiled = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
 _compiled: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
@@ -70,15 +70,39 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
 
 
-def pairs_in(conn: Connection, left: Any, right: Any, pairs: Sequence[tuple[Any, Any]]) -> ColumnElement[bool]:
-    """`(left, right) IN pairs`, written so that the database searches its index on (left, right) once per pair.
+# SQLite parses an OR chain into a tree as deep as the chain; its expression depth limit is 1000.
+_PAIRS_PER_QUERY = 200
+_pair_sql: dict[tuple[str, tuple[str, ...], str, str, int], str] = {}
 
-    SQLite (3.40) answers a row-value IN list by scanning the whole index, which grows with the table; an OR
-    of equalities is searched pair by pair (MULTI-INDEX OR). PostgreSQL searches either form.
+
+def rows_by_pairs(conn: Connection, table: Table, columns: Sequence[str], key: tuple[str, str], pairs: Sequence[tuple[Any, Any]]) -> list[Any]:
+    """The `columns` of the rows of `table` whose two-column `key` is one of `pairs` (an index on `key` serves it).
+
+    SQLite (3.40) answers `(a, b) IN (...)` by scanning the whole index, which grows with the table; an OR of
+    equalities searches it once per pair (MULTI-INDEX OR). That query is written as driver SQL (building the
+    OR as SQLAlchemy expressions costs more than the query), so the columns must need no result conversion
+    (integers and strings). PostgreSQL takes the row-value IN.
     """
-    if conn.dialect.name == "sqlite":
-        return or_(*(and_(left == a, right == b) for a, b in pairs))
-    return tuple_(left, right).in_(list(pairs))
+    if not pairs:
+        return []
+    left, right = table.c[key[0]], table.c[key[1]]
+    if conn.dialect.name != "sqlite":
+        return list(conn.execute(select(*(table.c[c] for c in columns)).where(tuple_(left, right).in_(list(pairs)))))
+    out: list[Any] = []
+    for start in range(0, len(pairs), _PAIRS_PER_QUERY):
+        chunk = pairs[start:start + _PAIRS_PER_QUERY]
+        cache_key = (table.name, tuple(columns), key[0], key[1], len(chunk))
+        sql = _pair_sql.get(cache_key)
+        if sql is None:
+            quote = conn.dialect.identifier_preparer.quote
+            for name in columns:
+                if table.c[name].type._cached_result_processor(conn.dialect, None) is not None:
+                    raise TypeError(f"{table.name}.{name} needs converting when read; rows_by_pairs reads it raw")
+            match = f"({quote(left.name)} = ? AND {quote(right.name)} = ?)"
+            sql = _pair_sql[cache_key] = (f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} "
+                                          f"WHERE {' OR '.join([match] * len(chunk))}")
+        out += conn.exec_driver_sql(sql, tuple(v for pair in chunk for v in pair)).all()
+    return out
 
 
-__all__ = ["insert_rows", "pairs_in"]
+__all__ = ["insert_rows", "rows_by_pairs"]

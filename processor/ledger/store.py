@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from processor.ledger import ops
 from processor.ledger.apply import BatchState, apply_batch
 from processor.ledger.backends import (
+    FileLease,
+    PgLease,
     PgLookupReader,
     PgWriter,
     SqliteInlineReader,
@@ -44,6 +46,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 _STOP = object()
+CLOSE_RELEASE_S = 3.0  # closing one connection, pool or thread at shutdown; past it the operating system does it
 
 
 class Store:
@@ -194,14 +197,16 @@ class Store:
             self._fail_queued(StoreClosed(f"store writer stopped: {describe(task.exception())}"))
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """Finish the queued operations (within `timeout_s`), then release the database."""
+        """Commit the queued operations (within `timeout_s`), then release the database (within
+        `CLOSE_RELEASE_S`). An operation not committed by then fails with StoreClosed: its transaction
+        was rolled back or never began, so it is applied in full or not at all."""
         if self._closed:
             return
         self._closed = self._closing = True
         live = [task for task in self._writers if not task.done()]
         if self._writers:
             try:
-                async with asyncio.timeout(timeout_s):
+                async with asyncio.timeout(max(timeout_s, 0.0)):
                     for _ in live:  # one stop marker each, behind the operations already queued
                         await self._queue.put(_STOP)
                     if live:
@@ -210,20 +215,41 @@ class Store:
                 log.warning("store writers did not finish within %.1fs; stopping them", timeout_s)
             for task in self._writers:
                 task.cancel()
-            await asyncio.gather(*self._writers, return_exceptions=True)
+            _, stuck = await asyncio.wait(self._writers, timeout=CLOSE_RELEASE_S)
+            if stuck:
+                # A writer whose rollback does not come back (a server that stopped answering): drop its
+                # connection; the server rolls the transaction back when the connection goes.
+                log.warning("%d store writer(s) did not stop within %.1fs; dropping their connections", len(stuck),
+                            CLOSE_RELEASE_S)
+                for writer in self._pg_writer_conns:
+                    writer.terminate()
         self._fail_queued(StoreClosed("store closed before the operation was committed"))
-        for writer in self._pg_writer_conns:
-            await writer.close()
+        if self.batches:
+            log.info("store: %d batch(es) committed, %.1f operations each on average", self.batches,
+                     self.batched_ops / self.batches)
+        if self._pg_lookups is not None and self._pg_lookups.statements:
+            log.info("store: %d look-up(s) in %d statement(s)", self._pg_lookups.lookups, self._pg_lookups.statements)
+        await asyncio.gather(*(writer.close() for writer in self._pg_writer_conns))
         if self._sqlite is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._sqlite.close)
+            await self._bounded(asyncio.get_running_loop().run_in_executor(None, self._sqlite.close), "the writer")
         if self._inline is not None:
             self._inline.close()
         if self._pg_lookups is not None:
-            await self._pg_lookups.close()
+            await self._bounded(self._pg_lookups.close(), "the look-up pool", self._pg_lookups.terminate)
         if self._readers is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._readers.close)
+            await self._bounded(asyncio.get_running_loop().run_in_executor(None, self._readers.close), "the readers")
         if self._read is not None:
-            await self._read.dispose()
+            await self._bounded(self._read.dispose(), "the connection pool")
+
+    @staticmethod
+    async def _bounded(aw: Any, what: str, on_timeout: Callable[[], None] | None = None) -> None:
+        """Release one resource within CLOSE_RELEASE_S; past it, log and go on (the process is ending)."""
+        try:
+            await asyncio.wait_for(aw, timeout=CLOSE_RELEASE_S)
+        except TimeoutError:
+            log.warning("closing %s took more than %.1fs; left to the operating system", what, CLOSE_RELEASE_S)
+            if on_timeout is not None:
+                on_timeout()
 
     async def __aenter__(self) -> "Store":
         return self
@@ -239,6 +265,16 @@ class Store:
                 return
             if item is not _STOP and not item[1].done():
                 item[1].set_exception(exc)
+
+    async def try_lease(self, name: str) -> "PgLease | FileLease | None":
+        """Take the lease `name` if no process on this database holds it (one holder at a time across every
+        process: say, the one event publisher of a consumer); None when another holds it. The holder calls
+        `release()`; a holder that dies loses it at once."""
+        parsed = make_url(self.url)
+        if self.dialect == "sqlite":
+            assert parsed.database is not None
+            return FileLease.try_take(parsed.database, name)
+        return await PgLease.try_take(parsed.set(drivername="postgresql").render_as_string(hide_password=False), name)
 
     # ------------------------------------------------------------------ hot path
 
@@ -354,6 +390,13 @@ class Store:
             return self._inline.lookup(query, keys)
         assert self._pg_lookups is not None
         return await self._pg_lookups.lookup(query, keys)
+
+    @property
+    def lookup_statements(self) -> tuple[int, int] | None:
+        """PostgreSQL: (look-ups asked, statements run for them) so far; None on SQLite (no statements)."""
+        if self._pg_lookups is None:
+            return None
+        return self._pg_lookups.lookups, self._pg_lookups.statements
 
     # ------------------------------------------------------------------ everything else
 

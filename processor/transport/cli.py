@@ -213,7 +213,7 @@ async def _publish(args: argparse.Namespace, settings: Any, url: str) -> int:
             loop.add_signal_handler(sig, publisher.stop)
     try:
         console.print(f"publishing events as {args.name!r} to {publisher.endpoint.safe()}")
-        await publisher.run()
+        await publisher.run_as_the_one()
     finally:
         await store.close()
         flusher.cancel()

@@ -101,6 +101,8 @@ class MqttLimits:
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 5.0
     answer_expiry_s: int = 30  # an answer nobody collected in this time is dropped by the broker
+    unsubscribe_timeout_s: float = 2.0  # at shutdown
+    disconnect_timeout_s: float = 3.0  # at shutdown, after the requests in flight
 
 
 def engine_client_id() -> str:
@@ -145,7 +147,9 @@ class MqttServer:
         self.limits = limits or MqttLimits()
         self.group = group
         self.client_id = engine_client_id()
-        self.stats = {"requests": 0, "answers": 0, "refused": 0, "failed": 0, "connects": 0, "copies": 0}
+        self.stats = {
+            "requests": 0, "answers": 0, "refused": 0, "failed": 0, "connects": 0, "copies": 0, "dropped": 0,
+        }
         # (terminal id, correlation data) of the requests being answered: at most max_in_flight of them.
         self._in_flight: set[tuple[str, bytes]] = set()
         self._client: Any = None
@@ -212,6 +216,11 @@ class MqttServer:
                              self.client_id)
                     delay = self.limits.reconnect_min_s
                     async for message in client.messages:
+                        if self._stopping:
+                            # Received (and acknowledged) but not started: its terminal publishes it again
+                            # after its retry interval and another engine answers; nothing was applied.
+                            self.stats["dropped"] += 1
+                            continue
                         self.stats["requests"] += 1
                         await self._slots.acquire()  # while all slots are busy, requests wait in the bounded queue
                         task = asyncio.create_task(self._answer(client, message))
@@ -298,19 +307,39 @@ class MqttServer:
             return
         self.stats["answers"] += 1
 
-    async def close(self) -> None:
-        """Stop taking requests (other engines get them), finish those in flight (bounded), disconnect."""
+    async def stop_accepting(self) -> None:
+        """Shutdown, first step: leave the shared subscription (the broker sends new requests to the other
+        engines) and start no request already received; those in flight go on. Takes at most
+        `unsubscribe_timeout_s`."""
+        if self._stopping:
+            return
         self._stopping = True
         client = self._client
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.unsubscribe(f"$share/{self.group}/{REQUEST_FILTER}", timeout=2.0)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.limits.handler_timeout_s)
+                await client.unsubscribe(
+                    f"$share/{self.group}/{REQUEST_FILTER}", timeout=self.limits.unsubscribe_timeout_s
+                )
+
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        return [task for task in self._tasks if not task.done()]
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop taking requests (other engines get them), finish those in flight (within `timeout_s`, by
+        default the handler timeout), disconnect (within `disconnect_timeout_s`)."""
+        await self.stop_accepting()
+        pending = self.in_flight()
+        if pending:
+            wait_s = self.limits.handler_timeout_s if timeout_s is None else timeout_s
+            _, late = await asyncio.wait(pending, timeout=max(wait_s, 0.0))
+            for task in late:
+                task.cancel()
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
+            self._runner.cancel()  # leaving `async with client` disconnects, bounded by the client's timeout
+            await asyncio.wait({self._runner}, timeout=self.limits.disconnect_timeout_s)
+            if not self._runner.done():
+                log.warning("broker %s: no clean disconnect within %.1f s; leaving the session to expire",
+                            self.endpoint.safe(), self.limits.disconnect_timeout_s)
 
 
 async def read_presence(url: str, *, timeout_s: float = 5.0) -> dict[str, str]:

@@ -20,7 +20,8 @@ and drops the copy by its event id. Events of one publisher go out in id order o
 
 Bounds: at most `batch` events in memory, at most `in_flight` publishes awaiting their PUBACK, each
 publish and connect with a timeout, reconnects with a pause that doubles up to `backoff_max_s`.
-Run one publisher per consumer name: two would publish everything twice (still deduplicated by id).
+One process publishes a consumer at a time (`run_as_the_one`: a lease in the store); `processor serve
+--events-mqtt URL` runs it in every engine, and `processor events publish` as a process of its own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from processor.transport.mqtt import NO_DELAY, MqttEndpoint, MqttUnavailable, co
 log = logging.getLogger("processor.transport.publisher")
 
 DEFAULT_CONSUMER = "mqtt"
+LEASE_RETRY_S = 2.0  # how soon a standing-by publisher takes over from one that stopped or died
 # Card decisions and card status changes are the operators' business too: they get a copy.
 OPERATOR_COPIES = frozenset({"card.authorization", "card.reversal", "card.status"})
 
@@ -112,6 +114,32 @@ class EventPublisher:
     def stop(self) -> None:
         """Finish the batch in hand (bounded by the publish timeout) and return from `run`."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    async def run_as_the_one(self, *, require_first_connect: bool = True, retry_s: float = LEASE_RETRY_S) -> None:
+        """`run`, but only while this process holds its consumer's lease in the store: of several processes
+        publishing one consumer (say, every engine of a deployment), one publishes and the others stand by,
+        taking over within `retry_s` when it stops or dies. Each event then goes out once, and once more at
+        most after a publisher died between the PUBACK and the recorded position (a copy, dropped by id)."""
+        announced = False
+        while not self.stopped:
+            lease = await self.store.try_lease(f"events-publisher:{self.name}")
+            if lease is None:
+                if not announced:
+                    log.info("event publisher %r: another process publishes; standing by", self.name)
+                    announced = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(retry_s):
+                        await self._stop.wait()
+                continue
+            log.info("event publisher %r: this process publishes", self.name)
+            try:
+                await self.run(require_first_connect=require_first_connect)
+            finally:
+                await lease.release()
 
     async def run(self, *, require_first_connect: bool = True) -> None:
         """Publish until `stop()`; MqttUnavailable when the very first connection fails and it is required.

@@ -75,6 +75,9 @@ class _Connection(asyncio.Protocol):
         self.host = str(info[0]) if isinstance(info, tuple) else str(info)
         self.opened = self.last_active = asyncio.get_running_loop().time()
         server, limits = self.server, self.limits
+        if server.stopping:
+            self._refuse("the engine is stopping")
+            return
         same_peer = server.peers.get(self.host, set())
         if len(same_peer) >= limits.max_connections_per_peer and not server.evict(
             same_peer, f"{self.host} holds {len(same_peer)} connections (limit {limits.max_connections_per_peer})"
@@ -99,8 +102,8 @@ class _Connection(asyncio.Protocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
+        if self.closed or self.server.stopping:
+            return  # (stopping: a request not read is one the terminal sends again elsewhere, never half-done)
         self.last_active = asyncio.get_running_loop().time()
         try:
             frames = list(self.decoder.feed(data))
@@ -140,7 +143,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.server.stopping:
             self.transport.resume_reading()
 
     # ------------------------------------------------------------ requests
@@ -159,7 +162,12 @@ class _Connection(asyncio.Protocol):
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.pop(task, None)
         self.timed_out.discard(task)
-        if not self.closed and self.transport is not None and len(self.tasks) < self.limits.max_in_flight_per_connection:
+        if (
+            not self.closed
+            and not self.server.stopping
+            and self.transport is not None
+            and len(self.tasks) < self.limits.max_in_flight_per_connection
+        ):
             self.transport.resume_reading()
 
     async def _answer(self, payload: bytes) -> None:
@@ -239,6 +247,7 @@ class TcpServer:
         self._watchdog: asyncio.TimerHandle | None = None
         self.connections: set[_Connection] = set()
         self.peers: dict[str, set[_Connection]] = {}
+        self.stopping = False
         self.stats = {
             "connections": 0, "refused": 0, "evicted": 0, "unauthenticated": 0, "frames": 0, "answers": 0, "bad_frames": 0,
         }
@@ -290,15 +299,38 @@ class TcpServer:
         async with self._server:
             await self._server.serve_forever()
 
-    async def close(self) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), then drop the connections."""
+    def stop_accepting(self) -> None:
+        """Shutdown, first step: no new connection and no new request; those in flight go on.
+
+        Reading stops on every connection, so the set of requests in flight can only shrink: a drain that
+        waits for them ends. A request the terminal sent but the engine did not read was never started; the
+        terminal sends it again (to another engine, or after the restart) and its idempotency key gives it
+        its one answer.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
         if self._server is not None:
             self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.closed:
+                conn.transport.pause_reading()
+
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        return [t for c in self.connections for t in c.tasks if not t.done()]
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (within `timeout_s`, by default the handler
+        timeout), then drop the connections."""
+        self.stop_accepting()
         if self._watchdog is not None:
             self._watchdog.cancel()
-        pending = [t for c in self.connections for t in c.tasks]
+        pending = self.in_flight()
         if pending:
-            await asyncio.wait(pending, timeout=self.limits.handler_timeout_s)
+            wait_s = self.limits.handler_timeout_s if timeout_s is None else timeout_s
+            _, late = await asyncio.wait(pending, timeout=max(wait_s, 0.0))
+            for task in late:
+                task.cancel()  # its answer would go to a connection closed below
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:

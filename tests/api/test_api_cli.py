@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from api_helpers import AppEnv
+from cli_helpers import run_cli
+import sqlalchemy as sa
+
+from processor.ledger.models import journal_entries
 
 
-def run(workdir: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "processor.cli", *args], cwd=workdir, input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
+def run(workdir: Path, *args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+    proc = run_cli("processor", workdir, *args, stdin=stdin, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
     if check and proc.returncode != 0:
         raise AssertionError(f"processor {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
 
 
-def data(workdir: Path, *args: str, stdin: str | None = None) -> dict:
+def data(workdir: Path, *args: str, stdin: str = "") -> dict:
     return json.loads(run(workdir, *args, "--json", stdin=stdin).stdout)
 
 
@@ -30,6 +35,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The API process says when it listens; this bound is only reached by an API that neither listens nor
+# exits, so it is generous enough for a loaded machine.
+START_BOUND_S = 120
+
+
+def _first_line(proc: subprocess.Popen, bound_s: float) -> str:
+    """The first line `proc` prints, as soon as it prints it ("" when it exits first)."""
+    ready, _, _ = select.select([proc.stdout], [], [], bound_s)
+    assert ready, f"no line within {bound_s} s"
+    return proc.stdout.readline()
 
 
 def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
@@ -73,14 +90,9 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": ""})
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, server.stderr.read() if server.poll() is not None else "timeout"
-                time.sleep(0.2)
+        announced = _first_line(server, START_BOUND_S)
+        assert announced.startswith(f"money app API listening on http://127.0.0.1:{port}"), (announced, server.stderr.read())
+        r = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=30)
         assert r.status_code == 200 and "/v1/payments" in r.json()["paths"]
         r = httpx.post(f"http://127.0.0.1:{port}/v1/auth/sign-in", json={"handle": "ada", "password": "a long enough password"})
         assert r.status_code == 200
@@ -93,3 +105,24 @@ def test_credentials_savings_and_the_api_process(tmp_path: Path) -> None:
     assert server.returncode == 0
     bad = run(tmp_path, "api", "--http", "nonsense", check=False)
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+async def test_the_load_command_pays_through_the_api_and_times_the_feed(app_env: AppEnv, tmp_path: Path) -> None:
+    await app_env.write("PUT", "/v1/operator/p2p-limits", app_env.op, {"daily_limit_minor": 10**9, "daily_count": 10**6})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor.cli", "api-load", "--url", app_env.running.url, "--operator-key", app_env.operator_key,
+        "--users", "3", "--connections", "2", "--seconds", "1", "--streams", "3", "--target-rate", "20", "--server-pid", str(os.getpid()),
+        "--quiet", "--json", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    summary = json.loads(out)
+    for phase in (summary, summary["at_rate"]):
+        assert phase["payments"] > 0 and set(phase["answers"]) == {"201"} and phase["transport_errors"] == 0
+        assert 0 < phase["p50_ms"] <= phase["p99_ms"]
+        assert phase["feed"]["events"] > 0 and phase["feed"]["p99_ms"] > 0
+        assert phase["server_cpu_ms_per_payment"] > 0 and phase["client_cpu_ms_per_payment"] > 0
+    assert summary["at_rate"]["rate"] == 20 and summary["at_rate"]["payments_per_s"] <= 25
+    # Each 201 it counted is one committed payment.
+    committed = await app_env.store.run_query(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(journal_entries).where(journal_entries.c.kind == "p2p")).scalar_one())
+    assert committed == summary["payments"] + summary["at_rate"]["payments"]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import datetime as dt
-from collections.abc import AsyncIterator
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from database_kinds import DATABASES
 
 from hsm_sim import connect
 from processor import issuing, ledger
@@ -111,11 +116,80 @@ async def more_terminals(settings: Settings, count: int, *, merchant_id: str, pr
         await store.close()
 
 
-@pytest.fixture
-async def issuer(db_url: str, tmp_path: Path) -> AsyncIterator[Issuer]:
-    """The cast's issuer, an engine on a free loopback port, and a terminal connection to it."""
-    settings = Settings(db_url=db_url, hsm_url=f"file:{tmp_path / 'hsm.json'}", log_dir=tmp_path)
-    cards, accounts, terminals = await build_issuer(settings)
+@dataclass
+class BuiltIssuer:
+    """The cast's issuer built once: its database (a SQLite file, or a PostgreSQL database used as a
+    template), its key store with the audit log beside it, and what build_issuer returned."""
+
+    database: str
+    keystore: Path
+    cards: dict[str, CardData]
+    accounts: dict[str, int]
+    terminals: dict[str, PosTerminal]
+
+
+class IssuerCopies:
+    """The cast's issuer per database kind, built on first use; each engine test starts from a copy, which
+    is what build_issuer would have given it, but for the cardholders' handles (the same in every copy)."""
+
+    def __init__(self, folder_factory: pytest.TempPathFactory) -> None:
+        self._folders = folder_factory
+        self._built: dict[str, BuiltIssuer] = {}
+        self._pg_templates: list[tuple[Any, str]] = []
+
+    async def copy(self, kind: str, folder: Path, request: pytest.FixtureRequest) -> tuple[
+        Settings, dict[str, CardData], dict[str, int], dict[str, PosTerminal]
+    ]:
+        """Settings on a new database of `kind` ("sqlite": a file in `folder`; "postgres": dropped after the
+        test) and a key store in `folder`, holding the cast's issuer; the cast's cards and terminals are new
+        objects (a terminal's DUKPT counter and STAN start over)."""
+        pg_server = None if kind == "sqlite" else request.getfixturevalue("pg_server")
+        built = self._built.get(kind) or await self._build(kind, pg_server)
+        if pg_server is None:
+            database = folder / "processor.db"
+            with contextlib.closing(sqlite3.connect(built.database)) as source, contextlib.closing(sqlite3.connect(database)) as target:
+                source.backup(target)
+            db_url = f"sqlite+aiosqlite:///{database}"
+        else:
+            name = pg_server.create_database(template=built.database)
+            request.addfinalizer(lambda: pg_server.drop_database_later(name))
+            db_url = pg_server.url_for(name)
+        keystore = folder / "hsm.json"
+        for suffix in ("", ".audit.jsonl"):
+            shutil.copy2(f"{built.keystore}{suffix}", f"{keystore}{suffix}")
+        settings = Settings(db_url=db_url, hsm_url=f"file:{keystore}", log_dir=folder)
+        return settings, *copy.deepcopy((built.cards, built.accounts, built.terminals))
+
+    async def _build(self, kind: str, pg_server: Any) -> BuiltIssuer:
+        home = self._folders.mktemp(f"issuer-{kind}")
+        if pg_server is None:
+            database = str(home / "processor.db")
+            url = f"sqlite+aiosqlite:///{database}"
+        else:
+            database = pg_server.create_database("processor_issuer")
+            self._pg_templates.append((pg_server, database))
+            url = pg_server.url_for(database)
+        cards, accounts, terminals = await build_issuer(Settings(db_url=url, hsm_url=f"file:{home / 'hsm.json'}"))
+        self._built[kind] = BuiltIssuer(database, home / "hsm.json", cards, accounts, terminals)
+        return self._built[kind]
+
+    def close(self) -> None:
+        for pg_server, database in self._pg_templates:
+            pg_server.drop_database(database)
+
+
+@pytest.fixture(scope="session")
+def issuer_copies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IssuerCopies]:
+    copies = IssuerCopies(tmp_path_factory)
+    yield copies
+    copies.close()
+
+
+@pytest.fixture(params=DATABASES)
+async def issuer(tmp_path: Path, issuer_copies: IssuerCopies, request: pytest.FixtureRequest) -> AsyncIterator[Issuer]:
+    """The cast's issuer on each kind of database (as `db_url`), an engine on a free loopback port, and a
+    terminal connection to it."""
+    settings, cards, accounts, terminals = await issuer_copies.copy(request.param, tmp_path, request)
     # The fixture's connection may wait a while on a loaded machine before its test sends anything; the
     # deadline for authenticating is tested on its own (test_connection_limits).
     async with running_engine(settings, limits=TcpLimits(unauthenticated_timeout_s=300.0)) as running:

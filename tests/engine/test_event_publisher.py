@@ -284,3 +284,103 @@ async def test_the_publish_command_runs_until_stopped_and_refuses_a_wrong_accoun
     assert "stopped at event 1" in err
     status = subprocess.run([*cli, "events", "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert json.loads(status.stdout) == {"consumer": "mqtt", "position": 1, "newest_event_id": 1, "backlog": 0}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_serve_publishes_events_one_engine_at_a_time_and_a_stand_by_takes_over(pg_url: str, broker: Any, tmp_path):
+    """`processor serve --events-mqtt URL` on two engines: one publishes, the other stands by; each decision
+    reaches the operators once by event id. The publishing engine is stopped (SIGTERM): the other takes
+    over from the recorded position, and the decisions made after still arrive, none lost, none doubled."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine_helpers import build_issuer
+    from test_killed_engine import _free_port
+
+    from processor.config import Settings
+    from processor.iso8583 import Request, decode, encode
+    from terminal_sim.iso_client import TerminalConnection
+
+    settings = Settings(db_url=pg_url, hsm_url=f"file:{tmp_path / 'hsm.json'}")
+    cards, _, terminals = await build_issuer(settings)
+    shop = terminals["shop"]
+    store = await Store.open(pg_url)
+    try:
+        start_id = await store.run_query(last_id)
+        await store.run_write(advance_consumer, "mqtt", start_id)  # the issuer's set-up is old news
+    finally:
+        await store.close()
+
+    ports = [_free_port(), _free_port()]
+    logs = [tmp_path / "engine-0.log", tmp_path / "engine-1.log"]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PROCESSOR_DB_URL": pg_url, "PROCESSOR_HSM_URL": settings.hsm_url,
+               "PROCESSOR_LOG_FILE": str(logs[i])}
+        process = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve", "--tcp", f"127.0.0.1:{ports[i]}",
+                                    "--events-mqtt", broker.url("events")], env=env, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while "publish" not in (logs[i].read_text() if logs[i].exists() else ""):
+            assert process.poll() is None and time.monotonic() < deadline, "engine did not start"
+            time.sleep(0.1)
+        return process
+
+    approvals: dict[str, int] = {}
+
+    async def purchases(port: int, count: int) -> None:
+        async with await TerminalConnection.connect("127.0.0.1", port, terminals=[shop]) as conn:
+            for _ in range(count):
+                request = shop.card_request(cards["ada"], 1_00, entry="magstripe")
+                assert (await conn.request(request))["39"] == "00"
+                approvals[Request.from_fields(decode(encode(request))).idempotency_key()] = 1
+
+    ops = Consumer(broker.port, "operator", broker.broker.password("operator"), "ops-serve", ["events/operators/#"])
+    engines = [start(0)]
+    async with consuming(ops):
+        try:
+            engines.append(start(1))
+            await purchases(ports[0], 10)
+            await purchases(ports[1], 10)
+
+            async def first_twenty() -> bool:
+                return len(ops.ids()) >= 20
+
+            await eventually(first_twenty, 30, "the operators got the first twenty decisions")
+            publishing = [i for i in (0, 1) if "this process publishes" in logs[i].read_text()]
+            assert len(publishing) == 1, "one engine publishes, the other stands by"
+            standing_by = 1 - publishing[0]
+            assert "standing by" in logs[standing_by].read_text()
+            engines[publishing[0]].send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(engines[publishing[0]].wait, 30) == 0
+            await purchases(ports[standing_by], 10)
+
+            async def all_thirty() -> bool:
+                return len(ops.ids()) >= 30
+
+            await eventually(all_thirty, 30, "the stand-by engine published the decisions made after")
+            assert "this process publishes" in logs[standing_by].read_text()
+            await asyncio.sleep(0.5)  # a copy that should not come would have come by now
+        finally:
+            for process in engines:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in engines:
+                await asyncio.to_thread(process.wait, 30)
+    store = await Store.open(pg_url)
+    try:
+        committed = []
+        after = start_id
+        while batch := await store.run_query(read_after, after, 1000):
+            committed += [e.id for e in batch if e.type in OPERATOR_COPIES or e.audience == "operator"]
+            after = batch[-1].id
+        status = await publisher_status(store)
+    finally:
+        await store.close()
+    assert len(approvals) == 30 and len(committed) == 30
+    assert ops.ids() == committed, "every committed decision reached the operators, in order"
+    assert len(ops.received) == len(committed), "and each once: no engine published what another had"
+    assert status["backlog"] == 0

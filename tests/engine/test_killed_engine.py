@@ -29,18 +29,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Bounds for waits that end on an event (the engine listens, the approvals come): generous, since only a
+# broken engine reaches them and a loaded machine must not.
+START_BOUND_S = 120
+APPROVALS_BOUND_S = 120
+# Approvals the terminals must have received before the kill, so that the kill lands in the middle of
+# traffic with acknowledged approvals to lose.
+APPROVALS_BEFORE_KILL = 21
+
+
 def _start_engine(settings: Settings, port: int, log: Path) -> subprocess.Popen:
+    """The engine as its own process, once it accepts connections (or a failure as soon as it exits)."""
     env = {**os.environ, "PROCESSOR_DB_URL": settings.db_url, "PROCESSOR_HSM_URL": settings.hsm_url, "PROCESSOR_LOG_FILE": str(log)}
     proc = subprocess.Popen([sys.executable, "-m", "processor.cli", "serve", "--tcp", f"127.0.0.1:{port}"], env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + START_BOUND_S
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     proc.kill()
-    raise AssertionError("engine did not start listening")
+    proc.wait(timeout=10)
+    raise AssertionError(f"engine did not start listening (exit {proc.returncode}; log {log})")
 
 
 @pytest.mark.slow
@@ -54,27 +65,34 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     engine = _start_engine(settings, port, tmp_path / "engine.log")
     sent: list[dict] = []
     approved: dict[str, int] = {}
+    enough_approved = asyncio.Event()
 
     async def drive(conn: TerminalConnection, pad: PosTerminal) -> None:
         while True:
             request = pad.card_request(ada, 1_00, entry="magstripe")
             sent.append(request)
             try:
-                answer = await conn.request(request, timeout_s=2.0)
+                answer = await conn.request(request, timeout_s=30.0)
             except (ConnectionError, ResponseTimeout, OSError):
                 return
             if answer["39"] == "00":
                 approved[Request.from_fields(decode(encode(request))).idempotency_key()] = int(request["4"])
+                if len(approved) >= APPROVALS_BEFORE_KILL:
+                    enough_approved.set()
 
     conns = [await TerminalConnection.connect("127.0.0.1", port, terminals=[pad]) for pad in pads]
     drivers = [asyncio.create_task(drive(c, pad)) for c, pad in zip(conns, pads)]
-    await asyncio.sleep(1.5)
+    # The kill comes once the terminals hold enough approvals, however long the machine takes to give them;
+    # the drivers keep sending, so it lands in the middle of traffic.
+    waiting = asyncio.create_task(enough_approved.wait())
+    await asyncio.wait([waiting, *drivers], timeout=APPROVALS_BOUND_S, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
     engine.send_signal(signal.SIGKILL)
     engine.wait(timeout=10)
-    await asyncio.wait_for(asyncio.gather(*drivers), timeout=10)
+    await asyncio.wait_for(asyncio.gather(*drivers), timeout=60)
     for c in conns:
         await c.close()
-    assert len(approved) > 20, "the engine should have answered some approvals before the kill"
+    assert len(approved) >= APPROVALS_BEFORE_KILL, "the engine should have answered some approvals before the kill"
 
     store = await Store.open(db_url)
     try:
@@ -90,7 +108,7 @@ async def test_kill_9_loses_no_acknowledged_approval(db_url: str, tmp_path: Path
     engine = _start_engine(settings, port, tmp_path / "engine2.log")
     try:
         approvals = 0
-        async with await TerminalConnection.connect("127.0.0.1", port, terminals=pads) as conn:
+        async with await TerminalConnection.connect("127.0.0.1", port, timeout_s=30.0, terminals=pads) as conn:
             for request in sent:
                 answer = await conn.request(request)
                 key = Request.from_fields(decode(encode(request))).idempotency_key()

@@ -173,15 +173,16 @@ async def test_close_batch_over_mqtt(mqtt_issuer: MqttIssuer):
     assert report.rc == "00" and report.in_balance
 
 
-async def test_load_generator_over_mqtt(mqtt_issuer: MqttIssuer):
+@pytest.mark.parametrize("templates", [False, True], ids=["full", "templates"])
+async def test_load_generator_over_mqtt(mqtt_issuer: MqttIssuer, templates: bool):
     from terminal_sim.load import MqttTarget, run_load
 
     terminals = [mqtt_issuer.terminals["market"], mqtt_issuer.terminals["shop"]]
     result = await run_load("", 0, terminals, [mqtt_issuer.cards["ivan"]], connections=4, seconds=1.0,
-                            mix={"purchase": 100}, close_batches=True,
+                            mix={"purchase": 100}, close_batches=True, templates=templates,
                             mqtt=MqttTarget(mqtt_issuer.url, mqtt_issuer.passwords))
     summary = result.summary()
-    assert summary["count"] > 10 and summary["timeouts"] == 0 and summary["errors"] == 0
+    assert summary["count"] > 10 and summary["timeouts"] == 0 and summary["errors"] == 0 and summary["unauthentic"] == 0
     assert set(summary["codes"]) <= {"00", "51"}
     assert summary["batches"]["in_balance"] == 2
 

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import PROGRAMS, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def _run(module: str, *args: str, env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    """The program `python -m module` is, run in the test process (cli_helpers); the HSM it talks to is
+    `hsm-sim serve` in a process of its own."""
+    program = next(name for name, of in PROGRAMS.items() if of == module)
+    done = run_cli(program, cwd, *args, env=env)
     assert not check or done.returncode == 0, f"{module} {' '.join(args)}: {done.stderr}"
     return done
 

@@ -6,6 +6,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from engine_helpers import issuer  # noqa: E402
+from engine_helpers import issuer, issuer_copies  # noqa: E402
 
-__all__ = ["issuer"]
+__all__ = ["issuer", "issuer_copies"]

@@ -108,7 +108,7 @@ def _file(network: AcquiringNetwork, day: Any, path: Path, file_id: str) -> Path
     return path
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("issuer", ["sqlite"], indirect=True)
 async def test_damaged_files_and_unknown_networks_are_refused_whole(issuer: Any, tmp_path: Path) -> None:
     store, hsm = issuer.running.store, issuer.running.hsm
     config = await load_config(store)

@@ -28,7 +28,7 @@ def _browser_or_skip() -> None:
         pytest.skip("chromium is missing (scripts/setup test installs it)")
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("issuer", ["sqlite"], indirect=True)
 async def test_html_report_renders_and_its_numbers_match_the_json(issuer: Any, tmp_path: Path) -> None:
     _browser_or_skip()
     from playwright.async_api import async_playwright

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from cli_helpers import run_cli
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args], cwd=workdir, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": "", "COLUMNS": "160"},
-    )
+    return run_cli("processor", workdir, *args, env={**os.environ, "PROCESSOR_DB_URL": "", "PROCESSOR_HSM_URL": "", "COLUMNS": "160"})
 
 
 def data(workdir: Path, *args: str) -> dict:
