@@ -19,7 +19,7 @@ import ctypes.util
 from typing import Any
 
 from hsm_sim.crypto.des import tdes_ecb_encrypt
-from hsm_sim.crypto.dukpt import COUNTER_MASK
+from hsm_sim.crypto.dukpt import COUNTER_MASK, counter_path
 from hsm_sim.crypto.mac import retail_mac
 
 # ANSI X9.24-1: the mask that makes the right half's key in an NRKGP step, and the variants of a
@@ -128,12 +128,7 @@ class DukptPath:
             return key
         path: dict[int, int] = {}
         key = self._ipek
-        prefix = 0
-        rest = counter
-        while rest:
-            bit = 1 << (rest.bit_length() - 1)
-            rest ^= bit
-            prefix |= bit
+        for prefix in counter_path(counter):
             cached = known.get(prefix)
             key = cached if cached is not None else self._nrkgp(key, self._register | prefix)
             path[prefix] = key
@@ -142,15 +137,7 @@ class DukptPath:
 
     def _keep_path(self, counter: int) -> None:
         known = self._path
-        path: dict[int, int] = {}
-        prefix = 0
-        rest = counter
-        while rest:
-            bit = 1 << (rest.bit_length() - 1)
-            rest ^= bit
-            prefix |= bit
-            path[prefix] = known[prefix]
-        self._path = path
+        self._path = {prefix: known[prefix] for prefix in counter_path(counter)}
 
     def mac_keys(self, counter: int) -> tuple[bytes, bytes]:
         """(request-MAC key, response-MAC key) of the counter's transaction key, 16 bytes each."""

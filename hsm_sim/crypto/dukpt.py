@@ -99,6 +99,24 @@ def derive_transaction_key(ipek: bytes, ksn: bytes) -> bytes:
     return key.to_bytes(16, "big")
 
 
+def counter_path(counter: int) -> list[int]:
+    """The counters on the way to `counter`, one more of its one-bits each, most significant first.
+
+    The key of each is one NRKGP step from the key of the one before it (the IPEK before the first).
+
+    >>> counter_path(0b10110)
+    [16, 20, 22]
+    """
+    path: list[int] = []
+    prefix = 0
+    rest = counter
+    while rest:
+        prefix |= 1 << (rest.bit_length() - 1)
+        rest = counter & ~prefix
+        path.append(prefix)
+    return path
+
+
 class TransactionKeys:
     """Transaction keys of many devices, each derived from the nearest key on its counter's path.
 
@@ -123,15 +141,10 @@ class TransactionKeys:
             known = {}
         key = int.from_bytes(ipek, "big")
         path: dict[int, int] = {}
-        prefix = 0
-        bit = 1 << 20
-        while bit:
-            if counter & bit:
-                prefix |= bit
-                cached = known.get(prefix)
-                key = cached if cached is not None else _nrkgp(key, register | prefix)
-                path[prefix] = key
-            bit >>= 1
+        for prefix in counter_path(counter):
+            cached = known.get(prefix)
+            key = cached if cached is not None else _nrkgp(key, register | prefix)
+            path[prefix] = key
         self._paths[device] = path
         return key.to_bytes(16, "big")
 
