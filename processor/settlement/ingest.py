@@ -100,6 +100,18 @@ def _done_seqs(conn: Connection, file_row_id: int, low: int, high: int) -> set[i
     ).scalars())
 
 
+def _in_list(values: list[Any]) -> list[Any]:
+    """The values, padded with their last one to the next power of two, for an IN list.
+
+    The drivers keep a prepared statement per SQL text, and an IN list of n values is a text of its own:
+    without the padding a file's chunks leave up to a driver's whole cache of statements with thousands of
+    parameters each, and an ingest's memory grows with its file. With it, a few sizes serve every chunk.
+    """
+    if values:
+        values = values + [values[-1]] * ((1 << (len(values) - 1).bit_length()) - len(values))
+    return values
+
+
 def apply_chunk(
     conn: Connection, file_row_id: int, file_id: str, network: str, key: str, records: list[Record], config: SettlementConfig
 ) -> dict[str, int]:
@@ -117,7 +129,7 @@ def apply_chunk(
         row.pan_fingerprint: row
         for row in conn.execute(
             select(c.id, c.pan_fingerprint, c.status, c.account_id, a.currency, a.status.label("account_status"))
-            .join(accounts, a.id == c.account_id).where(c.pan_fingerprint.in_(all_fps))
+            .join(accounts, a.id == c.account_id).where(c.pan_fingerprint.in_(_in_list(all_fps)))
         )
     }
     codes = sorted({r.p.approval_code for r in records if r.p.approval_code})
@@ -125,23 +137,23 @@ def apply_chunk(
     if codes:
         for row in conn.execute(
             select(au.id, au.auth_code, au.rrn, au.card_id, au.approved_minor, au.hold_id, au.created_at)
-            .where(au.auth_code.in_(codes), au.op == "hold", au.rc.in_(("00", "10")))
+            .where(au.auth_code.in_(_in_list(codes)), au.op == "hold", au.rc.in_(("00", "10")))
         ):
             auth_rows[(row.auth_code, row.rrn.strip(), row.card_id)] = row
     checksums = [r.checksum for r in records]
-    seen_checksums = set(conn.execute(select(pr.record_checksum).where(pr.record_checksum.in_(checksums))).scalars())
+    seen_checksums = set(conn.execute(select(pr.record_checksum).where(pr.record_checksum.in_(_in_list(checksums)))).scalars())
     auth_ids = [row.id for row in auth_rows.values()]
     presented = set()
     if auth_ids:
         presented = set(conn.execute(
-            select(pr.auth_id).where(pr.auth_id.in_(auth_ids), pr.status.in_(("matched", "forced")))
+            select(pr.auth_id).where(pr.auth_id.in_(_in_list(auth_ids)), pr.status.in_(("matched", "forced")))
         ).scalars())
     hold_rows = {}
     hold_ids = [row.hold_id for row in auth_rows.values() if row.hold_id is not None]
     if hold_ids:
         hold_rows = {
             row.id: {"id": row.id, "status": row.status, "amount_minor": row.amount_minor}
-            for row in conn.execute(select(h.id, h.status, h.amount_minor).where(h.id.in_(hold_ids)))
+            for row in conn.execute(select(h.id, h.status, h.amount_minor).where(h.id.in_(_in_list(hold_ids))))
         }
 
     st = BatchState(now=now, internal_ids={})
@@ -216,7 +228,7 @@ def apply_chunk(
     if conn.dialect.name == "postgresql":
         ids = sorted(set(account_delta) | set(clearing_ids.values()))
         if ids:
-            conn.execute(select(a.id).where(a.id.in_(ids)).order_by(a.id).with_for_update())
+            conn.execute(select(a.id).where(a.id.in_(_in_list(ids))).order_by(a.id).with_for_update())
     if captures:
         done_holds = update_rows(
             conn, holds, "status = 'captured', captured_minor = {}, closed_at = {}", ("captured_minor", "closed_at"),
