@@ -200,15 +200,25 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
         raise Declined(rc.FORMAT_ERROR, "DE 2 and the track 2 data in DE 35 name different cards")
     ctx.pan = pan
     hsm = engine.hsm
-    if ctx.fingerprints is not None and ctx.checked_pan == pan:
+    # The MAC's HSM command may already have fingerprinted the PAN, on the HSM of that moment: a look-up that
+    # misses with those asks the engine's HSM again, which may have learnt a new key version meanwhile.
+    reused = ctx.fingerprints is not None and ctx.checked_pan == pan
+    if reused:
         fingerprints = ctx.fingerprints
     else:
         fingerprints = [fp for _, fp in await hsm.fingerprint_pan(pan)]
+
+    async def again() -> list[str] | None:
+        """Fingerprints under the key versions the engine knows now, or None when they are the ones tried."""
+        if not await engine.learn_key_versions(hsm) and not reused:
+            return None
+        fresh = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
+        return None if fresh == fingerprints else fresh
+
     if engine.token_bin and pan.startswith(engine.token_bin):
         found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
-        if found is None and await engine.learn_key_versions(hsm):
-            fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
-            found = await tokenization.tokens.find_by_fingerprints(engine.store, fingerprints)
+        if found is None and (fresh := await again()) is not None:
+            found = await tokenization.tokens.find_by_fingerprints(engine.store, fresh)
         if found is None:
             raise Declined(rc.UNKNOWN_CARD, "payment token not issued here")
         ctx.token, ctx.card = found
@@ -219,10 +229,9 @@ async def check_card_known(engine: "Engine", ctx: AuthContext) -> None:
         ctx.saw(generation)
     else:
         found_card = await find_card_with_controls(engine.store, fingerprints)
-    if found_card is None and await engine.learn_key_versions(hsm):
-        # The vault was re-sealed under a fingerprint key this engine had not seen: look again with it.
-        fingerprints = [fp for _, fp in await engine.hsm.fingerprint_pan(pan)]
-        found_card = await find_card_with_controls(engine.store, fingerprints)
+    if found_card is None and (fresh := await again()) is not None:
+        # The vault was re-sealed under a fingerprint key these fingerprints did not use: look again with it.
+        found_card = await find_card_with_controls(engine.store, fresh)
     if found_card is None:
         raise Declined(rc.UNKNOWN_CARD, "card not issued here")
     ctx.card, ctx.controls = found_card
