@@ -524,7 +524,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 def _environment_epilog() -> str:
     lines = ["environment:"]
-    lines += [f"  {name:<24}{meaning}" for name, meaning in ENVIRONMENT]
+    width = max(len(name) for name, _ in ENVIRONMENT) + 2
+    lines += [f"  {name:<{width}}{meaning}" for name, meaning in ENVIRONMENT]
     lines.append("global options (--db, --hsm, -v) may also follow the command: processor card list --db URL")
     return "\n".join(lines)
 

@@ -23,6 +23,8 @@ ENVIRONMENT = (
     ("PROCESSOR_HSM_URL", f"HSM: file:PATH, memory: or tcps://HOST:PORT (default file:./{DEFAULT_HSM_FILE})"),
     ("PROCESSOR_HSM_TLS_DIR", "for a tcps:// HSM: folder with ca.pem and this processor's ROLE.pem/ROLE.key"),
     ("PROCESSOR_MQTT_URL", "the engine's broker account mqtt://engine:PASSWORD@HOST:PORT (default: none)"),
+    ("PROCESSOR_EVENTS_MQTT_URL", "the events account mqtt://events:PASSWORD@HOST:PORT for `events publish` and `serve` (default: none)"),
+    ("PROCESSOR_PG_WRITERS", "on PostgreSQL, how many connections of `processor serve` commit batches, 1 to 16 (default 2)"),
     ("PROCESSOR_BROKER_DIR", "the broker's folder for `processor broker` (default ./broker)"),
     ("PROCESSOR_LOG_FILE", "where `processor serve` writes its log (default: standard error)"),
     ("PROCESSOR_LOG_DIR", "folder for logs the processor writes (default: the working folder)"),

@@ -260,7 +260,8 @@ def test_processor_help_lists_the_environment(tmp_path: Path) -> None:
     text = run_process("processor", tmp_path, "--help").stdout
     for name, _ in ENVIRONMENT:
         assert name in text
-    assert {"PROCESSOR_DB_URL", "PROCESSOR_HSM_URL", "PROCESSOR_MQTT_URL", "HSM_LMK_FILE"} <= {n for n, _ in ENVIRONMENT}
+    assert {"PROCESSOR_DB_URL", "PROCESSOR_HSM_URL", "PROCESSOR_MQTT_URL", "PROCESSOR_EVENTS_MQTT_URL", "PROCESSOR_PG_WRITERS",
+            "HSM_LMK_FILE"} <= {n for n, _ in ENVIRONMENT}
 
 
 def test_global_options_work_after_the_command(issuer: Path, tmp_path: Path) -> None:
