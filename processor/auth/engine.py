@@ -18,7 +18,7 @@ import secrets
 import string
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from hsm_sim import HsmApi, HsmError, RequestChecks
 from processor import issuing, tokenization
@@ -476,6 +476,14 @@ INCREMENTAL_CHECKS: tuple[Check, ...] = (
 )
 
 
+class _Verified(NamedTuple):
+    """What the HSM's verify_request checked with a card request's MAC, and the PAN and CVVs it was given."""
+
+    pan: str
+    cvvs: list[list[str]]
+    checks: RequestChecks
+
+
 class _Stale(Exception):
     """Rows from the engine's cache decided a request and have changed since; or (`refusal`) they refused a
     message, which is refused only on fresh rows."""
@@ -588,12 +596,12 @@ class Engine:
             # An answer sent to us as a request (0110, 0210...) is never processed as anything else.
             log.warning("mti=%s stan=%s terminal=%s: a response sent as a request; dropped", mti, request.stan, request.terminal_id)
             return None
-        checks: RequestChecks | None = None
+        verified: _Verified | None = None
         network = await self.network_key(request.acquirer_id)
         if network is not None:
             # A message naming an acquiring network must carry the network's own MAC, checked before any
             # of its other fields (DE 41, DE 42) is looked at: a forged one learns nothing and changes nothing.
-            refusal, checks = await self._authenticate(payload, fields, request, network)
+            refusal, verified = await self._authenticate(payload, fields, request, network)
             if refusal is not None:
                 self._log(request, rc.SECURITY_VIOLATION, f"network {request.acquirer_id}: {refusal}", started)
                 return encode(build_response(fields, rc.SECURITY_VIOLATION))
@@ -607,7 +615,7 @@ class Engine:
             return encode(build_response(fields, rc.INVALID_MERCHANT))
         assert sender is not None
         if network is None:
-            refusal, checks = await self._authenticate(payload, fields, request, sender)
+            refusal, verified = await self._authenticate(payload, fields, request, sender)
             if refusal is not None and sender.generation is not None:
                 raise _Stale(refusal=True)  # a terminal given a new key is read again before its message is refused
             if refusal is not None:
@@ -621,7 +629,7 @@ class Engine:
         if mti == "0800":
             answer, outcome_rc = await self._network_management(fields, request, ksn_counter)
         elif mti in CARD_REQUEST_MTIS:
-            answer, outcome_rc = await self._card_request(fields, request, ksn_counter, checks, cached=cached)
+            answer, outcome_rc = await self._card_request(fields, request, ksn_counter, verified, cached=cached)
         elif mti == "0220":
             answer, outcome_rc = await self._completion(fields, request, ksn_counter, cached=cached)
         elif mti in ("0400", "0420"):
@@ -636,7 +644,7 @@ class Engine:
 
     async def _authenticate(
         self, payload: bytes, fields: dict[str, Any], req: Request, sender: Terminal
-    ) -> tuple[str | None, RequestChecks | None]:
+    ) -> tuple[str | None, _Verified | None]:
         """(why the message is not the terminal's own (its MAC under the DUKPT key of its KSN), or None; what
         the HSM checked of the card with the MAC).
 
@@ -661,12 +669,13 @@ class Engine:
             if not await self.hsm.verify_mac(sender.bdk_kcv, data, tag, ksn=req.ksn):
                 return "MAC does not verify under the terminal's key", None
             return None, None
+        cvvs = _presented_cvvs(req)
         checks = await self.hsm.verify_request(
-            sender.bdk_kcv, data, tag, ksn=req.ksn, pan=pan, cvk=self.keys.cvk, cvvs=_presented_cvvs(req) or None
+            sender.bdk_kcv, data, tag, ksn=req.ksn, pan=pan, cvk=self.keys.cvk, cvvs=cvvs or None
         )
         if not checks.mac_ok:
             return "MAC does not verify under the terminal's key", None
-        return None, checks
+        return None, _Verified(pan, cvvs, checks)
 
     async def _seal(self, answer: dict[str, Any], sender: Terminal, ksn: str | None) -> bytes:
         """The encoded answer, MACed under the response key of the request's KSN when it came from a terminal."""
@@ -698,15 +707,16 @@ class Engine:
     # ------------------------------------------------------------ message kinds
 
     async def _card_request(
-        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, checks: RequestChecks | None = None,
+        self, fields: dict[str, Any], req: Request, ksn_counter: int | None, verified: _Verified | None = None,
         *, cached: bool = False,
     ) -> tuple[dict[str, Any], str]:
         ctx = AuthContext(fields=fields, request=req, now=self.clock(), ksn_counter=ksn_counter, cached=cached)
-        if checks is not None:
-            ctx.checked_pan = _presented_pan(req)
-            ctx.fingerprints = [fp for _, fp in checks.fingerprints]
-            presented = _presented_cvvs(req)
-            ctx.cvv_checks = {(e, code, cvv): ok for (e, code, cvv), ok in zip(presented, checks.cvvs, strict=True)}
+        if verified is not None:
+            ctx.checked_pan = verified.pan
+            ctx.fingerprints = [fp for _, fp in verified.checks.fingerprints]
+            ctx.cvv_checks = {
+                (e, code, cvv): ok for (e, code, cvv), ok in zip(verified.cvvs, verified.checks.cvvs, strict=True)
+            }
         advice = req.mti == "0120"
         incremental = req.mti == "0100" and bool(req.de48.get("incremental")) and req.original is not None
         checks = ADVICE_CHECKS if advice else INCREMENTAL_CHECKS if incremental else self.card_checks
