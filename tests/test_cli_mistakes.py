@@ -124,6 +124,12 @@ def test_a_port_in_use(issuer: Path) -> None:
         refused(run("hsm-sim", issuer, "serve", "--port", str(port), "--tls", str(ca)), "in use")
 
 
+@pytest.mark.parametrize("writers", ["0", "17", "two", "-1"])
+def test_serve_refuses_a_wrong_number_of_postgresql_writers(issuer: Path, writers: str) -> None:
+    refused(run("processor", issuer, "serve", "--tcp", "127.0.0.1:0", env={"PROCESSOR_PG_WRITERS": writers}),
+            "PROCESSOR_PG_WRITERS", "1 to 16")
+
+
 @pytest.mark.parametrize("url", ["nonsense", "mysql://x@localhost/db", "sqlite:///plain-driver.db", "postgresql+asyncpg://x@127.0.0.1:1/db"])
 def test_an_unusable_database_url(tmp_path: Path, url: str) -> None:
     refused(run("processor", tmp_path, "account", "list", env={"PROCESSOR_DB_URL": url}), "database")
